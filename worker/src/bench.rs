@@ -1,0 +1,123 @@
+//! `plume-worker bench`: performance tables. Numbers here, not in timed tests.
+
+use crate::job::DatasetSpec;
+use crate::nn::layers::flops;
+use crate::stylegan::pretrain::{Gan, PretrainConfig};
+use crate::stylegan::NetworkConfig;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use std::fmt::Write as _;
+use std::time::Instant;
+use tch::{Device, Kind, Tensor};
+
+/// Peak resident memory of this process in MiB (`VmHWM`).
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+/// Resets the peak so each configuration reports its own (Linux `clear_refs` 5).
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// Measured ceilings: sgemm 1024^3 and a 3x3, 64-channel conv at 32x32, batch 16.
+fn ceilings(device: Device) -> (f64, f64) {
+    let opts = (Kind::Float, device);
+    let a = Tensor::randn([1024, 1024], opts);
+    let b = Tensor::randn([1024, 1024], opts);
+    let time = |f: &dyn Fn() -> Tensor, flop: f64| {
+        let _ = f();
+        let t = Instant::now();
+        let reps = 5;
+        for _ in 0..reps {
+            let _ = f().sum(None).double_value(&[]);
+        }
+        flop * reps as f64 / t.elapsed().as_secs_f64() / 1e9
+    };
+    let gemm = time(&|| a.matmul(&b), 2.0 * 1024f64.powi(3));
+    let x = Tensor::randn([16, 64, 32, 32], opts);
+    let w = Tensor::randn([64, 64, 3, 3], opts);
+    let conv = time(&|| x.conv2d(&w, None::<Tensor>, [1, 1], [1, 1], [1, 1], 1), 2.0 * 16.0 * 64.0 * 64.0 * 9.0 * 1024.0);
+    (gemm, conv)
+}
+
+/// G+D training step at 32 and 64 px, batch 16 and 32, for the CPU network config.
+///
+/// FLOPs are model FLOPs: layers count their forward multiply-adds while one G forward and one
+/// D forward run; a plain step (no lazy regulariser) is then 4 G-forwards (G forward+backward
+/// in G's step, a no-grad G forward in D's step) plus 8 D-forwards (D forward + input
+/// gradient in G's step; forward + weight and input gradients on real and fake in D's).
+pub fn generator(steps: usize, device: Device) -> anyhow::Result<String> {
+    let mut out = String::new();
+    let (gemm, conv) = ceilings(device);
+    let _ = writeln!(out, "device {device:?}, {} threads; measured ceilings: sgemm {gemm:.1} GFLOP/s, 3x3 conv (64 ch, 32 px) {conv:.1} GFLOP/s", tch::get_num_threads());
+    let _ = writeln!(out, "{:>4} {:>5} {:>9} {:>10} {:>12} {:>10} {:>9} {:>13}", "res", "batch", "step ms", "images/s", "GFLOP/step", "GFLOP/s", "peak MiB", "vs conv ceil");
+    for res in [32u32, 64] {
+        for batch in [16i64, 32] {
+            let net = NetworkConfig { resolution: res, ..NetworkConfig::default() };
+            let cfg = PretrainConfig {
+                dataset: DatasetSpec::SyntheticBirds { images: 1, resolution: res, seed: 0 },
+                network: net.clone(),
+                steps: 1,
+                batch,
+                lr: 0.0025,
+                seed: 1,
+                r1_gamma: 0.0,
+                r1_interval: 16,
+                pl_weight: 0.0,
+                pl_interval: 4,
+                style_mixing: 0.9,
+                ema_half_life_images: 2000.0,
+                ema_rampup: 0.05,
+                judge: None,
+                fid_images: 2,
+                eval_every: 1,
+                sample_every: 1,
+                checkpoint_every: 1,
+            };
+            reset_peak_rss();
+            let mut gan = Gan::new(&net, cfg.lr, 16, 4, false, 1, device);
+            let real = Tensor::randn([batch, 3, res as i64, res as i64], (Kind::Float, device)).clamp(-1.0, 1.0);
+            let (fg, fd) = tch::no_grad(|| {
+                let z = Tensor::randn([batch, net.z_dim], (Kind::Float, device));
+                flops::start();
+                let img = gan.g.generate(&z, 1.0);
+                let fg = flops::stop();
+                flops::start();
+                let _ = gan.d.forward(&img);
+                (fg, flops::stop())
+            });
+            let step_flop = 4.0 * fg + 8.0 * fd;
+            let mut rng = ChaCha8Rng::seed_from_u64(1);
+            for s in 1..=2 {
+                gan.train_step(&cfg, s, &real, &mut rng);
+            }
+            let t = Instant::now();
+            for s in 0..steps {
+                gan.train_step(&cfg, 3 + s as i64, &real, &mut rng);
+            }
+            if let Device::Cuda(_) = device {
+                tch::Cuda::synchronize(0);
+            }
+            let secs = t.elapsed().as_secs_f64() / steps as f64;
+            let gflops = step_flop / secs / 1e9;
+            let _ = writeln!(
+                out,
+                "{:>4} {:>5} {:>9.1} {:>10.1} {:>12.2} {:>10.1} {:>9.0} {:>12.2}x",
+                res,
+                batch,
+                secs * 1e3,
+                batch as f64 / secs,
+                step_flop / 1e9,
+                gflops,
+                peak_rss_mib(),
+                conv / gflops
+            );
+        }
+    }
+    Ok(out)
+}

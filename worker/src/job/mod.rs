@@ -1,0 +1,168 @@
+//! The job runner seam: a job is `(kind, config, resume checkpoint)` run against a
+//! [`Reporter`] and a [`CancelToken`]. Job YAML files are parsed here, strictly: unknown
+//! kinds and unknown fields are errors that name the line and column.
+
+pub mod reporter;
+
+use crate::dataset::synth::{write_dataset, SynthSpec};
+use crate::dataset::Dataset;
+pub use reporter::{LocalDirReporter, Reporter};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// Largest job file we read.
+pub const MAX_JOB_FILE_BYTES: u64 = 1 << 20;
+
+/// Cooperative cancellation: the job checks it at step boundaries, then writes a final
+/// checkpoint and returns.
+#[derive(Clone, Default)]
+pub struct CancelToken(Arc<AtomicBool>);
+
+impl CancelToken {
+    /// Asks the job to stop.
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+    /// Whether a stop was asked for.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Where a job's images come from.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum DatasetSpec {
+    /// The bundled renderer; materialised once into the data cache.
+    SyntheticBirds {
+        /// Number of images.
+        images: u32,
+        /// 32, 64 or 128.
+        resolution: u32,
+        /// Renderer seed.
+        seed: u64,
+    },
+    /// A directory in the CUB layout (the real CUB-200-2011, or a rendered dataset).
+    Cub {
+        /// The dataset directory.
+        path: PathBuf,
+    },
+}
+
+/// The directory rendered datasets are cached in: `$PLUME_DATA_DIR`, else
+/// `~/.cache/plume/datasets`.
+pub fn data_cache_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("PLUME_DATA_DIR") {
+        return PathBuf::from(d);
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    home.join(".cache").join("plume").join("datasets")
+}
+
+impl DatasetSpec {
+    /// Opens the dataset, rendering a synthetic one into the cache first if needed. Rendering
+    /// goes to a temporary directory that is renamed into place, so concurrent workers and
+    /// crashes never leave a half dataset under the final name.
+    pub fn open(&self) -> anyhow::Result<Dataset> {
+        match self {
+            DatasetSpec::Cub { path } => Ok(Dataset::open(path)?),
+            DatasetSpec::SyntheticBirds { images, resolution, seed } => {
+                let spec = SynthSpec { images: *images, resolution: *resolution, seed: *seed };
+                let cache = data_cache_dir();
+                let dir = cache.join(format!("synthetic-birds-v1-n{images}-r{resolution}-s{seed}"));
+                if !dir.join("plume_dataset.json").exists() {
+                    std::fs::create_dir_all(&cache)?;
+                    let tmp = cache.join(format!(".tmp-{}-{}", std::process::id(), dir.file_name().unwrap().to_string_lossy()));
+                    let _ = std::fs::remove_dir_all(&tmp);
+                    write_dataset(&tmp, &spec, |_, _| {})?;
+                    if std::fs::rename(&tmp, &dir).is_err() {
+                        // Another process won the race; use its copy.
+                        let _ = std::fs::remove_dir_all(&tmp);
+                    }
+                }
+                Ok(Dataset::open(&dir)?)
+            }
+        }
+    }
+}
+
+/// A job: its kind and configuration.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum JobSpec {
+    /// Pretrain the StyleGAN2 that later jobs freeze.
+    PretrainGenerator(crate::stylegan::pretrain::PretrainConfig),
+    /// Train the critic and the judge.
+    TrainJudge(crate::judge::train::JudgeConfig),
+}
+
+impl JobSpec {
+    /// The kind as written in YAML.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            JobSpec::PretrainGenerator(_) => "pretrain-generator",
+            JobSpec::TrainJudge(_) => "train-judge",
+        }
+    }
+
+    /// Parses a job from YAML text; `origin` names the source in errors.
+    pub fn from_yaml(text: &str, origin: &str) -> anyhow::Result<JobSpec> {
+        let spec: JobSpec = serde_yaml::from_str(text).map_err(|e| {
+            let at = e.location().map(|l| format!(":{}:{}", l.line(), l.column())).unwrap_or_default();
+            anyhow::anyhow!("{origin}{at}: {e}")
+        })?;
+        spec.validate().map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
+        Ok(spec)
+    }
+
+    /// Reads and parses a job file.
+    pub fn from_file(path: &Path) -> anyhow::Result<JobSpec> {
+        let len = std::fs::metadata(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?.len();
+        anyhow::ensure!(len <= MAX_JOB_FILE_BYTES, "{}: {len} bytes is larger than the {MAX_JOB_FILE_BYTES}-byte limit for a job file", path.display());
+        let bytes = std::fs::read(path)?;
+        let text = String::from_utf8(bytes).map_err(|_| anyhow::anyhow!("{}: not valid UTF-8", path.display()))?;
+        JobSpec::from_yaml(&text, &path.display().to_string())
+    }
+
+    /// Checks value ranges that serde cannot.
+    pub fn validate(&self) -> Result<(), String> {
+        match self {
+            JobSpec::PretrainGenerator(c) => c.validate(),
+            JobSpec::TrainJudge(c) => c.validate(),
+        }
+    }
+}
+
+/// How a job ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// It ran all its steps.
+    Completed {
+        /// Final step.
+        step: i64,
+    },
+    /// It was cancelled and left a checkpoint at `step`.
+    Cancelled {
+        /// Step of the final checkpoint.
+        step: i64,
+    },
+}
+
+/// Runs a job to completion or cancellation.
+pub fn run(spec: &JobSpec, resume: Option<&Path>, device: tch::Device, reporter: &mut dyn Reporter, cancel: &CancelToken) -> anyhow::Result<Outcome> {
+    match spec {
+        JobSpec::PretrainGenerator(c) => crate::stylegan::pretrain::run(c, resume, device, reporter, cancel),
+        JobSpec::TrainJudge(c) => crate::judge::train::run(c, resume, device, reporter, cancel),
+    }
+}
+
+/// A per-step seed from the job seed: every step reseeds libtorch's RNG and the data
+/// sampler with this, so a resumed job draws exactly what an uninterrupted one would.
+pub fn step_seed(seed: u64, step: i64) -> u64 {
+    // SplitMix64 finaliser: nearby (seed, step) pairs give unrelated seeds.
+    let mut z = seed ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}

@@ -1,0 +1,273 @@
+//! Job `train-judge`: trains the critic (on the main training partition) and the judge (on
+//! the judge's disjoint partition) side by side, and reports both on the test split.
+
+use super::model::{JudgeNet, JudgeNetConfig};
+use crate::dataset::{Dataset, Partition};
+use crate::job::{step_seed, CancelToken, DatasetSpec, Outcome, Reporter};
+use crate::nn::adam::Adam;
+use crate::nn::checkpoint::{self, Checkpoint};
+use crate::nn::{named_vars, trainable_vars};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::collections::BTreeMap;
+use std::path::Path;
+use tch::nn::VarStore;
+use tch::{Device, Kind, Tensor};
+
+/// Configuration of `train-judge`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JudgeConfig {
+    /// The images.
+    pub dataset: DatasetSpec,
+    /// Training steps (each trains critic and judge on one batch).
+    pub steps: i64,
+    /// Batch size.
+    #[serde(default = "default_batch")]
+    pub batch: i64,
+    /// Adam learning rate.
+    #[serde(default = "default_lr")]
+    pub lr: f64,
+    /// Seed of initialisation and data order.
+    #[serde(default)]
+    pub seed: u64,
+    /// Network widths.
+    #[serde(default)]
+    pub net: JudgeNetConfig,
+    /// Evaluate on the test split every this many steps (and at the end).
+    #[serde(default = "default_every")]
+    pub eval_every: i64,
+    /// Checkpoint every this many steps (and at the end).
+    #[serde(default = "default_every")]
+    pub checkpoint_every: i64,
+}
+
+fn default_batch() -> i64 {
+    32
+}
+fn default_lr() -> f64 {
+    0.002
+}
+fn default_every() -> i64 {
+    200
+}
+
+impl JudgeConfig {
+    /// Range checks.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(1..=10_000_000).contains(&self.steps) {
+            return Err(format!("steps must be in 1..=10000000, got {}", self.steps));
+        }
+        if !(1..=4096).contains(&self.batch) {
+            return Err(format!("batch must be in 1..=4096, got {}", self.batch));
+        }
+        if !(self.lr > 0.0 && self.lr < 1.0) {
+            return Err(format!("lr must be in (0, 1), got {}", self.lr));
+        }
+        if self.eval_every < 1 || self.checkpoint_every < 1 {
+            return Err("eval_every and checkpoint_every must be >= 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// One trained network with its store.
+pub struct Trained {
+    /// Holds the weights.
+    pub vs: VarStore,
+    /// The network.
+    pub net: JudgeNet,
+    /// Input resolution.
+    pub resolution: i64,
+}
+
+fn build(device: Device, cfg: &JudgeNetConfig, groups: &[i64], parts: i64) -> (VarStore, JudgeNet) {
+    let vs = VarStore::new(device);
+    let net = JudgeNet::new(&vs.root(), cfg, groups, parts);
+    (vs, net)
+}
+
+/// Loads the `judge` or the `critic` from a `train-judge` checkpoint, frozen.
+pub fn load(path: &Path, which: &str, device: Device) -> anyhow::Result<Trained> {
+    let ckpt = Checkpoint::load(path)?;
+    ckpt.expect_kind("train-judge")?;
+    let cfg: JudgeNetConfig = serde_json::from_str(ckpt.meta("judge.net")?)?;
+    let groups: Vec<i64> = serde_json::from_str(ckpt.meta("judge.group_sizes")?)?;
+    let parts: i64 = ckpt.meta("judge.parts")?.parse()?;
+    let resolution: i64 = ckpt.meta("judge.resolution")?.parse()?;
+    let (mut vs, net) = build(device, &cfg, &groups, parts);
+    ckpt.restore(&format!("{which}."), &named_vars(&vs))?;
+    vs.freeze();
+    Ok(Trained { vs, net, resolution })
+}
+
+/// Held-out quality of a network.
+#[derive(Debug, Clone, Copy)]
+pub struct Scores {
+    /// Mean over groups of the share of labelled images whose value is predicted exactly.
+    pub attr_accuracy: f64,
+    /// Mean intersection-over-union over part labels (NaN without masks).
+    pub seg_miou: f64,
+}
+
+/// Scores a network on images/labels/masks already in memory.
+pub fn score(net: &JudgeNet, images: &Tensor, labels: &Tensor, masks: Option<&Tensor>) -> Scores {
+    tch::no_grad(|| {
+        let n = images.size()[0];
+        let groups = labels.size()[1];
+        let mut correct = vec![0f64; groups as usize];
+        let mut counted = vec![0f64; groups as usize];
+        let parts = masks.map(|_| net.parts()).unwrap_or(0);
+        let mut inter = vec![0f64; parts as usize];
+        let mut union = vec![0f64; parts as usize];
+        let chunk = 256;
+        let mut start = 0;
+        while start < n {
+            let len = chunk.min(n - start);
+            let x = images.narrow(0, start, len);
+            let out = net.forward(&x);
+            let pred = net.predict(&out.attr_logits).to_device(Device::Cpu);
+            let lab = labels.narrow(0, start, len).to_device(Device::Cpu);
+            for g in 0..groups {
+                let l = lab.select(1, g);
+                let valid = l.ge(0);
+                correct[g as usize] += pred.select(1, g).eq_tensor(&l).logical_and(&valid).sum(Kind::Float).double_value(&[]);
+                counted[g as usize] += valid.sum(Kind::Float).double_value(&[]);
+            }
+            if let (Some(m), Some(logits)) = (masks, out.part_logits.as_ref()) {
+                let truth = m.narrow(0, start, len).to_device(Device::Cpu);
+                let p = logits.argmax(1, false).to_device(Device::Cpu);
+                for k in 0..parts {
+                    let (a, b) = (p.eq(k), truth.eq(k));
+                    inter[k as usize] += a.logical_and(&b).sum(Kind::Float).double_value(&[]);
+                    union[k as usize] += a.logical_or(&b).sum(Kind::Float).double_value(&[]);
+                }
+            }
+            start += len;
+        }
+        let accs: Vec<f64> = correct.iter().zip(&counted).filter(|(_, &c)| c > 0.0).map(|(a, c)| a / c).collect();
+        let ious: Vec<f64> = inter.iter().zip(&union).filter(|(_, &u)| u > 0.0).map(|(i, u)| i / u).collect();
+        Scores {
+            attr_accuracy: accs.iter().sum::<f64>() / accs.len().max(1) as f64,
+            seg_miou: if ious.is_empty() { f64::NAN } else { ious.iter().sum::<f64>() / ious.len() as f64 },
+        }
+    })
+}
+
+struct Side {
+    name: &'static str,
+    vs: VarStore,
+    net: JudgeNet,
+    opt: Adam,
+    images: Tensor,
+    labels: Tensor,
+    masks: Option<Tensor>,
+}
+
+/// Runs `train-judge`.
+pub fn run(cfg: &JudgeConfig, resume: Option<&Path>, device: Device, reporter: &mut dyn Reporter, cancel: &CancelToken) -> anyhow::Result<Outcome> {
+    let ds: Dataset = cfg.dataset.open()?;
+    let res = match &cfg.dataset {
+        DatasetSpec::SyntheticBirds { resolution, .. } => *resolution,
+        DatasetSpec::Cub { .. } => 64,
+    };
+    let groups: Vec<i64> = ds.groups.iter().map(|g| g.values.len() as i64).collect();
+    let parts = ds.mask_classes() as i64;
+    reporter.log(&format!("train-judge: {} images, {} attribute groups, {} part labels", ds.images.len(), groups.len(), parts));
+    let load_part = |p: Partition| -> anyhow::Result<(Tensor, Tensor, Option<Tensor>)> {
+        let idx = ds.partition(p);
+        anyhow::ensure!(!idx.is_empty(), "the {p:?} partition of the dataset is empty");
+        Ok((ds.load_images(&idx, res)?.to_device(device), ds.label_tensor(&idx).to_device(device), ds.load_masks(&idx, res)?.map(|m| m.to_device(device))))
+    };
+    let (test_images, test_labels, test_masks) = load_part(Partition::Test)?;
+    tch::manual_seed(cfg.seed as i64);
+    let mut sides = Vec::new();
+    for (name, part) in [("critic", Partition::Train), ("judge", Partition::JudgeTrain)] {
+        let (vs, net) = build(device, &cfg.net, &groups, parts);
+        let opt = Adam::new(trainable_vars(&vs), cfg.lr, 0.9, 0.999, 1e-8);
+        let (images, labels, masks) = load_part(part)?;
+        sides.push(Side { name, vs, net, opt, images, labels, masks });
+    }
+    let mut start = 0;
+    if let Some(path) = resume {
+        let ckpt = Checkpoint::load(path)?;
+        ckpt.expect_kind("train-judge")?;
+        for s in &mut sides {
+            ckpt.restore(&format!("{}.", s.name), &named_vars(&s.vs))?;
+            s.opt.restore(&ckpt, &format!("{}.opt.", s.name))?;
+        }
+        start = ckpt.step;
+        reporter.log(&format!("resumed from {} at step {start}", path.display()));
+    }
+    let save = |sides: &[Side], step: i64, reporter: &mut dyn Reporter| -> anyhow::Result<()> {
+        let mut tensors = Vec::new();
+        for s in sides {
+            tensors.extend(checkpoint::prefixed(&format!("{}.", s.name), &named_vars(&s.vs)));
+            tensors.extend(checkpoint::prefixed(&format!("{}.opt.", s.name), &s.opt.state()));
+        }
+        let mut meta = BTreeMap::new();
+        meta.insert("judge.net".into(), serde_json::to_string(&cfg.net)?);
+        meta.insert("judge.group_sizes".into(), serde_json::to_string(&groups)?);
+        meta.insert("judge.group_names".into(), serde_json::to_string(&ds.groups.iter().map(|g| &g.name).collect::<Vec<_>>())?);
+        meta.insert("judge.parts".into(), parts.to_string());
+        meta.insert("judge.resolution".into(), res.to_string());
+        meta.insert("job.config".into(), serde_json::to_string(cfg)?);
+        let path = reporter.checkpoint_path(step)?;
+        checkpoint::save(&path, "train-judge", step, &meta, &tensors)?;
+        reporter.checkpoint_written(step, &path)
+    };
+    let evaluate = |sides: &[Side], step: i64, reporter: &mut dyn Reporter| -> anyhow::Result<()> {
+        let mut values = Vec::new();
+        let mut names = Vec::new();
+        for s in sides {
+            let sc = score(&s.net, &test_images, &test_labels, test_masks.as_ref());
+            names.push(format!("{}/attr_accuracy", s.name));
+            values.push(sc.attr_accuracy);
+            if !sc.seg_miou.is_nan() {
+                names.push(format!("{}/seg_miou", s.name));
+                values.push(sc.seg_miou);
+            }
+        }
+        let pairs: Vec<(&str, f64)> = names.iter().map(String::as_str).zip(values.iter().copied()).collect();
+        reporter.metrics(step, &pairs)?;
+        reporter.log(&format!("step {step}: {}", pairs.iter().map(|(k, v)| format!("{k}={v:.4}")).collect::<Vec<_>>().join(" ")));
+        Ok(())
+    };
+    let mut step = start;
+    while step < cfg.steps {
+        if cancel.is_cancelled() {
+            save(&sides, step, reporter)?;
+            reporter.finish(&format!("cancelled at step {step}"));
+            return Ok(Outcome::Cancelled { step });
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(step_seed(cfg.seed, step));
+        let mut losses = Vec::new();
+        for s in &mut sides {
+            let n = s.images.size()[0];
+            let idx: Vec<i64> = (0..cfg.batch).map(|_| rng.random_range(0..n)).collect();
+            let idx = Tensor::from_slice(&idx).to_device(device);
+            let x = s.images.index_select(0, &idx);
+            let out = s.net.forward(&x);
+            let mut loss = s.net.attribute_loss(&out.attr_logits, &s.labels.index_select(0, &idx));
+            if let (Some(m), Some(logits)) = (&s.masks, &out.part_logits) {
+                loss += logits.cross_entropy_loss::<Tensor>(&m.index_select(0, &idx), None, tch::Reduction::Mean, -100, 0.0);
+            }
+            s.opt.zero_grad();
+            loss.backward();
+            s.opt.step();
+            losses.push(loss.double_value(&[]));
+        }
+        step += 1;
+        let pairs = [("critic/loss", losses[0]), ("judge/loss", losses[1])];
+        reporter.metrics(step, &pairs)?;
+        reporter.progress(step, cfg.steps, &pairs);
+        if step % cfg.eval_every == 0 || step == cfg.steps {
+            evaluate(&sides, step, reporter)?;
+        }
+        if step % cfg.checkpoint_every == 0 || step == cfg.steps {
+            save(&sides, step, reporter)?;
+        }
+    }
+    reporter.finish(&format!("train-judge finished at step {step}"));
+    Ok(Outcome::Completed { step })
+}

@@ -1,0 +1,32 @@
+//! Plume's worker: the ML of text-guided bird editing on libtorch (through `tch`) and the
+//! job runner that executes it.
+//!
+//! - [`dataset`]: the CUB-layout loader and the `synthetic-birds` renderer;
+//! - [`stylegan`]: StyleGAN2 and its `pretrain-generator` job;
+//! - [`judge`]: the critic and the judge (`train-judge`) and judge-FID;
+//! - [`job`]: job specs, the [`job::Reporter`] seam and the local-directory reporter;
+//! - [`nn`]: layers, Adam with saveable state, checkpoint files;
+//! - [`picture`]: sample grids and contact sheets;
+//! - [`bench`]: `plume-worker bench`.
+#![deny(missing_docs)]
+
+pub mod bench;
+pub mod dataset;
+pub mod job;
+pub mod judge;
+pub mod nn;
+pub mod picture;
+pub mod stylegan;
+
+/// Parses a device name: `cpu`, `cuda`, `cuda:N`, or `auto` (CUDA if available).
+pub fn parse_device(s: &str) -> Result<tch::Device, String> {
+    match s {
+        "cpu" => Ok(tch::Device::Cpu),
+        "auto" => Ok(tch::Device::cuda_if_available()),
+        "cuda" => Ok(tch::Device::Cuda(0)),
+        _ => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(i)) => Ok(tch::Device::Cuda(i)),
+            _ => Err(format!("unknown device {s:?}: expected cpu, cuda, cuda:N or auto")),
+        },
+    }
+}

@@ -1,0 +1,138 @@
+//! `plume-worker`: runs Plume's ML jobs locally (and, later, for a coordinator).
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use plume_worker::dataset::synth::{write_dataset, SynthSpec};
+use plume_worker::dataset::{sheet, Dataset};
+use plume_worker::job::{self, CancelToken, JobSpec, LocalDirReporter, Outcome, Reporter};
+use std::path::PathBuf;
+
+/// Plume's worker: datasets, StyleGAN2 pretraining, judges, benchmarks.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Render or inspect datasets in the CUB-200-2011 layout.
+    Dataset {
+        #[command(subcommand)]
+        command: DatasetCommand,
+    },
+    /// Run one job from a YAML file, writing metrics.jsonl, checkpoints/ and artifacts/ to --out.
+    Run {
+        /// The job file (`kind: pretrain-generator | train-judge`, plus its fields).
+        job: PathBuf,
+        /// Output directory (created; reused when resuming).
+        #[arg(long)]
+        out: PathBuf,
+        /// Continue from this checkpoint.
+        #[arg(long)]
+        resume: Option<PathBuf>,
+        /// cpu, cuda, cuda:N or auto.
+        #[arg(long, default_value = "auto")]
+        device: String,
+    },
+    /// Print performance tables.
+    Bench {
+        #[command(subcommand)]
+        what: BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DatasetCommand {
+    /// Render synthetic birds.
+    Synth {
+        /// Output directory (must be empty or absent).
+        #[arg(long)]
+        out: PathBuf,
+        /// Number of images.
+        #[arg(long, default_value_t = 6000)]
+        images: u32,
+        /// Side length: 32, 64 or 128.
+        #[arg(long, default_value_t = 32)]
+        resolution: u32,
+        /// Renderer seed.
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+    },
+    /// Print counts and attribute balance, and write a contact sheet PNG.
+    Show {
+        /// The dataset directory.
+        dir: PathBuf,
+        /// Where to write the contact sheet (default: DIR/contact_sheet.png).
+        #[arg(long)]
+        sheet: Option<PathBuf>,
+        /// Images on the sheet.
+        #[arg(long, default_value_t = 36)]
+        count: usize,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// G+D training step time, images/s, peak memory and FLOP/s.
+    Generator {
+        /// Timed steps per configuration.
+        #[arg(long, default_value_t = 5)]
+        steps: usize,
+        /// cpu, cuda, cuda:N or auto.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Dataset { command: DatasetCommand::Synth { out, images, resolution, seed } } => {
+            let spec = SynthSpec { images, resolution, seed };
+            let t = std::time::Instant::now();
+            write_dataset(&out, &spec, |done, total| eprint!("\rrendered {done}/{total}"))?;
+            eprintln!();
+            println!("wrote {images} images at {resolution} px to {} in {:.1} s", out.display(), t.elapsed().as_secs_f64());
+        }
+        Command::Dataset { command: DatasetCommand::Show { dir, sheet: sheet_path, count } } => {
+            let ds = Dataset::open(&dir)?;
+            print!("{}", sheet::summary(&ds));
+            let path = sheet_path.unwrap_or_else(|| dir.join("contact_sheet.png"));
+            sheet::contact_sheet(&ds, count, &path)?;
+            println!("contact sheet: {}", path.display());
+        }
+        Command::Run { job, out, resume, device } => {
+            let spec = JobSpec::from_file(&job)?;
+            let device = plume_worker::parse_device(&device).map_err(anyhow::Error::msg)?;
+            if let Some(r) = &resume {
+                anyhow::ensure!(r.is_file(), "--resume {}: no such checkpoint file", r.display());
+            }
+            let mut reporter = LocalDirReporter::create(&out).with_context(|| format!("creating {}", out.display()))?;
+            let cancel = CancelToken::default();
+            let handler_token = cancel.clone();
+            ctrlc::set_handler(move || {
+                if handler_token.is_cancelled() {
+                    eprintln!("\nsecond interrupt: exiting without a final checkpoint");
+                    std::process::exit(130);
+                }
+                eprintln!("\ninterrupt: writing a final checkpoint (press Ctrl-C again to abort)");
+                handler_token.cancel();
+            })?;
+            reporter.log(&format!("{} on {device:?} -> {}", spec.kind(), out.display()));
+            match job::run(&spec, resume.as_deref(), device, &mut reporter, &cancel)? {
+                Outcome::Completed { step } => println!("completed at step {step}; results in {}", out.display()),
+                Outcome::Cancelled { step } => {
+                    println!("cancelled at step {step}; resume with --resume {}", out.join("checkpoints").join(format!("step-{step:08}.safetensors")).display());
+                    std::process::exit(130);
+                }
+            }
+        }
+        Command::Bench { what: BenchCommand::Generator { steps, device } } => {
+            let device = plume_worker::parse_device(&device).map_err(anyhow::Error::msg)?;
+            print!("{}", plume_worker::bench::generator(steps, device)?);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,456 @@
+//! Job `pretrain-generator`: trains StyleGAN2 on a dataset's training partition, with lazy R1,
+//! optional path-length regularisation, style mixing, an EMA generator and tracked `w_avg`.
+//! Reports losses every step, judge-FID and sample grids periodically, and checkpoints that
+//! hold everything needed to continue exactly (G, D, EMA, w_avg, Adam moments, pl_mean, step;
+//! the RNG needs no state because every step reseeds from `(seed, step)`).
+
+use super::discriminator::Discriminator;
+use super::generator::Generator;
+use super::loss;
+use super::NetworkConfig;
+use crate::dataset::Partition;
+use crate::job::{step_seed, CancelToken, DatasetSpec, Outcome, Reporter};
+use crate::judge::fid::{frechet_distance, Gaussian};
+use crate::nn::adam::Adam;
+use crate::nn::checkpoint::{self, Checkpoint};
+use crate::nn::{named_vars, set_requires_grad, shallow, trainable_vars};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tch::nn::VarStore;
+use tch::{Device, Kind, Tensor};
+
+/// Configuration of `pretrain-generator`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PretrainConfig {
+    /// The images (the training partition is used).
+    pub dataset: DatasetSpec,
+    /// Network sizes; `resolution` must match the dataset's.
+    #[serde(default)]
+    pub network: NetworkConfig,
+    /// Training steps (one G and one D update each).
+    pub steps: i64,
+    /// Batch size.
+    #[serde(default = "d_batch")]
+    pub batch: i64,
+    /// Adam learning rate for G and D.
+    #[serde(default = "d_lr")]
+    pub lr: f64,
+    /// Seed of initialisation, data order and noise.
+    #[serde(default)]
+    pub seed: u64,
+    /// R1 weight gamma (penalty gamma/2 |grad D|^2).
+    #[serde(default = "d_r1_gamma")]
+    pub r1_gamma: f64,
+    /// Lazy R1: every this many steps.
+    #[serde(default = "d_r1_interval")]
+    pub r1_interval: i64,
+    /// Path-length weight (0 switches it off).
+    #[serde(default)]
+    pub pl_weight: f64,
+    /// Lazy path-length: every this many steps.
+    #[serde(default = "d_pl_interval")]
+    pub pl_interval: i64,
+    /// Probability of style mixing per batch.
+    #[serde(default = "d_mixing")]
+    pub style_mixing: f64,
+    /// EMA half-life in training images.
+    #[serde(default = "d_ema_half_life")]
+    pub ema_half_life_images: f64,
+    /// EMA ramp-up: the half-life is at most this times the images seen.
+    #[serde(default = "d_ema_rampup")]
+    pub ema_rampup: f64,
+    /// A `train-judge` checkpoint: enables `gen/judge_fid`.
+    #[serde(default)]
+    pub judge: Option<PathBuf>,
+    /// Images generated per judge-FID evaluation.
+    #[serde(default = "d_fid_images")]
+    pub fid_images: i64,
+    /// Evaluate judge-FID every this many steps (and at the start and end).
+    #[serde(default = "d_every")]
+    pub eval_every: i64,
+    /// Write a sample grid every this many steps (and at the end).
+    #[serde(default = "d_every")]
+    pub sample_every: i64,
+    /// Checkpoint every this many steps (and at the end).
+    #[serde(default = "d_every")]
+    pub checkpoint_every: i64,
+}
+
+fn d_batch() -> i64 {
+    16
+}
+fn d_lr() -> f64 {
+    0.0025
+}
+fn d_r1_gamma() -> f64 {
+    0.05
+}
+fn d_r1_interval() -> i64 {
+    16
+}
+fn d_pl_interval() -> i64 {
+    4
+}
+fn d_mixing() -> f64 {
+    0.9
+}
+fn d_ema_half_life() -> f64 {
+    2000.0
+}
+fn d_ema_rampup() -> f64 {
+    0.05
+}
+fn d_fid_images() -> i64 {
+    500
+}
+fn d_every() -> i64 {
+    200
+}
+
+impl PretrainConfig {
+    /// Range checks.
+    pub fn validate(&self) -> Result<(), String> {
+        self.network.validate().map_err(|e| format!("network: {e}"))?;
+        if let DatasetSpec::SyntheticBirds { resolution, .. } = &self.dataset {
+            if *resolution != self.network.resolution {
+                return Err(format!("network.resolution {} differs from the dataset's {resolution}", self.network.resolution));
+            }
+        }
+        if !(1..=100_000_000).contains(&self.steps) {
+            return Err(format!("steps must be in 1..=100000000, got {}", self.steps));
+        }
+        if !(2..=4096).contains(&self.batch) {
+            return Err(format!("batch must be in 2..=4096, got {}", self.batch));
+        }
+        if !(self.lr > 0.0 && self.lr < 1.0) {
+            return Err(format!("lr must be in (0, 1), got {}", self.lr));
+        }
+        if self.r1_gamma < 0.0 || self.pl_weight < 0.0 {
+            return Err("r1_gamma and pl_weight must be >= 0".into());
+        }
+        if !(0.0..=1.0).contains(&self.style_mixing) {
+            return Err(format!("style_mixing must be a probability, got {}", self.style_mixing));
+        }
+        for (n, v) in [("r1_interval", self.r1_interval), ("pl_interval", self.pl_interval), ("eval_every", self.eval_every), ("sample_every", self.sample_every), ("checkpoint_every", self.checkpoint_every)] {
+            if v < 1 {
+                return Err(format!("{n} must be >= 1, got {v}"));
+            }
+        }
+        if !(2..=100_000).contains(&self.fid_images) {
+            return Err(format!("fid_images must be in 2..=100000, got {}", self.fid_images));
+        }
+        Ok(())
+    }
+}
+
+/// The GAN under training: G, D, the EMA copy of G, their optimizers and regulariser state.
+pub struct Gan {
+    /// Sizes.
+    pub net: NetworkConfig,
+    /// G's store.
+    pub g_vs: VarStore,
+    /// The trained generator.
+    pub g: Generator,
+    /// D's store.
+    pub d_vs: VarStore,
+    /// The discriminator.
+    pub d: Discriminator,
+    /// EMA store.
+    pub ema_vs: VarStore,
+    /// The averaged generator (used for samples, FID and by every later job).
+    pub g_ema: Generator,
+    g_params: Vec<(String, Tensor)>,
+    d_params: Vec<(String, Tensor)>,
+    ema_params: Vec<(String, Tensor)>,
+    /// G's optimizer.
+    pub g_opt: Adam,
+    /// D's optimizer.
+    pub d_opt: Adam,
+    /// Running mean of path lengths.
+    pub pl_mean: Tensor,
+}
+
+/// Lazy regularisation rescales Adam so that regularised and plain steps balance
+/// (StyleGAN2 appendix B): lr * c and beta^c with c = interval / (interval + 1).
+fn lazy_adam(params: Vec<(String, Tensor)>, lr: f64, interval: i64) -> Adam {
+    let c = interval as f64 / (interval as f64 + 1.0);
+    Adam::new(params, lr * c, 0.0, 0.99f64.powf(c), 1e-8)
+}
+
+impl Gan {
+    /// A freshly initialised GAN (seeded).
+    pub fn new(net: &NetworkConfig, cfg_lr: f64, r1_interval: i64, pl_interval: i64, pl_on: bool, seed: u64, device: Device) -> Gan {
+        tch::manual_seed(seed as i64);
+        let g_vs = VarStore::new(device);
+        let g = Generator::new(&g_vs.root(), net);
+        let d_vs = VarStore::new(device);
+        let d = Discriminator::new(&d_vs.root(), net);
+        let mut ema_vs = VarStore::new(device);
+        let g_ema = Generator::new(&ema_vs.root(), net);
+        ema_vs.copy(&g_vs).expect("same structure");
+        ema_vs.freeze();
+        let g_params = trainable_vars(&g_vs);
+        let d_params = trainable_vars(&d_vs);
+        let ema_params: Vec<(String, Tensor)> = named_vars(&ema_vs).into_iter().filter(|(n, _)| g_params.iter().any(|(m, _)| m == n)).collect();
+        let g_opt = if pl_on { lazy_adam(shallow(&g_params), cfg_lr, pl_interval) } else { Adam::new(shallow(&g_params), cfg_lr, 0.0, 0.99, 1e-8) };
+        let d_opt = lazy_adam(shallow(&d_params), cfg_lr, r1_interval);
+        Gan { net: net.clone(), g_vs, g, d_vs, d, ema_vs, g_ema, g_params, d_params, ema_params, g_opt, d_opt, pl_mean: Tensor::zeros([], (Kind::Float, device)) }
+    }
+
+    fn tensors(&self) -> Vec<(String, Tensor)> {
+        let mut t = checkpoint::prefixed("G.", &named_vars(&self.g_vs));
+        t.extend(checkpoint::prefixed("D.", &named_vars(&self.d_vs)));
+        t.extend(checkpoint::prefixed("G_ema.", &named_vars(&self.ema_vs)));
+        t.extend(checkpoint::prefixed("G.opt.", &self.g_opt.state()));
+        t.extend(checkpoint::prefixed("D.opt.", &self.d_opt.state()));
+        t.push(("pl_mean".into(), self.pl_mean.view([1])));
+        t
+    }
+
+    fn restore(&mut self, ckpt: &Checkpoint) -> anyhow::Result<()> {
+        ckpt.restore("G.", &named_vars(&self.g_vs))?;
+        ckpt.restore("D.", &named_vars(&self.d_vs))?;
+        ckpt.restore("G_ema.", &named_vars(&self.ema_vs))?;
+        self.g_opt.restore(ckpt, "G.opt.")?;
+        self.d_opt.restore(ckpt, "D.opt.")?;
+        let pl = ckpt.tensor("pl_mean", &[1])?;
+        tch::no_grad(|| self.pl_mean.copy_(&pl.view([]).to_device(self.pl_mean.device())));
+        Ok(())
+    }
+
+    /// Latents for a batch, with style mixing: `[B, num_ws, w_dim]` and the plain w `[B, w_dim]`.
+    fn sample_ws(&self, b: i64, mixing: f64, rng: &mut ChaCha8Rng, device: Device) -> (Tensor, Tensor) {
+        let z = Tensor::randn([b, self.net.z_dim], (Kind::Float, device));
+        let w = self.g.mapping.forward(&z);
+        let mut ws = self.g.broadcast(&w);
+        if mixing > 0.0 && rng.random_bool(mixing) {
+            let cutoff = rng.random_range(1..self.g.num_ws());
+            let z2 = Tensor::randn([b, self.net.z_dim], (Kind::Float, device));
+            let w2 = self.g.broadcast(&self.g.mapping.forward(&z2));
+            let keep = self.g.num_ws() - cutoff;
+            ws = Tensor::cat(&[ws.narrow(1, 0, cutoff), w2.narrow(1, cutoff, keep)], 1);
+        }
+        (ws, w)
+    }
+
+    /// One training step (G update, optional path-length update, D update, optional R1
+    /// update, EMA). Returns the metrics of the step.
+    pub fn train_step(&mut self, cfg: &PretrainConfig, step: i64, real: &Tensor, rng: &mut ChaCha8Rng) -> Vec<(&'static str, f64)> {
+        let device = real.device();
+        let b = real.size()[0];
+        let mut out = Vec::new();
+
+        // G: non-saturating loss through a frozen D.
+        set_requires_grad(&self.d_params, false);
+        set_requires_grad(&self.g_params, true);
+        let (ws, w) = self.sample_ws(b, cfg.style_mixing, rng, device);
+        let fake = self.g.synthesis(&ws);
+        let fake_logits = self.d.forward(&fake);
+        let loss_g = loss::generator_loss(&fake_logits);
+        self.g_opt.zero_grad();
+        loss_g.backward();
+        self.g_opt.step();
+        out.push(("gen/loss_g", loss_g.double_value(&[])));
+        tch::no_grad(|| {
+            let updated = w.mean_dim(0, false, None) + (&self.g.w_avg - w.mean_dim(0, false, None)) * 0.995;
+            self.g.w_avg.copy_(&updated);
+        });
+        if cfg.pl_weight > 0.0 && step % cfg.pl_interval == 0 {
+            let pb = (b / 2).max(1);
+            let (ws, _) = self.sample_ws(pb, cfg.style_mixing, rng, device);
+            let images = self.g.synthesis(&ws);
+            let penalty = loss::path_length_penalty(&images, &ws, &mut self.pl_mean);
+            self.g_opt.zero_grad();
+            (&penalty * (cfg.pl_weight * cfg.pl_interval as f64)).backward();
+            self.g_opt.step();
+            out.push(("gen/path_length", penalty.double_value(&[])));
+        }
+
+        // D: logistic loss on real vs fresh fakes.
+        set_requires_grad(&self.g_params, false);
+        set_requires_grad(&self.d_params, true);
+        let fake = tch::no_grad(|| {
+            let (ws, _) = self.sample_ws(b, cfg.style_mixing, rng, device);
+            self.g.synthesis(&ws)
+        });
+        let real_logits = self.d.forward(real);
+        let fake_logits = self.d.forward(&fake);
+        let loss_d = loss::discriminator_loss(&real_logits, &fake_logits);
+        self.d_opt.zero_grad();
+        loss_d.backward();
+        self.d_opt.step();
+        out.push(("gen/loss_d", loss_d.double_value(&[])));
+        out.push(("gen/d_real", real_logits.mean(None).double_value(&[])));
+        out.push(("gen/d_fake", fake_logits.mean(None).double_value(&[])));
+        if cfg.r1_gamma > 0.0 && step % cfg.r1_interval == 0 {
+            let real = real.detach().set_requires_grad(true);
+            let logits = self.d.forward(&real);
+            let r1 = loss::r1_penalty(&real, &logits);
+            self.d_opt.zero_grad();
+            (&r1 * (cfg.r1_gamma / 2.0 * cfg.r1_interval as f64)).backward();
+            self.d_opt.step();
+            out.push(("gen/r1", r1.double_value(&[])));
+        }
+        set_requires_grad(&self.g_params, true);
+
+        // EMA of G's weights; w_avg is copied, not averaged.
+        let beta = loss::ema_beta(b, (step + 1) * b, cfg.ema_half_life_images, cfg.ema_rampup);
+        loss::ema_update(&self.ema_params, &self.g_params, beta);
+        tch::no_grad(|| self.g_ema.w_avg.copy_(&self.g.w_avg));
+        out
+    }
+}
+
+/// Generates `n` images with G_ema from a fixed seed, in batches, and embeds them with the judge.
+fn generated_features(g: &Generator, judge: &crate::judge::train::Trained, n: i64, seed: u64, device: Device) -> Tensor {
+    tch::no_grad(|| {
+        tch::manual_seed(seed as i64);
+        let mut feats = Vec::new();
+        let mut done = 0;
+        while done < n {
+            let b = 100.min(n - done);
+            let z = Tensor::randn([b, g.cfg.z_dim], (Kind::Float, device));
+            let img = g.generate(&z, 1.0).clamp(-1.0, 1.0);
+            let img = resize_to(&img, judge.resolution);
+            feats.push(judge.net.forward(&img).embedding);
+            done += b;
+        }
+        Tensor::cat(&feats, 0)
+    })
+}
+
+fn resize_to(img: &Tensor, res: i64) -> Tensor {
+    if img.size()[2] == res {
+        img.shallow_clone()
+    } else {
+        img.upsample_bilinear2d([res, res], false, None, None)
+    }
+}
+
+/// Embeds real images with the judge in batches.
+pub fn real_features(judge: &crate::judge::train::Trained, images: &Tensor) -> Tensor {
+    tch::no_grad(|| {
+        let n = images.size()[0];
+        let feats: Vec<Tensor> = (0..n).step_by(256).map(|s| judge.net.forward(&resize_to(&images.narrow(0, s, 256.min(n - s)), judge.resolution)).embedding).collect();
+        Tensor::cat(&feats, 0)
+    })
+}
+
+/// The sample grid: 4 rows without truncation, 4 rows at psi = 0.7, from fixed z.
+fn sample_grid(g: &Generator, device: Device) -> Vec<u8> {
+    tch::no_grad(|| {
+        tch::manual_seed(20_240_601);
+        let z = Tensor::randn([32, g.cfg.z_dim], (Kind::Float, device));
+        let a = g.generate(&z, 1.0);
+        let b = g.generate(&z, 0.7);
+        let all = Tensor::cat(&[a, b], 0).clamp(-1.0, 1.0);
+        let labels: Vec<String> = (0..8).map(|r| if r < 4 { "psi 1.0".to_string() } else { "psi 0.7".to_string() }).collect();
+        crate::picture::image_grid(&all, 8, (128 / g.cfg.resolution).max(1), &labels).to_png()
+    })
+}
+
+/// Loads the frozen EMA generator from a `pretrain-generator` checkpoint.
+pub fn load_generator(path: &Path, device: Device) -> anyhow::Result<(VarStore, Generator)> {
+    let ckpt = Checkpoint::load(path)?;
+    ckpt.expect_kind("pretrain-generator")?;
+    let net: NetworkConfig = serde_json::from_str(ckpt.meta("generator.network")?)?;
+    let mut vs = VarStore::new(device);
+    let g = Generator::new(&vs.root(), &net);
+    ckpt.restore("G_ema.", &named_vars(&vs))?;
+    vs.freeze();
+    Ok((vs, g))
+}
+
+/// Runs `pretrain-generator`.
+pub fn run(cfg: &PretrainConfig, resume: Option<&Path>, device: Device, reporter: &mut dyn Reporter, cancel: &CancelToken) -> anyhow::Result<Outcome> {
+    let ds = cfg.dataset.open()?;
+    let res = cfg.network.resolution;
+    let train_idx = ds.partition(Partition::Train);
+    anyhow::ensure!(train_idx.len() >= 2, "the training partition has {} images; need at least 2", train_idx.len());
+    let images = ds.load_images(&train_idx, res)?.to_device(device);
+    let n = images.size()[0];
+    reporter.log(&format!("pretrain-generator: {n} training images at {res} px, {} steps of batch {}", cfg.steps, cfg.batch));
+
+    let judge = match &cfg.judge {
+        Some(p) => {
+            let j = crate::judge::train::load(p, "judge", device)?;
+            let test = ds.partition(Partition::Test);
+            let real = Gaussian::fit(&real_features(&j, &ds.load_images(&test, res)?.to_device(device)));
+            Some((j, real))
+        }
+        None => None,
+    };
+
+    let mut gan = Gan::new(&cfg.network, cfg.lr, cfg.r1_interval, cfg.pl_interval, cfg.pl_weight > 0.0, cfg.seed, device);
+    let mut step = 0;
+    if let Some(path) = resume {
+        let ckpt = Checkpoint::load(path)?;
+        ckpt.expect_kind("pretrain-generator")?;
+        let saved: NetworkConfig = serde_json::from_str(ckpt.meta("generator.network")?)?;
+        anyhow::ensure!(saved == cfg.network, "{}: checkpoint network {saved:?} differs from the job's {:?}", path.display(), cfg.network);
+        gan.restore(&ckpt)?;
+        step = ckpt.step;
+        reporter.log(&format!("resumed from {} at step {step}", path.display()));
+    }
+
+    let save = |gan: &Gan, step: i64, reporter: &mut dyn Reporter| -> anyhow::Result<()> {
+        let mut meta = BTreeMap::new();
+        meta.insert("generator.network".into(), serde_json::to_string(&cfg.network)?);
+        meta.insert("generator.num_ws".into(), gan.g.num_ws().to_string());
+        meta.insert("job.config".into(), serde_json::to_string(cfg)?);
+        let path = reporter.checkpoint_path(step)?;
+        checkpoint::save(&path, "pretrain-generator", step, &meta, &gan.tensors())?;
+        reporter.checkpoint_written(step, &path)
+    };
+    let evaluate = |gan: &Gan, step: i64, reporter: &mut dyn Reporter| -> anyhow::Result<()> {
+        if let Some((j, real)) = &judge {
+            let t = Instant::now();
+            let fake = Gaussian::fit(&generated_features(&gan.g_ema, j, cfg.fid_images, cfg.seed ^ 0xF1D, device));
+            let fid = frechet_distance(real, &fake);
+            reporter.metrics(step, &[("gen/judge_fid", fid)])?;
+            reporter.log(&format!("step {step}: gen/judge_fid = {fid:.4} ({:.1} s)", t.elapsed().as_secs_f64()));
+        }
+        Ok(())
+    };
+    if step == 0 {
+        evaluate(&gan, 0, reporter)?;
+    }
+
+    let mut window = (Instant::now(), step);
+    while step < cfg.steps {
+        if cancel.is_cancelled() {
+            save(&gan, step, reporter)?;
+            reporter.finish(&format!("cancelled at step {step}; checkpoint written"));
+            return Ok(Outcome::Cancelled { step });
+        }
+        let seed = step_seed(cfg.seed, step);
+        tch::manual_seed(seed as i64);
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let idx: Vec<i64> = (0..cfg.batch).map(|_| rng.random_range(0..n)).collect();
+        let real = images.index_select(0, &Tensor::from_slice(&idx).to_device(device));
+        let mut metrics = gan.train_step(cfg, step, &real, &mut rng);
+        step += 1;
+        if window.0.elapsed().as_secs_f64() >= 5.0 || step == cfg.steps {
+            let rate = ((step - window.1) * cfg.batch) as f64 / window.0.elapsed().as_secs_f64();
+            metrics.push(("gen/images_per_s", rate));
+            window = (Instant::now(), step);
+        }
+        reporter.metrics(step, &metrics)?;
+        reporter.progress(step, cfg.steps, &metrics[..2.min(metrics.len())]);
+        if step % cfg.eval_every == 0 || step == cfg.steps {
+            evaluate(&gan, step, reporter)?;
+        }
+        if step % cfg.sample_every == 0 || step == cfg.steps {
+            reporter.artifact(step, "samples", &sample_grid(&gan.g_ema, device))?;
+        }
+        if step % cfg.checkpoint_every == 0 || step == cfg.steps {
+            save(&gan, step, reporter)?;
+        }
+    }
+    reporter.finish(&format!("pretrain-generator finished at step {step}"));
+    Ok(Outcome::Completed { step })
+}

@@ -70,7 +70,9 @@ impl Pose {
         }
         Pose {
             facing_left: rng.random_bool(0.5),
-            centre: (rng.random_range(0.44..0.56), rng.random_range(0.50..0.58)),
+            // x: the bird spans -0.40..+0.60 (tail to longest bill) around its centre, so
+            // the centre sits left of the middle; the size is applied in `layers`.
+            centre: (rng.random_range(-0.03..0.03), rng.random_range(0.50..0.58)),
             tilt: rng.random_range(-0.15..0.15),
             scale_jitter: rng.random_range(0.95..1.05),
             colour_jitter,
@@ -168,7 +170,7 @@ fn background_colour(kind: usize, u: f32, v: f32, phase: f32) -> [u8; 3] {
 
 fn layers(attrs: &BirdAttributes, pose: &Pose) -> Vec<Layer> {
     let s = SIZES[attrs.size].2 * pose.scale_jitter;
-    let (cx, cy) = pose.centre;
+    let (cx, cy) = (0.5 - 0.1 * s + pose.centre.0, pose.centre.1);
     let tilt = pose.tilt;
     // Everything is laid out facing right around (cx, cy), then rotated by `tilt`.
     let place = |dx: f32, dy: f32| -> (f32, f32) {
@@ -184,7 +186,7 @@ fn layers(attrs: &BirdAttributes, pose: &Pose) -> Vec<Layer> {
     let head = || Shape::Ellipse { c: head_c, r: (head_r, head_r), angle: 0.0 };
     vec![
         Layer {
-            shape: Shape::Triangle([place(-0.16, -0.03), place(-0.43, -0.10), place(-0.41, 0.06)]),
+            shape: Shape::Triangle([place(-0.16, -0.03), place(-0.40, -0.10), place(-0.38, 0.06)]),
             clip: None,
             part: 7,
             colour: upper,
@@ -223,8 +225,8 @@ fn layers(attrs: &BirdAttributes, pose: &Pose) -> Vec<Layer> {
         },
         Layer {
             shape: Shape::Triangle([
-                (head_c.0 + 0.075 * s, head_c.1 - 0.035 * s),
-                (head_c.0 + 0.075 * s, head_c.1 + 0.03 * s),
+                (head_c.0 + 0.075 * s, head_c.1 - 0.04 * s),
+                (head_c.0 + 0.075 * s, head_c.1 + 0.035 * s),
                 (head_c.0 + (0.08 + bill_len) * s, head_c.1 + 0.008 * s),
             ]),
             clip: None,

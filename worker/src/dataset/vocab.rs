@@ -21,18 +21,18 @@ pub const COLOURS: [(&str, [u8; 3]); 15] = [
 ];
 
 /// CUB's bill-length values, with the word captions use and the bill length (relative to
-/// the head) that the renderer draws.
+/// the head, whose diameter is 0.2) that the renderer draws.
 pub const BILL_LENGTHS: [(&str, &str, f32); 3] = [
-    ("about_the_same_as_head", "medium", 0.11),
-    ("longer_than_head", "long", 0.19),
-    ("shorter_than_head", "short", 0.055),
+    ("about_the_same_as_head", "medium", 0.16),
+    ("longer_than_head", "long", 0.28),
+    ("shorter_than_head", "short", 0.07),
 ];
 
 /// CUB's size values used here, with the caption word and the drawing scale.
 pub const SIZES: [(&str, &str, f32); 3] = [
-    ("small_(5_-_9_in)", "small", 0.74),
-    ("medium_(9_-_16_in)", "medium-sized", 0.88),
-    ("large_(16_-_32_in)", "large", 1.02),
+    ("small_(5_-_9_in)", "small", 0.64),
+    ("medium_(9_-_16_in)", "medium-sized", 0.77),
+    ("large_(16_-_32_in)", "large", 0.90),
 ];
 
 /// Background kinds (not a CUB attribute: a Plume extension so edits can be checked to leave

@@ -2,7 +2,7 @@
 //! where the dataset has masks, a part-segmentation head. Its pooled features also serve as
 //! the embedding for judge-FID, and its feature grid as M4's visual tokens.
 
-use crate::nn::layers::{lrelu, upsample2, EqualConv2d, EqualLinear};
+use crate::nn::layers::{upsample2, EqualConv2d, EqualLinear};
 use tch::nn::Path;
 use tch::{Kind, Tensor};
 
@@ -46,7 +46,15 @@ pub struct JudgeNet {
     c3b: EqualConv2d,
     fc: EqualLinear,
     attr: EqualLinear,
-    seg: Option<(EqualConv2d, EqualConv2d)>,
+    seg: Option<SegHead>,
+}
+
+/// The part segmenter: the quarter-resolution grid, reduced and upsampled, joined with the
+/// full-resolution features.
+struct SegHead {
+    reduce: EqualConv2d,
+    mid: EqualConv2d,
+    out: EqualConv2d,
 }
 
 impl JudgeNet {
@@ -62,10 +70,12 @@ impl JudgeNet {
             c2b: EqualConv2d::new(p / "c2b", b, b, 3, true, true),
             c3a: EqualConv2d::new(p / "c3a", b, c, 3, true, true),
             c3b: EqualConv2d::new(p / "c3b", c, c, 3, true, true),
-            fc: EqualLinear::new(p / "fc", c, cfg.hidden, 1.0, 0.0, true),
+            fc: EqualLinear::new(p / "fc", c * 16 + parts * (a + 4), cfg.hidden, 1.0, 0.0, true),
             attr: EqualLinear::new(p / "attr", cfg.hidden, total, 1.0, 0.0, false),
-            seg: (parts > 0).then(|| {
-                (EqualConv2d::new(p / "seg_mid", c + a, a, 3, true, true), EqualConv2d::new(p / "seg_out", a, parts, 1, true, false))
+            seg: (parts > 0).then(|| SegHead {
+                reduce: EqualConv2d::new(p / "seg_reduce", c, a, 1, true, true),
+                mid: EqualConv2d::new(p / "seg_mid", 2 * a, a, 3, true, true),
+                out: EqualConv2d::new(p / "seg_out", a, parts, 1, true, false),
             }),
         }
     }
@@ -76,19 +86,35 @@ impl JudgeNet {
         let f1 = self.c1b.forward(&self.c1a.forward(x));
         let f2 = self.c2b.forward(&self.c2a.forward(&pool(&f1)));
         let grid = self.c3b.forward(&self.c3a.forward(&pool(&f2)));
-        let pooled = grid.mean_dim([2i64, 3].as_slice(), false, None);
-        let embedding = self.fc.forward(&pooled);
+        // A 4x4 layout, not a global average: which colour sits where (breast vs wing) is
+        // the whole question, so the head must see positions.
+        let layout = grid.adaptive_avg_pool2d([4, 4]).flatten(1, -1);
+        // With a segmenter, the head also sees each part's mean features, mean colour and area
+        // (soft, from the predicted part probabilities): "what colour is the breast" becomes
+        // nearly linear, which is why the judge learns in a few hundred steps.
+        let (features, part_logits) = match &self.seg {
+            Some(seg) => {
+                let up = upsample2(&upsample2(&seg.reduce.forward(&grid)));
+                let mid = seg.mid.forward(&Tensor::cat(&[up, f1.shallow_clone()], 1));
+                let logits = seg.out.forward(&mid);
+                let probs = logits.softmax(1, Kind::Float); // [B, K, H, W]
+                let area = probs.mean_dim([2i64, 3].as_slice(), false, None); // [B, K]
+                let values = Tensor::cat(&[mid, x.shallow_clone()], 1); // [B, a+3, H, W]
+                let per_part = probs.flatten(2, -1).matmul(&values.flatten(2, -1).transpose(1, 2)); // [B, K, a+3]
+                let per_part = per_part / (area.unsqueeze(2) * (x.size()[2] * x.size()[3]) as f64 + 1e-3);
+                let feats = Tensor::cat(&[layout, per_part.flatten(1, -1), area * 10.0], 1);
+                (feats, Some(logits))
+            }
+            None => (layout, None),
+        };
+        let embedding = self.fc.forward(&features);
         let attr_logits = self.attr.forward(&embedding);
-        let part_logits = self.seg.as_ref().map(|(mid, out)| {
-            let up = upsample2(&upsample2(&grid));
-            out.forward(&lrelu(&mid.forward(&Tensor::cat(&[up, f1.shallow_clone()], 1))))
-        });
         JudgeOutput { attr_logits, part_logits, embedding, grid }
     }
 
     /// Number of part labels the segmentation head predicts (0 without one).
     pub fn parts(&self) -> i64 {
-        self.seg.as_ref().map(|(_, out)| out.weight.size()[0]).unwrap_or(0)
+        self.seg.as_ref().map(|seg| seg.out.weight.size()[0]).unwrap_or(0)
     }
 
     /// Splits concatenated logits into one tensor per group.

@@ -20,12 +20,16 @@ use tch::{Device, Kind, Tensor};
 pub struct JudgeConfig {
     /// The images.
     pub dataset: DatasetSpec,
+    /// Input resolution (default: the synthetic dataset's, or 64 for a CUB directory).
+    #[serde(default)]
+    pub resolution: Option<u32>,
     /// Training steps (each trains critic and judge on one batch).
     pub steps: i64,
     /// Batch size.
     #[serde(default = "default_batch")]
     pub batch: i64,
-    /// Adam learning rate.
+    /// Peak Adam learning rate (cosine-decayed to 0). Layers use equalized learning rate, so
+    /// this is a relative step size: 0.02 here is like 1e-3 on He-initialised weights.
     #[serde(default = "default_lr")]
     pub lr: f64,
     /// Seed of initialisation and data order.
@@ -46,7 +50,7 @@ fn default_batch() -> i64 {
     32
 }
 fn default_lr() -> f64 {
-    0.002
+    0.02
 }
 fn default_every() -> i64 {
     200
@@ -63,6 +67,11 @@ impl JudgeConfig {
         }
         if !(self.lr > 0.0 && self.lr < 1.0) {
             return Err(format!("lr must be in (0, 1), got {}", self.lr));
+        }
+        if let Some(r) = self.resolution {
+            if !(8..=1024).contains(&r) {
+                return Err(format!("resolution must be in 8..=1024, got {r}"));
+            }
         }
         if self.eval_every < 1 || self.checkpoint_every < 1 {
             return Err("eval_every and checkpoint_every must be >= 1".into());
@@ -102,12 +111,14 @@ pub fn load(path: &Path, which: &str, device: Device) -> anyhow::Result<Trained>
 }
 
 /// Held-out quality of a network.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Scores {
     /// Mean over groups of the share of labelled images whose value is predicted exactly.
     pub attr_accuracy: f64,
     /// Mean intersection-over-union over part labels (NaN without masks).
     pub seg_miou: f64,
+    /// Accuracy per attribute group (NaN where no test image is labelled).
+    pub per_group: Vec<f64>,
 }
 
 /// Scores a network on images/labels/masks already in memory.
@@ -148,6 +159,7 @@ pub fn score(net: &JudgeNet, images: &Tensor, labels: &Tensor, masks: Option<&Te
         let accs: Vec<f64> = correct.iter().zip(&counted).filter(|(_, &c)| c > 0.0).map(|(a, c)| a / c).collect();
         let ious: Vec<f64> = inter.iter().zip(&union).filter(|(_, &u)| u > 0.0).map(|(i, u)| i / u).collect();
         Scores {
+            per_group: correct.iter().zip(&counted).map(|(a, &c)| if c > 0.0 { a / c } else { f64::NAN }).collect(),
             attr_accuracy: accs.iter().sum::<f64>() / accs.len().max(1) as f64,
             seg_miou: if ious.is_empty() { f64::NAN } else { ious.iter().sum::<f64>() / ious.len() as f64 },
         }
@@ -164,12 +176,19 @@ struct Side {
     masks: Option<Tensor>,
 }
 
+/// Mirrors (left-right) the samples of `x: [B, C, H, W]` where `flip` is true.
+fn mirror(x: &Tensor, flip: &[bool]) -> Tensor {
+    let mask = Tensor::from_slice(flip).to_device(x.device()).view([-1, 1, 1, 1]);
+    x.flip([3]).where_self(&mask, x)
+}
+
 /// Runs `train-judge`.
 pub fn run(cfg: &JudgeConfig, resume: Option<&Path>, device: Device, reporter: &mut dyn Reporter, cancel: &CancelToken) -> anyhow::Result<Outcome> {
     let ds: Dataset = cfg.dataset.open()?;
-    let res = match &cfg.dataset {
-        DatasetSpec::SyntheticBirds { resolution, .. } => *resolution,
-        DatasetSpec::Cub { .. } => 64,
+    let res = match (&cfg.dataset, cfg.resolution) {
+        (_, Some(r)) => r,
+        (DatasetSpec::SyntheticBirds { resolution, .. }, None) => *resolution,
+        (DatasetSpec::Cub { .. }, None) => 64,
     };
     let groups: Vec<i64> = ds.groups.iter().map(|g| g.values.len() as i64).collect();
     let parts = ds.mask_classes() as i64;
@@ -230,6 +249,13 @@ pub fn run(cfg: &JudgeConfig, resume: Option<&Path>, device: Device, reporter: &
         }
         let pairs: Vec<(&str, f64)> = names.iter().map(String::as_str).zip(values.iter().copied()).collect();
         reporter.metrics(step, &pairs)?;
+        if step == cfg.steps {
+            for s in sides {
+                let sc = score(&s.net, &test_images, &test_labels, test_masks.as_ref());
+                let groups: Vec<String> = ds.groups.iter().zip(&sc.per_group).map(|(g, a)| format!("{}={a:.3}", g.name)).collect();
+                reporter.log(&format!("{} test accuracy per group: {}", s.name, groups.join(" ")));
+            }
+        }
         reporter.log(&format!("step {step}: {}", pairs.iter().map(|(k, v)| format!("{k}={v:.4}")).collect::<Vec<_>>().join(" ")));
         Ok(())
     };
@@ -242,15 +268,21 @@ pub fn run(cfg: &JudgeConfig, resume: Option<&Path>, device: Device, reporter: &
         }
         let mut rng = ChaCha8Rng::seed_from_u64(step_seed(cfg.seed, step));
         let mut losses = Vec::new();
+        // Cosine decay to zero: a function of the step alone, so resuming is exact.
+        let lr = cfg.lr * 0.5 * (1.0 + (std::f64::consts::PI * step as f64 / cfg.steps as f64).cos());
         for s in &mut sides {
+            s.opt.lr = lr;
             let n = s.images.size()[0];
             let idx: Vec<i64> = (0..cfg.batch).map(|_| rng.random_range(0..n)).collect();
             let idx = Tensor::from_slice(&idx).to_device(device);
-            let x = s.images.index_select(0, &idx);
+            // Mirror half the batch: birds face either way, so labels and (mirrored) masks hold.
+            let flip: Vec<bool> = (0..cfg.batch).map(|_| rng.random_bool(0.5)).collect();
+            let x = mirror(&s.images.index_select(0, &idx), &flip);
             let out = s.net.forward(&x);
             let mut loss = s.net.attribute_loss(&out.attr_logits, &s.labels.index_select(0, &idx));
             if let (Some(m), Some(logits)) = (&s.masks, &out.part_logits) {
-                loss += logits.cross_entropy_loss::<Tensor>(&m.index_select(0, &idx), None, tch::Reduction::Mean, -100, 0.0);
+                let target = mirror(&m.index_select(0, &idx).unsqueeze(1), &flip).squeeze_dim(1);
+                loss += logits.cross_entropy_loss::<Tensor>(&target, None, tch::Reduction::Mean, -100, 0.0);
             }
             s.opt.zero_grad();
             loss.backward();

@@ -98,7 +98,7 @@ fn to_view(t: &Tensor) -> F32View {
     let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
     let numel: usize = shape.iter().product();
     let mut bytes = vec![0u8; numel * 4];
-    t.copy_data_u8(&mut bytes, numel * 4);
+    t.copy_data_u8(&mut bytes, numel);
     F32View { shape, bytes }
 }
 

@@ -66,7 +66,7 @@ impl EqualLinear {
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let s = self.weight.size();
         flops::add(2.0 * (x.size()[0] * s[0] * s[1]) as f64);
-        let y = x.linear(&(&self.weight * self.weight_gain).tr(), Some(&(&self.bias * self.lr_mul)));
+        let y = x.linear(&(&self.weight * self.weight_gain), Some(&(&self.bias * self.lr_mul)));
         if self.activate { lrelu(&y) } else { y }
     }
 }

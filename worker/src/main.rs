@@ -4,7 +4,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use plume_worker::dataset::synth::{write_dataset, SynthSpec};
 use plume_worker::dataset::{sheet, Dataset};
-use plume_worker::job::{self, CancelToken, JobSpec, LocalDirReporter, Outcome, Reporter};
+use plume_worker::job::{self, CancelToken, JobSpec, LocalDirReporter, Outcome};
 use std::path::PathBuf;
 
 /// Plume's worker: datasets, StyleGAN2 pretraining, judges, benchmarks.
@@ -107,7 +107,10 @@ fn main() -> Result<()> {
             let spec = JobSpec::from_file(&job)?;
             let device = plume_worker::parse_device(&device).map_err(anyhow::Error::msg)?;
             if let Some(r) = &resume {
-                anyhow::ensure!(r.is_file(), "--resume {}: no such checkpoint file", r.display());
+                // Check the checkpoint before anything is written: a truncated or foreign file
+                // must leave the output directory untouched.
+                let ckpt = plume_worker::nn::checkpoint::Checkpoint::load(r)?;
+                ckpt.expect_kind(spec.kind())?;
             }
             let mut reporter = LocalDirReporter::create(&out).with_context(|| format!("creating {}", out.display()))?;
             let cancel = CancelToken::default();
@@ -120,7 +123,6 @@ fn main() -> Result<()> {
                 eprintln!("\ninterrupt: writing a final checkpoint (press Ctrl-C again to abort)");
                 handler_token.cancel();
             })?;
-            reporter.log(&format!("{} on {device:?} -> {}", spec.kind(), out.display()));
             match job::run(&spec, resume.as_deref(), device, &mut reporter, &cancel)? {
                 Outcome::Completed { step } => println!("completed at step {step}; results in {}", out.display()),
                 Outcome::Cancelled { step } => {

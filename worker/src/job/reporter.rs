@@ -28,10 +28,13 @@ pub trait Reporter {
 
 /// Reports into a directory: `metrics.jsonl`, `checkpoints/`, `artifacts/`, `log.txt`, with a
 /// progress bar on a terminal and plain log lines otherwise.
+///
+/// Nothing is created until the job first reports, so a job that fails validation (a bad
+/// resume checkpoint, say) leaves the directory exactly as it was.
 pub struct LocalDirReporter {
     dir: PathBuf,
-    metrics: File,
-    log: File,
+    metrics: Option<File>,
+    log: Option<File>,
     bar: Option<ProgressBar>,
     last_line: Instant,
     started: Instant,
@@ -39,11 +42,9 @@ pub struct LocalDirReporter {
 }
 
 impl LocalDirReporter {
-    /// Creates (or continues, on resume) an output directory.
+    /// A reporter into `dir` (created on first write; appended to on resume).
     pub fn create(dir: &Path) -> anyhow::Result<Self> {
-        fs::create_dir_all(dir.join("checkpoints"))?;
-        fs::create_dir_all(dir.join("artifacts"))?;
-        let open = |name: &str| OpenOptions::new().create(true).append(true).open(dir.join(name));
+        anyhow::ensure!(!dir.is_file(), "{} is a file, not a directory", dir.display());
         let bar = std::io::stderr().is_terminal().then(|| {
             let bar = ProgressBar::new(0);
             bar.set_style(
@@ -54,8 +55,8 @@ impl LocalDirReporter {
         });
         Ok(LocalDirReporter {
             dir: dir.to_owned(),
-            metrics: open("metrics.jsonl")?,
-            log: open("log.txt")?,
+            metrics: None,
+            log: None,
             bar,
             last_line: Instant::now(),
             started: Instant::now(),
@@ -75,6 +76,14 @@ impl LocalDirReporter {
     /// The output directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    fn open(dir: &Path, slot: &mut Option<File>, name: &str) -> std::io::Result<()> {
+        if slot.is_none() {
+            fs::create_dir_all(dir)?;
+            *slot = Some(OpenOptions::new().create(true).append(true).open(dir.join(name))?);
+        }
+        Ok(())
     }
 
     fn println(&self, line: &str) {
@@ -102,12 +111,15 @@ impl Reporter for LocalDirReporter {
             let value = if v.is_finite() { serde_json::json!(v) } else { serde_json::json!(v.to_string()) };
             obj.insert((*k).to_owned(), value);
         }
-        writeln!(self.metrics, "{}", serde_json::Value::Object(obj))?;
+        Self::open(&self.dir, &mut self.metrics, "metrics.jsonl")?;
+        writeln!(self.metrics.as_mut().expect("opened above"), "{}", serde_json::Value::Object(obj))?;
         Ok(())
     }
 
     fn checkpoint_path(&mut self, step: i64) -> anyhow::Result<PathBuf> {
-        Ok(self.dir.join("checkpoints").join(format!("step-{step:08}.safetensors")))
+        let dir = self.dir.join("checkpoints");
+        fs::create_dir_all(&dir)?;
+        Ok(dir.join(format!("step-{step:08}.safetensors")))
     }
 
     fn checkpoint_written(&mut self, step: i64, path: &Path) -> anyhow::Result<()> {
@@ -124,7 +136,9 @@ impl Reporter for LocalDirReporter {
             !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
             "artifact name {name:?} must be [A-Za-z0-9_-]+"
         );
-        let path = self.dir.join("artifacts").join(format!("{name}-{step:08}.png"));
+        let dir = self.dir.join("artifacts");
+        fs::create_dir_all(&dir)?;
+        let path = dir.join(format!("{name}-{step:08}.png"));
         let tmp = path.with_extension("tmp");
         fs::write(&tmp, png)?;
         fs::rename(&tmp, &path)?;
@@ -132,7 +146,9 @@ impl Reporter for LocalDirReporter {
     }
 
     fn log(&mut self, line: &str) {
-        let _ = writeln!(self.log, "{line}");
+        if Self::open(&self.dir, &mut self.log, "log.txt").is_ok() {
+            let _ = writeln!(self.log.as_mut().expect("opened above"), "{line}");
+        }
         self.println(line);
     }
 

@@ -192,7 +192,6 @@ pub fn run(cfg: &JudgeConfig, resume: Option<&Path>, device: Device, reporter: &
     };
     let groups: Vec<i64> = ds.groups.iter().map(|g| g.values.len() as i64).collect();
     let parts = ds.mask_classes() as i64;
-    reporter.log(&format!("train-judge: {} images, {} attribute groups, {} part labels", ds.images.len(), groups.len(), parts));
     let load_part = |p: Partition| -> anyhow::Result<(Tensor, Tensor, Option<Tensor>)> {
         let idx = ds.partition(p);
         anyhow::ensure!(!idx.is_empty(), "the {p:?} partition of the dataset is empty");
@@ -216,8 +215,8 @@ pub fn run(cfg: &JudgeConfig, resume: Option<&Path>, device: Device, reporter: &
             s.opt.restore(&ckpt, &format!("{}.opt.", s.name))?;
         }
         start = ckpt.step;
-        reporter.log(&format!("resumed from {} at step {start}", path.display()));
     }
+    reporter.log(&format!("train-judge on {device:?}: {} images, {} attribute groups, {} part labels, steps {start}..{}", ds.images.len(), groups.len(), parts, cfg.steps));
     let save = |sides: &[Side], step: i64, reporter: &mut dyn Reporter| -> anyhow::Result<()> {
         let mut tensors = Vec::new();
         for s in sides {

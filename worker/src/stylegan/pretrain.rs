@@ -373,7 +373,6 @@ pub fn run(cfg: &PretrainConfig, resume: Option<&Path>, device: Device, reporter
     anyhow::ensure!(train_idx.len() >= 2, "the training partition has {} images; need at least 2", train_idx.len());
     let images = ds.load_images(&train_idx, res)?.to_device(device);
     let n = images.size()[0];
-    reporter.log(&format!("pretrain-generator: {n} training images at {res} px, {} steps of batch {}", cfg.steps, cfg.batch));
 
     let judge = match &cfg.judge {
         Some(p) => {
@@ -394,7 +393,6 @@ pub fn run(cfg: &PretrainConfig, resume: Option<&Path>, device: Device, reporter
         anyhow::ensure!(saved == cfg.network, "{}: checkpoint network {saved:?} differs from the job's {:?}", path.display(), cfg.network);
         gan.restore(&ckpt)?;
         step = ckpt.step;
-        reporter.log(&format!("resumed from {} at step {step}", path.display()));
     }
 
     let save = |gan: &Gan, step: i64, reporter: &mut dyn Reporter| -> anyhow::Result<()> {
@@ -416,6 +414,8 @@ pub fn run(cfg: &PretrainConfig, resume: Option<&Path>, device: Device, reporter
         }
         Ok(())
     };
+    // Only now, with every input checked, does the job write anything.
+    reporter.log(&format!("pretrain-generator on {device:?}: {n} training images at {res} px, steps {step}..{} of batch {}", cfg.steps, cfg.batch));
     if step == 0 {
         evaluate(&gan, 0, reporter)?;
     }

@@ -14,7 +14,11 @@ use tch::{Device, Kind, Tensor};
 fn peak_rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
         .map(|kb| kb / 1024.0)
         .unwrap_or(f64::NAN)
 }
@@ -41,7 +45,10 @@ fn ceilings(device: Device) -> (f64, f64) {
     let gemm = time(&|| a.matmul(&b), 2.0 * 1024f64.powi(3));
     let x = Tensor::randn([16, 64, 32, 32], opts);
     let w = Tensor::randn([64, 64, 3, 3], opts);
-    let conv = time(&|| x.conv2d(&w, None::<Tensor>, [1, 1], [1, 1], [1, 1], 1), 2.0 * 16.0 * 64.0 * 64.0 * 9.0 * 1024.0);
+    let conv = time(
+        &|| x.conv2d(&w, None::<Tensor>, [1, 1], [1, 1], [1, 1], 1),
+        2.0 * 16.0 * 64.0 * 64.0 * 9.0 * 1024.0,
+    );
     (gemm, conv)
 }
 
@@ -55,12 +62,23 @@ pub fn generator(steps: usize, device: Device) -> anyhow::Result<String> {
     let mut out = String::new();
     let (gemm, conv) = ceilings(device);
     let _ = writeln!(out, "device {device:?}, {} threads; measured ceilings: sgemm {gemm:.1} GFLOP/s, 3x3 conv (64 ch, 32 px) {conv:.1} GFLOP/s", tch::get_num_threads());
-    let _ = writeln!(out, "{:>4} {:>5} {:>9} {:>10} {:>12} {:>10} {:>9} {:>13}", "res", "batch", "step ms", "images/s", "GFLOP/step", "GFLOP/s", "peak MiB", "vs conv ceil");
+    let _ = writeln!(
+        out,
+        "{:>4} {:>5} {:>9} {:>10} {:>12} {:>10} {:>9} {:>13}",
+        "res", "batch", "step ms", "images/s", "GFLOP/step", "GFLOP/s", "peak MiB", "vs conv ceil"
+    );
     for res in [32u32, 64] {
         for batch in [16i64, 32] {
-            let net = NetworkConfig { resolution: res, ..NetworkConfig::default() };
+            let net = NetworkConfig {
+                resolution: res,
+                ..NetworkConfig::default()
+            };
             let cfg = PretrainConfig {
-                dataset: DatasetSpec::SyntheticBirds { images: 1, resolution: res, seed: 0 },
+                dataset: DatasetSpec::SyntheticBirds {
+                    images: 1,
+                    resolution: res,
+                    seed: 0,
+                },
                 network: net.clone(),
                 steps: 1,
                 batch,
@@ -81,7 +99,8 @@ pub fn generator(steps: usize, device: Device) -> anyhow::Result<String> {
             };
             reset_peak_rss();
             let mut gan = Gan::new(&net, cfg.lr, 16, 4, false, 1, device);
-            let real = Tensor::randn([batch, 3, res as i64, res as i64], (Kind::Float, device)).clamp(-1.0, 1.0);
+            let real = Tensor::randn([batch, 3, res as i64, res as i64], (Kind::Float, device))
+                .clamp(-1.0, 1.0);
             let (fg, fd) = tch::no_grad(|| {
                 let z = Tensor::randn([batch, net.z_dim], (Kind::Float, device));
                 flops::start();

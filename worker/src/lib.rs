@@ -26,7 +26,9 @@ pub fn parse_device(s: &str) -> Result<tch::Device, String> {
         "cuda" => Ok(tch::Device::Cuda(0)),
         _ => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
             Some(Ok(i)) => Ok(tch::Device::Cuda(i)),
-            _ => Err(format!("unknown device {s:?}: expected cpu, cuda, cuda:N or auto")),
+            _ => Err(format!(
+                "unknown device {s:?}: expected cpu, cuda, cuda:N or auto"
+            )),
         },
     }
 }

@@ -89,21 +89,51 @@ enum BenchCommand {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Dataset { command: DatasetCommand::Synth { out, images, resolution, seed } } => {
-            let spec = SynthSpec { images, resolution, seed };
+        Command::Dataset {
+            command:
+                DatasetCommand::Synth {
+                    out,
+                    images,
+                    resolution,
+                    seed,
+                },
+        } => {
+            let spec = SynthSpec {
+                images,
+                resolution,
+                seed,
+            };
             let t = std::time::Instant::now();
-            write_dataset(&out, &spec, |done, total| eprint!("\rrendered {done}/{total}"))?;
+            write_dataset(&out, &spec, |done, total| {
+                eprint!("\rrendered {done}/{total}")
+            })?;
             eprintln!();
-            println!("wrote {images} images at {resolution} px to {} in {:.1} s", out.display(), t.elapsed().as_secs_f64());
+            println!(
+                "wrote {images} images at {resolution} px to {} in {:.1} s",
+                out.display(),
+                t.elapsed().as_secs_f64()
+            );
         }
-        Command::Dataset { command: DatasetCommand::Show { dir, sheet: sheet_path, count } } => {
+        Command::Dataset {
+            command:
+                DatasetCommand::Show {
+                    dir,
+                    sheet: sheet_path,
+                    count,
+                },
+        } => {
             let ds = Dataset::open(&dir)?;
             print!("{}", sheet::summary(&ds));
             let path = sheet_path.unwrap_or_else(|| dir.join("contact_sheet.png"));
             sheet::contact_sheet(&ds, count, &path)?;
             println!("contact sheet: {}", path.display());
         }
-        Command::Run { job, out, resume, device } => {
+        Command::Run {
+            job,
+            out,
+            resume,
+            device,
+        } => {
             let spec = JobSpec::from_file(&job)?;
             let device = plume_worker::parse_device(&device).map_err(anyhow::Error::msg)?;
             if let Some(r) = &resume {
@@ -112,7 +142,8 @@ fn main() -> Result<()> {
                 let ckpt = plume_worker::nn::checkpoint::Checkpoint::load(r)?;
                 ckpt.expect_kind(spec.kind())?;
             }
-            let mut reporter = LocalDirReporter::create(&out).with_context(|| format!("creating {}", out.display()))?;
+            let mut reporter = LocalDirReporter::create(&out)
+                .with_context(|| format!("creating {}", out.display()))?;
             let cancel = CancelToken::default();
             let handler_token = cancel.clone();
             ctrlc::set_handler(move || {
@@ -124,14 +155,23 @@ fn main() -> Result<()> {
                 handler_token.cancel();
             })?;
             match job::run(&spec, resume.as_deref(), device, &mut reporter, &cancel)? {
-                Outcome::Completed { step } => println!("completed at step {step}; results in {}", out.display()),
+                Outcome::Completed { step } => {
+                    println!("completed at step {step}; results in {}", out.display())
+                }
                 Outcome::Cancelled { step } => {
-                    println!("cancelled at step {step}; resume with --resume {}", out.join("checkpoints").join(format!("step-{step:08}.safetensors")).display());
+                    println!(
+                        "cancelled at step {step}; resume with --resume {}",
+                        out.join("checkpoints")
+                            .join(format!("step-{step:08}.safetensors"))
+                            .display()
+                    );
                     std::process::exit(130);
                 }
             }
         }
-        Command::Bench { what: BenchCommand::Generator { steps, device } } => {
+        Command::Bench {
+            what: BenchCommand::Generator { steps, device },
+        } => {
             let device = plume_worker::parse_device(&device).map_err(anyhow::Error::msg)?;
             print!("{}", plume_worker::bench::generator(steps, device)?);
         }

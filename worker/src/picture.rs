@@ -80,8 +80,17 @@ pub struct Canvas {
 impl Canvas {
     /// A canvas filled with one colour.
     pub fn new(width: u32, height: u32, fill: [u8; 3]) -> Canvas {
-        let pixels = fill.iter().copied().cycle().take((width * height * 3) as usize).collect();
-        Canvas { width, height, pixels }
+        let pixels = fill
+            .iter()
+            .copied()
+            .cycle()
+            .take((width * height * 3) as usize)
+            .collect();
+        Canvas {
+            width,
+            height,
+            pixels,
+        }
     }
 
     fn put(&mut self, x: u32, y: u32, rgb: [u8; 3]) {
@@ -122,7 +131,15 @@ impl Canvas {
     }
 
     /// Writes text wrapped at word boundaries to `width` pixels; returns the lines used.
-    pub fn text_wrapped(&mut self, x: u32, y: u32, s: &str, width: u32, scale: u32, rgb: [u8; 3]) -> u32 {
+    pub fn text_wrapped(
+        &mut self,
+        x: u32,
+        y: u32,
+        s: &str,
+        width: u32,
+        scale: u32,
+        rgb: [u8; 3],
+    ) -> u32 {
         let lines = wrap(s, (width / (CHAR_W * scale)).max(1) as usize);
         for (i, line) in lines.iter().enumerate() {
             self.text(x, y + i as u32 * LINE_H * scale, line, scale, rgb);
@@ -132,7 +149,8 @@ impl Canvas {
 
     /// Encodes as PNG, writing through a temporary file so a crash never leaves half a picture.
     pub fn save(&self, path: &Path) -> Result<(), image::ImageError> {
-        let img = image::RgbImage::from_raw(self.width, self.height, self.pixels.clone()).expect("canvas size");
+        let img = image::RgbImage::from_raw(self.width, self.height, self.pixels.clone())
+            .expect("canvas size");
         let tmp = path.with_extension("png.tmp");
         img.save_with_format(&tmp, image::ImageFormat::Png)?;
         std::fs::rename(&tmp, path).map_err(image::ImageError::IoError)
@@ -140,9 +158,11 @@ impl Canvas {
 
     /// The PNG bytes.
     pub fn to_png(&self) -> Vec<u8> {
-        let img = image::RgbImage::from_raw(self.width, self.height, self.pixels.clone()).expect("canvas size");
+        let img = image::RgbImage::from_raw(self.width, self.height, self.pixels.clone())
+            .expect("canvas size");
         let mut out = std::io::Cursor::new(Vec::new());
-        img.write_to(&mut out, image::ImageFormat::Png).expect("PNG encoding into memory cannot fail");
+        img.write_to(&mut out, image::ImageFormat::Png)
+            .expect("PNG encoding into memory cannot fail");
         out.into_inner()
     }
 }
@@ -177,8 +197,16 @@ pub fn wrap(s: &str, chars: usize) -> Vec<String> {
 
 /// Converts images `[n, 3, h, w]` in [-1, 1] into RGB byte buffers.
 pub fn tensor_to_rgb(images: &Tensor) -> Vec<Vec<u8>> {
-    let images = images.detach().to_device(tch::Device::Cpu).to_kind(Kind::Float);
-    let bytes = ((images + 1.0) * 127.5).clamp(0.0, 255.0).round().to_kind(Kind::Uint8).permute([0, 2, 3, 1]).contiguous();
+    let images = images
+        .detach()
+        .to_device(tch::Device::Cpu)
+        .to_kind(Kind::Float);
+    let bytes = ((images + 1.0) * 127.5)
+        .clamp(0.0, 255.0)
+        .round()
+        .to_kind(Kind::Uint8)
+        .permute([0, 2, 3, 1])
+        .contiguous();
     let n = bytes.size()[0];
     (0..n)
         .map(|i| {

@@ -17,7 +17,15 @@ fn data_dir() -> PathBuf {
 }
 
 fn run(job: &Path, out: &Path, extra: &[&str]) -> Output {
-    worker().arg("run").arg(job).arg("--out").arg(out).args(["--device", "cpu"]).args(extra).output().expect("spawn plume-worker")
+    worker()
+        .arg("run")
+        .arg(job)
+        .arg("--out")
+        .arg(out)
+        .args(["--device", "cpu"])
+        .args(extra)
+        .output()
+        .expect("spawn plume-worker")
 }
 
 fn tiny_pretrain(steps: i64) -> String {
@@ -47,7 +55,10 @@ fn losses(out: &Path) -> BTreeMap<i64, BTreeMap<String, f64>> {
         let step = v["step"].as_i64().unwrap();
         for (k, val) in v.as_object().unwrap() {
             if k.starts_with("gen/") && k != "gen/images_per_s" {
-                let prev = by_step.entry(step).or_default().insert(k.clone(), val.as_f64().unwrap());
+                let prev = by_step
+                    .entry(step)
+                    .or_default()
+                    .insert(k.clone(), val.as_f64().unwrap());
                 assert!(prev.is_none(), "{k} reported twice at step {step}");
             }
         }
@@ -90,38 +101,92 @@ fn resuming_gives_the_same_losses_at_every_step_as_one_uninterrupted_run() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 
     let (a, b) = (losses(&whole), losses(&split));
-    assert_eq!(a.keys().copied().collect::<Vec<_>>(), (1..=12).collect::<Vec<_>>());
+    assert_eq!(
+        a.keys().copied().collect::<Vec<_>>(),
+        (1..=12).collect::<Vec<_>>()
+    );
     // Every regulariser ran at least once in the resumed half, so its state was restored too.
     for key in ["gen/loss_g", "gen/loss_d", "gen/r1", "gen/path_length"] {
-        assert!(a.range(7..).any(|(_, m)| m.contains_key(key)), "{key} never ran after step 6");
+        assert!(
+            a.range(7..).any(|(_, m)| m.contains_key(key)),
+            "{key} never ran after step 6"
+        );
     }
-    assert_eq!(a, b, "losses differ between the uninterrupted and the resumed run");
-    // And the final weights agree bit for bit.
-    let (wa, wb) = (fs::read(whole.join("checkpoints/step-00000012.safetensors")).unwrap(), fs::read(split.join("checkpoints/step-00000012.safetensors")).unwrap());
-    assert!(wa == wb, "final checkpoints differ");
+    assert_eq!(
+        a, b,
+        "losses differ between the uninterrupted and the resumed run"
+    );
+    // And the final weights, EMA, optimizer moments agree bit for bit.
+    let (wa, wb) = (
+        fs::read(whole.join("checkpoints/step-00000012.safetensors")).unwrap(),
+        fs::read(split.join("checkpoints/step-00000012.safetensors")).unwrap(),
+    );
+    let (ta, tb) = (
+        safetensors::SafeTensors::deserialize(&wa).unwrap(),
+        safetensors::SafeTensors::deserialize(&wb).unwrap(),
+    );
+    let mut names = ta.names();
+    names.sort();
+    assert!(
+        names.len() > 50
+            && names.iter().any(|n| n.starts_with("G_ema."))
+            && names.iter().any(|n| n.ends_with(".m"))
+    );
+    let mut other = tb.names();
+    other.sort();
+    assert_eq!(names, other);
+    for n in names {
+        assert!(
+            ta.tensor(n).unwrap().data() == tb.tensor(n).unwrap().data(),
+            "tensor {n} differs after resume"
+        );
+    }
 }
 
 #[test]
 fn interrupt_writes_a_final_checkpoint_that_resumes() {
     let tmp = tempfile::tempdir().unwrap();
     let job = tmp.path().join("long.yaml");
-    fs::write(&job, tiny_pretrain(100_000).replace("checkpoint_every: 6", "checkpoint_every: 100000")).unwrap();
+    fs::write(
+        &job,
+        tiny_pretrain(100_000).replace("checkpoint_every: 6", "checkpoint_every: 100000"),
+    )
+    .unwrap();
     let out = tmp.path().join("out");
-    let mut child = worker().arg("run").arg(&job).arg("--out").arg(&out).args(["--device", "cpu"]).spawn().unwrap();
+    let mut child = worker()
+        .arg("run")
+        .arg(&job)
+        .arg("--out")
+        .arg(&out)
+        .args(["--device", "cpu"])
+        .spawn()
+        .unwrap();
     // Wait until training is under way.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     while losses_len(&out) < 3 {
-        assert!(std::time::Instant::now() < deadline, "training never started");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "training never started"
+        );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     let pid = child.id().to_string();
-    assert!(Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap()
+        .success());
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(130), "cancelled runs exit 130");
     let latest = fs::read_to_string(out.join("checkpoints/latest")).expect("a final checkpoint");
     let ckpt = out.join("checkpoints").join(latest.trim());
     let last_step = *losses(&out).keys().last().unwrap();
-    assert!(ckpt.to_string_lossy().ends_with(&format!("step-{last_step:08}.safetensors")), "{} vs step {last_step}", ckpt.display());
+    assert!(
+        ckpt.to_string_lossy()
+            .ends_with(&format!("step-{last_step:08}.safetensors")),
+        "{} vs step {last_step}",
+        ckpt.display()
+    );
     // Resume for a few more steps.
     fs::write(&job, tiny_pretrain(last_step + 2)).unwrap();
     let o = run(&job, &out, &["--resume", ckpt.to_str().unwrap()]);
@@ -130,7 +195,9 @@ fn interrupt_writes_a_final_checkpoint_that_resumes() {
 }
 
 fn losses_len(out: &Path) -> usize {
-    fs::read_to_string(out.join("metrics.jsonl")).map(|t| t.lines().count()).unwrap_or(0)
+    fs::read_to_string(out.join("metrics.jsonl"))
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
 }
 
 fn expect_failure(o: &Output, needles: &[&str]) {
@@ -159,16 +226,48 @@ fn bad_jobs_and_checkpoints_get_clear_errors_and_change_nothing() {
         p
     };
     // Unknown job kind.
-    let o = run(&bad("kind.yaml", "kind: train-dragon\nsteps: 3\n"), &out, &[]);
-    expect_failure(&o, &["kind.yaml", "unknown variant `train-dragon`", "pretrain-generator"]);
+    let o = run(
+        &bad("kind.yaml", "kind: train-dragon\nsteps: 3\n"),
+        &out,
+        &[],
+    );
+    expect_failure(
+        &o,
+        &[
+            "kind.yaml:1",
+            "unknown job kind `train-dragon`",
+            "pretrain-generator",
+        ],
+    );
     // Unknown field, with its line.
-    let o = run(&bad("field.yaml", &format!("{}learning_rate: 0.1\n", tiny_pretrain(6))), &out, &[]);
+    let o = run(
+        &bad(
+            "field.yaml",
+            &format!("{}learning_rate: 0.1\n", tiny_pretrain(6)),
+        ),
+        &out,
+        &[],
+    );
     expect_failure(&o, &["field.yaml:", "unknown field `learning_rate`"]);
     // Wrong type.
-    let o = run(&bad("type.yaml", &tiny_pretrain(6).replace("steps: 6", "steps: many")), &out, &[]);
+    let o = run(
+        &bad(
+            "type.yaml",
+            &tiny_pretrain(6).replace("steps: 6", "steps: many"),
+        ),
+        &out,
+        &[],
+    );
     expect_failure(&o, &["type.yaml:4:", "steps"]);
     // Out-of-range value.
-    let o = run(&bad("range.yaml", &tiny_pretrain(6).replace("batch: 8", "batch: 0")), &out, &[]);
+    let o = run(
+        &bad(
+            "range.yaml",
+            &tiny_pretrain(6).replace("batch: 8", "batch: 0"),
+        ),
+        &out,
+        &[],
+    );
     expect_failure(&o, &["batch must be"]);
     // Not YAML at all.
     let o = run(&bad("junk.yaml", "kind: [unclosed\n"), &out, &[]);
@@ -186,9 +285,17 @@ fn bad_jobs_and_checkpoints_get_clear_errors_and_change_nothing() {
     let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
     let mut tensors: Vec<(String, safetensors::tensor::TensorView)> = st.tensors();
     let key = "G.b4.conv1.bias";
-    let idx = tensors.iter().position(|(n, _)| n == key).expect("bias tensor");
+    let idx = tensors
+        .iter()
+        .position(|(n, _)| n == key)
+        .expect("bias tensor");
     let data = tensors[idx].1.data();
-    let half = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![data.len() / 8], &data[..data.len() / 2]).unwrap();
+    let half = safetensors::tensor::TensorView::new(
+        safetensors::Dtype::F32,
+        vec![data.len() / 8],
+        &data[..data.len() / 2],
+    )
+    .unwrap();
     tensors[idx].1 = half;
     let reshaped = tmp.path().join("reshaped.safetensors");
     safetensors::serialize_to_file(tensors, header.metadata().clone(), &reshaped).unwrap();
@@ -206,5 +313,8 @@ fn bad_jobs_and_checkpoints_get_clear_errors_and_change_nothing() {
     let o = run(&huge, &out, &[]);
     expect_failure(&o, &["huge.yaml", "limit"]);
 
-    assert!(snapshot(&out) == before, "a failed run changed the output directory");
+    assert!(
+        snapshot(&out) == before,
+        "a failed run changed the output directory"
+    );
 }

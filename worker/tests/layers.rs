@@ -14,17 +14,25 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
 /// The textbook per-sample modulated convolution: scale the weight by the sample's styles,
 /// demodulate, convolve that one sample.
 fn reference_modconv(conv: &ModulatedConv2d, x: &Tensor, styles: &Tensor, demod: bool) -> Tensor {
-    let [o, i, k, _] = conv.weight.size()[..] else { unreachable!() };
+    let [o, i, k, _] = conv.weight.size()[..] else {
+        unreachable!()
+    };
     let gain = 1.0 / ((i * k * k) as f64).sqrt();
     let outs: Vec<Tensor> = (0..x.size()[0])
         .map(|b| {
             let mut w = &conv.weight * gain * styles.get(b).view([1, i, 1, 1]);
             if demod {
-                let d = (w.square().sum_dim_intlist([1i64, 2, 3].as_slice(), true, None) + 1e-8).rsqrt();
+                let d = (w
+                    .square()
+                    .sum_dim_intlist([1i64, 2, 3].as_slice(), true, None)
+                    + 1e-8)
+                    .rsqrt();
                 w = w * d;
             }
             assert_eq!(w.size(), vec![o, i, k, k]);
-            x.get(b).unsqueeze(0).conv2d(&w, None::<Tensor>, [1, 1], [k / 2, k / 2], [1, 1], 1)
+            x.get(b)
+                .unsqueeze(0)
+                .conv2d(&w, None::<Tensor>, [1, 1], [k / 2, k / 2], [1, 1], 1)
         })
         .collect();
     Tensor::cat(&outs, 0)
@@ -64,8 +72,16 @@ fn demodulated_outputs_have_unit_variance() {
     }
     // Without demodulation the variance follows the styles instead.
     let plain = ModulatedConv2d::new(vs.root() / "p", 64, 64, 3, 32, false);
-    let var = plain.forward(&x, &w, ModConvImpl::Batched).narrow(2, 1, 16).narrow(3, 1, 16).var(true).double_value(&[]);
-    assert!(var > 2.0, "undemodulated variance {var} should reflect the large styles");
+    let var = plain
+        .forward(&x, &w, ModConvImpl::Batched)
+        .narrow(2, 1, 16)
+        .narrow(3, 1, 16)
+        .var(true)
+        .double_value(&[]);
+    assert!(
+        var > 2.0,
+        "undemodulated variance {var} should reflect the large styles"
+    );
 }
 
 #[test]
@@ -85,7 +101,12 @@ fn equalized_learning_rate_scales_weights_at_run_time() {
     let conv = EqualConv2d::new(vs.root() / "conv", 32, 48, 3, true, false);
     assert!((conv.weight.std(true).double_value(&[]) - 1.0).abs() < 0.05);
     let x = Tensor::randn([8, 32, 18, 18], (Kind::Float, Device::Cpu));
-    let std = conv.forward(&x).narrow(2, 1, 16).narrow(3, 1, 16).std(true).double_value(&[]);
+    let std = conv
+        .forward(&x)
+        .narrow(2, 1, 16)
+        .narrow(3, 1, 16)
+        .std(true)
+        .double_value(&[]);
     assert!((std - 1.0).abs() < 0.05, "conv output std {std}");
 }
 
@@ -93,7 +114,14 @@ fn equalized_learning_rate_scales_weights_at_run_time() {
 fn r1_penalty_equals_a_finite_difference_estimate() {
     tch::manual_seed(3);
     let mut vs = VarStore::new(Device::Cpu);
-    let cfg = NetworkConfig { resolution: 8, z_dim: 8, w_dim: 8, mapping_layers: 1, channel_base: 64, channel_max: 8 };
+    let cfg = NetworkConfig {
+        resolution: 8,
+        z_dim: 8,
+        w_dim: 8,
+        mapping_layers: 1,
+        channel_base: 64,
+        channel_max: 8,
+    };
     let d = Discriminator::new(&vs.root(), &cfg);
     vs.double();
     let x = Tensor::randn([4, 3, 8, 8], (Kind::Double, Device::Cpu));
@@ -114,7 +142,10 @@ fn r1_penalty_equals_a_finite_difference_estimate() {
     }
     let fd = sum_sq / 4.0;
     assert!(penalty > 0.0);
-    assert!(((penalty - fd) / fd).abs() < 1e-5, "autograd {penalty} vs finite differences {fd}");
+    assert!(
+        ((penalty - fd) / fd).abs() < 1e-5,
+        "autograd {penalty} vs finite differences {fd}"
+    );
 }
 
 #[test]

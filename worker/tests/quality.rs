@@ -11,17 +11,41 @@ fn run_job(job_yaml: &str, dir: &Path, name: &str) -> Vec<serde_json::Value> {
     fs::write(&job, job_yaml).unwrap();
     let out = dir.join(name);
     let o = Command::new(env!("CARGO_BIN_EXE_plume-worker"))
-        .env("PLUME_DATA_DIR", Path::new(env!("CARGO_TARGET_TMPDIR")).join("plume-data"))
-        .args(["run", job.to_str().unwrap(), "--out", out.to_str().unwrap(), "--device", "cpu"])
+        .env(
+            "PLUME_DATA_DIR",
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join("plume-data"),
+        )
+        .args([
+            "run",
+            job.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--device",
+            "cpu",
+        ])
         .output()
         .unwrap();
-    assert!(o.status.success(), "{name} failed: {}", String::from_utf8_lossy(&o.stderr));
-    eprintln!("{name}:\n{}", fs::read_to_string(out.join("log.txt")).unwrap_or_default());
-    fs::read_to_string(out.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    assert!(
+        o.status.success(),
+        "{name} failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    eprintln!(
+        "{name}:\n{}",
+        fs::read_to_string(out.join("log.txt")).unwrap_or_default()
+    );
+    fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 fn series(metrics: &[serde_json::Value], key: &str) -> Vec<(i64, f64)> {
-    metrics.iter().filter_map(|m| Some((m["step"].as_i64()?, m.get(key)?.as_f64()?))).collect()
+    metrics
+        .iter()
+        .filter_map(|m| Some((m["step"].as_i64()?, m.get(key)?.as_f64()?)))
+        .collect()
 }
 
 #[test]
@@ -34,19 +58,30 @@ fn judge_is_accurate_and_pretraining_improves_judge_fid_five_fold() {
     let acc = series(&judge, "judge/attr_accuracy");
     let (_, final_acc) = *acc.last().expect("judge accuracy reported");
     eprintln!("judge held-out attribute accuracy by step: {acc:?}");
-    assert!(final_acc >= 0.95, "judge held-out attribute accuracy {final_acc:.4} < 0.95");
+    assert!(
+        final_acc >= 0.95,
+        "judge held-out attribute accuracy {final_acc:.4} < 0.95"
+    );
     let miou = series(&judge, "judge/seg_miou");
     assert!(miou.last().unwrap().1 > 0.5, "judge part mIoU {miou:?}");
 
-    let ckpt = tmp.path().join("judge/checkpoints/step-00000800.safetensors");
+    let ckpt = tmp
+        .path()
+        .join("judge/checkpoints/step-00000800.safetensors");
     assert!(ckpt.is_file(), "judge checkpoint at step 800");
     let gen_yaml = fs::read_to_string(repo.join("experiments/jobs/generator-test.yaml")).unwrap();
-    let gen_yaml = gen_yaml.replace("judge: JUDGE_CHECKPOINT", &format!("judge: {}", ckpt.display()));
+    let gen_yaml = gen_yaml.replace(
+        "judge: JUDGE_CHECKPOINT",
+        &format!("judge: {}", ckpt.display()),
+    );
     let gen = run_job(&gen_yaml, tmp.path(), "generator");
     let fid = series(&gen, "gen/judge_fid");
     eprintln!("gen/judge_fid by step: {fid:?}");
     let (first_step, untrained) = fid[0];
     let (_, trained) = *fid.last().unwrap();
     assert_eq!(first_step, 0, "the untrained generator is scored at step 0");
-    assert!(trained * 5.0 <= untrained, "judge-FID went from {untrained:.2} to {trained:.2}: less than 5x better");
+    assert!(
+        trained * 5.0 <= untrained,
+        "judge-FID went from {untrained:.2} to {trained:.2}: less than 5x better"
+    );
 }

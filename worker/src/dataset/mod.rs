@@ -65,7 +65,10 @@ pub enum DatasetError {
 
 impl DatasetError {
     fn io(path: &Path, source: std::io::Error) -> Self {
-        DatasetError::Io { path: path.to_owned(), source }
+        DatasetError::Io {
+            path: path.to_owned(),
+            source,
+        }
     }
 }
 
@@ -94,7 +97,10 @@ pub struct ImageEntry {
 impl ImageEntry {
     /// `<class_dir>/<file stem>`: the key of captions and masks.
     pub fn stem(&self) -> &str {
-        self.rel_path.rsplit_once('.').map(|(s, _)| s).unwrap_or(&self.rel_path)
+        self.rel_path
+            .rsplit_once('.')
+            .map(|(s, _)| s)
+            .unwrap_or(&self.rel_path)
     }
 }
 
@@ -147,33 +153,56 @@ const MAX_INDEX_FILE: u64 = 512 << 20;
 fn read_index(path: &Path) -> Result<String, DatasetError> {
     let meta = fs::metadata(path).map_err(|e| DatasetError::io(path, e))?;
     if meta.len() > MAX_INDEX_FILE {
-        return Err(DatasetError::Invalid(format!("{}: {} bytes is too large for an index file", path.display(), meta.len())));
+        return Err(DatasetError::Invalid(format!(
+            "{}: {} bytes is too large for an index file",
+            path.display(),
+            meta.len()
+        )));
     }
     let bytes = fs::read(path).map_err(|e| DatasetError::io(path, e))?;
     String::from_utf8(bytes).map_err(|e| DatasetError::Parse {
         path: path.to_owned(),
-        line: 1 + e.as_bytes()[..e.utf8_error().valid_up_to()].iter().filter(|&&b| b == b'\n').count(),
+        line: 1 + e.as_bytes()[..e.utf8_error().valid_up_to()]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count(),
         message: "not valid UTF-8".into(),
     })
 }
 
 /// Parses the non-empty lines of an index file into `n` whitespace-separated fields
 /// (the last field takes the rest of the line).
-fn parse_lines<'a>(path: &'a Path, text: &'a str, n: usize) -> impl Iterator<Item = Result<(usize, Vec<&'a str>), DatasetError>> + 'a {
-    text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()).map(move |(i, l)| {
-        let fields: Vec<&str> = l.trim().splitn(n, char::is_whitespace).map(str::trim).collect();
-        if fields.len() != n || fields.iter().any(|f| f.is_empty()) {
-            return Err(DatasetError::Parse {
-                path: path.to_owned(),
-                line: i + 1,
-                message: format!("expected {n} fields, found {:?}", l),
-            });
-        }
-        Ok((i + 1, fields))
-    })
+fn parse_lines<'a>(
+    path: &'a Path,
+    text: &'a str,
+    n: usize,
+) -> impl Iterator<Item = Result<(usize, Vec<&'a str>), DatasetError>> + 'a {
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(move |(i, l)| {
+            let fields: Vec<&str> = l
+                .trim()
+                .splitn(n, char::is_whitespace)
+                .map(str::trim)
+                .collect();
+            if fields.len() != n || fields.iter().any(|f| f.is_empty()) {
+                return Err(DatasetError::Parse {
+                    path: path.to_owned(),
+                    line: i + 1,
+                    message: format!("expected {n} fields, found {:?}", l),
+                });
+            }
+            Ok((i + 1, fields))
+        })
 }
 
-fn parse_num<T: std::str::FromStr>(path: &Path, line: usize, field: &str, what: &str) -> Result<T, DatasetError> {
+fn parse_num<T: std::str::FromStr>(
+    path: &Path,
+    line: usize,
+    field: &str,
+    what: &str,
+) -> Result<T, DatasetError> {
     field.parse().map_err(|_| DatasetError::Parse {
         path: path.to_owned(),
         line,
@@ -183,9 +212,17 @@ fn parse_num<T: std::str::FromStr>(path: &Path, line: usize, field: &str, what: 
 
 /// A relative path from an index file must stay inside the dataset.
 fn check_relative(path: &Path, line: usize, rel: &str) -> Result<(), DatasetError> {
-    let bad = rel.starts_with('/') || rel.contains('\\') || rel.split('/').any(|c| c == ".." || c == "." || c.is_empty());
+    let bad = rel.starts_with('/')
+        || rel.contains('\\')
+        || rel
+            .split('/')
+            .any(|c| c == ".." || c == "." || c.is_empty());
     if bad {
-        return Err(DatasetError::Parse { path: path.to_owned(), line, message: format!("path {rel:?} must be relative and stay inside the dataset") });
+        return Err(DatasetError::Parse {
+            path: path.to_owned(),
+            line,
+            message: format!("path {rel:?} must be relative and stay inside the dataset"),
+        });
     }
     Ok(())
 }
@@ -196,7 +233,10 @@ impl Dataset {
     pub fn open(root: &Path) -> Result<Dataset, DatasetError> {
         let p = |rel: &str| root.join(rel);
         if !root.is_dir() {
-            return Err(DatasetError::Invalid(format!("{} is not a dataset directory", root.display())));
+            return Err(DatasetError::Invalid(format!(
+                "{} is not a dataset directory",
+                root.display()
+            )));
         }
         let classes_path = p("classes.txt");
         let classes_txt = read_index(&classes_path)?;
@@ -205,7 +245,14 @@ impl Dataset {
             let (line, f) = r?;
             let id: usize = parse_num(&classes_path, line, f[0], "class id")?;
             if id != classes.len() + 1 {
-                return Err(DatasetError::Parse { path: classes_path.clone(), line, message: format!("class ids must be 1, 2, 3, ... in order; expected {}, found {id}", classes.len() + 1) });
+                return Err(DatasetError::Parse {
+                    path: classes_path.clone(),
+                    line,
+                    message: format!(
+                        "class ids must be 1, 2, 3, ... in order; expected {}, found {id}",
+                        classes.len() + 1
+                    ),
+                });
             }
             check_relative(&classes_path, line, f[1])?;
             classes.push(f[1].to_owned());
@@ -220,16 +267,35 @@ impl Dataset {
             let id: u32 = parse_num(&images_path, line, f[0], "image id")?;
             check_relative(&images_path, line, f[1])?;
             if index_of.insert(id, images.len()).is_some() {
-                return Err(DatasetError::Parse { path: images_path.clone(), line, message: format!("image id {id} appears twice") });
+                return Err(DatasetError::Parse {
+                    path: images_path.clone(),
+                    line,
+                    message: format!("image id {id} appears twice"),
+                });
             }
-            images.push(ImageEntry { id, rel_path: f[1].to_owned(), class: usize::MAX, is_train: false });
+            images.push(ImageEntry {
+                id,
+                rel_path: f[1].to_owned(),
+                class: usize::MAX,
+                is_train: false,
+            });
         }
         if images.is_empty() {
-            return Err(DatasetError::Invalid(format!("{} lists no images", images_path.display())));
+            return Err(DatasetError::Invalid(format!(
+                "{} lists no images",
+                images_path.display()
+            )));
         }
         let lookup = |path: &Path, line: usize, field: &str| -> Result<usize, DatasetError> {
             let id: u32 = parse_num(path, line, field, "image id")?;
-            index_of.get(&id).copied().ok_or_else(|| DatasetError::Parse { path: path.to_owned(), line, message: format!("image id {id} is not in images.txt") })
+            index_of
+                .get(&id)
+                .copied()
+                .ok_or_else(|| DatasetError::Parse {
+                    path: path.to_owned(),
+                    line,
+                    message: format!("image id {id} is not in images.txt"),
+                })
         };
 
         let labels_path = p("image_class_labels.txt");
@@ -239,12 +305,23 @@ impl Dataset {
             let i = lookup(&labels_path, line, f[0])?;
             let class: usize = parse_num(&labels_path, line, f[1], "class id")?;
             if class == 0 || class > classes.len() {
-                return Err(DatasetError::Parse { path: labels_path.clone(), line, message: format!("class id {class} is not in classes.txt (1..={})", classes.len()) });
+                return Err(DatasetError::Parse {
+                    path: labels_path.clone(),
+                    line,
+                    message: format!(
+                        "class id {class} is not in classes.txt (1..={})",
+                        classes.len()
+                    ),
+                });
             }
             images[i].class = class - 1;
         }
         if let Some(missing) = images.iter().find(|im| im.class == usize::MAX) {
-            return Err(DatasetError::Invalid(format!("{}: image {} has no class", labels_path.display(), missing.id)));
+            return Err(DatasetError::Invalid(format!(
+                "{}: image {} has no class",
+                labels_path.display(),
+                missing.id
+            )));
         }
 
         let split_path = p("train_test_split.txt");
@@ -256,12 +333,22 @@ impl Dataset {
             images[i].is_train = match f[1] {
                 "1" => true,
                 "0" => false,
-                other => return Err(DatasetError::Parse { path: split_path.clone(), line, message: format!("expected 1 (train) or 0 (test), found {other:?}") }),
+                other => {
+                    return Err(DatasetError::Parse {
+                        path: split_path.clone(),
+                        line,
+                        message: format!("expected 1 (train) or 0 (test), found {other:?}"),
+                    })
+                }
             };
             seen[i] = true;
         }
         if let Some(i) = seen.iter().position(|s| !s) {
-            return Err(DatasetError::Invalid(format!("{}: image {} has no split", split_path.display(), images[i].id)));
+            return Err(DatasetError::Invalid(format!(
+                "{}: image {} has no split",
+                split_path.display(),
+                images[i].id
+            )));
         }
 
         let attrs_path = p("attributes/attributes.txt");
@@ -273,15 +360,29 @@ impl Dataset {
             let (line, f) = r?;
             let id: usize = parse_num(&attrs_path, line, f[0], "attribute id")?;
             if id != attr_slot.len() + 1 {
-                return Err(DatasetError::Parse { path: attrs_path.clone(), line, message: format!("attribute ids must be 1, 2, 3, ... in order; expected {}, found {id}", attr_slot.len() + 1) });
+                return Err(DatasetError::Parse {
+                    path: attrs_path.clone(),
+                    line,
+                    message: format!(
+                        "attribute ids must be 1, 2, 3, ... in order; expected {}, found {id}",
+                        attr_slot.len() + 1
+                    ),
+                });
             }
             let Some((group, value)) = f[1].split_once("::") else {
-                return Err(DatasetError::Parse { path: attrs_path.clone(), line, message: format!("expected <group>::<value>, found {:?}", f[1]) });
+                return Err(DatasetError::Parse {
+                    path: attrs_path.clone(),
+                    line,
+                    message: format!("expected <group>::<value>, found {:?}", f[1]),
+                });
             };
             let g = match groups.iter().position(|g| g.name == group) {
                 Some(g) => g,
                 None => {
-                    groups.push(AttributeGroup { name: group.to_owned(), values: Vec::new() });
+                    groups.push(AttributeGroup {
+                        name: group.to_owned(),
+                        values: Vec::new(),
+                    });
                     groups.len() - 1
                 }
             };
@@ -299,12 +400,25 @@ impl Dataset {
             }
             let mut it = l.split_whitespace();
             let (Some(img), Some(attr), Some(present)) = (it.next(), it.next(), it.next()) else {
-                return Err(DatasetError::Parse { path: ial_path.clone(), line, message: "expected <image_id> <attribute_id> <is_present> <certainty_id> <time>".into() });
+                return Err(DatasetError::Parse {
+                    path: ial_path.clone(),
+                    line,
+                    message:
+                        "expected <image_id> <attribute_id> <is_present> <certainty_id> <time>"
+                            .into(),
+                });
             };
             let im = lookup(&ial_path, line, img)?;
             let a: usize = parse_num(&ial_path, line, attr, "attribute id")?;
             if a == 0 || a > attr_slot.len() {
-                return Err(DatasetError::Parse { path: ial_path.clone(), line, message: format!("attribute id {a} is not in attributes.txt (1..={})", attr_slot.len()) });
+                return Err(DatasetError::Parse {
+                    path: ial_path.clone(),
+                    line,
+                    message: format!(
+                        "attribute id {a} is not in attributes.txt (1..={})",
+                        attr_slot.len()
+                    ),
+                });
             }
             match present {
                 "1" => {
@@ -315,7 +429,13 @@ impl Dataset {
                     }
                 }
                 "0" => {}
-                other => return Err(DatasetError::Parse { path: ial_path.clone(), line, message: format!("is_present must be 0 or 1, found {other:?}") }),
+                other => {
+                    return Err(DatasetError::Parse {
+                        path: ial_path.clone(),
+                        line,
+                        message: format!("is_present must be 0 or 1, found {other:?}"),
+                    })
+                }
             }
         }
 
@@ -325,7 +445,13 @@ impl Dataset {
             match fs::read(&path) {
                 Ok(bytes) => {
                     let text = String::from_utf8_lossy(&bytes);
-                    captions.push(text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned).collect());
+                    captions.push(
+                        text.lines()
+                            .map(str::trim)
+                            .filter(|l| !l.is_empty())
+                            .map(str::to_owned)
+                            .collect(),
+                    );
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => captions.push(Vec::new()),
                 Err(e) => return Err(DatasetError::io(&path, e)),
@@ -340,7 +466,14 @@ impl Dataset {
                 let (line, f) = r?;
                 let id: usize = parse_num(&parts_path, line, f[0], "part label")?;
                 if id != names.len() {
-                    return Err(DatasetError::Parse { path: parts_path.clone(), line, message: format!("part labels must be 0, 1, 2, ... in order; expected {}", names.len()) });
+                    return Err(DatasetError::Parse {
+                        path: parts_path.clone(),
+                        line,
+                        message: format!(
+                            "part labels must be 0, 1, 2, ... in order; expected {}",
+                            names.len()
+                        ),
+                    });
                 }
                 names.push(f[1].to_owned());
             }
@@ -351,7 +484,15 @@ impl Dataset {
             MaskKind::None
         };
 
-        Ok(Dataset { root: root.to_owned(), classes, images, groups, labels, captions, masks })
+        Ok(Dataset {
+            root: root.to_owned(),
+            classes,
+            images,
+            groups,
+            labels,
+            captions,
+            masks,
+        })
     }
 
     /// Indices (into `images`) of a partition, in file order.
@@ -391,7 +532,10 @@ impl Dataset {
         let mut data = Vec::with_capacity(indices.len() * 3 * (res * res) as usize);
         for &i in indices {
             let path = self.root.join("images").join(&self.images[i].rel_path);
-            let img = image::open(&path).map_err(|e| DatasetError::Image { path: path.clone(), message: e.to_string() })?;
+            let img = image::open(&path).map_err(|e| DatasetError::Image {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
             let img = img.to_rgb8();
             let img = if img.width() == res && img.height() == res {
                 img
@@ -420,8 +564,14 @@ impl Dataset {
         let classes = self.mask_classes() as u8;
         let mut data = Vec::with_capacity(indices.len() * (res * res) as usize);
         for &i in indices {
-            let path = self.root.join(dir).join(format!("{}.png", self.images[i].stem()));
-            let img = image::open(&path).map_err(|e| DatasetError::Image { path: path.clone(), message: e.to_string() })?;
+            let path = self
+                .root
+                .join(dir)
+                .join(format!("{}.png", self.images[i].stem()));
+            let img = image::open(&path).map_err(|e| DatasetError::Image {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
             let img = img.to_luma8();
             let img = if img.width() == res && img.height() == res {
                 img
@@ -429,19 +579,35 @@ impl Dataset {
                 image::imageops::resize(&img, res, res, image::imageops::FilterType::Nearest)
             };
             for px in img.pixels() {
-                let label = if matches!(self.masks, MaskKind::Segmentation) { (px[0] >= 128) as u8 } else { px[0] };
+                let label = if matches!(self.masks, MaskKind::Segmentation) {
+                    (px[0] >= 128) as u8
+                } else {
+                    px[0]
+                };
                 if label >= classes {
-                    return Err(DatasetError::Image { path: path.clone(), message: format!("label {label} is outside the {classes} known parts") });
+                    return Err(DatasetError::Image {
+                        path: path.clone(),
+                        message: format!("label {label} is outside the {classes} known parts"),
+                    });
                 }
                 data.push(label as i64);
             }
         }
-        Ok(Some(Tensor::from_slice(&data).view([indices.len() as i64, res as i64, res as i64])))
+        Ok(Some(Tensor::from_slice(&data).view([
+            indices.len() as i64,
+            res as i64,
+            res as i64,
+        ])))
     }
 
     /// Attribute labels `[n, groups]` (value index or -1) for the given images.
     pub fn label_tensor(&self, indices: &[usize]) -> Tensor {
-        let flat: Vec<i64> = indices.iter().flat_map(|&i| self.labels[i].iter().copied()).collect();
-        Tensor::from_slice(&flat).view([indices.len() as i64, self.groups.len() as i64]).to_kind(Kind::Int64)
+        let flat: Vec<i64> = indices
+            .iter()
+            .flat_map(|&i| self.labels[i].iter().copied())
+            .collect();
+        Tensor::from_slice(&flat)
+            .view([indices.len() as i64, self.groups.len() as i64])
+            .to_kind(Kind::Int64)
     }
 }

@@ -44,7 +44,15 @@ impl BirdAttributes {
 
     /// The value index of each group, in `Group::ALL` order.
     pub fn values(&self) -> [usize; 7] {
-        [self.breast, self.wing, self.crown, self.upper, self.bill, self.size, self.background]
+        [
+            self.breast,
+            self.wing,
+            self.crown,
+            self.upper,
+            self.bill,
+            self.size,
+            self.background,
+        ]
     }
 }
 
@@ -93,10 +101,18 @@ pub struct Rendered {
 
 enum Shape {
     /// Centre, radii, rotation.
-    Ellipse { c: (f32, f32), r: (f32, f32), angle: f32 },
+    Ellipse {
+        c: (f32, f32),
+        r: (f32, f32),
+        angle: f32,
+    },
     Triangle([(f32, f32); 3]),
     /// A thick line segment.
-    Stroke { a: (f32, f32), b: (f32, f32), width: f32 },
+    Stroke {
+        a: (f32, f32),
+        b: (f32, f32),
+        width: f32,
+    },
 }
 
 impl Shape {
@@ -182,8 +198,16 @@ fn layers(attrs: &BirdAttributes, pose: &Pose) -> Vec<Layer> {
     let head_c = place(0.22, -0.14);
     let head_r = 0.10 * s;
     let bill_len = BILL_LENGTHS[attrs.bill].2;
-    let body = || Shape::Ellipse { c: place(0.0, 0.0), r: (0.24 * s, 0.155 * s), angle: tilt };
-    let head = || Shape::Ellipse { c: head_c, r: (head_r, head_r), angle: 0.0 };
+    let body = || Shape::Ellipse {
+        c: place(0.0, 0.0),
+        r: (0.24 * s, 0.155 * s),
+        angle: tilt,
+    };
+    let head = || Shape::Ellipse {
+        c: head_c,
+        r: (head_r, head_r),
+        angle: 0.0,
+    };
     vec![
         Layer {
             shape: Shape::Triangle([place(-0.16, -0.03), place(-0.40, -0.10), place(-0.38, 0.06)]),
@@ -192,33 +216,63 @@ fn layers(attrs: &BirdAttributes, pose: &Pose) -> Vec<Layer> {
             colour: upper,
         },
         Layer {
-            shape: Shape::Stroke { a: place(-0.05, 0.10), b: place(-0.07, 0.29), width: 0.03 * s },
+            shape: Shape::Stroke {
+                a: place(-0.05, 0.10),
+                b: place(-0.07, 0.29),
+                width: 0.03 * s,
+            },
             clip: None,
             part: 9,
             colour: [90, 80, 70],
         },
         Layer {
-            shape: Shape::Stroke { a: place(0.05, 0.10), b: place(0.05, 0.29), width: 0.03 * s },
+            shape: Shape::Stroke {
+                a: place(0.05, 0.10),
+                b: place(0.05, 0.29),
+                width: 0.03 * s,
+            },
             clip: None,
             part: 9,
             colour: [90, 80, 70],
         },
-        Layer { shape: body(), clip: None, part: 1, colour: upper },
         Layer {
-            shape: Shape::Ellipse { c: place(0.09, 0.06), r: (0.155 * s, 0.11 * s), angle: tilt },
+            shape: body(),
+            clip: None,
+            part: 1,
+            colour: upper,
+        },
+        Layer {
+            shape: Shape::Ellipse {
+                c: place(0.09, 0.06),
+                r: (0.155 * s, 0.11 * s),
+                angle: tilt,
+            },
             clip: Some(body()),
             part: 2,
             colour: colour(attrs.breast, 1),
         },
         Layer {
-            shape: Shape::Ellipse { c: place(-0.05, -0.01), r: (0.17 * s, 0.085 * s), angle: tilt - 0.25 },
+            shape: Shape::Ellipse {
+                c: place(-0.05, -0.01),
+                r: (0.17 * s, 0.085 * s),
+                angle: tilt - 0.25,
+            },
             clip: None,
             part: 3,
             colour: colour(attrs.wing, 2),
         },
-        Layer { shape: head(), clip: None, part: 5, colour: upper },
         Layer {
-            shape: Shape::Ellipse { c: (head_c.0, head_c.1 - 0.045 * s), r: (head_r * 1.05, 0.07 * s), angle: 0.0 },
+            shape: head(),
+            clip: None,
+            part: 5,
+            colour: upper,
+        },
+        Layer {
+            shape: Shape::Ellipse {
+                c: (head_c.0, head_c.1 - 0.045 * s),
+                r: (head_r * 1.05, 0.07 * s),
+                angle: 0.0,
+            },
             clip: Some(head()),
             part: 4,
             colour: colour(attrs.crown, 3),
@@ -234,7 +288,11 @@ fn layers(attrs: &BirdAttributes, pose: &Pose) -> Vec<Layer> {
             colour: jittered([60, 55, 50], pose.colour_jitter[4]),
         },
         Layer {
-            shape: Shape::Ellipse { c: (head_c.0 + 0.04 * s, head_c.1 - 0.005 * s), r: (0.025 * s, 0.025 * s), angle: 0.0 },
+            shape: Shape::Ellipse {
+                c: (head_c.0 + 0.04 * s, head_c.1 - 0.005 * s),
+                r: (0.025 * s, 0.025 * s),
+                angle: 0.0,
+            },
             clip: None,
             part: 8,
             colour: [10, 10, 10],
@@ -248,8 +306,9 @@ pub fn render(attrs: &BirdAttributes, pose: &Pose, resolution: u32) -> Rendered 
     let n = resolution as usize;
     let mut rgb = vec![0u8; n * n * 3];
     let mut parts = vec![0u8; n * n];
-    // An eye smaller than a pixel would vanish at 32 px: grow it to half a pixel radius.
-    let min_r = 0.5 / resolution as f32;
+    // An eye smaller than a pixel would vanish at 32 px. A disc of radius >= sqrt(2)/2 pixel
+    // always covers some pixel centre, so grow it to 0.75 pixel.
+    let min_r = 0.75 / resolution as f32;
     for y in 0..n {
         for x in 0..n {
             let mut u = (x as f32 + 0.5) / resolution as f32;
@@ -279,7 +338,11 @@ pub fn render(attrs: &BirdAttributes, pose: &Pose, resolution: u32) -> Rendered 
             rgb[i * 3..i * 3 + 3].copy_from_slice(&colour);
         }
     }
-    Rendered { resolution, rgb, parts }
+    Rendered {
+        resolution,
+        rgb,
+        parts,
+    }
 }
 
 /// The attributes and pose of image `index` of a dataset drawn with `seed`: each image has

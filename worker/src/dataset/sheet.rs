@@ -23,8 +23,16 @@ pub fn contact_sheet(ds: &Dataset, count: usize, out: &Path) -> Result<(), Datas
     let rows = (indices.len() as u32).div_ceil(cols);
     let mut canvas = Canvas::new(cols * cell_w + 4, rows * cell_h + 4, [255, 255, 255]);
     let palette: [[u8; 3]; 10] = [
-        [30, 30, 30], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200],
-        [245, 130, 48], [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60],
+        [30, 30, 30],
+        [230, 25, 75],
+        [60, 180, 75],
+        [255, 225, 25],
+        [0, 130, 200],
+        [245, 130, 48],
+        [145, 30, 180],
+        [70, 240, 240],
+        [240, 50, 230],
+        [210, 245, 60],
     ];
     for (k, rgb) in rgbs.iter().enumerate() {
         let (r, c) = (k as u32 / cols, k as u32 % cols);
@@ -32,18 +40,27 @@ pub fn contact_sheet(ds: &Dataset, count: usize, out: &Path) -> Result<(), Datas
         canvas.blit(x, y, res, res, rgb, 1);
         if let Some(m) = &masks {
             let labels = Vec::<i64>::try_from(&m.get(k as i64).flatten(0, -1)).expect("int mask");
-            let coloured: Vec<u8> = labels.iter().flat_map(|&l| palette[l as usize % palette.len()]).collect();
+            let coloured: Vec<u8> = labels
+                .iter()
+                .flat_map(|&l| palette[l as usize % palette.len()])
+                .collect();
             canvas.blit(x + res + 2, y, res, res, &coloured, 1);
         }
         let im = &ds.images[indices[k]];
-        let caption = ds.captions[indices[k]].first().map(String::as_str).unwrap_or("(no caption)");
+        let caption = ds.captions[indices[k]]
+            .first()
+            .map(String::as_str)
+            .unwrap_or("(no caption)");
         let text = format!("#{} {}", im.id, caption);
         let lines = crate::picture::wrap(&text, (cell_w / crate::picture::CHAR_W) as usize - 1);
         for (i, line) in lines.iter().take(text_lines as usize).enumerate() {
             canvas.text(x, y + res + 3 + i as u32 * LINE_H, line, 1, [20, 20, 20]);
         }
     }
-    canvas.save(out).map_err(|e| DatasetError::Image { path: out.to_owned(), message: e.to_string() })
+    canvas.save(out).map_err(|e| DatasetError::Image {
+        path: out.to_owned(),
+        message: e.to_string(),
+    })
 }
 
 /// Counts per split and partition, captions, and how often each attribute value is present.
@@ -51,7 +68,14 @@ pub fn summary(ds: &Dataset) -> String {
     let mut s = String::new();
     let train = ds.images.iter().filter(|i| i.is_train).count();
     let _ = writeln!(s, "dataset {}", ds.root.display());
-    let _ = writeln!(s, "  images {} (train {}, test {}), classes {}", ds.images.len(), train, ds.images.len() - train, ds.classes.len());
+    let _ = writeln!(
+        s,
+        "  images {} (train {}, test {}), classes {}",
+        ds.images.len(),
+        train,
+        ds.images.len() - train,
+        ds.classes.len()
+    );
     let _ = writeln!(
         s,
         "  partitions: train {} | judge-train {} | test {}",

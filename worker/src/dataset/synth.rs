@@ -2,13 +2,18 @@
 //! layout), deterministically from a seed.
 
 use super::render::{bird_for, render, BirdAttributes};
-use super::vocab::{attribute_names, Group, BACKGROUNDS, BILL_LENGTHS, COLOURS, PARTS, PHRASINGS, SIZES};
+use super::vocab::{
+    attribute_names, Group, BACKGROUNDS, BILL_LENGTHS, COLOURS, PARTS, PHRASINGS, SIZES,
+};
 use super::DatasetError;
 use rand::seq::SliceRandom;
 use rand::Rng;
 use std::fmt::Write as _;
 use std::fs;
 use std::path::Path;
+
+/// Bumped whenever the renderer's output changes, so cached datasets are not reused.
+pub const RENDERER_VERSION: u32 = 2;
 
 /// Captions per image, as in Reed et al.'s `text_c10`.
 pub const CAPTIONS_PER_IMAGE: usize = 10;
@@ -41,9 +46,16 @@ pub fn class_names() -> Vec<String> {
             let cap = |w: &str| {
                 let w = w.split('-').next().unwrap_or(w);
                 let mut c = w.chars();
-                c.next().map(|f| f.to_ascii_uppercase().to_string() + c.as_str()).unwrap_or_default()
+                c.next()
+                    .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                    .unwrap_or_default()
             };
-            out.push(format!("{:03}.{}_{}_Billed_Bird", out.len() + 1, cap(size.1), cap(bill.1)));
+            out.push(format!(
+                "{:03}.{}_{}_Billed_Bird",
+                out.len() + 1,
+                cap(size.1),
+                cap(bill.1)
+            ));
         }
     }
     out
@@ -63,7 +75,10 @@ pub fn caption(phrasing: &str, attrs: &BirdAttributes) -> String {
     let words: Vec<&str> = text.split(' ').collect();
     let mut out = Vec::with_capacity(words.len());
     for (i, w) in words.iter().enumerate() {
-        let next_vowel = words.get(i + 1).and_then(|n| n.chars().next()).is_some_and(|c| "aeiou".contains(c));
+        let next_vowel = words
+            .get(i + 1)
+            .and_then(|n| n.chars().next())
+            .is_some_and(|c| "aeiou".contains(c));
         out.push(if *w == "a" && next_vowel { "an" } else { w });
     }
     out.join(" ")
@@ -81,11 +96,18 @@ fn save_png(path: &Path, res: u32, data: Vec<u8>, colour: bool) -> Result<(), Da
         fs::create_dir_all(dir).map_err(|e| DatasetError::io(dir, e))?;
     }
     let result = if colour {
-        image::RgbImage::from_raw(res, res, data).expect("buffer sized by the renderer").save(path)
+        image::RgbImage::from_raw(res, res, data)
+            .expect("buffer sized by the renderer")
+            .save(path)
     } else {
-        image::GrayImage::from_raw(res, res, data).expect("buffer sized by the renderer").save(path)
+        image::GrayImage::from_raw(res, res, data)
+            .expect("buffer sized by the renderer")
+            .save(path)
     };
-    result.map_err(|e| DatasetError::Image { path: path.to_owned(), message: e.to_string() })
+    result.map_err(|e| DatasetError::Image {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })
 }
 
 /// Renders `spec.images` birds into `out` (created; must be empty or absent), reporting
@@ -102,9 +124,17 @@ pub fn write_dataset(
         )));
     }
     if spec.images == 0 || spec.images > 1_000_000 {
-        return Err(DatasetError::Invalid(format!("images must be in 1..=1000000, got {}", spec.images)));
+        return Err(DatasetError::Invalid(format!(
+            "images must be in 1..=1000000, got {}",
+            spec.images
+        )));
     }
-    if out.exists() && fs::read_dir(out).map_err(|e| DatasetError::io(out, e))?.next().is_some() {
+    if out.exists()
+        && fs::read_dir(out)
+            .map_err(|e| DatasetError::io(out, e))?
+            .next()
+            .is_some()
+    {
         return Err(DatasetError::Invalid(format!(
             "{} exists and is not empty; refusing to write over it",
             out.display()
@@ -129,8 +159,18 @@ pub fn write_dataset(
         let stem = format!("{}_{:06}", &classes[class][4..], id);
         let rel = format!("{}/{}.png", classes[class], stem);
         let picture = render(&attrs, &pose, spec.resolution);
-        save_png(&out.join("images").join(&rel), spec.resolution, picture.rgb, true)?;
-        save_png(&out.join("part_masks").join(&rel), spec.resolution, picture.parts, false)?;
+        save_png(
+            &out.join("images").join(&rel),
+            spec.resolution,
+            picture.rgb,
+            true,
+        )?;
+        save_png(
+            &out.join("part_masks").join(&rel),
+            spec.resolution,
+            picture.parts,
+            false,
+        )?;
         let mut order: Vec<usize> = (0..PHRASINGS.len()).collect();
         order.shuffle(&mut rng);
         let mut captions = String::new();
@@ -138,7 +178,12 @@ pub fn write_dataset(
             captions.push_str(&caption(PHRASINGS[p], &attrs));
             captions.push('\n');
         }
-        write(&out.join("text_c10").join(&classes[class]).join(format!("{stem}.txt")), captions)?;
+        write(
+            &out.join("text_c10")
+                .join(&classes[class])
+                .join(format!("{stem}.txt")),
+            captions,
+        )?;
         let _ = writeln!(images_txt, "{id} {rel}");
         let _ = writeln!(labels_txt, "{id} {}", class + 1);
         // About a fifth of the images are held out for testing, drawn per image.
@@ -161,21 +206,38 @@ pub fn write_dataset(
     write(&out.join("images.txt"), images_txt)?;
     write(&out.join("image_class_labels.txt"), labels_txt)?;
     write(&out.join("train_test_split.txt"), split_txt)?;
-    let classes_txt: String = classes.iter().enumerate().map(|(i, c)| format!("{} {c}\n", i + 1)).collect();
+    let classes_txt: String = classes
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("{} {c}\n", i + 1))
+        .collect();
     write(&out.join("classes.txt"), classes_txt)?;
-    let names: String =
-        attribute_names().iter().enumerate().map(|(i, n)| format!("{} {n}\n", i + 1)).collect();
+    let names: String = attribute_names()
+        .iter()
+        .enumerate()
+        .map(|(i, n)| format!("{} {n}\n", i + 1))
+        .collect();
     write(&out.join("attributes").join("attributes.txt"), names)?;
-    write(&out.join("attributes").join("image_attribute_labels.txt"), attr_txt)?;
-    let parts: String = PARTS.iter().enumerate().map(|(i, p)| format!("{i} {p}\n")).collect();
+    write(
+        &out.join("attributes").join("image_attribute_labels.txt"),
+        attr_txt,
+    )?;
+    let parts: String = PARTS
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("{i} {p}\n"))
+        .collect();
     write(&out.join("part_masks").join("parts.txt"), parts)?;
     let meta = serde_json::json!({
         "kind": "synthetic-birds",
         "images": spec.images,
         "resolution": spec.resolution,
         "seed": spec.seed,
-        "renderer_version": 1,
+        "renderer_version": RENDERER_VERSION,
     });
-    write(&out.join("plume_dataset.json"), serde_json::to_vec_pretty(&meta).expect("json"))?;
+    write(
+        &out.join("plume_dataset.json"),
+        serde_json::to_vec_pretty(&meta).expect("json"),
+    )?;
     Ok(())
 }

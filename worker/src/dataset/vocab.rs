@@ -40,7 +40,7 @@ pub const SIZES: [(&str, &str, f32); 3] = [
 pub const BACKGROUNDS: [(&str, &str); 4] = [
     ("sky", "the sky"),
     ("water", "the water"),
-    ("foliage", "green leaves"),
+    ("foliage", "the leaves"),
     ("ground", "the ground"),
 ];
 
@@ -92,9 +92,10 @@ impl Group {
     /// The CUB names of the group's values (the part after `::`).
     pub fn values(self) -> Vec<&'static str> {
         match self {
-            Group::BreastColour | Group::WingColour | Group::CrownColour | Group::UpperpartsColour => {
-                COLOURS.iter().map(|c| c.0).collect()
-            }
+            Group::BreastColour
+            | Group::WingColour
+            | Group::CrownColour
+            | Group::UpperpartsColour => COLOURS.iter().map(|c| c.0).collect(),
             Group::BillLength => BILL_LENGTHS.iter().map(|b| b.0).collect(),
             Group::Size => SIZES.iter().map(|s| s.0).collect(),
             Group::Background => BACKGROUNDS.iter().map(|b| b.0).collect(),
@@ -106,13 +107,27 @@ impl Group {
 pub fn attribute_names() -> Vec<String> {
     Group::ALL
         .iter()
-        .flat_map(|g| g.values().into_iter().map(move |v| format!("{}::{}", g.cub_name(), v)))
+        .flat_map(|g| {
+            g.values()
+                .into_iter()
+                .map(move |v| format!("{}::{}", g.cub_name(), v))
+        })
         .collect()
 }
 
 /// Part labels of the per-pixel masks (`parts/parts.txt`); 0 is background.
-pub const PARTS: [&str; 10] =
-    ["background", "body", "breast", "wing", "crown", "head", "bill", "tail", "eye", "legs"];
+pub const PARTS: [&str; 10] = [
+    "background",
+    "body",
+    "breast",
+    "wing",
+    "crown",
+    "head",
+    "bill",
+    "tail",
+    "eye",
+    "legs",
+];
 
 /// Caption phrasings. Slots: {breast} {wing} {crown} {upper} colours, {bill} length word,
 /// {size} size word, {bg} background phrase. A colour word is always followed by the word

@@ -4,7 +4,7 @@
 
 pub mod reporter;
 
-use crate::dataset::synth::{write_dataset, SynthSpec};
+use crate::dataset::synth::{write_dataset, SynthSpec, RENDERER_VERSION};
 use crate::dataset::Dataset;
 pub use reporter::{LocalDirReporter, Reporter};
 use std::path::{Path, PathBuf};
@@ -56,7 +56,9 @@ pub fn data_cache_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("PLUME_DATA_DIR") {
         return PathBuf::from(d);
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
     home.join(".cache").join("plume").join("datasets")
 }
 
@@ -67,13 +69,27 @@ impl DatasetSpec {
     pub fn open(&self) -> anyhow::Result<Dataset> {
         match self {
             DatasetSpec::Cub { path } => Ok(Dataset::open(path)?),
-            DatasetSpec::SyntheticBirds { images, resolution, seed } => {
-                let spec = SynthSpec { images: *images, resolution: *resolution, seed: *seed };
+            DatasetSpec::SyntheticBirds {
+                images,
+                resolution,
+                seed,
+            } => {
+                let spec = SynthSpec {
+                    images: *images,
+                    resolution: *resolution,
+                    seed: *seed,
+                };
                 let cache = data_cache_dir();
-                let dir = cache.join(format!("synthetic-birds-v1-n{images}-r{resolution}-s{seed}"));
+                let dir = cache.join(format!(
+                    "synthetic-birds-v{RENDERER_VERSION}-n{images}-r{resolution}-s{seed}"
+                ));
                 if !dir.join("plume_dataset.json").exists() {
                     std::fs::create_dir_all(&cache)?;
-                    let tmp = cache.join(format!(".tmp-{}-{}", std::process::id(), dir.file_name().unwrap().to_string_lossy()));
+                    let tmp = cache.join(format!(
+                        ".tmp-{}-{}",
+                        std::process::id(),
+                        dir.file_name().unwrap().to_string_lossy()
+                    ));
                     let _ = std::fs::remove_dir_all(&tmp);
                     write_dataset(&tmp, &spec, |_, _| {})?;
                     if std::fs::rename(&tmp, &dir).is_err() {
@@ -87,9 +103,9 @@ impl DatasetSpec {
     }
 }
 
-/// A job: its kind and configuration.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-#[serde(tag = "kind", rename_all = "kebab-case")]
+/// A job: its kind and configuration. In YAML, `kind:` names the variant and the other
+/// top-level fields are the variant's configuration.
+#[derive(Debug, Clone)]
 pub enum JobSpec {
     /// Pretrain the StyleGAN2 that later jobs freeze.
     PretrainGenerator(crate::stylegan::pretrain::PretrainConfig),
@@ -97,31 +113,93 @@ pub enum JobSpec {
     TrainJudge(crate::judge::train::JudgeConfig),
 }
 
+/// Job kinds as written in YAML.
+pub const JOB_KINDS: [&str; 2] = ["pretrain-generator", "train-judge"];
+
+fn yaml_error(origin: &str, e: serde_yaml::Error) -> anyhow::Error {
+    let at = e
+        .location()
+        .map(|l| format!(":{}:{}", l.line(), l.column()))
+        .unwrap_or_default();
+    anyhow::anyhow!("{origin}{at}: {e}")
+}
+
 impl JobSpec {
     /// The kind as written in YAML.
     pub fn kind(&self) -> &'static str {
         match self {
-            JobSpec::PretrainGenerator(_) => "pretrain-generator",
-            JobSpec::TrainJudge(_) => "train-judge",
+            JobSpec::PretrainGenerator(_) => JOB_KINDS[0],
+            JobSpec::TrainJudge(_) => JOB_KINDS[1],
         }
     }
 
     /// Parses a job from YAML text; `origin` names the source in errors.
+    ///
+    /// serde's internally tagged enums buffer their input and lose line numbers, so the kind
+    /// is read first and the rest is parsed straight into that kind's config, with the
+    /// `kind:` line blanked out (same length) so every error keeps its line and column.
     pub fn from_yaml(text: &str, origin: &str) -> anyhow::Result<JobSpec> {
-        let spec: JobSpec = serde_yaml::from_str(text).map_err(|e| {
-            let at = e.location().map(|l| format!(":{}:{}", l.line(), l.column())).unwrap_or_default();
-            anyhow::anyhow!("{origin}{at}: {e}")
-        })?;
-        spec.validate().map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
+        let value: serde_yaml::Value =
+            serde_yaml::from_str(text).map_err(|e| yaml_error(origin, e))?;
+        let kind_line = text.lines().position(|l| l.starts_with("kind:"));
+        let line_ref = kind_line.map(|i| format!(":{}", i + 1)).unwrap_or_default();
+        let kind = match value.get("kind") {
+            Some(serde_yaml::Value::String(k)) => k.clone(),
+            Some(_) => anyhow::bail!(
+                "{origin}{line_ref}: `kind` must be a string, one of {}",
+                JOB_KINDS.join(", ")
+            ),
+            None => anyhow::bail!("{origin}: missing `kind` (one of {})", JOB_KINDS.join(", ")),
+        };
+        let body = match kind_line {
+            Some(i) => text
+                .lines()
+                .enumerate()
+                .map(|(j, l)| {
+                    if j == i {
+                        " ".repeat(l.len())
+                    } else {
+                        l.to_owned()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("\n"),
+            None => {
+                let mut map = value.as_mapping().cloned().unwrap_or_default();
+                map.remove("kind");
+                serde_yaml::to_string(&map)?
+            }
+        };
+        let spec = match kind.as_str() {
+            "pretrain-generator" => JobSpec::PretrainGenerator(
+                serde_yaml::from_str(&body).map_err(|e| yaml_error(origin, e))?,
+            ),
+            "train-judge" => {
+                JobSpec::TrainJudge(serde_yaml::from_str(&body).map_err(|e| yaml_error(origin, e))?)
+            }
+            other => anyhow::bail!(
+                "{origin}{line_ref}: unknown job kind `{other}`, expected one of {}",
+                JOB_KINDS.join(", ")
+            ),
+        };
+        spec.validate()
+            .map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
         Ok(spec)
     }
 
     /// Reads and parses a job file.
     pub fn from_file(path: &Path) -> anyhow::Result<JobSpec> {
-        let len = std::fs::metadata(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?.len();
-        anyhow::ensure!(len <= MAX_JOB_FILE_BYTES, "{}: {len} bytes is larger than the {MAX_JOB_FILE_BYTES}-byte limit for a job file", path.display());
+        let len = std::fs::metadata(path)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+            .len();
+        anyhow::ensure!(
+            len <= MAX_JOB_FILE_BYTES,
+            "{}: {len} bytes is larger than the {MAX_JOB_FILE_BYTES}-byte limit for a job file",
+            path.display()
+        );
         let bytes = std::fs::read(path)?;
-        let text = String::from_utf8(bytes).map_err(|_| anyhow::anyhow!("{}: not valid UTF-8", path.display()))?;
+        let text = String::from_utf8(bytes)
+            .map_err(|_| anyhow::anyhow!("{}: not valid UTF-8", path.display()))?;
         JobSpec::from_yaml(&text, &path.display().to_string())
     }
 
@@ -150,9 +228,17 @@ pub enum Outcome {
 }
 
 /// Runs a job to completion or cancellation.
-pub fn run(spec: &JobSpec, resume: Option<&Path>, device: tch::Device, reporter: &mut dyn Reporter, cancel: &CancelToken) -> anyhow::Result<Outcome> {
+pub fn run(
+    spec: &JobSpec,
+    resume: Option<&Path>,
+    device: tch::Device,
+    reporter: &mut dyn Reporter,
+    cancel: &CancelToken,
+) -> anyhow::Result<Outcome> {
     match spec {
-        JobSpec::PretrainGenerator(c) => crate::stylegan::pretrain::run(c, resume, device, reporter, cancel),
+        JobSpec::PretrainGenerator(c) => {
+            crate::stylegan::pretrain::run(c, resume, device, reporter, cancel)
+        }
         JobSpec::TrainJudge(c) => crate::judge::train::run(c, resume, device, reporter, cancel),
     }
 }

@@ -44,7 +44,11 @@ pub struct LocalDirReporter {
 impl LocalDirReporter {
     /// A reporter into `dir` (created on first write; appended to on resume).
     pub fn create(dir: &Path) -> anyhow::Result<Self> {
-        anyhow::ensure!(!dir.is_file(), "{} is a file, not a directory", dir.display());
+        anyhow::ensure!(
+            !dir.is_file(),
+            "{} is a file, not a directory",
+            dir.display()
+        );
         let bar = std::io::stderr().is_terminal().then(|| {
             let bar = ProgressBar::new(0);
             bar.set_style(
@@ -81,7 +85,12 @@ impl LocalDirReporter {
     fn open(dir: &Path, slot: &mut Option<File>, name: &str) -> std::io::Result<()> {
         if slot.is_none() {
             fs::create_dir_all(dir)?;
-            *slot = Some(OpenOptions::new().create(true).append(true).open(dir.join(name))?);
+            *slot = Some(
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(dir.join(name))?,
+            );
         }
         Ok(())
     }
@@ -98,21 +107,36 @@ impl LocalDirReporter {
 }
 
 fn format_losses(losses: &[(&str, f64)]) -> String {
-    losses.iter().map(|(k, v)| format!("{k}={v:.4}")).collect::<Vec<_>>().join(" ")
+    losses
+        .iter()
+        .map(|(k, v)| format!("{k}={v:.4}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 impl Reporter for LocalDirReporter {
     fn metrics(&mut self, step: i64, values: &[(&str, f64)]) -> anyhow::Result<()> {
         let mut obj = serde_json::Map::new();
         obj.insert("step".into(), step.into());
-        obj.insert("time".into(), serde_json::json!(self.started.elapsed().as_secs_f64()));
+        obj.insert(
+            "time".into(),
+            serde_json::json!(self.started.elapsed().as_secs_f64()),
+        );
         for (k, v) in values {
             // JSON has no NaN/inf: keep them visible as strings instead of dropping the point.
-            let value = if v.is_finite() { serde_json::json!(v) } else { serde_json::json!(v.to_string()) };
+            let value = if v.is_finite() {
+                serde_json::json!(v)
+            } else {
+                serde_json::json!(v.to_string())
+            };
             obj.insert((*k).to_owned(), value);
         }
         Self::open(&self.dir, &mut self.metrics, "metrics.jsonl")?;
-        writeln!(self.metrics.as_mut().expect("opened above"), "{}", serde_json::Value::Object(obj))?;
+        writeln!(
+            self.metrics.as_mut().expect("opened above"),
+            "{}",
+            serde_json::Value::Object(obj)
+        )?;
         Ok(())
     }
 
@@ -125,7 +149,12 @@ impl Reporter for LocalDirReporter {
     fn checkpoint_written(&mut self, step: i64, path: &Path) -> anyhow::Result<()> {
         let latest = self.dir.join("checkpoints").join("latest");
         let tmp = latest.with_extension("tmp");
-        fs::write(&tmp, path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default())?;
+        fs::write(
+            &tmp,
+            path.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        )?;
         fs::rename(tmp, latest)?;
         self.log(&format!("checkpoint at step {step}: {}", path.display()));
         Ok(())
@@ -133,7 +162,10 @@ impl Reporter for LocalDirReporter {
 
     fn artifact(&mut self, step: i64, name: &str, png: &[u8]) -> anyhow::Result<()> {
         anyhow::ensure!(
-            !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
+            !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
             "artifact name {name:?} must be [A-Za-z0-9_-]+"
         );
         let dir = self.dir.join("artifacts");
@@ -166,7 +198,11 @@ impl Reporter for LocalDirReporter {
                 if self.last_line.elapsed() >= Duration::from_secs(10) || step == total {
                     self.last_line = Instant::now();
                     let secs = self.started.elapsed().as_secs_f64();
-                    eprintln!("step {step}/{total} ({:.1} s) {}", secs, format_losses(losses));
+                    eprintln!(
+                        "step {step}/{total} ({:.1} s) {}",
+                        secs,
+                        format_losses(losses)
+                    );
                 }
             }
         }

@@ -18,7 +18,10 @@ pub struct JudgeNetConfig {
 
 impl Default for JudgeNetConfig {
     fn default() -> Self {
-        JudgeNetConfig { channels: [32, 64, 128], hidden: 128 }
+        JudgeNetConfig {
+            channels: [32, 64, 128],
+            hidden: 128,
+        }
     }
 }
 
@@ -70,7 +73,14 @@ impl JudgeNet {
             c2b: EqualConv2d::new(p / "c2b", b, b, 3, true, true),
             c3a: EqualConv2d::new(p / "c3a", b, c, 3, true, true),
             c3b: EqualConv2d::new(p / "c3b", c, c, 3, true, true),
-            fc: EqualLinear::new(p / "fc", c * 16 + parts * (a + 4), cfg.hidden, 1.0, 0.0, true),
+            fc: EqualLinear::new(
+                p / "fc",
+                c * 16 + parts * (a + 4),
+                cfg.hidden,
+                1.0,
+                0.0,
+                true,
+            ),
             attr: EqualLinear::new(p / "attr", cfg.hidden, total, 1.0, 0.0, false),
             seg: (parts > 0).then(|| SegHead {
                 reduce: EqualConv2d::new(p / "seg_reduce", c, a, 1, true, true),
@@ -100,8 +110,11 @@ impl JudgeNet {
                 let probs = logits.softmax(1, Kind::Float); // [B, K, H, W]
                 let area = probs.mean_dim([2i64, 3].as_slice(), false, None); // [B, K]
                 let values = Tensor::cat(&[mid, x.shallow_clone()], 1); // [B, a+3, H, W]
-                let per_part = probs.flatten(2, -1).matmul(&values.flatten(2, -1).transpose(1, 2)); // [B, K, a+3]
-                let per_part = per_part / (area.unsqueeze(2) * (x.size()[2] * x.size()[3]) as f64 + 1e-3);
+                let per_part = probs
+                    .flatten(2, -1)
+                    .matmul(&values.flatten(2, -1).transpose(1, 2)); // [B, K, a+3]
+                let per_part =
+                    per_part / (area.unsqueeze(2) * (x.size()[2] * x.size()[3]) as f64 + 1e-3);
                 let feats = Tensor::cat(&[layout, per_part.flatten(1, -1), area * 10.0], 1);
                 (feats, Some(logits))
             }
@@ -109,12 +122,20 @@ impl JudgeNet {
         };
         let embedding = self.fc.forward(&features);
         let attr_logits = self.attr.forward(&embedding);
-        JudgeOutput { attr_logits, part_logits, embedding, grid }
+        JudgeOutput {
+            attr_logits,
+            part_logits,
+            embedding,
+            grid,
+        }
     }
 
     /// Number of part labels the segmentation head predicts (0 without one).
     pub fn parts(&self) -> i64 {
-        self.seg.as_ref().map(|seg| seg.out.weight.size()[0]).unwrap_or(0)
+        self.seg
+            .as_ref()
+            .map(|seg| seg.out.weight.size()[0])
+            .unwrap_or(0)
     }
 
     /// Splits concatenated logits into one tensor per group.
@@ -127,14 +148,19 @@ impl JudgeNet {
         let mut total = Tensor::zeros([], (Kind::Float, attr_logits.device()));
         for (g, logits) in self.group_logits(attr_logits).iter().enumerate() {
             let target = labels.select(1, g as i64);
-            total += logits.cross_entropy_loss::<Tensor>(&target, None, tch::Reduction::Mean, -1, 0.0);
+            total +=
+                logits.cross_entropy_loss::<Tensor>(&target, None, tch::Reduction::Mean, -1, 0.0);
         }
         total / self.group_sizes.len() as f64
     }
 
     /// Predicted value index per group `[B, groups]`.
     pub fn predict(&self, attr_logits: &Tensor) -> Tensor {
-        let preds: Vec<Tensor> = self.group_logits(attr_logits).iter().map(|l| l.argmax(1, true)).collect();
+        let preds: Vec<Tensor> = self
+            .group_logits(attr_logits)
+            .iter()
+            .map(|l| l.argmax(1, true))
+            .collect();
         Tensor::cat(&preds, 1)
     }
 }

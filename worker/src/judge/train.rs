@@ -107,7 +107,11 @@ pub fn load(path: &Path, which: &str, device: Device) -> anyhow::Result<Trained>
     let (mut vs, net) = build(device, &cfg, &groups, parts);
     ckpt.restore(&format!("{which}."), &named_vars(&vs))?;
     vs.freeze();
-    Ok(Trained { vs, net, resolution })
+    Ok(Trained {
+        vs,
+        net,
+        resolution,
+    })
 }
 
 /// Held-out quality of a network.
@@ -142,7 +146,12 @@ pub fn score(net: &JudgeNet, images: &Tensor, labels: &Tensor, masks: Option<&Te
             for g in 0..groups {
                 let l = lab.select(1, g);
                 let valid = l.ge(0);
-                correct[g as usize] += pred.select(1, g).eq_tensor(&l).logical_and(&valid).sum(Kind::Float).double_value(&[]);
+                correct[g as usize] += pred
+                    .select(1, g)
+                    .eq_tensor(&l)
+                    .logical_and(&valid)
+                    .sum(Kind::Float)
+                    .double_value(&[]);
                 counted[g as usize] += valid.sum(Kind::Float).double_value(&[]);
             }
             if let (Some(m), Some(logits)) = (masks, out.part_logits.as_ref()) {
@@ -156,12 +165,30 @@ pub fn score(net: &JudgeNet, images: &Tensor, labels: &Tensor, masks: Option<&Te
             }
             start += len;
         }
-        let accs: Vec<f64> = correct.iter().zip(&counted).filter(|(_, &c)| c > 0.0).map(|(a, c)| a / c).collect();
-        let ious: Vec<f64> = inter.iter().zip(&union).filter(|(_, &u)| u > 0.0).map(|(i, u)| i / u).collect();
+        let accs: Vec<f64> = correct
+            .iter()
+            .zip(&counted)
+            .filter(|(_, &c)| c > 0.0)
+            .map(|(a, c)| a / c)
+            .collect();
+        let ious: Vec<f64> = inter
+            .iter()
+            .zip(&union)
+            .filter(|(_, &u)| u > 0.0)
+            .map(|(i, u)| i / u)
+            .collect();
         Scores {
-            per_group: correct.iter().zip(&counted).map(|(a, &c)| if c > 0.0 { a / c } else { f64::NAN }).collect(),
+            per_group: correct
+                .iter()
+                .zip(&counted)
+                .map(|(a, &c)| if c > 0.0 { a / c } else { f64::NAN })
+                .collect(),
             attr_accuracy: accs.iter().sum::<f64>() / accs.len().max(1) as f64,
-            seg_miou: if ious.is_empty() { f64::NAN } else { ious.iter().sum::<f64>() / ious.len() as f64 },
+            seg_miou: if ious.is_empty() {
+                f64::NAN
+            } else {
+                ious.iter().sum::<f64>() / ious.len() as f64
+            },
         }
     })
 }
@@ -178,12 +205,20 @@ struct Side {
 
 /// Mirrors (left-right) the samples of `x: [B, C, H, W]` where `flip` is true.
 fn mirror(x: &Tensor, flip: &[bool]) -> Tensor {
-    let mask = Tensor::from_slice(flip).to_device(x.device()).view([-1, 1, 1, 1]);
+    let mask = Tensor::from_slice(flip)
+        .to_device(x.device())
+        .view([-1, 1, 1, 1]);
     x.flip([3]).where_self(&mask, x)
 }
 
 /// Runs `train-judge`.
-pub fn run(cfg: &JudgeConfig, resume: Option<&Path>, device: Device, reporter: &mut dyn Reporter, cancel: &CancelToken) -> anyhow::Result<Outcome> {
+pub fn run(
+    cfg: &JudgeConfig,
+    resume: Option<&Path>,
+    device: Device,
+    reporter: &mut dyn Reporter,
+    cancel: &CancelToken,
+) -> anyhow::Result<Outcome> {
     let ds: Dataset = cfg.dataset.open()?;
     let res = match (&cfg.dataset, cfg.resolution) {
         (_, Some(r)) => r,
@@ -194,17 +229,35 @@ pub fn run(cfg: &JudgeConfig, resume: Option<&Path>, device: Device, reporter: &
     let parts = ds.mask_classes() as i64;
     let load_part = |p: Partition| -> anyhow::Result<(Tensor, Tensor, Option<Tensor>)> {
         let idx = ds.partition(p);
-        anyhow::ensure!(!idx.is_empty(), "the {p:?} partition of the dataset is empty");
-        Ok((ds.load_images(&idx, res)?.to_device(device), ds.label_tensor(&idx).to_device(device), ds.load_masks(&idx, res)?.map(|m| m.to_device(device))))
+        anyhow::ensure!(
+            !idx.is_empty(),
+            "the {p:?} partition of the dataset is empty"
+        );
+        Ok((
+            ds.load_images(&idx, res)?.to_device(device),
+            ds.label_tensor(&idx).to_device(device),
+            ds.load_masks(&idx, res)?.map(|m| m.to_device(device)),
+        ))
     };
     let (test_images, test_labels, test_masks) = load_part(Partition::Test)?;
     tch::manual_seed(cfg.seed as i64);
     let mut sides = Vec::new();
-    for (name, part) in [("critic", Partition::Train), ("judge", Partition::JudgeTrain)] {
+    for (name, part) in [
+        ("critic", Partition::Train),
+        ("judge", Partition::JudgeTrain),
+    ] {
         let (vs, net) = build(device, &cfg.net, &groups, parts);
         let opt = Adam::new(trainable_vars(&vs), cfg.lr, 0.9, 0.999, 1e-8);
         let (images, labels, masks) = load_part(part)?;
-        sides.push(Side { name, vs, net, opt, images, labels, masks });
+        sides.push(Side {
+            name,
+            vs,
+            net,
+            opt,
+            images,
+            labels,
+            masks,
+        });
     }
     let mut start = 0;
     if let Some(path) = resume {
@@ -220,13 +273,22 @@ pub fn run(cfg: &JudgeConfig, resume: Option<&Path>, device: Device, reporter: &
     let save = |sides: &[Side], step: i64, reporter: &mut dyn Reporter| -> anyhow::Result<()> {
         let mut tensors = Vec::new();
         for s in sides {
-            tensors.extend(checkpoint::prefixed(&format!("{}.", s.name), &named_vars(&s.vs)));
-            tensors.extend(checkpoint::prefixed(&format!("{}.opt.", s.name), &s.opt.state()));
+            tensors.extend(checkpoint::prefixed(
+                &format!("{}.", s.name),
+                &named_vars(&s.vs),
+            ));
+            tensors.extend(checkpoint::prefixed(
+                &format!("{}.opt.", s.name),
+                &s.opt.state(),
+            ));
         }
         let mut meta = BTreeMap::new();
         meta.insert("judge.net".into(), serde_json::to_string(&cfg.net)?);
         meta.insert("judge.group_sizes".into(), serde_json::to_string(&groups)?);
-        meta.insert("judge.group_names".into(), serde_json::to_string(&ds.groups.iter().map(|g| &g.name).collect::<Vec<_>>())?);
+        meta.insert(
+            "judge.group_names".into(),
+            serde_json::to_string(&ds.groups.iter().map(|g| &g.name).collect::<Vec<_>>())?,
+        );
         meta.insert("judge.parts".into(), parts.to_string());
         meta.insert("judge.resolution".into(), res.to_string());
         meta.insert("job.config".into(), serde_json::to_string(cfg)?);
@@ -246,16 +308,36 @@ pub fn run(cfg: &JudgeConfig, resume: Option<&Path>, device: Device, reporter: &
                 values.push(sc.seg_miou);
             }
         }
-        let pairs: Vec<(&str, f64)> = names.iter().map(String::as_str).zip(values.iter().copied()).collect();
+        let pairs: Vec<(&str, f64)> = names
+            .iter()
+            .map(String::as_str)
+            .zip(values.iter().copied())
+            .collect();
         reporter.metrics(step, &pairs)?;
         if step == cfg.steps {
             for s in sides {
                 let sc = score(&s.net, &test_images, &test_labels, test_masks.as_ref());
-                let groups: Vec<String> = ds.groups.iter().zip(&sc.per_group).map(|(g, a)| format!("{}={a:.3}", g.name)).collect();
-                reporter.log(&format!("{} test accuracy per group: {}", s.name, groups.join(" ")));
+                let groups: Vec<String> = ds
+                    .groups
+                    .iter()
+                    .zip(&sc.per_group)
+                    .map(|(g, a)| format!("{}={a:.3}", g.name))
+                    .collect();
+                reporter.log(&format!(
+                    "{} test accuracy per group: {}",
+                    s.name,
+                    groups.join(" ")
+                ));
             }
         }
-        reporter.log(&format!("step {step}: {}", pairs.iter().map(|(k, v)| format!("{k}={v:.4}")).collect::<Vec<_>>().join(" ")));
+        reporter.log(&format!(
+            "step {step}: {}",
+            pairs
+                .iter()
+                .map(|(k, v)| format!("{k}={v:.4}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        ));
         Ok(())
     };
     let mut step = start;
@@ -268,7 +350,8 @@ pub fn run(cfg: &JudgeConfig, resume: Option<&Path>, device: Device, reporter: &
         let mut rng = ChaCha8Rng::seed_from_u64(step_seed(cfg.seed, step));
         let mut losses = Vec::new();
         // Cosine decay to zero: a function of the step alone, so resuming is exact.
-        let lr = cfg.lr * 0.5 * (1.0 + (std::f64::consts::PI * step as f64 / cfg.steps as f64).cos());
+        let lr =
+            cfg.lr * 0.5 * (1.0 + (std::f64::consts::PI * step as f64 / cfg.steps as f64).cos());
         for s in &mut sides {
             s.opt.lr = lr;
             let n = s.images.size()[0];
@@ -278,10 +361,18 @@ pub fn run(cfg: &JudgeConfig, resume: Option<&Path>, device: Device, reporter: &
             let flip: Vec<bool> = (0..cfg.batch).map(|_| rng.random_bool(0.5)).collect();
             let x = mirror(&s.images.index_select(0, &idx), &flip);
             let out = s.net.forward(&x);
-            let mut loss = s.net.attribute_loss(&out.attr_logits, &s.labels.index_select(0, &idx));
+            let mut loss = s
+                .net
+                .attribute_loss(&out.attr_logits, &s.labels.index_select(0, &idx));
             if let (Some(m), Some(logits)) = (&s.masks, &out.part_logits) {
                 let target = mirror(&m.index_select(0, &idx).unsqueeze(1), &flip).squeeze_dim(1);
-                loss += logits.cross_entropy_loss::<Tensor>(&target, None, tch::Reduction::Mean, -100, 0.0);
+                loss += logits.cross_entropy_loss::<Tensor>(
+                    &target,
+                    None,
+                    tch::Reduction::Mean,
+                    -100,
+                    0.0,
+                );
             }
             s.opt.zero_grad();
             loss.backward();

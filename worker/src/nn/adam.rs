@@ -25,7 +25,16 @@ impl Adam {
     pub fn new(params: Vec<(String, Tensor)>, lr: f64, beta1: f64, beta2: f64, eps: f64) -> Adam {
         let first = params.iter().map(|(_, p)| p.zeros_like()).collect();
         let second = params.iter().map(|(_, p)| p.zeros_like()).collect();
-        Adam { lr, beta1, beta2, eps, steps: 0, params, first, second }
+        Adam {
+            lr,
+            beta1,
+            beta2,
+            eps,
+            steps: 0,
+            params,
+            first,
+            second,
+        }
     }
 
     /// Clears the gradients of every parameter.
@@ -42,13 +51,22 @@ impl Adam {
         let bias1 = 1.0 - self.beta1.powi(t);
         let bias2 = 1.0 - self.beta2.powi(t);
         tch::no_grad(|| {
-            for (((_, p), m), v) in self.params.iter().zip(&mut self.first).zip(&mut self.second) {
+            for (((_, p), m), v) in self
+                .params
+                .iter()
+                .zip(&mut self.first)
+                .zip(&mut self.second)
+            {
                 let g = p.grad();
                 if !g.defined() {
                     continue;
                 }
-                let _ = m.g_mul_scalar_(self.beta1).g_add_(&(&g * (1.0 - self.beta1)));
-                let _ = v.g_mul_scalar_(self.beta2).g_add_(&(&g * &g * (1.0 - self.beta2)));
+                let _ = m
+                    .g_mul_scalar_(self.beta1)
+                    .g_add_(&(&g * (1.0 - self.beta1)));
+                let _ = v
+                    .g_mul_scalar_(self.beta2)
+                    .g_add_(&(&g * &g * (1.0 - self.beta2)));
                 let denom = (&*v / bias2).sqrt() + self.eps;
                 let update = (&*m / bias1) / denom * self.lr;
                 let _ = p.shallow_clone().g_sub_(&update);
@@ -68,9 +86,19 @@ impl Adam {
     }
 
     /// Restores moments and step counter from a checkpoint under `prefix`.
-    pub fn restore(&mut self, ckpt: &super::checkpoint::Checkpoint, prefix: &str) -> Result<(), super::checkpoint::CheckpointError> {
-        let steps = ckpt.tensor(&format!("{prefix}steps"), &[1])?.double_value(&[0]) as i64;
-        let state: Vec<(String, Tensor)> = self.state().into_iter().filter(|(n, _)| n != "steps").collect();
+    pub fn restore(
+        &mut self,
+        ckpt: &super::checkpoint::Checkpoint,
+        prefix: &str,
+    ) -> Result<(), super::checkpoint::CheckpointError> {
+        let steps = ckpt
+            .tensor(&format!("{prefix}steps"), &[1])?
+            .double_value(&[0]) as i64;
+        let state: Vec<(String, Tensor)> = self
+            .state()
+            .into_iter()
+            .filter(|(n, _)| n != "steps")
+            .collect();
         ckpt.restore(prefix, &state)?;
         self.steps = steps;
         Ok(())

@@ -94,7 +94,11 @@ impl safetensors::View for F32View {
 }
 
 fn to_view(t: &Tensor) -> F32View {
-    let t = t.detach().to_device(tch::Device::Cpu).to_kind(Kind::Float).contiguous();
+    let t = t
+        .detach()
+        .to_device(tch::Device::Cpu)
+        .to_kind(Kind::Float)
+        .contiguous();
     let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
     let numel: usize = shape.iter().product();
     let mut bytes = vec![0u8; numel * 4];
@@ -110,13 +114,23 @@ pub fn save(
     meta: &BTreeMap<String, String>,
     tensors: &[(String, Tensor)],
 ) -> Result<(), CheckpointError> {
-    let io = |e| CheckpointError::Io { path: path.to_owned(), source: e };
-    let mut info: HashMap<String, String> = meta.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let io = |e| CheckpointError::Io {
+        path: path.to_owned(),
+        source: e,
+    };
+    let mut info: HashMap<String, String> =
+        meta.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     info.insert("plume.kind".into(), kind.into());
     info.insert("plume.step".into(), step.to_string());
-    let views: Vec<(String, F32View)> = tensors.iter().map(|(n, t)| (n.clone(), to_view(t))).collect();
-    let bytes = safetensors::serialize(views, Some(info))
-        .map_err(|e| CheckpointError::Corrupt { path: path.to_owned(), message: e.to_string() })?;
+    let views: Vec<(String, F32View)> = tensors
+        .iter()
+        .map(|(n, t)| (n.clone(), to_view(t)))
+        .collect();
+    let bytes =
+        safetensors::serialize(views, Some(info)).map_err(|e| CheckpointError::Corrupt {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(io)?;
     }
@@ -141,42 +155,94 @@ pub struct Checkpoint {
 impl Checkpoint {
     /// Reads and decodes a checkpoint file.
     pub fn load(path: &Path) -> Result<Checkpoint, CheckpointError> {
-        let io = |e| CheckpointError::Io { path: path.to_owned(), source: e };
+        let io = |e| CheckpointError::Io {
+            path: path.to_owned(),
+            source: e,
+        };
         let len = std::fs::metadata(path).map_err(io)?.len();
         if len > MAX_CHECKPOINT_BYTES {
-            return Err(CheckpointError::Corrupt { path: path.to_owned(), message: format!("{len} bytes exceeds the {MAX_CHECKPOINT_BYTES}-byte limit") });
+            return Err(CheckpointError::Corrupt {
+                path: path.to_owned(),
+                message: format!("{len} bytes exceeds the {MAX_CHECKPOINT_BYTES}-byte limit"),
+            });
         }
         let bytes = std::fs::read(path).map_err(io)?;
-        let corrupt = |e: safetensors::SafeTensorError| CheckpointError::Corrupt { path: path.to_owned(), message: e.to_string() };
+        let corrupt = |e: safetensors::SafeTensorError| CheckpointError::Corrupt {
+            path: path.to_owned(),
+            message: e.to_string(),
+        };
         let st = safetensors::SafeTensors::deserialize(&bytes).map_err(corrupt)?;
         let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(corrupt)?;
-        let meta: BTreeMap<String, String> = header.metadata().clone().unwrap_or_default().into_iter().collect();
-        let get = |key: &str| meta.get(key).cloned().ok_or_else(|| CheckpointError::Metadata { path: path.to_owned(), key: key.into(), message: "absent: not a Plume checkpoint".into() });
+        let meta: BTreeMap<String, String> = header
+            .metadata()
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        let get = |key: &str| {
+            meta.get(key)
+                .cloned()
+                .ok_or_else(|| CheckpointError::Metadata {
+                    path: path.to_owned(),
+                    key: key.into(),
+                    message: "absent: not a Plume checkpoint".into(),
+                })
+        };
         let kind = get("plume.kind")?;
-        let step = get("plume.step")?.parse().map_err(|_| CheckpointError::Metadata { path: path.to_owned(), key: "plume.step".into(), message: "not an integer".into() })?;
+        let step = get("plume.step")?
+            .parse()
+            .map_err(|_| CheckpointError::Metadata {
+                path: path.to_owned(),
+                key: "plume.step".into(),
+                message: "not an integer".into(),
+            })?;
         let mut tensors = HashMap::new();
         for (name, view) in st.tensors() {
             if view.dtype() != safetensors::Dtype::F32 {
-                return Err(CheckpointError::Corrupt { path: path.to_owned(), message: format!("tensor `{name}` is {:?}, expected F32", view.dtype()) });
+                return Err(CheckpointError::Corrupt {
+                    path: path.to_owned(),
+                    message: format!("tensor `{name}` is {:?}, expected F32", view.dtype()),
+                });
             }
             let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
-            let floats: Vec<f32> = view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+            let floats: Vec<f32> = view
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
             tensors.insert(name, Tensor::from_slice(&floats).view(shape.as_slice()));
         }
-        Ok(Checkpoint { path: path.to_owned(), kind, step, meta, tensors })
+        Ok(Checkpoint {
+            path: path.to_owned(),
+            kind,
+            step,
+            meta,
+            tensors,
+        })
     }
 
     /// Fails unless the checkpoint was written by `kind`.
     pub fn expect_kind(&self, kind: &str) -> Result<(), CheckpointError> {
         if self.kind != kind {
-            return Err(CheckpointError::WrongKind { path: self.path.clone(), expected: kind.into(), found: self.kind.clone() });
+            return Err(CheckpointError::WrongKind {
+                path: self.path.clone(),
+                expected: kind.into(),
+                found: self.kind.clone(),
+            });
         }
         Ok(())
     }
 
     /// A metadata entry, or an error naming it.
     pub fn meta(&self, key: &str) -> Result<&str, CheckpointError> {
-        self.meta.get(key).map(String::as_str).ok_or_else(|| CheckpointError::Metadata { path: self.path.clone(), key: key.into(), message: "absent".into() })
+        self.meta
+            .get(key)
+            .map(String::as_str)
+            .ok_or_else(|| CheckpointError::Metadata {
+                path: self.path.clone(),
+                key: key.into(),
+                message: "absent".into(),
+            })
     }
 
     /// Whether a tensor is present.
@@ -186,9 +252,21 @@ impl Checkpoint {
 
     /// The tensor `key`, checked against the shape the caller expects.
     pub fn tensor(&self, key: &str, expected: &[i64]) -> Result<&Tensor, CheckpointError> {
-        let t = self.tensors.get(key).ok_or_else(|| CheckpointError::Missing { path: self.path.clone(), key: key.into(), expected: expected.to_vec() })?;
+        let t = self
+            .tensors
+            .get(key)
+            .ok_or_else(|| CheckpointError::Missing {
+                path: self.path.clone(),
+                key: key.into(),
+                expected: expected.to_vec(),
+            })?;
         if t.size() != expected {
-            return Err(CheckpointError::Shape { path: self.path.clone(), key: key.into(), expected: expected.to_vec(), found: t.size() });
+            return Err(CheckpointError::Shape {
+                path: self.path.clone(),
+                key: key.into(),
+                expected: expected.to_vec(),
+                found: t.size(),
+            });
         }
         Ok(t)
     }
@@ -211,5 +289,8 @@ impl Checkpoint {
 
 /// Named tensors under a prefix, ready for [`save`].
 pub fn prefixed(prefix: &str, named: &[(String, Tensor)]) -> Vec<(String, Tensor)> {
-    named.iter().map(|(n, t)| (format!("{prefix}{n}"), t.shallow_clone())).collect()
+    named
+        .iter()
+        .map(|(n, t)| (format!("{prefix}{n}"), t.shallow_clone()))
+        .collect()
 }

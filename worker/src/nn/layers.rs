@@ -51,10 +51,24 @@ pub struct EqualLinear {
 
 impl EqualLinear {
     /// A layer `in_dim -> out_dim`; `bias_init` is the bias's effective initial value.
-    pub fn new<'a>(p: impl Borrow<Path<'a>>, in_dim: i64, out_dim: i64, lr_mul: f64, bias_init: f64, activate: bool) -> Self {
+    pub fn new<'a>(
+        p: impl Borrow<Path<'a>>,
+        in_dim: i64,
+        out_dim: i64,
+        lr_mul: f64,
+        bias_init: f64,
+        activate: bool,
+    ) -> Self {
         let p = p.borrow();
         EqualLinear {
-            weight: p.var("weight", &[out_dim, in_dim], Init::Randn { mean: 0.0, stdev: 1.0 / lr_mul }),
+            weight: p.var(
+                "weight",
+                &[out_dim, in_dim],
+                Init::Randn {
+                    mean: 0.0,
+                    stdev: 1.0 / lr_mul,
+                },
+            ),
             bias: p.var("bias", &[out_dim], Init::Const(bias_init / lr_mul)),
             weight_gain: lr_mul / (in_dim as f64).sqrt(),
             lr_mul,
@@ -66,8 +80,15 @@ impl EqualLinear {
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let s = self.weight.size();
         flops::add(2.0 * (x.size()[0] * s[0] * s[1]) as f64);
-        let y = x.linear(&(&self.weight * self.weight_gain), Some(&(&self.bias * self.lr_mul)));
-        if self.activate { lrelu(&y) } else { y }
+        let y = x.linear(
+            &(&self.weight * self.weight_gain),
+            Some(&(&self.bias * self.lr_mul)),
+        );
+        if self.activate {
+            lrelu(&y)
+        } else {
+            y
+        }
     }
 }
 
@@ -83,10 +104,24 @@ pub struct EqualConv2d {
 
 impl EqualConv2d {
     /// A conv `in_ch -> out_ch` with a `k x k` kernel and "same" padding.
-    pub fn new<'a>(p: impl Borrow<Path<'a>>, in_ch: i64, out_ch: i64, k: i64, bias: bool, activate: bool) -> Self {
+    pub fn new<'a>(
+        p: impl Borrow<Path<'a>>,
+        in_ch: i64,
+        out_ch: i64,
+        k: i64,
+        bias: bool,
+        activate: bool,
+    ) -> Self {
         let p = p.borrow();
         EqualConv2d {
-            weight: p.var("weight", &[out_ch, in_ch, k, k], Init::Randn { mean: 0.0, stdev: 1.0 }),
+            weight: p.var(
+                "weight",
+                &[out_ch, in_ch, k, k],
+                Init::Randn {
+                    mean: 0.0,
+                    stdev: 1.0,
+                },
+            ),
             bias: bias.then(|| p.var("bias", &[out_ch], Init::Const(0.0))),
             weight_gain: 1.0 / ((in_ch * k * k) as f64).sqrt(),
             activate,
@@ -99,8 +134,19 @@ impl EqualConv2d {
         let xs = x.size();
         flops::add(2.0 * (xs[0] * xs[2] * xs[3] * ws[0] * ws[1] * ws[2] * ws[3]) as f64);
         let pad = ws[2] / 2;
-        let y = x.conv2d(&(&self.weight * self.weight_gain), self.bias.as_ref(), [1, 1], [pad, pad], [1, 1], 1);
-        if self.activate { lrelu(&y) } else { y }
+        let y = x.conv2d(
+            &(&self.weight * self.weight_gain),
+            self.bias.as_ref(),
+            [1, 1],
+            [pad, pad],
+            [1, 1],
+            1,
+        );
+        if self.activate {
+            lrelu(&y)
+        } else {
+            y
+        }
     }
 }
 
@@ -126,10 +172,24 @@ pub struct ModulatedConv2d {
 
 impl ModulatedConv2d {
     /// A modulated conv `in_ch -> out_ch` with a `k x k` kernel, styled from `w_dim`.
-    pub fn new<'a>(p: impl Borrow<Path<'a>>, in_ch: i64, out_ch: i64, k: i64, w_dim: i64, demodulate: bool) -> Self {
+    pub fn new<'a>(
+        p: impl Borrow<Path<'a>>,
+        in_ch: i64,
+        out_ch: i64,
+        k: i64,
+        w_dim: i64,
+        demodulate: bool,
+    ) -> Self {
         let p = p.borrow();
         ModulatedConv2d {
-            weight: p.var("weight", &[out_ch, in_ch, k, k], Init::Randn { mean: 0.0, stdev: 1.0 }),
+            weight: p.var(
+                "weight",
+                &[out_ch, in_ch, k, k],
+                Init::Randn {
+                    mean: 0.0,
+                    stdev: 1.0,
+                },
+            ),
             modulation: EqualLinear::new(p / "modulation", w_dim, in_ch, 1.0, 1.0, false),
             weight_gain: 1.0 / ((in_ch * k * k) as f64).sqrt(),
             demodulate,
@@ -149,8 +209,12 @@ impl ModulatedConv2d {
 
     /// The convolution for given styles `[B, in]`.
     pub fn forward_styles(&self, x: &Tensor, styles: &Tensor, imp: ModConvImpl) -> Tensor {
-        let [o, i, k, _] = self.weight.size()[..] else { unreachable!("4-d weight") };
-        let [b, _, h, w] = x.size()[..] else { panic!("modulated conv expects [B, C, H, W], got {:?}", x.size()) };
+        let [o, i, k, _] = self.weight.size()[..] else {
+            unreachable!("4-d weight")
+        };
+        let [b, _, h, w] = x.size()[..] else {
+            panic!("modulated conv expects [B, C, H, W], got {:?}", x.size())
+        };
         flops::add(2.0 * (b * h * w * o * i * k * k) as f64);
         let pad = k / 2;
         let weight = &self.weight * self.weight_gain;
@@ -159,17 +223,37 @@ impl ModulatedConv2d {
                 // [B, out, in, k, k]
                 let mut wgt = weight.unsqueeze(0) * styles.view([b, 1, i, 1, 1]);
                 if self.demodulate {
-                    let d = (wgt.square().sum_dim_intlist([2i64, 3, 4].as_slice(), true, None) + 1e-8).rsqrt();
+                    let d = (wgt
+                        .square()
+                        .sum_dim_intlist([2i64, 3, 4].as_slice(), true, None)
+                        + 1e-8)
+                        .rsqrt();
                     wgt = wgt * d;
                 }
-                let y = x.reshape([1, b * i, h, w]).conv2d(&wgt.reshape([b * o, i, k, k]), None::<Tensor>, [1, 1], [pad, pad], [1, 1], b);
+                let y = x.reshape([1, b * i, h, w]).conv2d(
+                    &wgt.reshape([b * o, i, k, k]),
+                    None::<Tensor>,
+                    [1, 1],
+                    [pad, pad],
+                    [1, 1],
+                    b,
+                );
                 y.reshape([b, o, h, w])
             }
             ModConvImpl::Batched => {
-                let y = (x * styles.view([b, i, 1, 1])).conv2d(&weight, None::<Tensor>, [1, 1], [pad, pad], [1, 1], 1);
+                let y = (x * styles.view([b, i, 1, 1])).conv2d(
+                    &weight,
+                    None::<Tensor>,
+                    [1, 1],
+                    [pad, pad],
+                    [1, 1],
+                    1,
+                );
                 if self.demodulate {
                     // sum_{i,kh,kw} (W s)^2 = s^2 . sum_{kh,kw} W^2
-                    let wsq = weight.square().sum_dim_intlist([2i64, 3].as_slice(), false, None); // [out, in]
+                    let wsq = weight
+                        .square()
+                        .sum_dim_intlist([2i64, 3].as_slice(), false, None); // [out, in]
                     let d = (styles.square().matmul(&wsq.tr()) + 1e-8).rsqrt(); // [B, out]
                     y * d.view([b, o, 1, 1])
                 } else {

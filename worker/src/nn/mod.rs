@@ -16,7 +16,10 @@ pub fn named_vars(vs: &VarStore) -> Vec<(String, Tensor)> {
 
 /// The trainable variables of a store (buffers such as `w_avg` excluded), name-sorted.
 pub fn trainable_vars(vs: &VarStore) -> Vec<(String, Tensor)> {
-    named_vars(vs).into_iter().filter(|(_, t)| t.requires_grad()).collect()
+    named_vars(vs)
+        .into_iter()
+        .filter(|(_, t)| t.requires_grad())
+        .collect()
 }
 
 /// Turns gradient tracking on or off for the given parameters (StyleGAN's phase toggling:
@@ -29,5 +32,8 @@ pub fn set_requires_grad(params: &[(String, Tensor)], on: bool) {
 
 /// Another handle to the same named tensors (no data is copied).
 pub fn shallow(named: &[(String, Tensor)]) -> Vec<(String, Tensor)> {
-    named.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect()
+    named
+        .iter()
+        .map(|(n, t)| (n.clone(), t.shallow_clone()))
+        .collect()
 }

@@ -48,7 +48,14 @@ impl Discriminator {
         }
         let c4 = cfg.channels(4);
         Discriminator {
-            from_rgb: EqualConv2d::new(p / format!("b{top}") / "fromrgb", 3, cfg.channels(top), 1, true, true),
+            from_rgb: EqualConv2d::new(
+                p / format!("b{top}") / "fromrgb",
+                3,
+                cfg.channels(top),
+                1,
+                true,
+                true,
+            ),
             blocks,
             mbstd_group: 4,
             conv: EqualConv2d::new(p / "b4" / "conv", c4 + 1, c4, 3, true, true),
@@ -60,13 +67,18 @@ impl Discriminator {
     /// Appends the standard deviation over groups of samples as one extra channel, so D can
     /// see a lack of variety (mode collapse).
     fn minibatch_stddev(&self, x: &Tensor) -> Tensor {
-        let [b, c, h, w] = x.size()[..] else { unreachable!() };
+        let [b, c, h, w] = x.size()[..] else {
+            unreachable!()
+        };
         let g = self.mbstd_group.min(b);
         let g = if b % g == 0 { g } else { 1 };
         let y = x.reshape([g, b / g, c, h, w]);
         let y = (y.var_dim(0, false, false) + 1e-8).sqrt(); // [b/g, c, h, w]
         let y = y.mean_dim([1i64, 2, 3].as_slice(), false, None); // [b/g]
-        let y = y.view([1, b / g, 1, 1, 1]).expand([g, b / g, 1, h, w], false).reshape([b, 1, h, w]);
+        let y = y
+            .view([1, b / g, 1, 1, 1])
+            .expand([g, b / g, 1, h, w], false)
+            .reshape([b, 1, h, w]);
         Tensor::cat(&[x.shallow_clone(), y], 1)
     }
 

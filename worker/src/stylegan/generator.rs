@@ -14,7 +14,16 @@ pub struct Mapping {
 impl Mapping {
     fn new(p: &Path, cfg: &NetworkConfig) -> Self {
         let layers = (0..cfg.mapping_layers)
-            .map(|i| EqualLinear::new(p / format!("fc{i}"), if i == 0 { cfg.z_dim } else { cfg.w_dim }, cfg.w_dim, 0.01, 0.0, true))
+            .map(|i| {
+                EqualLinear::new(
+                    p / format!("fc{i}"),
+                    if i == 0 { cfg.z_dim } else { cfg.w_dim },
+                    cfg.w_dim,
+                    0.01,
+                    0.0,
+                    true,
+                )
+            })
             .collect();
         Mapping { layers }
     }
@@ -48,7 +57,11 @@ impl StyledConv {
     }
 
     fn forward(&self, x: &Tensor, w: &Tensor, imp: ModConvImpl) -> Tensor {
-        let x = if self.up { upsample2(x) } else { x.shallow_clone() };
+        let x = if self.up {
+            upsample2(x)
+        } else {
+            x.shallow_clone()
+        };
         let y = self.conv.forward(&x, w, imp);
         let s = y.size();
         let noise = Tensor::randn([s[0], 1, s[2], s[3]], (Kind::Float, y.device()));
@@ -64,7 +77,10 @@ struct ToRgb {
 
 impl ToRgb {
     fn new(p: &Path, in_ch: i64, w_dim: i64) -> Self {
-        ToRgb { conv: ModulatedConv2d::new(p / "conv", in_ch, 3, 1, w_dim, false), bias: p.var("bias", &[3], Init::Const(0.0)) }
+        ToRgb {
+            conv: ModulatedConv2d::new(p / "conv", in_ch, 3, 1, w_dim, false),
+            bias: p.var("bias", &[3], Init::Const(0.0)),
+        }
     }
 
     fn forward(&self, x: &Tensor, w: &Tensor, skip: Option<&Tensor>, imp: ModConvImpl) -> Tensor {
@@ -122,7 +138,14 @@ impl Generator {
         Generator {
             cfg: cfg.clone(),
             mapping: Mapping::new(&(p / "mapping"), cfg),
-            constant: b4.var("const", &[1, c4, 4, 4], Init::Randn { mean: 0.0, stdev: 1.0 }),
+            constant: b4.var(
+                "const",
+                &[1, c4, 4, 4],
+                Init::Randn {
+                    mean: 0.0,
+                    stdev: 1.0,
+                },
+            ),
             conv1: StyledConv::new(&(&b4 / "conv1"), c4, c4, cfg.w_dim, false),
             to_rgb1: ToRgb::new(&(&b4 / "torgb"), c4, cfg.w_dim),
             blocks,

@@ -18,7 +18,10 @@ pub fn discriminator_loss(real_logits: &Tensor, fake_logits: &Tensor) -> Tensor 
 /// the penalty can itself be differentiated.
 pub fn r1_penalty(real: &Tensor, logits: &Tensor) -> Tensor {
     let grads = Tensor::run_backward(&[logits.sum(None)], &[real], true, true);
-    grads[0].square().sum_dim_intlist([1i64, 2, 3].as_slice(), false, None).mean(None)
+    grads[0]
+        .square()
+        .sum_dim_intlist([1i64, 2, 3].as_slice(), false, None)
+        .mean(None)
 }
 
 /// Path-length regulariser: lengths |J_w^T y| for random image-space y, and the penalty
@@ -27,7 +30,11 @@ pub fn path_length_penalty(images: &Tensor, ws: &Tensor, pl_mean: &mut Tensor) -
     let s = images.size();
     let noise = images.randn_like() / ((s[2] * s[3]) as f64).sqrt();
     let grads = Tensor::run_backward(&[(images * noise).sum(None)], &[ws], true, true);
-    let lengths = grads[0].square().sum_dim_intlist([2i64].as_slice(), false, None).mean_dim(1, false, None).sqrt();
+    let lengths = grads[0]
+        .square()
+        .sum_dim_intlist([2i64].as_slice(), false, None)
+        .mean_dim(1, false, None)
+        .sqrt();
     let mean_now = lengths.mean(None).detach();
     let updated = &*pl_mean + (mean_now - &*pl_mean) * 0.01;
     tch::no_grad(|| pl_mean.copy_(&updated));

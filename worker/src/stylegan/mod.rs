@@ -28,7 +28,14 @@ pub struct NetworkConfig {
 
 impl Default for NetworkConfig {
     fn default() -> Self {
-        NetworkConfig { resolution: 32, z_dim: 128, w_dim: 128, mapping_layers: 2, channel_base: 2048, channel_max: 64 }
+        NetworkConfig {
+            resolution: 32,
+            z_dim: 128,
+            w_dim: 128,
+            mapping_layers: 2,
+            channel_base: 2048,
+            channel_max: 64,
+        }
     }
 }
 
@@ -46,15 +53,26 @@ impl NetworkConfig {
     /// Checks that the sizes make sense.
     pub fn validate(&self) -> Result<(), String> {
         if !self.resolution.is_power_of_two() || !(8..=1024).contains(&self.resolution) {
-            return Err(format!("resolution must be a power of two in 8..=1024, got {}", self.resolution));
+            return Err(format!(
+                "resolution must be a power of two in 8..=1024, got {}",
+                self.resolution
+            ));
         }
-        for (name, v) in [("z_dim", self.z_dim), ("w_dim", self.w_dim), ("channel_base", self.channel_base), ("channel_max", self.channel_max)] {
+        for (name, v) in [
+            ("z_dim", self.z_dim),
+            ("w_dim", self.w_dim),
+            ("channel_base", self.channel_base),
+            ("channel_max", self.channel_max),
+        ] {
             if !(1..=8192).contains(&v) {
                 return Err(format!("{name} must be in 1..=8192, got {v}"));
             }
         }
         if !(1..=8).contains(&self.mapping_layers) {
-            return Err(format!("mapping_layers must be in 1..=8, got {}", self.mapping_layers));
+            return Err(format!(
+                "mapping_layers must be in 1..=8, got {}",
+                self.mapping_layers
+            ));
         }
         Ok(())
     }

@@ -114,14 +114,22 @@ fn d_every() -> i64 {
 impl PretrainConfig {
     /// Range checks.
     pub fn validate(&self) -> Result<(), String> {
-        self.network.validate().map_err(|e| format!("network: {e}"))?;
+        self.network
+            .validate()
+            .map_err(|e| format!("network: {e}"))?;
         if let DatasetSpec::SyntheticBirds { resolution, .. } = &self.dataset {
             if *resolution != self.network.resolution {
-                return Err(format!("network.resolution {} differs from the dataset's {resolution}", self.network.resolution));
+                return Err(format!(
+                    "network.resolution {} differs from the dataset's {resolution}",
+                    self.network.resolution
+                ));
             }
         }
         if !(1..=100_000_000).contains(&self.steps) {
-            return Err(format!("steps must be in 1..=100000000, got {}", self.steps));
+            return Err(format!(
+                "steps must be in 1..=100000000, got {}",
+                self.steps
+            ));
         }
         if !(2..=4096).contains(&self.batch) {
             return Err(format!("batch must be in 2..=4096, got {}", self.batch));
@@ -133,15 +141,27 @@ impl PretrainConfig {
             return Err("r1_gamma and pl_weight must be >= 0".into());
         }
         if !(0.0..=1.0).contains(&self.style_mixing) {
-            return Err(format!("style_mixing must be a probability, got {}", self.style_mixing));
+            return Err(format!(
+                "style_mixing must be a probability, got {}",
+                self.style_mixing
+            ));
         }
-        for (n, v) in [("r1_interval", self.r1_interval), ("pl_interval", self.pl_interval), ("eval_every", self.eval_every), ("sample_every", self.sample_every), ("checkpoint_every", self.checkpoint_every)] {
+        for (n, v) in [
+            ("r1_interval", self.r1_interval),
+            ("pl_interval", self.pl_interval),
+            ("eval_every", self.eval_every),
+            ("sample_every", self.sample_every),
+            ("checkpoint_every", self.checkpoint_every),
+        ] {
             if v < 1 {
                 return Err(format!("{n} must be >= 1, got {v}"));
             }
         }
         if !(2..=100_000).contains(&self.fid_images) {
-            return Err(format!("fid_images must be in 2..=100000, got {}", self.fid_images));
+            return Err(format!(
+                "fid_images must be in 2..=100000, got {}",
+                self.fid_images
+            ));
         }
         Ok(())
     }
@@ -183,7 +203,15 @@ fn lazy_adam(params: Vec<(String, Tensor)>, lr: f64, interval: i64) -> Adam {
 
 impl Gan {
     /// A freshly initialised GAN (seeded).
-    pub fn new(net: &NetworkConfig, cfg_lr: f64, r1_interval: i64, pl_interval: i64, pl_on: bool, seed: u64, device: Device) -> Gan {
+    pub fn new(
+        net: &NetworkConfig,
+        cfg_lr: f64,
+        r1_interval: i64,
+        pl_interval: i64,
+        pl_on: bool,
+        seed: u64,
+        device: Device,
+    ) -> Gan {
         tch::manual_seed(seed as i64);
         let g_vs = VarStore::new(device);
         let g = Generator::new(&g_vs.root(), net);
@@ -195,10 +223,31 @@ impl Gan {
         ema_vs.freeze();
         let g_params = trainable_vars(&g_vs);
         let d_params = trainable_vars(&d_vs);
-        let ema_params: Vec<(String, Tensor)> = named_vars(&ema_vs).into_iter().filter(|(n, _)| g_params.iter().any(|(m, _)| m == n)).collect();
-        let g_opt = if pl_on { lazy_adam(shallow(&g_params), cfg_lr, pl_interval) } else { Adam::new(shallow(&g_params), cfg_lr, 0.0, 0.99, 1e-8) };
+        let ema_params: Vec<(String, Tensor)> = named_vars(&ema_vs)
+            .into_iter()
+            .filter(|(n, _)| g_params.iter().any(|(m, _)| m == n))
+            .collect();
+        let g_opt = if pl_on {
+            lazy_adam(shallow(&g_params), cfg_lr, pl_interval)
+        } else {
+            Adam::new(shallow(&g_params), cfg_lr, 0.0, 0.99, 1e-8)
+        };
         let d_opt = lazy_adam(shallow(&d_params), cfg_lr, r1_interval);
-        Gan { net: net.clone(), g_vs, g, d_vs, d, ema_vs, g_ema, g_params, d_params, ema_params, g_opt, d_opt, pl_mean: Tensor::zeros([], (Kind::Float, device)) }
+        Gan {
+            net: net.clone(),
+            g_vs,
+            g,
+            d_vs,
+            d,
+            ema_vs,
+            g_ema,
+            g_params,
+            d_params,
+            ema_params,
+            g_opt,
+            d_opt,
+            pl_mean: Tensor::zeros([], (Kind::Float, device)),
+        }
     }
 
     fn tensors(&self) -> Vec<(String, Tensor)> {
@@ -218,12 +267,21 @@ impl Gan {
         self.g_opt.restore(ckpt, "G.opt.")?;
         self.d_opt.restore(ckpt, "D.opt.")?;
         let pl = ckpt.tensor("pl_mean", &[1])?;
-        tch::no_grad(|| self.pl_mean.copy_(&pl.view([]).to_device(self.pl_mean.device())));
+        tch::no_grad(|| {
+            self.pl_mean
+                .copy_(&pl.view([]).to_device(self.pl_mean.device()))
+        });
         Ok(())
     }
 
     /// Latents for a batch, with style mixing: `[B, num_ws, w_dim]` and the plain w `[B, w_dim]`.
-    fn sample_ws(&self, b: i64, mixing: f64, rng: &mut ChaCha8Rng, device: Device) -> (Tensor, Tensor) {
+    fn sample_ws(
+        &self,
+        b: i64,
+        mixing: f64,
+        rng: &mut ChaCha8Rng,
+        device: Device,
+    ) -> (Tensor, Tensor) {
         let z = Tensor::randn([b, self.net.z_dim], (Kind::Float, device));
         let w = self.g.mapping.forward(&z);
         let mut ws = self.g.broadcast(&w);
@@ -239,7 +297,13 @@ impl Gan {
 
     /// One training step (G update, optional path-length update, D update, optional R1
     /// update, EMA). Returns the metrics of the step.
-    pub fn train_step(&mut self, cfg: &PretrainConfig, step: i64, real: &Tensor, rng: &mut ChaCha8Rng) -> Vec<(&'static str, f64)> {
+    pub fn train_step(
+        &mut self,
+        cfg: &PretrainConfig,
+        step: i64,
+        real: &Tensor,
+        rng: &mut ChaCha8Rng,
+    ) -> Vec<(&'static str, f64)> {
         let device = real.device();
         let b = real.size()[0];
         let mut out = Vec::new();
@@ -256,7 +320,8 @@ impl Gan {
         self.g_opt.step();
         out.push(("gen/loss_g", loss_g.double_value(&[])));
         tch::no_grad(|| {
-            let updated = w.mean_dim(0, false, None) + (&self.g.w_avg - w.mean_dim(0, false, None)) * 0.995;
+            let updated =
+                w.mean_dim(0, false, None) + (&self.g.w_avg - w.mean_dim(0, false, None)) * 0.995;
             self.g.w_avg.copy_(&updated);
         });
         if cfg.pl_weight > 0.0 && step % cfg.pl_interval == 0 {
@@ -306,7 +371,13 @@ impl Gan {
 }
 
 /// Generates `n` images with G_ema from a fixed seed, in batches, and embeds them with the judge.
-fn generated_features(g: &Generator, judge: &crate::judge::train::Trained, n: i64, seed: u64, device: Device) -> Tensor {
+fn generated_features(
+    g: &Generator,
+    judge: &crate::judge::train::Trained,
+    n: i64,
+    seed: u64,
+    device: Device,
+) -> Tensor {
     tch::no_grad(|| {
         tch::manual_seed(seed as i64);
         let mut feats = Vec::new();
@@ -335,7 +406,18 @@ fn resize_to(img: &Tensor, res: i64) -> Tensor {
 pub fn real_features(judge: &crate::judge::train::Trained, images: &Tensor) -> Tensor {
     tch::no_grad(|| {
         let n = images.size()[0];
-        let feats: Vec<Tensor> = (0..n).step_by(256).map(|s| judge.net.forward(&resize_to(&images.narrow(0, s, 256.min(n - s)), judge.resolution)).embedding).collect();
+        let feats: Vec<Tensor> = (0..n)
+            .step_by(256)
+            .map(|s| {
+                judge
+                    .net
+                    .forward(&resize_to(
+                        &images.narrow(0, s, 256.min(n - s)),
+                        judge.resolution,
+                    ))
+                    .embedding
+            })
+            .collect();
         Tensor::cat(&feats, 0)
     })
 }
@@ -348,7 +430,15 @@ fn sample_grid(g: &Generator, device: Device) -> Vec<u8> {
         let a = g.generate(&z, 1.0);
         let b = g.generate(&z, 0.7);
         let all = Tensor::cat(&[a, b], 0).clamp(-1.0, 1.0);
-        let labels: Vec<String> = (0..8).map(|r| if r < 4 { "psi 1.0".to_string() } else { "psi 0.7".to_string() }).collect();
+        let labels: Vec<String> = (0..8)
+            .map(|r| {
+                if r < 4 {
+                    "psi 1.0".to_string()
+                } else {
+                    "psi 0.7".to_string()
+                }
+            })
+            .collect();
         crate::picture::image_grid(&all, 8, (128 / g.cfg.resolution).max(1), &labels).to_png()
     })
 }
@@ -366,11 +456,21 @@ pub fn load_generator(path: &Path, device: Device) -> anyhow::Result<(VarStore, 
 }
 
 /// Runs `pretrain-generator`.
-pub fn run(cfg: &PretrainConfig, resume: Option<&Path>, device: Device, reporter: &mut dyn Reporter, cancel: &CancelToken) -> anyhow::Result<Outcome> {
+pub fn run(
+    cfg: &PretrainConfig,
+    resume: Option<&Path>,
+    device: Device,
+    reporter: &mut dyn Reporter,
+    cancel: &CancelToken,
+) -> anyhow::Result<Outcome> {
     let ds = cfg.dataset.open()?;
     let res = cfg.network.resolution;
     let train_idx = ds.partition(Partition::Train);
-    anyhow::ensure!(train_idx.len() >= 2, "the training partition has {} images; need at least 2", train_idx.len());
+    anyhow::ensure!(
+        train_idx.len() >= 2,
+        "the training partition has {} images; need at least 2",
+        train_idx.len()
+    );
     let images = ds.load_images(&train_idx, res)?.to_device(device);
     let n = images.size()[0];
 
@@ -378,26 +478,45 @@ pub fn run(cfg: &PretrainConfig, resume: Option<&Path>, device: Device, reporter
         Some(p) => {
             let j = crate::judge::train::load(p, "judge", device)?;
             let test = ds.partition(Partition::Test);
-            let real = Gaussian::fit(&real_features(&j, &ds.load_images(&test, res)?.to_device(device)));
+            let real = Gaussian::fit(&real_features(
+                &j,
+                &ds.load_images(&test, res)?.to_device(device),
+            ));
             Some((j, real))
         }
         None => None,
     };
 
-    let mut gan = Gan::new(&cfg.network, cfg.lr, cfg.r1_interval, cfg.pl_interval, cfg.pl_weight > 0.0, cfg.seed, device);
+    let mut gan = Gan::new(
+        &cfg.network,
+        cfg.lr,
+        cfg.r1_interval,
+        cfg.pl_interval,
+        cfg.pl_weight > 0.0,
+        cfg.seed,
+        device,
+    );
     let mut step = 0;
     if let Some(path) = resume {
         let ckpt = Checkpoint::load(path)?;
         ckpt.expect_kind("pretrain-generator")?;
         let saved: NetworkConfig = serde_json::from_str(ckpt.meta("generator.network")?)?;
-        anyhow::ensure!(saved == cfg.network, "{}: checkpoint network {saved:?} differs from the job's {:?}", path.display(), cfg.network);
+        anyhow::ensure!(
+            saved == cfg.network,
+            "{}: checkpoint network {saved:?} differs from the job's {:?}",
+            path.display(),
+            cfg.network
+        );
         gan.restore(&ckpt)?;
         step = ckpt.step;
     }
 
     let save = |gan: &Gan, step: i64, reporter: &mut dyn Reporter| -> anyhow::Result<()> {
         let mut meta = BTreeMap::new();
-        meta.insert("generator.network".into(), serde_json::to_string(&cfg.network)?);
+        meta.insert(
+            "generator.network".into(),
+            serde_json::to_string(&cfg.network)?,
+        );
         meta.insert("generator.num_ws".into(), gan.g.num_ws().to_string());
         meta.insert("job.config".into(), serde_json::to_string(cfg)?);
         let path = reporter.checkpoint_path(step)?;
@@ -407,10 +526,19 @@ pub fn run(cfg: &PretrainConfig, resume: Option<&Path>, device: Device, reporter
     let evaluate = |gan: &Gan, step: i64, reporter: &mut dyn Reporter| -> anyhow::Result<()> {
         if let Some((j, real)) = &judge {
             let t = Instant::now();
-            let fake = Gaussian::fit(&generated_features(&gan.g_ema, j, cfg.fid_images, cfg.seed ^ 0xF1D, device));
+            let fake = Gaussian::fit(&generated_features(
+                &gan.g_ema,
+                j,
+                cfg.fid_images,
+                cfg.seed ^ 0xF1D,
+                device,
+            ));
             let fid = frechet_distance(real, &fake);
             reporter.metrics(step, &[("gen/judge_fid", fid)])?;
-            reporter.log(&format!("step {step}: gen/judge_fid = {fid:.4} ({:.1} s)", t.elapsed().as_secs_f64()));
+            reporter.log(&format!(
+                "step {step}: gen/judge_fid = {fid:.4} ({:.1} s)",
+                t.elapsed().as_secs_f64()
+            ));
         }
         Ok(())
     };

@@ -236,7 +236,8 @@ fn malformed_datasets_get_errors_naming_file_and_line() {
         }
         dst
     };
-    let cases: Vec<(&str, &str, Box<dyn Fn(&str) -> String>, &str)> = vec![
+    type Edit = Box<dyn Fn(&str) -> String>;
+    let cases: Vec<(&str, &str, Edit, &str)> = vec![
         (
             "bad-id",
             "images.txt",

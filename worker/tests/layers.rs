@@ -27,7 +27,7 @@ fn reference_modconv(conv: &ModulatedConv2d, x: &Tensor, styles: &Tensor, demod:
                     .sum_dim_intlist([1i64, 2, 3].as_slice(), true, None)
                     + 1e-8)
                     .rsqrt();
-                w = w * d;
+                w *= d;
             }
             assert_eq!(w.size(), vec![o, i, k, k]);
             x.get(b)

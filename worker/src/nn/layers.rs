@@ -228,7 +228,7 @@ impl ModulatedConv2d {
                         .sum_dim_intlist([2i64, 3, 4].as_slice(), true, None)
                         + 1e-8)
                         .rsqrt();
-                    wgt = wgt * d;
+                    wgt *= d;
                 }
                 let y = x.reshape([1, b * i, h, w]).conv2d(
                     &wgt.reshape([b * o, i, k, k]),

@@ -17,6 +17,7 @@ pub mod judge;
 pub mod nn;
 pub mod picture;
 pub mod stylegan;
+pub mod text;
 
 /// Parses a device name: `cpu`, `cuda`, `cuda:N`, or `auto` (CUDA if available).
 pub fn parse_device(s: &str) -> Result<tch::Device, String> {

@@ -1,0 +1,3 @@
+//! The text side: BERT (and, later, the text-to-style methods).
+
+pub mod bert;

@@ -4,6 +4,8 @@
 //! - [`dataset`]: the CUB-layout loader and the `synthetic-birds` renderer;
 //! - [`stylegan`]: StyleGAN2 and its `pretrain-generator` job;
 //! - [`judge`]: the critic and the judge (`train-judge`) and judge-FID;
+//! - [`styles`]: w_gt of the images (`invert`) and the styles file;
+//! - [`text`]: the BERT text encoder;
 //! - [`job`]: job specs, the [`job::Reporter`] seam and the local-directory reporter;
 //! - [`nn`]: layers, Adam with saveable state, checkpoint files;
 //! - [`picture`]: sample grids and contact sheets;
@@ -17,6 +19,7 @@ pub mod judge;
 pub mod nn;
 pub mod picture;
 pub mod stylegan;
+pub mod styles;
 pub mod text;
 
 /// Parses a device name: `cpu`, `cuda`, `cuda:N`, or `auto` (CUDA if available).

@@ -24,7 +24,7 @@ enum Command {
     },
     /// Run one job from a YAML file, writing metrics.jsonl, checkpoints/ and artifacts/ to --out.
     Run {
-        /// The job file (`kind: pretrain-generator | train-judge`, plus its fields).
+        /// The job file (`kind: pretrain-generator | train-judge | invert`, plus its fields).
         job: PathBuf,
         /// Output directory (created; reused when resuming).
         #[arg(long)]

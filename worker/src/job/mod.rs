@@ -111,10 +111,12 @@ pub enum JobSpec {
     PretrainGenerator(crate::stylegan::pretrain::PretrainConfig),
     /// Train the critic and the judge.
     TrainJudge(crate::judge::train::JudgeConfig),
+    /// Find the style w of every image.
+    Invert(crate::styles::invert::InvertConfig),
 }
 
 /// Job kinds as written in YAML.
-pub const JOB_KINDS: [&str; 2] = ["pretrain-generator", "train-judge"];
+pub const JOB_KINDS: [&str; 3] = ["pretrain-generator", "train-judge", "invert"];
 
 fn yaml_error(origin: &str, e: serde_yaml::Error) -> anyhow::Error {
     let at = e
@@ -130,6 +132,7 @@ impl JobSpec {
         match self {
             JobSpec::PretrainGenerator(_) => JOB_KINDS[0],
             JobSpec::TrainJudge(_) => JOB_KINDS[1],
+            JobSpec::Invert(_) => JOB_KINDS[2],
         }
     }
 
@@ -177,6 +180,9 @@ impl JobSpec {
             "train-judge" => {
                 JobSpec::TrainJudge(serde_yaml::from_str(&body).map_err(|e| yaml_error(origin, e))?)
             }
+            "invert" => {
+                JobSpec::Invert(serde_yaml::from_str(&body).map_err(|e| yaml_error(origin, e))?)
+            }
             other => anyhow::bail!(
                 "{origin}{line_ref}: unknown job kind `{other}`, expected one of {}",
                 JOB_KINDS.join(", ")
@@ -208,6 +214,7 @@ impl JobSpec {
         match self {
             JobSpec::PretrainGenerator(c) => c.validate(),
             JobSpec::TrainJudge(c) => c.validate(),
+            JobSpec::Invert(c) => c.validate(),
         }
     }
 }
@@ -240,6 +247,7 @@ pub fn run(
             crate::stylegan::pretrain::run(c, resume, device, reporter, cancel)
         }
         JobSpec::TrainJudge(c) => crate::judge::train::run(c, resume, device, reporter, cancel),
+        JobSpec::Invert(c) => crate::styles::invert::run(c, resume, device, reporter, cancel),
     }
 }
 

@@ -245,6 +245,18 @@ impl Checkpoint {
             })
     }
 
+    /// Every tensor whose name starts with `prefix`, name-sorted (prefix kept).
+    pub fn tensors_with_prefix(&self, prefix: &str) -> Vec<(&str, &Tensor)> {
+        let mut v: Vec<(&str, &Tensor)> = self
+            .tensors
+            .iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(k, t)| (k.as_str(), t))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(b.0));
+        v
+    }
+
     /// Whether a tensor is present.
     pub fn has(&self, key: &str) -> bool {
         self.tensors.contains_key(key)

@@ -1,0 +1,320 @@
+//! Job `invert`: the style w_gt of every image.
+//!
+//! - `optimise` (projector-style, after NVlabs' `projector.py`): start at `w_avg`, optimise w
+//!   (or W+) so that G(w) matches the image under pixel L1 plus the critic's feature
+//!   distance, with a ramped learning rate and decaying noise on w. The generator's noise
+//!   inputs are held fixed per batch (reseeded before every forward). This is the only option
+//!   for real CUB images.
+//!
+//! ml.md's cheaper `sampled` alternative (render G(f(z)), label with the critic) is not
+//! implemented yet; `mode` exists so it can be added without changing job files.
+
+use super::generator_fingerprint;
+use crate::dataset::Dataset;
+use crate::job::{CancelToken, DatasetSpec, Outcome, Reporter};
+use crate::nn::adam::Adam;
+use crate::nn::checkpoint::{self, Checkpoint};
+use crate::stylegan::pretrain::load_generator;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind, Tensor};
+
+/// How styles are obtained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InvertMode {
+    /// Optimise w per dataset image.
+    Optimise,
+}
+
+/// Configuration of `invert`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InvertConfig {
+    /// The images.
+    pub dataset: DatasetSpec,
+    /// A `pretrain-generator` checkpoint (its EMA generator is used, frozen).
+    pub generator: PathBuf,
+    /// A `train-judge` checkpoint: its critic's features join the loss (optional).
+    #[serde(default)]
+    pub critic: Option<PathBuf>,
+    /// How styles are obtained.
+    #[serde(default = "d_mode")]
+    pub mode: InvertMode,
+    /// Invert at most this many images (in dataset order; default all).
+    #[serde(default)]
+    pub limit: Option<usize>,
+    /// Optimisation steps per image.
+    #[serde(default = "d_steps")]
+    pub steps: i64,
+    /// Images optimised together.
+    #[serde(default = "d_batch")]
+    pub batch: i64,
+    /// Peak learning rate.
+    #[serde(default = "d_lr")]
+    pub lr: f64,
+    /// Optimise one w per layer (W+) instead of one w.
+    #[serde(default)]
+    pub w_plus: bool,
+    /// Weight of the critic feature distance.
+    #[serde(default = "d_feature_weight")]
+    pub feature_weight: f64,
+    /// Seed of the generator's noise inputs and of w's optimisation noise.
+    #[serde(default)]
+    pub seed: u64,
+    /// Write a (partial) styles checkpoint every this many batches (and at the end).
+    #[serde(default = "d_checkpoint_every")]
+    pub checkpoint_every: usize,
+}
+
+fn d_checkpoint_every() -> usize {
+    10
+}
+
+fn d_mode() -> InvertMode {
+    InvertMode::Optimise
+}
+fn d_steps() -> i64 {
+    200
+}
+fn d_batch() -> i64 {
+    64
+}
+fn d_lr() -> f64 {
+    0.1
+}
+fn d_feature_weight() -> f64 {
+    1.0
+}
+
+impl InvertConfig {
+    /// Range checks.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(1..=100_000).contains(&self.steps) {
+            return Err(format!("steps must be in 1..=100000, got {}", self.steps));
+        }
+        if !(1..=4096).contains(&self.batch) {
+            return Err(format!("batch must be in 1..=4096, got {}", self.batch));
+        }
+        if !(self.lr > 0.0 && self.lr <= 10.0) {
+            return Err(format!("lr must be in (0, 10], got {}", self.lr));
+        }
+        if self.feature_weight < 0.0 {
+            return Err("feature_weight must be >= 0".into());
+        }
+        Ok(())
+    }
+}
+
+/// NVlabs' projector schedule: learning rate ramps up over the first 5% and down (cosine)
+/// over the last 25%; the noise added to w decays to zero by 75%.
+fn schedule(step: i64, steps: i64, lr: f64) -> (f64, f64) {
+    let t = step as f64 / steps as f64;
+    let noise = (1.0 - t / 0.75).max(0.0).powi(2) * 0.05;
+    let down = ((1.0 - t) / 0.25).min(1.0);
+    let ramp = 0.5 - 0.5 * (down * std::f64::consts::PI).cos();
+    (lr * ramp * (t / 0.05).min(1.0), noise)
+}
+
+/// Optimises the styles of `targets` (`[B, 3, R, R]` in [-1, 1]). Returns w `[B, num_ws, w_dim]`
+/// (num_ws = 1 unless `w_plus`) and the per-image mean absolute error of G(w).
+pub fn optimise_styles(
+    g: &crate::stylegan::generator::Generator,
+    critic: Option<&crate::judge::train::Trained>,
+    targets: &Tensor,
+    cfg: &InvertConfig,
+    noise_seed: u64,
+) -> (Tensor, Tensor) {
+    let b = targets.size()[0];
+    let device = targets.device();
+    // Spread of w around w_avg, for the optimisation noise (NVlabs: 10k samples).
+    let w_std = tch::no_grad(|| {
+        tch::manual_seed(noise_seed as i64 ^ 0x5EED);
+        let z = Tensor::randn([2000, g.cfg.z_dim], (Kind::Float, device));
+        let w = g.mapping.forward(&z);
+        ((w - &g.w_avg).square().sum(Kind::Float) / 2000.0)
+            .sqrt()
+            .double_value(&[])
+    });
+    let copies = if cfg.w_plus { g.num_ws() } else { 1 };
+    let w = g
+        .w_avg
+        .view([1, 1, -1])
+        .repeat([b, copies, 1])
+        .detach()
+        .set_requires_grad(true);
+    let mut opt = Adam::new(
+        vec![("w".into(), w.shallow_clone())],
+        cfg.lr,
+        0.9,
+        0.999,
+        1e-8,
+    );
+    let critic_target =
+        critic.map(|c| tch::no_grad(|| c.net.forward(&resize(targets, c.resolution)).grid));
+    let render = |ws: &Tensor| {
+        tch::manual_seed(noise_seed as i64);
+        let ws = if cfg.w_plus {
+            ws.shallow_clone()
+        } else {
+            ws.expand([-1, g.num_ws(), -1], false)
+        };
+        g.synthesis(&ws)
+    };
+    for step in 0..cfg.steps {
+        let (lr, noise) = schedule(step, cfg.steps, cfg.lr);
+        opt.lr = lr;
+        tch::manual_seed((noise_seed as i64).wrapping_add(step + 1));
+        let w_noisy = &w + w.randn_like() * (w_std * noise);
+        let img = render(&w_noisy);
+        let mut loss = (&img - targets).abs().mean(None);
+        if let (Some(c), Some(t)) = (critic, &critic_target) {
+            let f = c.net.forward(&resize(&img, c.resolution)).grid;
+            loss += (f - t).square().mean(None) * cfg.feature_weight;
+        }
+        opt.zero_grad();
+        loss.backward();
+        opt.step();
+    }
+    let w = w.detach();
+    let err = tch::no_grad(|| {
+        (render(&w) - targets)
+            .abs()
+            .mean_dim([1i64, 2, 3].as_slice(), false, None)
+    });
+    (w, err)
+}
+
+fn resize(img: &Tensor, res: i64) -> Tensor {
+    if img.size()[2] == res {
+        img.shallow_clone()
+    } else {
+        img.upsample_bilinear2d([res, res], false, None, None)
+    }
+}
+
+/// Runs `invert`. Its checkpoints are partial styles files (images done so far); the last
+/// one is the styles file the text jobs read.
+pub fn run(
+    cfg: &InvertConfig,
+    resume: Option<&Path>,
+    device: Device,
+    reporter: &mut dyn Reporter,
+    cancel: &CancelToken,
+) -> anyhow::Result<Outcome> {
+    let ds: Dataset = cfg.dataset.open()?;
+    let gen_ckpt = Checkpoint::load(&cfg.generator)?;
+    let fingerprint = generator_fingerprint(&gen_ckpt)?;
+    drop(gen_ckpt);
+    let (_g_vs, g) = load_generator(&cfg.generator, device)?;
+    let critic = cfg
+        .critic
+        .as_ref()
+        .map(|p| crate::judge::train::load(p, "critic", device))
+        .transpose()?;
+    let res = g.cfg.resolution;
+    let total = cfg.limit.unwrap_or(usize::MAX).min(ds.images.len());
+    let copies = if cfg.w_plus { g.num_ws() } else { 1 };
+    let (mut ws, mut errs): (Vec<Tensor>, Vec<Tensor>) = (Vec::new(), Vec::new());
+    let mut done = 0usize;
+    if let Some(path) = resume {
+        let ckpt = Checkpoint::load(path)?;
+        ckpt.expect_kind("invert")?;
+        anyhow::ensure!(
+            ckpt.meta("styles.generator")? == fingerprint,
+            "{}: partial styles of another generator",
+            path.display()
+        );
+        done = ckpt.step as usize;
+        ws.push(
+            ckpt.tensor("w", &[done as i64, copies, g.cfg.w_dim])?
+                .to_device(device),
+        );
+        errs.push(
+            ckpt.tensor("recon_error", &[done as i64])?
+                .to_device(device),
+        );
+    }
+    reporter.log(&format!(
+        "invert on {device:?}: {total} images at {res} px, {} steps each, batch {}, generator {}",
+        cfg.steps,
+        cfg.batch,
+        &fingerprint[..12]
+    ));
+    let save = |ws: &[Tensor],
+                errs: &[Tensor],
+                done: usize,
+                reporter: &mut dyn Reporter|
+     -> anyhow::Result<()> {
+        let w = if ws.is_empty() {
+            Tensor::zeros([0, copies, g.cfg.w_dim], (Kind::Float, device))
+        } else {
+            Tensor::cat(ws, 0)
+        };
+        let e = if errs.is_empty() {
+            Tensor::zeros([0], (Kind::Float, device))
+        } else {
+            Tensor::cat(errs, 0)
+        };
+        let index = Tensor::arange(done as i64, (Kind::Float, device));
+        let mut meta = BTreeMap::new();
+        meta.insert("styles.generator".into(), fingerprint.clone());
+        meta.insert(
+            "styles.generator_path".into(),
+            cfg.generator.display().to_string(),
+        );
+        meta.insert("styles.count".into(), done.to_string());
+        meta.insert("styles.num_ws".into(), copies.to_string());
+        meta.insert("styles.w_dim".into(), g.cfg.w_dim.to_string());
+        meta.insert("job.config".into(), serde_json::to_string(cfg)?);
+        let path = reporter.checkpoint_path(done as i64)?;
+        checkpoint::save(
+            &path,
+            "invert",
+            done as i64,
+            &meta,
+            &[
+                ("w".into(), w),
+                ("index".into(), index),
+                ("recon_error".into(), e),
+            ],
+        )?;
+        reporter.checkpoint_written(done as i64, &path)
+    };
+    let mut batches = 0usize;
+    while done < total {
+        if cancel.is_cancelled() {
+            save(&ws, &errs, done, reporter)?;
+            reporter.finish(&format!("cancelled after {done} images"));
+            return Ok(Outcome::Cancelled { step: done as i64 });
+        }
+        let n = (cfg.batch as usize).min(total - done);
+        let idx: Vec<usize> = (done..done + n).collect();
+        let targets = ds.load_images(&idx, res)?.to_device(device);
+        let (w, err) = optimise_styles(
+            &g,
+            critic.as_ref(),
+            &targets,
+            cfg,
+            crate::job::step_seed(cfg.seed, done as i64),
+        );
+        let mean = err.mean(None).double_value(&[]);
+        ws.push(w);
+        errs.push(err);
+        done += n;
+        reporter.metrics(done as i64, &[("styles/recon_l1", mean)])?;
+        reporter.progress(done as i64, total as i64, &[("recon_l1", mean)]);
+        batches += 1;
+        if batches % cfg.checkpoint_every.max(1) == 0 || done == total {
+            save(&ws, &errs, done, reporter)?;
+        }
+    }
+    let all = Tensor::cat(&errs, 0);
+    reporter.log(&format!(
+        "reconstruction L1: mean {:.4}, max {:.4}",
+        all.mean(None).double_value(&[]),
+        all.max().double_value(&[])
+    ));
+    reporter.finish(&format!("invert finished: {done} styles"));
+    Ok(Outcome::Completed { step: done as i64 })
+}

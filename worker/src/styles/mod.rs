@@ -1,0 +1,78 @@
+//! Styles of the training images (w_gt, ml.md section 3): the `invert` job and the styles
+//! file the text jobs read. A styles file records which generator it belongs to (a
+//! fingerprint of the generator's weights), and loading it for another generator fails.
+
+pub mod invert;
+
+use crate::nn::checkpoint::{Checkpoint, CheckpointError};
+use sha2::{Digest, Sha256};
+use std::path::Path;
+use tch::{Kind, Tensor};
+
+/// SHA-256 over the EMA generator's tensors (names, shapes and bytes) of a
+/// `pretrain-generator` checkpoint: the identity of "the frozen generator".
+pub fn generator_fingerprint(ckpt: &Checkpoint) -> Result<String, CheckpointError> {
+    ckpt.expect_kind("pretrain-generator")?;
+    let mut hasher = Sha256::new();
+    for (name, t) in ckpt.tensors_with_prefix("G_ema.") {
+        hasher.update(name.as_bytes());
+        hasher.update(format!("{:?}", t.size()).as_bytes());
+        let t = t.to_kind(Kind::Float).contiguous();
+        let n = t.numel();
+        let mut bytes = vec![0u8; n * 4];
+        t.copy_data_u8(&mut bytes, n);
+        hasher.update(&bytes);
+    }
+    Ok(format!("{:x}", hasher.finalize()))
+}
+
+/// The styles of a set of images.
+pub struct Styles {
+    /// `[N, num_ws, w_dim]` (num_ws = 1 unless inverted into W+).
+    pub w: Tensor,
+    /// Dataset indices `[N]` (int64) of the images the styles reproduce (optimise mode),
+    /// or -1 for generated images (sampled mode).
+    pub index: Tensor,
+    /// Per-image reconstruction error (mean absolute pixel error in [-1, 1] units).
+    pub recon_error: Tensor,
+    /// Fingerprint of the generator the styles belong to.
+    pub generator: String,
+}
+
+/// A styles file belongs to another generator than the one a job uses.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: styles belong to generator {found}, but this job uses generator {expected}; run `invert` for this generator")]
+pub struct ForeignStyles {
+    /// The styles file.
+    pub path: String,
+    /// Fingerprint of the job's generator.
+    pub expected: String,
+    /// Fingerprint recorded in the styles file.
+    pub found: String,
+}
+
+impl Styles {
+    /// Loads a styles file (an `invert` checkpoint) and checks it belongs to `generator`.
+    pub fn load(path: &Path, generator_fingerprint: &str) -> anyhow::Result<Styles> {
+        let ckpt = Checkpoint::load(path)?;
+        ckpt.expect_kind("invert")?;
+        let found = ckpt.meta("styles.generator")?.to_owned();
+        if found != generator_fingerprint {
+            return Err(ForeignStyles {
+                path: path.display().to_string(),
+                expected: generator_fingerprint.into(),
+                found,
+            }
+            .into());
+        }
+        let n: i64 = ckpt.meta("styles.count")?.parse()?;
+        let num_ws: i64 = ckpt.meta("styles.num_ws")?.parse()?;
+        let w_dim: i64 = ckpt.meta("styles.w_dim")?.parse()?;
+        Ok(Styles {
+            w: ckpt.tensor("w", &[n, num_ws, w_dim])?.shallow_clone(),
+            index: ckpt.tensor("index", &[n])?.to_kind(Kind::Int64),
+            recon_error: ckpt.tensor("recon_error", &[n])?.shallow_clone(),
+            generator: found,
+        })
+    }
+}

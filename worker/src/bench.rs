@@ -140,3 +140,59 @@ pub fn generator(steps: usize, device: Device) -> anyhow::Result<String> {
     }
     Ok(out)
 }
+
+/// BERT sentence-encoding throughput (captions/s) at batch 1 and 64, with the default
+/// weights. The per-method training steps of `bench text` come with the text methods.
+pub fn text(device: Device) -> anyhow::Result<String> {
+    let dir = crate::text::bert::default_model_dir().ok_or_else(|| {
+        anyhow::anyhow!("no BERT weights: run scripts/setup or set PLUME_BERT_DIR")
+    })?;
+    let enc = crate::text::bert::TextEncoder::load(&dir, device, 64)?;
+    let captions: Vec<String> = (0..64)
+        .map(|i| {
+            let (attrs, _, _) = crate::dataset::render::bird_for(1, i);
+            crate::dataset::synth::caption(
+                crate::dataset::vocab::PHRASINGS[i as usize % 12],
+                &attrs,
+            )
+        })
+        .collect();
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "BERT {} ({} layers, hidden {}) on {device:?}, {} threads",
+        dir.display(),
+        enc.bert.config.num_hidden_layers,
+        enc.bert.config.hidden_size,
+        tch::get_num_threads()
+    );
+    let _ = writeln!(
+        out,
+        "{:>6} {:>12} {:>14}",
+        "batch", "ms/batch", "captions/s"
+    );
+    for batch in [1usize, 64] {
+        let refs: Vec<&str> = captions.iter().take(batch).map(String::as_str).collect();
+        tch::no_grad(|| -> anyhow::Result<()> {
+            let _ = enc.embed_sentences(&refs)?;
+            let reps = if batch == 1 { 50 } else { 10 };
+            let t = Instant::now();
+            for _ in 0..reps {
+                let _ = enc
+                    .embed_sentences(&refs)?
+                    .sum(Kind::Float)
+                    .double_value(&[]);
+            }
+            let secs = t.elapsed().as_secs_f64() / reps as f64;
+            let _ = writeln!(
+                out,
+                "{:>6} {:>12.2} {:>14.1}",
+                batch,
+                secs * 1e3,
+                batch as f64 / secs
+            );
+            Ok(())
+        })?;
+    }
+    Ok(out)
+}

@@ -84,6 +84,12 @@ enum BenchCommand {
         #[arg(long, default_value = "cpu")]
         device: String,
     },
+    /// BERT encoding throughput (captions/s at batch 1 and 64).
+    Text {
+        /// cpu, cuda, cuda:N or auto.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
 }
 
 fn main() -> Result<()> {
@@ -174,6 +180,12 @@ fn main() -> Result<()> {
         } => {
             let device = plume_worker::parse_device(&device).map_err(anyhow::Error::msg)?;
             print!("{}", plume_worker::bench::generator(steps, device)?);
+        }
+        Command::Bench {
+            what: BenchCommand::Text { device },
+        } => {
+            let device = plume_worker::parse_device(&device).map_err(anyhow::Error::msg)?;
+            print!("{}", plume_worker::bench::text(device)?);
         }
     }
     Ok(())

@@ -110,10 +110,17 @@ fn main() -> Result<()> {
                 seed,
             };
             let t = std::time::Instant::now();
+            let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
             write_dataset(&out, &spec, |done, total| {
-                eprint!("\rrendered {done}/{total}")
+                if tty {
+                    eprint!("\rrendered {done}/{total}");
+                } else if done == total || done % 2000 == 0 {
+                    eprintln!("rendered {done}/{total}");
+                }
             })?;
-            eprintln!();
+            if tty {
+                eprintln!();
+            }
             println!(
                 "wrote {images} images at {resolution} px to {} in {:.1} s",
                 out.display(),

@@ -251,6 +251,20 @@ pub fn run(
     }
 }
 
+/// `Err("NAME must be in LO..=HI, got V")` unless `lo <= value <= hi` (NaN fails): the one
+/// wording of every config range check.
+pub fn check_range<T: PartialOrd + std::fmt::Display>(
+    name: &str,
+    value: T,
+    lo: T,
+    hi: T,
+) -> Result<(), String> {
+    if !(value >= lo && value <= hi) {
+        return Err(format!("{name} must be in {lo}..={hi}, got {value}"));
+    }
+    Ok(())
+}
+
 /// A per-step seed from the job seed: every step reseeds libtorch's RNG and the data
 /// sampler with this, so a resumed job draws exactly what an uninterrupted one would.
 pub fn step_seed(seed: u64, step: i64) -> u64 {

@@ -3,7 +3,7 @@
 
 use super::model::{JudgeNet, JudgeNetConfig};
 use crate::dataset::{Dataset, Partition};
-use crate::job::{step_seed, CancelToken, DatasetSpec, Outcome, Reporter};
+use crate::job::{check_range, step_seed, CancelToken, DatasetSpec, Outcome, Reporter};
 use crate::nn::adam::Adam;
 use crate::nn::checkpoint::{self, Checkpoint};
 use crate::nn::{named_vars, trainable_vars};
@@ -59,23 +59,14 @@ fn default_every() -> i64 {
 impl JudgeConfig {
     /// Range checks.
     pub fn validate(&self) -> Result<(), String> {
-        if !(1..=10_000_000).contains(&self.steps) {
-            return Err(format!("steps must be in 1..=10000000, got {}", self.steps));
-        }
-        if !(1..=4096).contains(&self.batch) {
-            return Err(format!("batch must be in 1..=4096, got {}", self.batch));
-        }
-        if !(self.lr > 0.0 && self.lr < 1.0) {
-            return Err(format!("lr must be in (0, 1), got {}", self.lr));
-        }
+        check_range("steps", self.steps, 1, 10_000_000)?;
+        check_range("batch", self.batch, 1, 4096)?;
+        check_range("lr", self.lr, 1e-8, 0.5)?;
         if let Some(r) = self.resolution {
-            if !(8..=1024).contains(&r) {
-                return Err(format!("resolution must be in 8..=1024, got {r}"));
-            }
+            check_range("resolution", r, 8, 1024)?;
         }
-        if self.eval_every < 1 || self.checkpoint_every < 1 {
-            return Err("eval_every and checkpoint_every must be >= 1".into());
-        }
+        check_range("eval_every", self.eval_every, 1, i64::MAX)?;
+        check_range("checkpoint_every", self.checkpoint_every, 1, i64::MAX)?;
         Ok(())
     }
 }

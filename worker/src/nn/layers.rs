@@ -274,3 +274,13 @@ pub fn upsample2(x: &Tensor) -> Tensor {
 pub fn downsample2(x: &Tensor) -> Tensor {
     x.avg_pool2d([2, 2], [2, 2], [0, 0], false, true, None::<i64>)
 }
+
+/// Resizes square images `[B, C, H, H]` to `res` pixels (bilinear); a no-op at that size.
+/// Used where one network looks at another's images (judge on generator output).
+pub fn resize_square(img: &Tensor, res: i64) -> Tensor {
+    if img.size()[2] == res {
+        img.shallow_clone()
+    } else {
+        img.upsample_bilinear2d([res, res], false, None, None)
+    }
+}

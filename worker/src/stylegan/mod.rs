@@ -64,16 +64,9 @@ impl NetworkConfig {
             ("channel_base", self.channel_base),
             ("channel_max", self.channel_max),
         ] {
-            if !(1..=8192).contains(&v) {
-                return Err(format!("{name} must be in 1..=8192, got {v}"));
-            }
+            crate::job::check_range(name, v, 1, 8192)?;
         }
-        if !(1..=8).contains(&self.mapping_layers) {
-            return Err(format!(
-                "mapping_layers must be in 1..=8, got {}",
-                self.mapping_layers
-            ));
-        }
+        crate::job::check_range("mapping_layers", self.mapping_layers, 1, 8)?;
         Ok(())
     }
 }

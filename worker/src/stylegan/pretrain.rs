@@ -9,10 +9,11 @@ use super::generator::Generator;
 use super::loss;
 use super::NetworkConfig;
 use crate::dataset::Partition;
-use crate::job::{step_seed, CancelToken, DatasetSpec, Outcome, Reporter};
+use crate::job::{check_range, step_seed, CancelToken, DatasetSpec, Outcome, Reporter};
 use crate::judge::fid::{frechet_distance, Gaussian};
 use crate::nn::adam::Adam;
 use crate::nn::checkpoint::{self, Checkpoint};
+use crate::nn::layers::resize_square;
 use crate::nn::{named_vars, set_requires_grad, shallow, trainable_vars};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -125,27 +126,12 @@ impl PretrainConfig {
                 ));
             }
         }
-        if !(1..=100_000_000).contains(&self.steps) {
-            return Err(format!(
-                "steps must be in 1..=100000000, got {}",
-                self.steps
-            ));
-        }
-        if !(2..=4096).contains(&self.batch) {
-            return Err(format!("batch must be in 2..=4096, got {}", self.batch));
-        }
-        if !(self.lr > 0.0 && self.lr < 1.0) {
-            return Err(format!("lr must be in (0, 1), got {}", self.lr));
-        }
-        if self.r1_gamma < 0.0 || self.pl_weight < 0.0 {
-            return Err("r1_gamma and pl_weight must be >= 0".into());
-        }
-        if !(0.0..=1.0).contains(&self.style_mixing) {
-            return Err(format!(
-                "style_mixing must be a probability, got {}",
-                self.style_mixing
-            ));
-        }
+        check_range("steps", self.steps, 1, 100_000_000)?;
+        check_range("batch", self.batch, 2, 4096)?;
+        check_range("lr", self.lr, 1e-8, 0.5)?;
+        check_range("r1_gamma", self.r1_gamma, 0.0, 1e4)?;
+        check_range("pl_weight", self.pl_weight, 0.0, 1e4)?;
+        check_range("style_mixing", self.style_mixing, 0.0, 1.0)?;
         for (n, v) in [
             ("r1_interval", self.r1_interval),
             ("pl_interval", self.pl_interval),
@@ -153,16 +139,9 @@ impl PretrainConfig {
             ("sample_every", self.sample_every),
             ("checkpoint_every", self.checkpoint_every),
         ] {
-            if v < 1 {
-                return Err(format!("{n} must be >= 1, got {v}"));
-            }
+            check_range(n, v, 1, i64::MAX)?;
         }
-        if !(2..=100_000).contains(&self.fid_images) {
-            return Err(format!(
-                "fid_images must be in 2..=100000, got {}",
-                self.fid_images
-            ));
-        }
+        check_range("fid_images", self.fid_images, 2, 100_000)?;
         Ok(())
     }
 }
@@ -386,20 +365,12 @@ fn generated_features(
             let b = 100.min(n - done);
             let z = Tensor::randn([b, g.cfg.z_dim], (Kind::Float, device));
             let img = g.generate(&z, 1.0).clamp(-1.0, 1.0);
-            let img = resize_to(&img, judge.resolution);
+            let img = resize_square(&img, judge.resolution);
             feats.push(judge.net.forward(&img).embedding);
             done += b;
         }
         Tensor::cat(&feats, 0)
     })
-}
-
-fn resize_to(img: &Tensor, res: i64) -> Tensor {
-    if img.size()[2] == res {
-        img.shallow_clone()
-    } else {
-        img.upsample_bilinear2d([res, res], false, None, None)
-    }
 }
 
 /// Embeds real images with the judge in batches.
@@ -411,7 +382,7 @@ pub fn real_features(judge: &crate::judge::train::Trained, images: &Tensor) -> T
             .map(|s| {
                 judge
                     .net
-                    .forward(&resize_to(
+                    .forward(&resize_square(
                         &images.narrow(0, s, 256.min(n - s)),
                         judge.resolution,
                     ))

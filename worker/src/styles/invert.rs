@@ -11,9 +11,10 @@
 
 use super::generator_fingerprint;
 use crate::dataset::Dataset;
-use crate::job::{CancelToken, DatasetSpec, Outcome, Reporter};
+use crate::job::{check_range, CancelToken, DatasetSpec, Outcome, Reporter};
 use crate::nn::adam::Adam;
 use crate::nn::checkpoint::{self, Checkpoint};
+use crate::nn::layers::resize_square;
 use crate::stylegan::pretrain::load_generator;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -90,18 +91,10 @@ fn d_feature_weight() -> f64 {
 impl InvertConfig {
     /// Range checks.
     pub fn validate(&self) -> Result<(), String> {
-        if !(1..=100_000).contains(&self.steps) {
-            return Err(format!("steps must be in 1..=100000, got {}", self.steps));
-        }
-        if !(1..=4096).contains(&self.batch) {
-            return Err(format!("batch must be in 1..=4096, got {}", self.batch));
-        }
-        if !(self.lr > 0.0 && self.lr <= 10.0) {
-            return Err(format!("lr must be in (0, 10], got {}", self.lr));
-        }
-        if self.feature_weight < 0.0 {
-            return Err("feature_weight must be >= 0".into());
-        }
+        check_range("steps", self.steps, 1, 100_000)?;
+        check_range("batch", self.batch, 1, 4096)?;
+        check_range("lr", self.lr, 1e-8, 10.0)?;
+        check_range("feature_weight", self.feature_weight, 0.0, 1e4)?;
         Ok(())
     }
 }
@@ -151,7 +144,7 @@ pub fn optimise_styles(
         1e-8,
     );
     let critic_target =
-        critic.map(|c| tch::no_grad(|| c.net.forward(&resize(targets, c.resolution)).grid));
+        critic.map(|c| tch::no_grad(|| c.net.forward(&resize_square(targets, c.resolution)).grid));
     let render = |ws: &Tensor| {
         tch::manual_seed(noise_seed as i64);
         let ws = if cfg.w_plus {
@@ -169,7 +162,7 @@ pub fn optimise_styles(
         let img = render(&w_noisy);
         let mut loss = (&img - targets).abs().mean(None);
         if let (Some(c), Some(t)) = (critic, &critic_target) {
-            let f = c.net.forward(&resize(&img, c.resolution)).grid;
+            let f = c.net.forward(&resize_square(&img, c.resolution)).grid;
             loss += (f - t).square().mean(None) * cfg.feature_weight;
         }
         opt.zero_grad();
@@ -183,14 +176,6 @@ pub fn optimise_styles(
             .mean_dim([1i64, 2, 3].as_slice(), false, None)
     });
     (w, err)
-}
-
-fn resize(img: &Tensor, res: i64) -> Tensor {
-    if img.size()[2] == res {
-        img.shallow_clone()
-    } else {
-        img.upsample_bilinear2d([res, res], false, None, None)
-    }
 }
 
 /// Runs `invert`. Its checkpoints are partial styles files (images done so far); the last

@@ -113,10 +113,12 @@ pub enum JobSpec {
     TrainJudge(crate::judge::train::JudgeConfig),
     /// Find the style w of every image.
     Invert(crate::styles::invert::InvertConfig),
+    /// Train BERT with one of the seed's methods against the frozen generator.
+    TrainText(crate::text::train::TextConfig),
 }
 
 /// Job kinds as written in YAML.
-pub const JOB_KINDS: [&str; 3] = ["pretrain-generator", "train-judge", "invert"];
+pub const JOB_KINDS: [&str; 4] = ["pretrain-generator", "train-judge", "invert", "train-text"];
 
 fn yaml_error(origin: &str, e: serde_yaml::Error) -> anyhow::Error {
     let at = e
@@ -133,6 +135,7 @@ impl JobSpec {
             JobSpec::PretrainGenerator(_) => JOB_KINDS[0],
             JobSpec::TrainJudge(_) => JOB_KINDS[1],
             JobSpec::Invert(_) => JOB_KINDS[2],
+            JobSpec::TrainText(_) => JOB_KINDS[3],
         }
     }
 
@@ -183,6 +186,9 @@ impl JobSpec {
             "invert" => {
                 JobSpec::Invert(serde_yaml::from_str(&body).map_err(|e| yaml_error(origin, e))?)
             }
+            "train-text" => {
+                JobSpec::TrainText(serde_yaml::from_str(&body).map_err(|e| yaml_error(origin, e))?)
+            }
             other => anyhow::bail!(
                 "{origin}{line_ref}: unknown job kind `{other}`, expected one of {}",
                 JOB_KINDS.join(", ")
@@ -215,6 +221,7 @@ impl JobSpec {
             JobSpec::PretrainGenerator(c) => c.validate(),
             JobSpec::TrainJudge(c) => c.validate(),
             JobSpec::Invert(c) => c.validate(),
+            JobSpec::TrainText(c) => c.validate(),
         }
     }
 }
@@ -248,6 +255,7 @@ pub fn run(
         }
         JobSpec::TrainJudge(c) => crate::judge::train::run(c, resume, device, reporter, cancel),
         JobSpec::Invert(c) => crate::styles::invert::run(c, resume, device, reporter, cancel),
+        JobSpec::TrainText(c) => crate::text::train::run(c, resume, device, reporter, cancel),
     }
 }
 

@@ -1,4 +1,6 @@
 //! The text side: BERT (and, later, the text-to-style methods).
 
+pub mod benchmark;
 pub mod bert;
 pub mod methods;
+pub mod train;

@@ -1,0 +1,316 @@
+//! The edit benchmark (ml.md section 6): a fixed, seeded list of edit requests on test images,
+//! each changing exactly one attribute in the caption, scored by the judge (never used in a
+//! loss). Needs a dataset with the synthetic-birds vocabulary (captions are rebuilt from
+//! attributes) and part masks.
+
+use super::methods::{predict, Method, Nets};
+use crate::dataset::render::BirdAttributes;
+use crate::dataset::synth::caption;
+use crate::dataset::vocab::{Group, PHRASINGS};
+use crate::dataset::{Dataset, Partition};
+use crate::judge::fid::{frechet_distance, Gaussian};
+use crate::judge::train::Trained;
+use crate::nn::layers::resize_square;
+use crate::picture::{tensor_to_rgb, Canvas, CHAR_W};
+use crate::stylegan::pretrain::real_features;
+use rand::seq::IndexedRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use tch::{Kind, Tensor};
+
+/// One request: change `group` of dataset image `image` to `new_value`.
+#[derive(Debug, Clone)]
+pub struct EditRequest {
+    /// Dataset index of the source image.
+    pub image: usize,
+    /// Row of the image in the styles.
+    pub style_row: i64,
+    /// Index into `Group::ALL`.
+    pub group: usize,
+    /// The value before.
+    pub old_value: usize,
+    /// The value asked for.
+    pub new_value: usize,
+    /// The caption describing the source.
+    pub source_caption: String,
+    /// The same phrasing with the one attribute changed.
+    pub target_caption: String,
+}
+
+/// Placeholder naming a group in the phrasings.
+fn slot(group: Group) -> &'static str {
+    match group {
+        Group::BreastColour => "{breast}",
+        Group::WingColour => "{wing}",
+        Group::CrownColour => "{crown}",
+        Group::UpperpartsColour => "{upper}",
+        Group::BillLength => "{bill}",
+        Group::Size => "{size}",
+        Group::Background => "{bg}",
+    }
+}
+
+fn attributes_from(values: &[usize]) -> BirdAttributes {
+    BirdAttributes {
+        breast: values[0],
+        wing: values[1],
+        crown: values[2],
+        upper: values[3],
+        bill: values[4],
+        size: values[5],
+        background: values[6],
+    }
+}
+
+/// Checks the dataset speaks the synthetic-birds vocabulary (the benchmark rebuilds captions).
+pub fn check_vocabulary(ds: &Dataset) -> anyhow::Result<()> {
+    let names: Vec<&str> = ds.groups.iter().map(|g| g.name.as_str()).collect();
+    let want: Vec<&str> = Group::ALL.iter().map(|g| g.cub_name()).collect();
+    anyhow::ensure!(names == want, "the edit benchmark needs the synthetic-birds attribute groups {want:?}; this dataset has {names:?}");
+    Ok(())
+}
+
+/// The fixed request list: `count` requests on test images that have styles, seeded.
+/// `style_rows[i]` is the styles row of dataset image i (or -1).
+pub fn requests(
+    ds: &Dataset,
+    style_rows: &[i64],
+    count: usize,
+    seed: u64,
+) -> anyhow::Result<Vec<EditRequest>> {
+    check_vocabulary(ds)?;
+    let candidates: Vec<usize> = ds
+        .partition(Partition::Test)
+        .into_iter()
+        .filter(|&i| {
+            style_rows.get(i).is_some_and(|&r| r >= 0) && ds.labels[i].iter().all(|&v| v >= 0)
+        })
+        .collect();
+    anyhow::ensure!(
+        !candidates.is_empty(),
+        "no test image has styles: run `invert` over the test split too"
+    );
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut out = Vec::with_capacity(count);
+    for _ in 0..count {
+        let image = *candidates.choose(&mut rng).expect("non-empty");
+        let values: Vec<usize> = ds.labels[image].iter().map(|&v| v as usize).collect();
+        // Edit the attributes a caption can name and the judge can see: the four colours.
+        let group = rng.random_range(0..4);
+        let n_values = Group::ALL[group].values().len();
+        let new_value = (values[group] + rng.random_range(1..n_values)) % n_values;
+        let phrasings: Vec<&str> = PHRASINGS
+            .iter()
+            .copied()
+            .filter(|p| p.contains(slot(Group::ALL[group])))
+            .collect();
+        let phrasing = *phrasings
+            .choose(&mut rng)
+            .expect("every colour group has phrasings");
+        let mut changed = values.clone();
+        changed[group] = new_value;
+        out.push(EditRequest {
+            image,
+            style_row: style_rows[image],
+            group,
+            old_value: values[group],
+            new_value,
+            source_caption: caption(phrasing, &attributes_from(&values)),
+            target_caption: caption(phrasing, &attributes_from(&changed)),
+        });
+    }
+    Ok(out)
+}
+
+/// Part labels (of `PARTS`) that an edit of `group` may change.
+fn edited_parts(group: usize) -> &'static [i64] {
+    match group {
+        0 => &[2],
+        1 => &[3],
+        2 => &[4],
+        3 => &[1, 5, 7],
+        _ => &[],
+    }
+}
+
+/// Benchmark results.
+pub struct BenchmarkResult {
+    /// `(metric name, value)` in report order.
+    pub metrics: Vec<(&'static str, f64)>,
+    /// The edit gallery (source | reconstruction | edited, with the requested change).
+    pub gallery_png: Vec<u8>,
+}
+
+fn harmonic(values: &[f64]) -> f64 {
+    if values.iter().any(|&v| v <= 0.0) {
+        return 0.0;
+    }
+    values.len() as f64 / values.iter().map(|v| 1.0 / v).sum::<f64>()
+}
+
+/// Runs the requests through a method and scores them with the judge.
+pub fn run_benchmark(
+    method: Method,
+    nets: &Nets,
+    judge: &Trained,
+    ds: &Dataset,
+    styles_w: &Tensor,
+    reqs: &[EditRequest],
+    test_features: &Gaussian,
+) -> anyhow::Result<BenchmarkResult> {
+    let g = nets.g;
+    let res = g.cfg.resolution;
+    let device = styles_w.device();
+    let mut success = 0f64;
+    let mut preserved = 0f64;
+    let mut preserved_n = 0f64;
+    let mut region = 0f64;
+    let mut edited_all = Vec::new();
+    let mut gallery_rows: Vec<(Tensor, Tensor, Tensor, String)> = Vec::new();
+    let groups = ds.groups.len() as i64;
+    for chunk in reqs.chunks(32) {
+        let (edited, source) = tch::no_grad(|| -> anyhow::Result<(Tensor, Tensor)> {
+            let rows = Tensor::from_slice(&chunk.iter().map(|r| r.style_row).collect::<Vec<_>>())
+                .to_device(device);
+            let w_src = styles_w.index_select(0, &rows).select(1, 0);
+            let targets: Vec<&str> = chunk.iter().map(|r| r.target_caption.as_str()).collect();
+            let w_hat = match method {
+                Method::Reconstruction => {
+                    let sources: Vec<&str> =
+                        chunk.iter().map(|r| r.source_caption.as_str()).collect();
+                    let (s_t, _) = predict(nets.enc, nets.heads, g, &targets)?;
+                    let (s_s, _) = predict(nets.enc, nets.heads, g, &sources)?;
+                    &w_src + s_t - s_s
+                }
+                _ => {
+                    let (p, v) = predict(nets.enc, nets.heads, g, &targets)?;
+                    &v * &p + (1.0 - &v) * &w_src
+                }
+            };
+            tch::manual_seed(7);
+            let source = g.synthesis(&g.broadcast(&w_src)).clamp(-1.0, 1.0);
+            tch::manual_seed(7);
+            let edited = g.synthesis(&g.broadcast(&w_hat)).clamp(-1.0, 1.0);
+            Ok((edited, source))
+        })?;
+        let (pe, ps) = tch::no_grad(|| {
+            let pe = judge.net.predict(
+                &judge
+                    .net
+                    .forward(&resize_square(&edited, judge.resolution))
+                    .attr_logits,
+            );
+            let ps = judge.net.predict(
+                &judge
+                    .net
+                    .forward(&resize_square(&source, judge.resolution))
+                    .attr_logits,
+            );
+            (
+                pe.to_device(tch::Device::Cpu),
+                ps.to_device(tch::Device::Cpu),
+            )
+        });
+        let idx: Vec<usize> = chunk.iter().map(|r| r.image).collect();
+        let masks = ds
+            .load_masks(&idx, res)?
+            .ok_or_else(|| anyhow::anyhow!("the edit benchmark needs part masks"))?;
+        let diff = (&edited - &source)
+            .abs()
+            .mean_dim(1, false, None)
+            .to_device(tch::Device::Cpu)
+            / 2.0; // [B, R, R] in [0, 1]
+        for (k, r) in chunk.iter().enumerate() {
+            let k64 = k as i64;
+            if pe.int64_value(&[k64, r.group as i64]) == r.new_value as i64 {
+                success += 1.0;
+            }
+            for h in 0..groups {
+                if h != r.group as i64 {
+                    preserved_n += 1.0;
+                    if pe.int64_value(&[k64, h]) == ps.int64_value(&[k64, h]) {
+                        preserved += 1.0;
+                    }
+                }
+            }
+            let mask = masks.get(k64);
+            let mut inside = mask.zeros_like().to_kind(Kind::Bool);
+            for &p in edited_parts(r.group) {
+                inside = inside.logical_or(&mask.eq(p));
+            }
+            let outside = inside.logical_not().to_kind(Kind::Float);
+            let d = diff.get(k64);
+            let l1 = (d * &outside).sum(Kind::Float).double_value(&[])
+                / outside.sum(Kind::Float).double_value(&[]).max(1.0);
+            region += 1.0 - l1;
+            if gallery_rows.len() < 12 {
+                let g_name = Group::ALL[r.group]
+                    .cub_name()
+                    .trim_start_matches("has_")
+                    .replace("_color", "");
+                let label = format!(
+                    "{g_name}: {} -> {}",
+                    Group::ALL[r.group].values()[r.old_value],
+                    Group::ALL[r.group].values()[r.new_value]
+                );
+                let real = ds.load_images(&[r.image], res)?;
+                gallery_rows.push((
+                    real,
+                    source.get(k64).unsqueeze(0),
+                    edited.get(k64).unsqueeze(0),
+                    label,
+                ));
+            }
+        }
+        edited_all.push(edited);
+    }
+    let n = reqs.len() as f64;
+    let edit_success = success / n;
+    let attr_preservation = preserved / preserved_n.max(1.0);
+    let region_preservation = region / n;
+    let edited = Tensor::cat(&edited_all, 0);
+    let realism = frechet_distance(
+        test_features,
+        &Gaussian::fit(&real_features(judge, &edited)),
+    );
+    let score = harmonic(&[edit_success, attr_preservation, region_preservation]);
+    Ok(BenchmarkResult {
+        metrics: vec![
+            ("eval/edit_success", edit_success),
+            ("eval/attr_preservation", attr_preservation),
+            ("eval/region_preservation", region_preservation),
+            ("eval/realism", realism),
+            ("eval/score", score),
+        ],
+        gallery_png: gallery(&gallery_rows, res),
+    })
+}
+
+/// Rows of source | G(w_src) | edited, each with the requested change written beside it.
+fn gallery(rows: &[(Tensor, Tensor, Tensor, String)], res: u32) -> Vec<u8> {
+    let scale = (96 / res).max(1);
+    let cell = res * scale;
+    let text_w = 40 * CHAR_W * 2;
+    let row_h = cell + 6;
+    let mut canvas = Canvas::new(
+        3 * (cell + 4) + text_w + 8,
+        14 + rows.len() as u32 * row_h,
+        [255, 255, 255],
+    );
+    canvas.text(4, 2, "source | G(w_src) | edited", 2, [40, 40, 40]);
+    for (i, (real, recon, edited, label)) in rows.iter().enumerate() {
+        let y = 14 + i as u32 * row_h;
+        for (j, img) in [real, recon, edited].iter().enumerate() {
+            let rgb = &tensor_to_rgb(img)[0];
+            canvas.blit(4 + j as u32 * (cell + 4), y, res, res, rgb, scale);
+        }
+        canvas.text(
+            4 + 3 * (cell + 4) + 4,
+            y + cell / 2 - 6,
+            label,
+            2,
+            [20, 20, 20],
+        );
+    }
+    canvas.to_png()
+}

@@ -1,0 +1,307 @@
+//! Job `train-text`: trains BERT and the style heads with one method's recipe against the
+//! frozen generator, and runs the edit benchmark periodically (so eval curves exist).
+
+use super::benchmark::{check_vocabulary, requests, run_benchmark};
+use super::bert::{default_model_dir, TextEncoder};
+use super::methods::{
+    loss_terms, total_loss, Example, LossWeights, Method, Nets, Recipe, ReconstructionTarget,
+    StyleHeads,
+};
+use crate::dataset::Partition;
+use crate::job::{check_range, step_seed, CancelToken, DatasetSpec, Outcome, Reporter};
+use crate::judge::fid::Gaussian;
+use crate::nn::adam::Adam;
+use crate::nn::checkpoint::{self, Checkpoint};
+use crate::nn::{named_vars, trainable_vars};
+use crate::stylegan::pretrain::{load_generator, real_features};
+use crate::styles::{generator_fingerprint, Styles};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use tch::{Device, Tensor};
+
+/// Configuration of `train-text`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TextConfig {
+    /// The images and captions.
+    pub dataset: DatasetSpec,
+    /// The frozen generator (`pretrain-generator` checkpoint).
+    pub generator: PathBuf,
+    /// Styles of the images (`invert` checkpoint) for that generator.
+    pub styles: PathBuf,
+    /// `train-judge` checkpoint: its critic may enter losses, its judge only scores.
+    pub judge: PathBuf,
+    /// Which method.
+    pub method: Method,
+    /// Loss weights (0 switches a term off).
+    #[serde(default)]
+    pub losses: LossWeights,
+    /// M3's reconstruction target.
+    #[serde(default = "d_target")]
+    pub reconstruction_target: ReconstructionTarget,
+    /// M3's InfoNCE temperature.
+    #[serde(default = "d_temperature")]
+    pub temperature: f64,
+    /// Freeze BERT's embeddings and this many lowest layers.
+    #[serde(default)]
+    pub freeze_layers: i64,
+    /// HuggingFace BERT directory (default: all-MiniLM-L6-v2 from the set-up venv).
+    #[serde(default)]
+    pub bert: Option<PathBuf>,
+    /// Longest caption in tokens (longer ones are truncated).
+    #[serde(default = "d_max_tokens")]
+    pub max_tokens: usize,
+    /// Training steps.
+    pub steps: i64,
+    /// Batch size.
+    #[serde(default = "d_batch")]
+    pub batch: i64,
+    /// Adam learning rate of BERT.
+    #[serde(default = "d_lr_bert")]
+    pub lr_bert: f64,
+    /// Adam learning rate of the heads.
+    #[serde(default = "d_lr_heads")]
+    pub lr_heads: f64,
+    /// Seed of heads, data order and the benchmark's requests.
+    #[serde(default)]
+    pub seed: u64,
+    /// Run the edit benchmark every this many steps (and at the end).
+    #[serde(default = "d_every")]
+    pub eval_every: i64,
+    /// Edit requests per benchmark.
+    #[serde(default = "d_edits")]
+    pub eval_edits: usize,
+    /// Checkpoint every this many steps (and at the end).
+    #[serde(default = "d_every")]
+    pub checkpoint_every: i64,
+}
+
+fn d_target() -> ReconstructionTarget {
+    ReconstructionTarget::Input
+}
+fn d_temperature() -> f64 {
+    0.1
+}
+fn d_max_tokens() -> usize {
+    64
+}
+fn d_batch() -> i64 {
+    16
+}
+fn d_lr_bert() -> f64 {
+    2e-5
+}
+fn d_lr_heads() -> f64 {
+    1e-3
+}
+fn d_every() -> i64 {
+    200
+}
+fn d_edits() -> usize {
+    200
+}
+
+impl TextConfig {
+    /// Range checks.
+    pub fn validate(&self) -> Result<(), String> {
+        check_range("steps", self.steps, 1, 10_000_000)?;
+        check_range("batch", self.batch, 2, 4096)?;
+        check_range("lr_bert", self.lr_bert, 0.0, 1.0)?;
+        check_range("lr_heads", self.lr_heads, 1e-8, 1.0)?;
+        check_range("temperature", self.temperature, 1e-4, 100.0)?;
+        check_range("freeze_layers", self.freeze_layers, 0, 1000)?;
+        check_range("max_tokens", self.max_tokens, 2, 512)?;
+        check_range("eval_every", self.eval_every, 1, i64::MAX)?;
+        check_range("eval_edits", self.eval_edits, 2, 100_000)?;
+        check_range("checkpoint_every", self.checkpoint_every, 1, i64::MAX)?;
+        if self.method == Method::VisualGrounding {
+            return Err("method visual-grounding (M4) is not implemented yet".into());
+        }
+        Ok(())
+    }
+}
+
+/// Runs `train-text`.
+pub fn run(
+    cfg: &TextConfig,
+    resume: Option<&Path>,
+    device: Device,
+    reporter: &mut dyn Reporter,
+    cancel: &CancelToken,
+) -> anyhow::Result<Outcome> {
+    let ds = cfg.dataset.open()?;
+    check_vocabulary(&ds)?;
+    let fingerprint = generator_fingerprint(&Checkpoint::load(&cfg.generator)?)?;
+    let (_g_vs, g) = load_generator(&cfg.generator, device)?;
+    let styles = Styles::load(&cfg.styles, &fingerprint)?;
+    let styles_w = styles.w.to_device(device);
+    let critic = crate::judge::train::load(&cfg.judge, "critic", device)?;
+    let judge = crate::judge::train::load(&cfg.judge, "judge", device)?;
+    let bert_dir = cfg
+        .bert
+        .clone()
+        .or_else(default_model_dir)
+        .ok_or_else(|| anyhow::anyhow!("no BERT weights: set `bert:` or run scripts/setup"))?;
+    let enc = TextEncoder::load(&bert_dir, device, cfg.max_tokens)?;
+    enc.freeze_lower_layers(cfg.freeze_layers);
+    tch::manual_seed(cfg.seed as i64);
+    let heads = StyleHeads::new(device, enc.bert.config.hidden_size, g.cfg.w_dim);
+    let mut bert_opt = Adam::new(trainable_vars(&enc.vs), cfg.lr_bert, 0.9, 0.999, 1e-8);
+    let mut head_opt = Adam::new(trainable_vars(&heads.vs), cfg.lr_heads, 0.9, 0.999, 1e-8);
+
+    // Style row of every dataset image (-1 where the styles file has none).
+    let mut style_rows = vec![-1i64; ds.images.len()];
+    for (row, &i) in Vec::<i64>::try_from(&styles.index)?.iter().enumerate() {
+        if (0..ds.images.len() as i64).contains(&i) {
+            style_rows[i as usize] = row as i64;
+        }
+    }
+    let train: Vec<usize> = ds
+        .partition(Partition::Train)
+        .into_iter()
+        .filter(|&i| style_rows[i] >= 0 && !ds.captions[i].is_empty())
+        .collect();
+    anyhow::ensure!(
+        train.len() >= 2,
+        "only {} training images have styles and captions",
+        train.len()
+    );
+    let res = g.cfg.resolution;
+    let images = ds.load_images(&train, res)?.to_device(device);
+    let labels = ds.label_tensor(&train).to_device(device);
+    let rows = Tensor::from_slice(&train.iter().map(|&i| style_rows[i]).collect::<Vec<_>>())
+        .to_device(device);
+    let w_train = styles_w.index_select(0, &rows).select(1, 0);
+    let reqs = requests(&ds, &style_rows, cfg.eval_edits, cfg.seed ^ 0xED17)?;
+    let test = ds.partition(Partition::Test);
+    let test_features = Gaussian::fit(&real_features(
+        &judge,
+        &ds.load_images(&test, res)?.to_device(device),
+    ));
+
+    let mut step = 0;
+    if let Some(path) = resume {
+        let ckpt = Checkpoint::load(path)?;
+        ckpt.expect_kind("train-text")?;
+        ckpt.restore("bert.", &named_vars(&enc.vs))?;
+        ckpt.restore("heads.", &named_vars(&heads.vs))?;
+        bert_opt.restore(&ckpt, "bert.opt.")?;
+        head_opt.restore(&ckpt, "heads.opt.")?;
+        step = ckpt.step;
+    }
+    let recipe = Recipe {
+        method: cfg.method,
+        weights: cfg.losses.clone(),
+        target: cfg.reconstruction_target,
+        temperature: cfg.temperature,
+    };
+    reporter.log(&format!("train-text {:?} on {device:?}: {} training images with styles, {} edit requests, steps {step}..{}", cfg.method, train.len(), reqs.len(), cfg.steps));
+    let nets = Nets {
+        enc: &enc,
+        heads: &heads,
+        g: &g,
+        critic: Some(&critic),
+    };
+    let evaluate = |step: i64, reporter: &mut dyn Reporter| -> anyhow::Result<()> {
+        let result = run_benchmark(
+            cfg.method,
+            &nets,
+            &judge,
+            &ds,
+            &styles_w,
+            &reqs,
+            &test_features,
+        )?;
+        reporter.metrics(step, &result.metrics)?;
+        reporter.artifact(step, "edits", &result.gallery_png)?;
+        reporter.log(&format!(
+            "step {step}: {}",
+            result
+                .metrics
+                .iter()
+                .map(|(k, v)| format!("{k}={v:.4}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        ));
+        Ok(())
+    };
+    let save = |step: i64,
+                bert_opt: &Adam,
+                head_opt: &Adam,
+                reporter: &mut dyn Reporter|
+     -> anyhow::Result<()> {
+        let mut tensors = checkpoint::prefixed("bert.", &named_vars(&enc.vs));
+        tensors.extend(checkpoint::prefixed("heads.", &named_vars(&heads.vs)));
+        tensors.extend(checkpoint::prefixed("bert.opt.", &bert_opt.state()));
+        tensors.extend(checkpoint::prefixed("heads.opt.", &head_opt.state()));
+        let mut meta = BTreeMap::new();
+        meta.insert("text.generator".into(), fingerprint.clone());
+        meta.insert("text.bert_dir".into(), bert_dir.display().to_string());
+        meta.insert("job.config".into(), serde_json::to_string(cfg)?);
+        let path = reporter.checkpoint_path(step)?;
+        checkpoint::save(&path, "train-text", step, &meta, &tensors)?;
+        reporter.checkpoint_written(step, &path)
+    };
+    if step == 0 {
+        evaluate(0, reporter)?;
+    }
+    let n = train.len() as i64;
+    while step < cfg.steps {
+        if cancel.is_cancelled() {
+            save(step, &bert_opt, &head_opt, reporter)?;
+            reporter.finish(&format!("cancelled at step {step}"));
+            return Ok(Outcome::Cancelled { step });
+        }
+        let seed = step_seed(cfg.seed, step);
+        tch::manual_seed(seed as i64);
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let idx: Vec<i64> = (0..cfg.batch).map(|_| rng.random_range(0..n)).collect();
+        let captions: Vec<&str> = idx
+            .iter()
+            .map(|&k| {
+                let c = &ds.captions[train[k as usize]];
+                c[rng.random_range(0..c.len())].as_str()
+            })
+            .collect();
+        let sel = Tensor::from_slice(&idx).to_device(device);
+        let (x, w, l) = (
+            images.index_select(0, &sel),
+            w_train.index_select(0, &sel),
+            labels.index_select(0, &sel),
+        );
+        let ex = Example {
+            images: &x,
+            w: &w,
+            captions,
+            labels: &l,
+        };
+        let terms = loss_terms(&recipe, &nets, &ex)?;
+        let total = total_loss(&terms).ok_or_else(|| {
+            anyhow::anyhow!("every loss weight of this method is 0: nothing to train")
+        })?;
+        bert_opt.zero_grad();
+        head_opt.zero_grad();
+        total.backward();
+        bert_opt.step();
+        head_opt.step();
+        step += 1;
+        let mut metrics: Vec<(String, f64)> = terms
+            .iter()
+            .map(|(k, _, t)| (format!("loss/{k}"), t.double_value(&[])))
+            .collect();
+        metrics.push(("loss/total".into(), total.double_value(&[])));
+        let pairs: Vec<(&str, f64)> = metrics.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        reporter.metrics(step, &pairs)?;
+        reporter.progress(step, cfg.steps, &pairs[pairs.len() - 1..]);
+        if step % cfg.eval_every == 0 || step == cfg.steps {
+            evaluate(step, reporter)?;
+        }
+        if step % cfg.checkpoint_every == 0 || step == cfg.steps {
+            save(step, &bert_opt, &head_opt, reporter)?;
+        }
+    }
+    reporter.finish(&format!("train-text finished at step {step}"));
+    Ok(Outcome::Completed { step })
+}

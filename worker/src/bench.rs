@@ -141,8 +141,10 @@ pub fn generator(steps: usize, device: Device) -> anyhow::Result<String> {
     Ok(out)
 }
 
-/// BERT sentence-encoding throughput (captions/s) at batch 1 and 64, with the default
-/// weights. The per-method training steps of `bench text` come with the text methods.
+/// BERT sentence-encoding throughput (captions/s) at batch 1 and 64 with the default
+/// weights, and one training step (forward + backward + Adam) of each implemented method at
+/// batch 16 against the CPU generator config (random weights: the cost does not depend on
+/// them) and the default critic.
 pub fn text(device: Device) -> anyhow::Result<String> {
     let dir = crate::text::bert::default_model_dir().ok_or_else(|| {
         anyhow::anyhow!("no BERT weights: run scripts/setup or set PLUME_BERT_DIR")
@@ -194,5 +196,94 @@ pub fn text(device: Device) -> anyhow::Result<String> {
             Ok(())
         })?;
     }
+    out.push_str(&method_steps(&enc, &captions, device)?);
+    Ok(out)
+}
+
+fn method_steps(
+    enc: &crate::text::bert::TextEncoder,
+    captions: &[String],
+    device: Device,
+) -> anyhow::Result<String> {
+    use crate::text::methods::{
+        loss_terms, total_loss, Example, LossWeights, Method, Nets, Recipe, ReconstructionTarget,
+        StyleHeads,
+    };
+    let net = NetworkConfig::default();
+    let mut g_vs = tch::nn::VarStore::new(device);
+    let g = crate::stylegan::generator::Generator::new(&g_vs.root(), &net);
+    g_vs.freeze();
+    let mut c_vs = tch::nn::VarStore::new(device);
+    let groups = [15i64, 15, 15, 15, 3, 3, 4];
+    let cnet = crate::judge::model::JudgeNet::new(&c_vs.root(), &Default::default(), &groups, 10);
+    c_vs.freeze();
+    let critic = crate::judge::train::Trained {
+        vs: c_vs,
+        net: cnet,
+        resolution: 32,
+    };
+    let heads = StyleHeads::new(device, enc.bert.config.hidden_size, net.w_dim);
+    let b = 16i64;
+    let images = Tensor::rand([b, 3, 32, 32], (Kind::Float, device)) * 2.0 - 1.0;
+    let w = Tensor::randn([b, net.w_dim], (Kind::Float, device));
+    let labels = Tensor::zeros([b, 7], (Kind::Int64, device));
+    let caps: Vec<&str> = captions
+        .iter()
+        .take(b as usize)
+        .map(String::as_str)
+        .collect();
+    let nets = Nets {
+        enc,
+        heads: &heads,
+        g: &g,
+        critic: Some(&critic),
+    };
+    let mut params = crate::nn::trainable_vars(&enc.vs);
+    params.extend(crate::nn::trainable_vars(&heads.vs));
+    let mut opt = crate::nn::adam::Adam::new(params, 1e-5, 0.9, 0.999, 1e-8);
+    let mut out = format!(
+        "\n{:<16} {:>12}   (batch {b}, 32 px generator, w_dim {}, all BERT layers trained)\n",
+        "method", "step ms", net.w_dim
+    );
+    for method in [
+        Method::Weighted,
+        Method::Reconstruction,
+        Method::Contrastive,
+    ] {
+        let recipe = Recipe {
+            method,
+            weights: LossWeights::default(),
+            target: ReconstructionTarget::Input,
+            temperature: 0.1,
+        };
+        let ex = Example {
+            images: &images,
+            w: &w,
+            captions: caps.clone(),
+            labels: &labels,
+        };
+        let mut step = || -> anyhow::Result<()> {
+            let terms = loss_terms(&recipe, &nets, &ex)?;
+            opt.zero_grad();
+            total_loss(&terms)
+                .expect("default weights are non-zero")
+                .backward();
+            opt.step();
+            Ok(())
+        };
+        step()?;
+        let reps = 3;
+        let t = Instant::now();
+        for _ in 0..reps {
+            step()?;
+        }
+        let _ = writeln!(
+            out,
+            "{:<16} {:>12.1}",
+            format!("{method:?}"),
+            t.elapsed().as_secs_f64() / reps as f64 * 1e3
+        );
+    }
+    let _ = writeln!(out, "{:<16} {:>12}", "VisualGrounding", "not implemented");
     Ok(out)
 }

@@ -36,6 +36,27 @@ enum Command {
         #[arg(long, default_value = "auto")]
         device: String,
     },
+    /// Edit one image with a caption using a `train-text` checkpoint.
+    Edit {
+        /// The `train-text` checkpoint.
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// A dataset image id, or a PNG file (inverted first).
+        #[arg(long)]
+        image: String,
+        /// What the edited bird should look like.
+        #[arg(long)]
+        caption: String,
+        /// A caption of the input (needed by method `reconstruction` for a PNG).
+        #[arg(long)]
+        source_caption: Option<String>,
+        /// Output PNG (input | G(w) | edited).
+        #[arg(long)]
+        out: PathBuf,
+        /// cpu, cuda, cuda:N or auto.
+        #[arg(long, default_value = "auto")]
+        device: String,
+    },
     /// Print performance tables.
     Bench {
         #[command(subcommand)]
@@ -187,6 +208,24 @@ fn main() -> Result<()> {
         } => {
             let device = plume_worker::parse_device(&device).map_err(anyhow::Error::msg)?;
             print!("{}", plume_worker::bench::generator(steps, device)?);
+        }
+        Command::Edit {
+            checkpoint,
+            image,
+            caption,
+            source_caption,
+            out,
+            device,
+        } => {
+            let device = plume_worker::parse_device(&device).map_err(anyhow::Error::msg)?;
+            let req = plume_worker::text::edit::EditRequest {
+                checkpoint: &checkpoint,
+                image: &image,
+                caption: &caption,
+                source_caption: source_caption.as_deref(),
+                out: &out,
+            };
+            println!("{}", plume_worker::text::edit::edit(&req, device)?);
         }
         Command::Bench {
             what: BenchCommand::Text { device },

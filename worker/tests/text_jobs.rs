@@ -121,6 +121,60 @@ fn every_implemented_method_trains_and_is_benchmarked() {
             "{name}: checkpoint"
         );
     }
+    // Editing for a person: a dataset image by id, a PNG from elsewhere (inverted first), and
+    // bad inputs that must fail cleanly.
+    let m1 = d.join("m1/checkpoints/step-00000003.safetensors");
+    let edit = |image: &str, caption: &str, out: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_plume-worker"))
+            .env(
+                "PLUME_DATA_DIR",
+                Path::new(env!("CARGO_TARGET_TMPDIR")).join("plume-data"),
+            )
+            .args([
+                "edit",
+                "--checkpoint",
+                m1.to_str().unwrap(),
+                "--image",
+                image,
+                "--caption",
+                caption,
+                "--out",
+                out.to_str().unwrap(),
+                "--device",
+                "cpu",
+            ])
+            .output()
+            .unwrap()
+    };
+    let o = edit(
+        "17",
+        "this bird has a red breast and black wings",
+        &d.join("edit17.png"),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(image::open(d.join("edit17.png")).is_ok());
+    let png = d.join("outside.png");
+    image::RgbImage::from_fn(48, 48, |x, y| {
+        image::Rgb([(x * 5) as u8, (y * 5) as u8, 90])
+    })
+    .save(&png)
+    .unwrap();
+    let o = edit(png.to_str().unwrap(), "", &d.join("edit_png.png"));
+    assert!(
+        o.status.success(),
+        "empty caption on an inverted PNG: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let wide = d.join("wide.png");
+    image::RgbImage::new(64, 32).save(&wide).unwrap();
+    let o = edit(wide.to_str().unwrap(), "a red bird", &d.join("never.png"));
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("must be square"));
+    assert!(!d.join("never.png").exists());
+    let o = edit("999999", "a red bird", &d.join("never.png"));
+    assert!(
+        !o.status.success() && String::from_utf8_lossy(&o.stderr).contains("not in the dataset")
+    );
+
     // M4 is refused up front, not half-run.
     let job = d.join("m4.yaml");
     fs::write(&job, format!("kind: train-text\ndataset: {dataset}\ngenerator: {}\nstyles: {}\njudge: {}\nmethod: visual-grounding\nsteps: 3\n", gen.display(), styles.display(), judge.display())).unwrap();

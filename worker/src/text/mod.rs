@@ -2,5 +2,6 @@
 
 pub mod benchmark;
 pub mod bert;
+pub mod edit;
 pub mod methods;
 pub mod train;

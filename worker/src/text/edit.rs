@@ -1,0 +1,173 @@
+//! `plume-worker edit`: edit one image with a caption using a trained text checkpoint.
+//! A dataset image uses its stored style; a PNG from elsewhere is inverted first.
+
+use super::bert::TextEncoder;
+use super::methods::{predict, Method, StyleHeads};
+use super::train::TextConfig;
+use crate::nn::checkpoint::Checkpoint;
+use crate::nn::named_vars;
+use crate::picture::{tensor_to_rgb, Canvas, LINE_H};
+use crate::stylegan::pretrain::load_generator;
+use crate::styles::invert::{optimise_styles, InvertConfig, InvertMode};
+use crate::styles::{generator_fingerprint, Styles};
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind, Tensor};
+
+/// What to edit.
+pub struct EditRequest<'a> {
+    /// A `train-text` checkpoint.
+    pub checkpoint: &'a Path,
+    /// A dataset image id, or a PNG path.
+    pub image: &'a str,
+    /// The caption describing the wanted image.
+    pub caption: &'a str,
+    /// For M2 on a PNG: a caption describing the input (M2 edits by the difference).
+    pub source_caption: Option<&'a str>,
+    /// Where the picture (input | G(w) | edited) goes.
+    pub out: &'a Path,
+}
+
+/// Runs an edit; returns a one-line description.
+pub fn edit(req: &EditRequest, device: Device) -> anyhow::Result<String> {
+    let ckpt = Checkpoint::load(req.checkpoint)?;
+    ckpt.expect_kind("train-text")?;
+    let cfg: TextConfig = serde_json::from_str(ckpt.meta("job.config")?)?;
+    let fingerprint = generator_fingerprint(&Checkpoint::load(&cfg.generator)?)?;
+    anyhow::ensure!(
+        ckpt.meta("text.generator")? == fingerprint,
+        "{}: the generator at {} changed since this checkpoint was trained",
+        req.checkpoint.display(),
+        cfg.generator.display()
+    );
+    let (_g_vs, g) = load_generator(&cfg.generator, device)?;
+    let res = g.cfg.resolution;
+    let enc = TextEncoder::load(
+        &PathBuf::from(ckpt.meta("text.bert_dir")?),
+        device,
+        cfg.max_tokens,
+    )?;
+    ckpt.restore("bert.", &named_vars(&enc.vs))?;
+    let heads = StyleHeads::new(device, enc.bert.config.hidden_size, g.cfg.w_dim);
+    ckpt.restore("heads.", &named_vars(&heads.vs))?;
+
+    let (input, w_src, source_caption) = match req.image.parse::<u32>() {
+        Ok(id) => {
+            let ds = cfg.dataset.open()?;
+            let i = ds.images.iter().position(|im| im.id == id).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "image id {id} is not in the dataset ({} images)",
+                    ds.images.len()
+                )
+            })?;
+            let styles = Styles::load(&cfg.styles, &fingerprint)?;
+            let rows = Vec::<i64>::try_from(&styles.index)?;
+            let row = rows.iter().position(|&r| r == i as i64).ok_or_else(|| {
+                anyhow::anyhow!("image {id} has no stored style; pass it as a PNG to invert it")
+            })?;
+            let w = styles
+                .w
+                .get(row as i64)
+                .select(0, 0)
+                .unsqueeze(0)
+                .to_device(device);
+            (
+                ds.load_images(&[i], res)?.to_device(device),
+                w,
+                ds.captions[i].first().cloned(),
+            )
+        }
+        Err(_) => {
+            let path = Path::new(req.image);
+            let img = image::open(path)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+                .to_rgb8();
+            anyhow::ensure!(
+                img.width() == img.height(),
+                "{}: the image is {}x{}; it must be square (the generator makes {res}x{res})",
+                path.display(),
+                img.width(),
+                img.height()
+            );
+            let img =
+                image::imageops::resize(&img, res, res, image::imageops::FilterType::Triangle);
+            let data: Vec<f32> = img
+                .pixels()
+                .flat_map(|p| p.0)
+                .map(|v| v as f32 / 127.5 - 1.0)
+                .collect();
+            let input = Tensor::from_slice(&data)
+                .view([1, res as i64, res as i64, 3])
+                .permute([0, 3, 1, 2])
+                .contiguous()
+                .to_device(device);
+            let critic = crate::judge::train::load(&cfg.judge, "critic", device)?;
+            let inv = InvertConfig {
+                dataset: cfg.dataset.clone(),
+                generator: cfg.generator.clone(),
+                critic: None,
+                mode: InvertMode::Optimise,
+                limit: None,
+                steps: 200,
+                batch: 1,
+                lr: 0.1,
+                w_plus: false,
+                feature_weight: 1.0,
+                seed: 0,
+                checkpoint_every: 1,
+            };
+            let (w, _) = optimise_styles(&g, Some(&critic), &input, &inv, 0);
+            (input, w.select(1, 0), req.source_caption.map(str::to_owned))
+        }
+    };
+    let w_hat = tch::no_grad(|| -> anyhow::Result<Tensor> {
+        Ok(match cfg.method {
+            Method::Reconstruction => {
+                let src = source_caption.as_deref().ok_or_else(|| anyhow::anyhow!("method reconstruction edits by the difference of two captions: pass --source-caption"))?;
+                let (s_t, _) = predict(&enc, &heads, &g, &[req.caption])?;
+                let (s_s, _) = predict(&enc, &heads, &g, &[src])?;
+                &w_src + s_t - s_s
+            }
+            _ => {
+                let (p, v) = predict(&enc, &heads, &g, &[req.caption])?;
+                &v * &p + (1.0 - &v) * &w_src
+            }
+        })
+    })?;
+    let (recon, edited) = tch::no_grad(|| {
+        tch::manual_seed(7);
+        let recon = g.synthesis(&g.broadcast(&w_src));
+        tch::manual_seed(7);
+        (recon, g.synthesis(&g.broadcast(&w_hat)))
+    });
+    let all = Tensor::cat(&[input, recon, edited], 0)
+        .clamp(-1.0, 1.0)
+        .to_kind(Kind::Float);
+    let scale = (128 / res).max(1);
+    let cell = res * scale;
+    let mut canvas = Canvas::new(
+        3 * (cell + 4) + 4,
+        cell + 8 + 3 * LINE_H * 2,
+        [255, 255, 255],
+    );
+    for (j, rgb) in tensor_to_rgb(&all).iter().enumerate() {
+        canvas.blit(4 + j as u32 * (cell + 4), 4, res, res, rgb, scale);
+    }
+    canvas.text_wrapped(
+        4,
+        cell + 8,
+        &format!("input | G(w) | edited: {}", req.caption),
+        canvas.width - 8,
+        2,
+        [20, 20, 20],
+    );
+    canvas
+        .save(req.out)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", req.out.display()))?;
+    Ok(format!(
+        "edited {} with {:?} ({:?}) -> {}",
+        req.image,
+        req.caption,
+        cfg.method,
+        req.out.display()
+    ))
+}

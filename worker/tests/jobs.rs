@@ -1,20 +1,13 @@
 //! `plume-worker run` as a real process: exact resume, Ctrl-C, and bad inputs.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-fn worker() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_plume-worker"));
-    c.env("PLUME_DATA_DIR", data_dir());
-    c
-}
-
-/// Rendered datasets are shared by the tests of this file (rendering is deterministic).
-fn data_dir() -> PathBuf {
-    Path::new(env!("CARGO_TARGET_TMPDIR")).join("plume-data")
-}
+use common::worker;
 
 fn run(job: &Path, out: &Path, extra: &[&str]) -> Output {
     worker()

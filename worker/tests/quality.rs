@@ -2,43 +2,18 @@
 //! synthetic birds, and a short StyleGAN2 pretraining improves judge-FID at least five-fold.
 //! One test, because the generator is scored by the judge trained first.
 
+mod common;
+
 use std::fs;
 use std::path::Path;
-use std::process::Command;
 
 fn run_job(job_yaml: &str, dir: &Path, name: &str) -> Vec<serde_json::Value> {
-    let job = dir.join(format!("{name}.yaml"));
-    fs::write(&job, job_yaml).unwrap();
-    let out = dir.join(name);
-    let o = Command::new(env!("CARGO_BIN_EXE_plume-worker"))
-        .env(
-            "PLUME_DATA_DIR",
-            Path::new(env!("CARGO_TARGET_TMPDIR")).join("plume-data"),
-        )
-        .args([
-            "run",
-            job.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--device",
-            "cpu",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "{name} failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let out = common::run_job(dir, name, job_yaml);
     eprintln!(
         "{name}:\n{}",
         fs::read_to_string(out.join("log.txt")).unwrap_or_default()
     );
-    fs::read_to_string(out.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    common::metrics(&out)
 }
 
 fn series(metrics: &[serde_json::Value], key: &str) -> Vec<(i64, f64)> {

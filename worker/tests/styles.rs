@@ -1,5 +1,7 @@
 //! Inversion recovers generated images, and styles are tied to their generator.
 
+mod common;
+
 use plume_worker::job::DatasetSpec;
 use plume_worker::nn::checkpoint::Checkpoint;
 use plume_worker::stylegan::generator::Generator;
@@ -7,8 +9,7 @@ use plume_worker::stylegan::NetworkConfig;
 use plume_worker::styles::invert::{optimise_styles, InvertConfig, InvertMode};
 use plume_worker::styles::{generator_fingerprint, Styles};
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
@@ -76,14 +77,7 @@ fn inversion_reproduces_generated_images_whose_w_is_known() {
 }
 
 fn worker(args: &[&str]) {
-    let o = Command::new(env!("CARGO_BIN_EXE_plume-worker"))
-        .env(
-            "PLUME_DATA_DIR",
-            Path::new(env!("CARGO_TARGET_TMPDIR")).join("plume-data"),
-        )
-        .args(args)
-        .output()
-        .unwrap();
+    let o = common::worker().args(args).output().unwrap();
     assert!(
         o.status.success(),
         "{args:?}: {}",

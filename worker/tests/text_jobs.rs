@@ -1,36 +1,11 @@
 //! `invert` and `train-text` as real processes on a tiny pipeline: every implemented method
 //! trains, reports its losses and the edit benchmark, and writes a gallery and a checkpoint.
 
+mod common;
+
+use common::{run_job as worker, worker as worker_cmd};
 use std::fs;
 use std::path::Path;
-use std::process::Command;
-
-fn worker(dir: &Path, name: &str, yaml: &str) -> std::path::PathBuf {
-    let job = dir.join(format!("{name}.yaml"));
-    fs::write(&job, yaml).unwrap();
-    let out = dir.join(name);
-    let o = Command::new(env!("CARGO_BIN_EXE_plume-worker"))
-        .env(
-            "PLUME_DATA_DIR",
-            Path::new(env!("CARGO_TARGET_TMPDIR")).join("plume-data"),
-        )
-        .args([
-            "run",
-            job.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--device",
-            "cpu",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "{name}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    out
-}
 
 #[test]
 fn every_implemented_method_trains_and_is_benchmarked() {
@@ -69,11 +44,7 @@ fn every_implemented_method_trains_and_is_benchmarked() {
             name,
             &format!("kind: train-text\ndataset: {dataset}\ngenerator: {}\nstyles: {}\njudge: {}\nmethod: {method}\n{extra}steps: 3\nbatch: 4\nmax_tokens: 32\neval_every: 3\neval_edits: 8\ncheckpoint_every: 3\n", gen.display(), styles.display(), judge.display()),
         );
-        let metrics: Vec<serde_json::Value> = fs::read_to_string(out.join("metrics.jsonl"))
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+        let metrics = common::metrics(&out);
         let evals: Vec<&serde_json::Value> = metrics
             .iter()
             .filter(|m| m.get("eval/score").is_some())
@@ -125,11 +96,7 @@ fn every_implemented_method_trains_and_is_benchmarked() {
     // bad inputs that must fail cleanly.
     let m1 = d.join("m1/checkpoints/step-00000003.safetensors");
     let edit = |image: &str, caption: &str, out: &Path| {
-        Command::new(env!("CARGO_BIN_EXE_plume-worker"))
-            .env(
-                "PLUME_DATA_DIR",
-                Path::new(env!("CARGO_TARGET_TMPDIR")).join("plume-data"),
-            )
+        worker_cmd()
             .args([
                 "edit",
                 "--checkpoint",
@@ -178,7 +145,7 @@ fn every_implemented_method_trains_and_is_benchmarked() {
     // M4 is refused up front, not half-run.
     let job = d.join("m4.yaml");
     fs::write(&job, format!("kind: train-text\ndataset: {dataset}\ngenerator: {}\nstyles: {}\njudge: {}\nmethod: visual-grounding\nsteps: 3\n", gen.display(), styles.display(), judge.display())).unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_plume-worker"))
+    let o = worker_cmd()
         .args([
             "run",
             job.to_str().unwrap(),

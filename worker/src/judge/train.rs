@@ -288,10 +288,13 @@ pub fn run(
         reporter.checkpoint_written(step, &path)
     };
     let evaluate = |sides: &[Side], step: i64, reporter: &mut dyn Reporter| -> anyhow::Result<()> {
-        let mut values = Vec::new();
+        let scores: Vec<Scores> = sides
+            .iter()
+            .map(|s| score(&s.net, &test_images, &test_labels, test_masks.as_ref()))
+            .collect();
         let mut names = Vec::new();
-        for s in sides {
-            let sc = score(&s.net, &test_images, &test_labels, test_masks.as_ref());
+        let mut values = Vec::new();
+        for (s, sc) in sides.iter().zip(&scores) {
             names.push(format!("{}/attr_accuracy", s.name));
             values.push(sc.attr_accuracy);
             if !sc.seg_miou.is_nan() {
@@ -306,8 +309,7 @@ pub fn run(
             .collect();
         reporter.metrics(step, &pairs)?;
         if step == cfg.steps {
-            for s in sides {
-                let sc = score(&s.net, &test_images, &test_labels, test_masks.as_ref());
+            for (s, sc) in sides.iter().zip(&scores) {
                 let groups: Vec<String> = ds
                     .groups
                     .iter()

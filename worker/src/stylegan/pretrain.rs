@@ -414,9 +414,9 @@ fn sample_grid(g: &Generator, device: Device) -> Vec<u8> {
     })
 }
 
-/// Loads the frozen EMA generator from a `pretrain-generator` checkpoint.
-pub fn load_generator(path: &Path, device: Device) -> anyhow::Result<(VarStore, Generator)> {
-    let ckpt = Checkpoint::load(path)?;
+/// Builds the frozen EMA generator from a loaded `pretrain-generator` checkpoint (callers
+/// keep the checkpoint to fingerprint it, so the file is read once).
+pub fn load_generator(ckpt: &Checkpoint, device: Device) -> anyhow::Result<(VarStore, Generator)> {
     ckpt.expect_kind("pretrain-generator")?;
     let net: NetworkConfig = serde_json::from_str(ckpt.meta("generator.network")?)?;
     let mut vs = VarStore::new(device);

@@ -190,8 +190,8 @@ pub fn run(
     let ds: Dataset = cfg.dataset.open()?;
     let gen_ckpt = Checkpoint::load(&cfg.generator)?;
     let fingerprint = generator_fingerprint(&gen_ckpt)?;
+    let (_g_vs, g) = load_generator(&gen_ckpt, device)?;
     drop(gen_ckpt);
-    let (_g_vs, g) = load_generator(&cfg.generator, device)?;
     let critic = cfg
         .critic
         .as_ref()

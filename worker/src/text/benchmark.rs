@@ -3,7 +3,7 @@
 //! loss). Needs a dataset with the synthetic-birds vocabulary (captions are rebuilt from
 //! attributes) and part masks.
 
-use super::methods::{predict, Method, Nets};
+use super::methods::{edited_style, Method, Nets};
 use crate::dataset::render::BirdAttributes;
 use crate::dataset::synth::caption;
 use crate::dataset::vocab::{Group, PHRASINGS};
@@ -174,19 +174,8 @@ pub fn run_benchmark(
                 .to_device(device);
             let w_src = styles_w.index_select(0, &rows).select(1, 0);
             let targets: Vec<&str> = chunk.iter().map(|r| r.target_caption.as_str()).collect();
-            let w_hat = match method {
-                Method::Reconstruction => {
-                    let sources: Vec<&str> =
-                        chunk.iter().map(|r| r.source_caption.as_str()).collect();
-                    let (s_t, _) = predict(nets.enc, nets.heads, g, &targets)?;
-                    let (s_s, _) = predict(nets.enc, nets.heads, g, &sources)?;
-                    &w_src + s_t - s_s
-                }
-                _ => {
-                    let (p, v) = predict(nets.enc, nets.heads, g, &targets)?;
-                    &v * &p + (1.0 - &v) * &w_src
-                }
-            };
+            let sources: Vec<&str> = chunk.iter().map(|r| r.source_caption.as_str()).collect();
+            let w_hat = edited_style(method, nets, &w_src, &targets, Some(&sources))?;
             tch::manual_seed(7);
             let source = g.synthesis(&g.broadcast(&w_src)).clamp(-1.0, 1.0);
             tch::manual_seed(7);

@@ -2,7 +2,7 @@
 //! A dataset image uses its stored style; a PNG from elsewhere is inverted first.
 
 use super::bert::TextEncoder;
-use super::methods::{predict, Method, StyleHeads};
+use super::methods::{edited_style, Method, Nets, StyleHeads};
 use super::train::TextConfig;
 use crate::nn::checkpoint::Checkpoint;
 use crate::nn::named_vars;
@@ -32,14 +32,16 @@ pub fn edit(req: &EditRequest, device: Device) -> anyhow::Result<String> {
     let ckpt = Checkpoint::load(req.checkpoint)?;
     ckpt.expect_kind("train-text")?;
     let cfg: TextConfig = serde_json::from_str(ckpt.meta("job.config")?)?;
-    let fingerprint = generator_fingerprint(&Checkpoint::load(&cfg.generator)?)?;
+    let gen_ckpt = Checkpoint::load(&cfg.generator)?;
+    let fingerprint = generator_fingerprint(&gen_ckpt)?;
     anyhow::ensure!(
         ckpt.meta("text.generator")? == fingerprint,
         "{}: the generator at {} changed since this checkpoint was trained",
         req.checkpoint.display(),
         cfg.generator.display()
     );
-    let (_g_vs, g) = load_generator(&cfg.generator, device)?;
+    let (_g_vs, g) = load_generator(&gen_ckpt, device)?;
+    drop(gen_ckpt);
     let res = g.cfg.resolution;
     let enc = TextEncoder::load(
         &PathBuf::from(ckpt.meta("text.bert_dir")?),
@@ -119,19 +121,25 @@ pub fn edit(req: &EditRequest, device: Device) -> anyhow::Result<String> {
             (input, w.select(1, 0), req.source_caption.map(str::to_owned))
         }
     };
-    let w_hat = tch::no_grad(|| -> anyhow::Result<Tensor> {
-        Ok(match cfg.method {
-            Method::Reconstruction => {
-                let src = source_caption.as_deref().ok_or_else(|| anyhow::anyhow!("method reconstruction edits by the difference of two captions: pass --source-caption"))?;
-                let (s_t, _) = predict(&enc, &heads, &g, &[req.caption])?;
-                let (s_s, _) = predict(&enc, &heads, &g, &[src])?;
-                &w_src + s_t - s_s
-            }
-            _ => {
-                let (p, v) = predict(&enc, &heads, &g, &[req.caption])?;
-                &v * &p + (1.0 - &v) * &w_src
-            }
-        })
+    let nets = Nets {
+        enc: &enc,
+        heads: &heads,
+        g: &g,
+        critic: None,
+    };
+    let sources = source_caption.as_deref().map(|s| [s]);
+    anyhow::ensure!(
+        cfg.method != Method::Reconstruction || sources.is_some(),
+        "method reconstruction edits by the difference of two captions: pass --source-caption"
+    );
+    let w_hat = tch::no_grad(|| {
+        edited_style(
+            cfg.method,
+            &nets,
+            &w_src,
+            &[req.caption],
+            sources.as_ref().map(|s| &s[..]),
+        )
     })?;
     let (recon, edited) = tch::no_grad(|| {
         tch::manual_seed(7);

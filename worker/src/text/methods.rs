@@ -119,6 +119,38 @@ pub fn predict(
     Ok((p, v))
 }
 
+/// M1/M3's edit: `v * p + (1 - v) * w_src`.
+fn blend(p: &Tensor, v: &Tensor, w_src: &Tensor) -> Tensor {
+    v * p + (1.0 - v) * w_src
+}
+
+/// The style an edit asks for, as each method defines it (used by the benchmark and by
+/// `plume-worker edit`): M2 moves `w_src` by the text direction `s(target) - s(source)`, so it
+/// needs the source captions; the others blend `w_src` with the target caption's prediction.
+pub fn edited_style(
+    method: Method,
+    nets: &Nets,
+    w_src: &Tensor,
+    targets: &[&str],
+    sources: Option<&[&str]>,
+) -> anyhow::Result<Tensor> {
+    match method {
+        Method::Reconstruction => {
+            let sources = sources.ok_or_else(|| anyhow::anyhow!("method reconstruction edits by the difference of two captions: a source caption is needed"))?;
+            let (s_t, _) = predict(nets.enc, nets.heads, nets.g, targets)?;
+            let (s_s, _) = predict(nets.enc, nets.heads, nets.g, sources)?;
+            Ok(w_src + s_t - s_s)
+        }
+        Method::VisualGrounding => {
+            anyhow::bail!("method visual-grounding (M4) is not implemented yet")
+        }
+        _ => {
+            let (p, v) = predict(nets.enc, nets.heads, nets.g, targets)?;
+            Ok(blend(&p, &v, w_src))
+        }
+    }
+}
+
 /// One training batch: images, their true styles, one caption each, and attribute labels.
 pub struct Example<'a> {
     /// `[B, 3, R, R]` in [-1, 1].
@@ -182,7 +214,7 @@ pub fn loss_terms(
         Method::Weighted => {
             let (p, v) = predict(enc, heads, g, &ex.captions)?;
             let w_src = roll(ex.w);
-            let w_hat = &v * &p + (1.0 - &v) * &w_src;
+            let w_hat = blend(&p, &v, &w_src);
             if weights.image > 0.0 {
                 terms.push((
                     "image",
@@ -235,7 +267,7 @@ pub fn loss_terms(
                     .map(|i| ex.captions[(i + b as usize - 1) % b as usize])
                     .collect();
                 let (p_r, v_r) = predict(enc, heads, g, &partner)?;
-                let w_hat = &v_r * &p_r + (1.0 - &v_r) * ex.w;
+                let w_hat = blend(&p_r, &v_r, ex.w);
                 let edited = render(g, &w_hat);
                 if weights.preservation > 0.0 {
                     let c = critic.ok_or_else(|| {

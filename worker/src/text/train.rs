@@ -133,8 +133,10 @@ pub fn run(
 ) -> anyhow::Result<Outcome> {
     let ds = cfg.dataset.open()?;
     check_vocabulary(&ds)?;
-    let fingerprint = generator_fingerprint(&Checkpoint::load(&cfg.generator)?)?;
-    let (_g_vs, g) = load_generator(&cfg.generator, device)?;
+    let gen_ckpt = Checkpoint::load(&cfg.generator)?;
+    let fingerprint = generator_fingerprint(&gen_ckpt)?;
+    let (_g_vs, g) = load_generator(&gen_ckpt, device)?;
+    drop(gen_ckpt);
     let styles = Styles::load(&cfg.styles, &fingerprint)?;
     let styles_w = styles.w.to_device(device);
     let critic = crate::judge::train::load(&cfg.judge, "critic", device)?;

@@ -222,7 +222,6 @@ fn method_steps(
         net: cnet,
         resolution: 32,
     };
-    let heads = StyleHeads::new(device, enc.bert.config.hidden_size, net.w_dim);
     let b = 16i64;
     let images = Tensor::rand([b, 3, 32, 32], (Kind::Float, device)) * 2.0 - 1.0;
     let w = Tensor::randn([b, net.w_dim], (Kind::Float, device));
@@ -232,15 +231,6 @@ fn method_steps(
         .take(b as usize)
         .map(String::as_str)
         .collect();
-    let nets = Nets {
-        enc,
-        heads: &heads,
-        g: &g,
-        critic: Some(&critic),
-    };
-    let mut params = crate::nn::trainable_vars(&enc.vs);
-    params.extend(crate::nn::trainable_vars(&heads.vs));
-    let mut opt = crate::nn::adam::Adam::new(params, 1e-5, 0.9, 0.999, 1e-8);
     let mut out = format!(
         "\n{:<16} {:>12}   (batch {b}, 32 px generator, w_dim {}, all BERT layers trained)\n",
         "method", "step ms", net.w_dim
@@ -249,7 +239,24 @@ fn method_steps(
         Method::Weighted,
         Method::Reconstruction,
         Method::Contrastive,
+        Method::VisualGrounding,
     ] {
+        let heads = StyleHeads::for_method(
+            method,
+            device,
+            enc.bert.config.hidden_size,
+            net.w_dim,
+            Some(&critic),
+        )?;
+        let nets = Nets {
+            enc,
+            heads: &heads,
+            g: &g,
+            critic: Some(&critic),
+        };
+        let mut params = crate::nn::trainable_vars(&enc.vs);
+        params.extend(crate::nn::trainable_vars(&heads.vs));
+        let mut opt = crate::nn::adam::Adam::new(params, 1e-5, 0.9, 0.999, 1e-8);
         let recipe = Recipe {
             method,
             weights: LossWeights::default(),
@@ -284,6 +291,5 @@ fn method_steps(
             t.elapsed().as_secs_f64() / reps as f64 * 1e3
         );
     }
-    let _ = writeln!(out, "{:<16} {:>12}", "VisualGrounding", "not implemented");
     Ok(out)
 }

@@ -6,8 +6,8 @@ use plume_worker::stylegan::generator::Generator;
 use plume_worker::stylegan::NetworkConfig;
 use plume_worker::text::bert::{default_model_dir, TextEncoder};
 use plume_worker::text::methods::{
-    loss_terms, predict, total_loss, Example, LossWeights, Method, Nets, Recipe,
-    ReconstructionTarget, StyleHeads,
+    grounding_map, loss_terms, predict, predict_grounded, total_loss, Example, LossWeights, Method,
+    Nets, Recipe, ReconstructionTarget, StyleHeads, GRID,
 };
 
 fn recipe(method: Method, weights: LossWeights, target: ReconstructionTarget) -> Recipe {
@@ -92,17 +92,21 @@ fn encoder() -> TextEncoder {
 #[test]
 fn each_method_gives_finite_losses_and_trains_bert_and_heads_but_never_the_generator() {
     let f = fixture();
-    let expected: [(Method, &[&str]); 3] = [
+    let expected: [(Method, &[&str]); 4] = [
         (Method::Weighted, &["image", "style", "sparsity"]),
         (Method::Reconstruction, &["image", "style"]),
         (
             Method::Contrastive,
             &["contrastive", "preservation", "reconstruction"],
         ),
+        (
+            Method::VisualGrounding,
+            &["contrastive", "preservation", "reconstruction"],
+        ),
     ];
     for (method, names) in expected {
         let enc = encoder();
-        let heads = StyleHeads::new(Device::Cpu, 384, 32);
+        let heads = StyleHeads::for_method(method, Device::Cpu, 384, 32, Some(&f.critic)).unwrap();
         let (p, v) = predict(&enc, &heads, &f.g, &CAPTIONS).unwrap();
         assert_eq!((p.size(), v.size()), (vec![4, 32], vec![4, 32]));
         let ex = Example {
@@ -165,14 +169,79 @@ fn each_method_gives_finite_losses_and_trains_bert_and_heads_but_never_the_gener
             grad_norm(&heads.vs, "p2.weight") > 0.0,
             "{method:?}: the style head gets no gradient"
         );
+        if method == Method::VisualGrounding {
+            for key in ["visual.proj.weight", "visual.position", "visual.segment"] {
+                assert!(
+                    grad_norm(&heads.vs, key) > 0.0,
+                    "M4: the visual tokens' {key} gets no gradient"
+                );
+            }
+        }
     }
 }
 
 #[test]
-fn a_zero_weight_removes_its_term_and_m4_is_refused() {
+fn m4_reads_the_image_and_grounds_the_changed_words() {
     let f = fixture();
     let enc = encoder();
-    let heads = StyleHeads::new(Device::Cpu, 384, 32);
+    let heads = StyleHeads::for_method(
+        Method::VisualGrounding,
+        Device::Cpu,
+        384,
+        32,
+        Some(&f.critic),
+    )
+    .unwrap();
+    let nets = Nets {
+        enc: &enc,
+        heads: &heads,
+        g: &f.g,
+        critic: Some(&f.critic),
+    };
+    let caps = [CAPTIONS[0], CAPTIONS[0]];
+    let two = f.images.narrow(0, 0, 2);
+    let pred = predict_grounded(&nets, &caps, &two).unwrap();
+    let t = pred.tokens[0].len() as i64;
+    assert_eq!(pred.word_to_image.size(), vec![2, t, GRID * GRID]);
+    // Same caption, different birds: the prediction depends on the image.
+    let diff = (pred.p.get(0) - pred.p.get(1))
+        .abs()
+        .max()
+        .double_value(&[]);
+    assert!(diff > 1e-6, "M4 ignores the image (difference {diff})");
+    // Attention rows are parts of a softmax: non-negative, and over the image at most 1.
+    let row_sums = pred
+        .word_to_image
+        .sum_dim_intlist([2i64].as_slice(), false, None);
+    assert!(pred.word_to_image.min().double_value(&[]) >= 0.0);
+    assert!(row_sums.max().double_value(&[]) <= 1.0 + 1e-5);
+    // The map of an edit has its peak at 1 and the image's size.
+    let sources = ["this bird has a blue breast, black wings and a short bill"; 2];
+    let map = grounding_map(&pred, Some(&sources), 32).unwrap();
+    assert_eq!(map.size(), vec![2, 1, 32, 32]);
+    assert!((map.max().double_value(&[]) - 1.0).abs() < 1e-4);
+    // Only the changed word ("red") selects attention rows: a map from that row alone agrees.
+    let red = pred.tokens[0].iter().position(|w| w == "red").unwrap() as i64;
+    let only_red = pred.word_to_image.get(0).get(red);
+    let only_red = &only_red / only_red.max();
+    let small = map
+        .get(0)
+        .get(0)
+        .unsqueeze(0)
+        .unsqueeze(0)
+        .adaptive_avg_pool2d([GRID, GRID])
+        .flatten(0, -1);
+    let corr = (&small - small.mean(Kind::Float))
+        .dot(&(&only_red - only_red.mean(Kind::Float)))
+        .double_value(&[]);
+    assert!(corr > 0.0, "the map does not follow the changed word");
+}
+
+#[test]
+fn a_zero_weight_removes_its_term_and_m4_needs_a_critic() {
+    let f = fixture();
+    let enc = encoder();
+    let heads = StyleHeads::new(Device::Cpu, 384, 32, None);
     let ex = Example {
         images: &f.images,
         w: &f.w,
@@ -276,5 +345,5 @@ fn a_zero_weight_removes_its_term_and_m4_is_refused() {
     .err()
     .unwrap()
     .to_string();
-    assert!(err.contains("not implemented"), "{err}");
+    assert!(err.contains("visual-grounding"), "{err}");
 }

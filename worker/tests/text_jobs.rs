@@ -1,4 +1,4 @@
-//! `invert` and `train-text` as real processes on a tiny pipeline: every implemented method
+//! `invert`, `train-text` and `evaluate` as real processes on a tiny pipeline: every method
 //! trains, reports its losses and the edit benchmark, and writes a gallery and a checkpoint.
 
 mod common;
@@ -8,7 +8,7 @@ use std::fs;
 use std::path::Path;
 
 #[test]
-fn every_implemented_method_trains_and_is_benchmarked() {
+fn every_method_trains_and_is_benchmarked() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     let dataset = "{kind: synthetic-birds, images: 200, resolution: 32, seed: 3}";
@@ -38,6 +38,7 @@ fn every_implemented_method_trains_and_is_benchmarked() {
             "contrastive",
             "losses: {preservation: 0}\n",
         ),
+        ("m4", "visual-grounding", ""),
     ] {
         let out = worker(
             d,
@@ -82,6 +83,13 @@ fn every_implemented_method_trains_and_is_benchmarked() {
         }
         if name == "m1" {
             assert!(losses.contains(&"loss/sparsity"));
+        }
+        let grounding = evals[1].get("eval/grounding").and_then(|v| v.as_f64());
+        if name == "m4" {
+            let g = grounding.expect("M4 reports eval/grounding");
+            assert!((0.0..=1.0).contains(&g), "grounding {g}");
+        } else {
+            assert!(grounding.is_none(), "{name}: only M4 grounds");
         }
         assert!(
             out.join("artifacts/edits-00000003.png").is_file(),
@@ -142,18 +150,70 @@ fn every_implemented_method_trains_and_is_benchmarked() {
         !o.status.success() && String::from_utf8_lossy(&o.stderr).contains("not in the dataset")
     );
 
-    // M4 is refused up front, not half-run.
-    let job = d.join("m4.yaml");
-    fs::write(&job, format!("kind: train-text\ndataset: {dataset}\ngenerator: {}\nstyles: {}\njudge: {}\nmethod: visual-grounding\nsteps: 3\n", gen.display(), styles.display(), judge.display())).unwrap();
+    // M4 edits a dataset image from the command line too (grounded, given its caption).
+    let m4 = d.join("m4/checkpoints/step-00000003.safetensors");
+    let o = worker_cmd()
+        .args([
+            "edit",
+            "--checkpoint",
+            m4.to_str().unwrap(),
+            "--image",
+            "17",
+            "--caption",
+            "this bird has a red breast and black wings",
+            "--out",
+            d.join("edit_m4.png").to_str().unwrap(),
+            "--device",
+            "cpu",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(image::open(d.join("edit_m4.png")).is_ok());
+
+    // `evaluate` re-scores a checkpoint on its own: the same requests and networks give the
+    // same numbers as the evaluation inside training.
+    let ev = worker(
+        d,
+        "eval-m1",
+        &format!("kind: evaluate\ncheckpoint: {}\n", m1.display()),
+    );
+    let again = common::metrics(&ev);
+    let trained = common::metrics(&d.join("m1"));
+    let at3 = trained
+        .iter()
+        .find(|m| m["step"] == 3 && m.get("eval/score").is_some())
+        .unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0]["step"], 3);
+    for key in [
+        "eval/edit_success",
+        "eval/attr_preservation",
+        "eval/region_preservation",
+    ] {
+        let (a, b) = (again[0][key].as_f64().unwrap(), at3[key].as_f64().unwrap());
+        assert!((a - b).abs() < 1e-9, "{key}: evaluate {a} vs training {b}");
+    }
+    assert!(ev.join("artifacts/edits-00000003.png").is_file());
+    let job = d.join("bad-eval.yaml");
+    fs::write(
+        &job,
+        format!("kind: evaluate\ncheckpoint: {}\n", styles.display()),
+    )
+    .unwrap();
     let o = worker_cmd()
         .args([
             "run",
             job.to_str().unwrap(),
             "--out",
-            d.join("m4").to_str().unwrap(),
+            d.join("bad-eval").to_str().unwrap(),
         ])
         .output()
         .unwrap();
     assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("not implemented"));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("train-text"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }

@@ -115,10 +115,18 @@ pub enum JobSpec {
     Invert(crate::styles::invert::InvertConfig),
     /// Train BERT with one of the seed's methods against the frozen generator.
     TrainText(crate::text::train::TextConfig),
+    /// The edit benchmark on a `train-text` checkpoint.
+    Evaluate(crate::text::train::EvaluateConfig),
 }
 
 /// Job kinds as written in YAML.
-pub const JOB_KINDS: [&str; 4] = ["pretrain-generator", "train-judge", "invert", "train-text"];
+pub const JOB_KINDS: [&str; 5] = [
+    "pretrain-generator",
+    "train-judge",
+    "invert",
+    "train-text",
+    "evaluate",
+];
 
 fn yaml_error(origin: &str, e: serde_yaml::Error) -> anyhow::Error {
     let at = e
@@ -136,6 +144,7 @@ impl JobSpec {
             JobSpec::TrainJudge(_) => JOB_KINDS[1],
             JobSpec::Invert(_) => JOB_KINDS[2],
             JobSpec::TrainText(_) => JOB_KINDS[3],
+            JobSpec::Evaluate(_) => JOB_KINDS[4],
         }
     }
 
@@ -186,6 +195,9 @@ impl JobSpec {
             "invert" => {
                 JobSpec::Invert(serde_yaml::from_str(&body).map_err(|e| yaml_error(origin, e))?)
             }
+            "evaluate" => {
+                JobSpec::Evaluate(serde_yaml::from_str(&body).map_err(|e| yaml_error(origin, e))?)
+            }
             "train-text" => {
                 JobSpec::TrainText(serde_yaml::from_str(&body).map_err(|e| yaml_error(origin, e))?)
             }
@@ -222,6 +234,7 @@ impl JobSpec {
             JobSpec::TrainJudge(c) => c.validate(),
             JobSpec::Invert(c) => c.validate(),
             JobSpec::TrainText(c) => c.validate(),
+            JobSpec::Evaluate(c) => c.validate(),
         }
     }
 }
@@ -256,6 +269,7 @@ pub fn run(
         JobSpec::TrainJudge(c) => crate::judge::train::run(c, resume, device, reporter, cancel),
         JobSpec::Invert(c) => crate::styles::invert::run(c, resume, device, reporter, cancel),
         JobSpec::TrainText(c) => crate::text::train::run(c, resume, device, reporter, cancel),
+        JobSpec::Evaluate(c) => crate::text::train::evaluate(c, device, reporter),
     }
 }
 

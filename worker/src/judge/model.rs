@@ -41,6 +41,8 @@ pub struct JudgeOutput {
 pub struct JudgeNet {
     /// Values per attribute group, in dataset order.
     pub group_sizes: Vec<i64>,
+    /// Channels of the feature grid (`JudgeOutput::grid`).
+    pub grid_channels: i64,
     c1a: EqualConv2d,
     c1b: EqualConv2d,
     c2a: EqualConv2d,
@@ -67,6 +69,7 @@ impl JudgeNet {
         let total: i64 = group_sizes.iter().sum();
         JudgeNet {
             group_sizes: group_sizes.to_vec(),
+            grid_channels: c,
             c1a: EqualConv2d::new(p / "c1a", 3, a, 3, true, true),
             c1b: EqualConv2d::new(p / "c1b", a, a, 3, true, true),
             c2a: EqualConv2d::new(p / "c2a", a, b, 3, true, true),

@@ -6,7 +6,7 @@
 //!   inputs are held fixed per batch (reseeded before every forward). This is the only option
 //!   for real CUB images.
 //!
-//! ml.md's cheaper `sampled` alternative (render G(f(z)), label with the critic) is not
+//! ml.md's cheaper `sampled` alternative is not implemented yet; `mode` exists so it can be
 //! implemented yet; `mode` exists so it can be added without changing job files.
 
 use super::generator_fingerprint;

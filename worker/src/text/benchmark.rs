@@ -3,7 +3,7 @@
 //! loss). Needs a dataset with the synthetic-birds vocabulary (captions are rebuilt from
 //! attributes) and part masks.
 
-use super::methods::{edited_style, Method, Nets};
+use super::methods::{edit_images, Method, Nets};
 use crate::dataset::render::BirdAttributes;
 use crate::dataset::synth::caption;
 use crate::dataset::vocab::{Group, PHRASINGS};
@@ -165,23 +165,23 @@ pub fn run_benchmark(
     let mut preserved = 0f64;
     let mut preserved_n = 0f64;
     let mut region = 0f64;
+    let (mut pointed, mut pointed_n) = (0f64, 0f64);
     let mut edited_all = Vec::new();
-    let mut gallery_rows: Vec<(Tensor, Tensor, Tensor, String)> = Vec::new();
+    let mut gallery_rows: Vec<(Vec<Tensor>, String)> = Vec::new();
     let groups = ds.groups.len() as i64;
     for chunk in reqs.chunks(32) {
-        let (edited, source) = tch::no_grad(|| -> anyhow::Result<(Tensor, Tensor)> {
+        let idx: Vec<usize> = chunk.iter().map(|r| r.image).collect();
+        let real = ds.load_images(&idx, res)?.to_device(device);
+        let out = tch::no_grad(|| {
             let rows = Tensor::from_slice(&chunk.iter().map(|r| r.style_row).collect::<Vec<_>>())
                 .to_device(device);
             let w_src = styles_w.index_select(0, &rows).select(1, 0);
             let targets: Vec<&str> = chunk.iter().map(|r| r.target_caption.as_str()).collect();
             let sources: Vec<&str> = chunk.iter().map(|r| r.source_caption.as_str()).collect();
-            let w_hat = edited_style(method, nets, &w_src, &targets, Some(&sources))?;
-            tch::manual_seed(7);
-            let source = g.synthesis(&g.broadcast(&w_src)).clamp(-1.0, 1.0);
-            tch::manual_seed(7);
-            let edited = g.synthesis(&g.broadcast(&w_hat)).clamp(-1.0, 1.0);
-            Ok((edited, source))
+            edit_images(method, nets, &w_src, &real, &targets, Some(&sources))
         })?;
+        let (edited, source) = (out.edited, out.source);
+        let grounding = out.grounding.map(|m| m.to_device(tch::Device::Cpu));
         let (pe, ps) = tch::no_grad(|| {
             let pe = judge.net.predict(
                 &judge
@@ -200,7 +200,6 @@ pub fn run_benchmark(
                 ps.to_device(tch::Device::Cpu),
             )
         });
-        let idx: Vec<usize> = chunk.iter().map(|r| r.image).collect();
         let masks = ds
             .load_masks(&idx, res)?
             .ok_or_else(|| anyhow::anyhow!("the edit benchmark needs part masks"))?;
@@ -227,6 +226,18 @@ pub fn run_benchmark(
             for &p in edited_parts(r.group) {
                 inside = inside.logical_or(&mask.eq(p));
             }
+            if let (Some(map), false) = (&grounding, edited_parts(r.group).is_empty()) {
+                // Pointing game: the map's peak falls on a part the edit concerns.
+                let peak = map
+                    .get(k64)
+                    .flatten(0, -1)
+                    .argmax(0, false)
+                    .int64_value(&[]);
+                pointed_n += 1.0;
+                if inside.flatten(0, -1).int64_value(&[peak]) != 0 {
+                    pointed += 1.0;
+                }
+            }
             let outside = inside.logical_not().to_kind(Kind::Float);
             let d = diff.get(k64);
             let l1 = (d * &outside).sum(Kind::Float).double_value(&[])
@@ -242,13 +253,15 @@ pub fn run_benchmark(
                     Group::ALL[r.group].values()[r.old_value],
                     Group::ALL[r.group].values()[r.new_value]
                 );
-                let real = ds.load_images(&[r.image], res)?;
-                gallery_rows.push((
-                    real,
+                let mut cells = vec![
+                    real.get(k64).unsqueeze(0).to_device(tch::Device::Cpu),
                     source.get(k64).unsqueeze(0),
                     edited.get(k64).unsqueeze(0),
-                    label,
-                ));
+                ];
+                if let Some(map) = &grounding {
+                    cells.push(map.get(k64).unsqueeze(0).repeat([1, 3, 1, 1]) * 2.0 - 1.0);
+                }
+                gallery_rows.push((cells, label));
             }
         }
         edited_all.push(edited);
@@ -263,38 +276,49 @@ pub fn run_benchmark(
         &Gaussian::fit(&real_features(judge, &edited)),
     );
     let score = harmonic(&[edit_success, attr_preservation, region_preservation]);
+    let mut metrics = vec![
+        ("eval/edit_success", edit_success),
+        ("eval/attr_preservation", attr_preservation),
+        ("eval/region_preservation", region_preservation),
+        ("eval/realism", realism),
+        ("eval/score", score),
+    ];
+    if method == Method::VisualGrounding && pointed_n > 0.0 {
+        metrics.push(("eval/grounding", pointed / pointed_n));
+    }
     Ok(BenchmarkResult {
-        metrics: vec![
-            ("eval/edit_success", edit_success),
-            ("eval/attr_preservation", attr_preservation),
-            ("eval/region_preservation", region_preservation),
-            ("eval/realism", realism),
-            ("eval/score", score),
-        ],
+        metrics,
         gallery_png: gallery(&gallery_rows, res),
     })
 }
 
-/// Rows of source | G(w_src) | edited, each with the requested change written beside it.
-fn gallery(rows: &[(Tensor, Tensor, Tensor, String)], res: u32) -> Vec<u8> {
+/// Rows of source | G(w_src) | edited (| M4's grounding map), each with the requested change
+/// written beside it.
+fn gallery(rows: &[(Vec<Tensor>, String)], res: u32) -> Vec<u8> {
     let scale = (96 / res).max(1);
     let cell = res * scale;
+    let columns = rows.first().map_or(3, |(cells, _)| cells.len()) as u32;
     let text_w = 40 * CHAR_W * 2;
     let row_h = cell + 6;
     let mut canvas = Canvas::new(
-        3 * (cell + 4) + text_w + 8,
+        columns * (cell + 4) + text_w + 8,
         14 + rows.len() as u32 * row_h,
         [255, 255, 255],
     );
-    canvas.text(4, 2, "source | G(w_src) | edited", 2, [40, 40, 40]);
-    for (i, (real, recon, edited, label)) in rows.iter().enumerate() {
+    let header = if columns > 3 {
+        "source | G(w_src) | edited | grounding"
+    } else {
+        "source | G(w_src) | edited"
+    };
+    canvas.text(4, 2, header, 2, [40, 40, 40]);
+    for (i, (cells, label)) in rows.iter().enumerate() {
         let y = 14 + i as u32 * row_h;
-        for (j, img) in [real, recon, edited].iter().enumerate() {
+        for (j, img) in cells.iter().enumerate() {
             let rgb = &tensor_to_rgb(img)[0];
             canvas.blit(4 + j as u32 * (cell + 4), y, res, res, rgb, scale);
         }
         canvas.text(
-            4 + 3 * (cell + 4) + 4,
+            4 + columns * (cell + 4) + 4,
             y + cell / 2 - 6,
             label,
             2,

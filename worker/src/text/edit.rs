@@ -2,7 +2,7 @@
 //! A dataset image uses its stored style; a PNG from elsewhere is inverted first.
 
 use super::bert::TextEncoder;
-use super::methods::{edited_style, Method, Nets, StyleHeads};
+use super::methods::{edit_images, Method, Nets, StyleHeads};
 use super::train::TextConfig;
 use crate::nn::checkpoint::Checkpoint;
 use crate::nn::named_vars;
@@ -49,7 +49,14 @@ pub fn edit(req: &EditRequest, device: Device) -> anyhow::Result<String> {
         cfg.max_tokens,
     )?;
     ckpt.restore("bert.", &named_vars(&enc.vs))?;
-    let heads = StyleHeads::new(device, enc.bert.config.hidden_size, g.cfg.w_dim);
+    let critic = crate::judge::train::load(&cfg.judge, "critic", device)?;
+    let heads = StyleHeads::for_method(
+        cfg.method,
+        device,
+        enc.bert.config.hidden_size,
+        g.cfg.w_dim,
+        Some(&critic),
+    )?;
     ckpt.restore("heads.", &named_vars(&heads.vs))?;
 
     let (input, w_src, source_caption) = match req.image.parse::<u32>() {
@@ -102,7 +109,6 @@ pub fn edit(req: &EditRequest, device: Device) -> anyhow::Result<String> {
                 .permute([0, 3, 1, 2])
                 .contiguous()
                 .to_device(device);
-            let critic = crate::judge::train::load(&cfg.judge, "critic", device)?;
             let inv = InvertConfig {
                 dataset: cfg.dataset.clone(),
                 generator: cfg.generator.clone(),
@@ -125,31 +131,25 @@ pub fn edit(req: &EditRequest, device: Device) -> anyhow::Result<String> {
         enc: &enc,
         heads: &heads,
         g: &g,
-        critic: None,
+        critic: Some(&critic),
     };
     let sources = source_caption.as_deref().map(|s| [s]);
     anyhow::ensure!(
         cfg.method != Method::Reconstruction || sources.is_some(),
         "method reconstruction edits by the difference of two captions: pass --source-caption"
     );
-    let w_hat = tch::no_grad(|| {
-        edited_style(
+    let out = tch::no_grad(|| {
+        edit_images(
             cfg.method,
             &nets,
             &w_src,
+            &input,
             &[req.caption],
             sources.as_ref().map(|s| &s[..]),
         )
     })?;
-    let (recon, edited) = tch::no_grad(|| {
-        tch::manual_seed(7);
-        let recon = g.synthesis(&g.broadcast(&w_src));
-        tch::manual_seed(7);
-        (recon, g.synthesis(&g.broadcast(&w_hat)))
-    });
-    let all = Tensor::cat(&[input, recon, edited], 0)
-        .clamp(-1.0, 1.0)
-        .to_kind(Kind::Float);
+    let all =
+        Tensor::cat(&[input.clamp(-1.0, 1.0), out.source, out.edited], 0).to_kind(Kind::Float);
     let scale = (128 / res).max(1);
     let cell = res * scale;
     let mut canvas = Canvas::new(

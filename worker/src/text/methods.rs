@@ -4,8 +4,10 @@
 //! nothing of it reaches the gradient). The generator is frozen: its variables never require
 //! gradients, but gradients flow through it into BERT and the heads.
 //!
-//! Implemented: M1 `weighted`, M2 `reconstruction`, M3 `contrastive`. M4 `visual-grounding`
-//! is not implemented yet and is refused with a clear error.
+//! M1 `weighted`, M2 `reconstruction`, M3 `contrastive` and M4 `visual-grounding`. M4 runs
+//! BERT single-stream over the caption and a grid of the critic's features of the source
+//! image; its last layer's word-to-image attention gives the grounding map that confines an
+//! edit to the region the changed words point at.
 
 use super::bert::{mean_pool_normalised, TextEncoder};
 use crate::judge::train::Trained;
@@ -24,7 +26,7 @@ pub enum Method {
     Reconstruction,
     /// M3: contrastive + preservation + reconstruction (the seed's main method).
     Contrastive,
-    /// M4: VisualBERT-style grounding (not implemented yet).
+    /// M4: VisualBERT-style single-stream encoder over caption + image grid; M3's losses.
     VisualGrounding,
 }
 
@@ -72,20 +74,63 @@ impl Default for LossWeights {
     }
 }
 
-/// The trainable heads on top of BERT's pooled output.
+/// Side length of M4's grid of visual tokens (GRID x GRID tokens).
+pub const GRID: i64 = 4;
+
+/// M4's visual tokens: the critic's feature grid pooled to `GRID` x `GRID`, projected to
+/// BERT's width, plus their own position and segment embeddings (VisualBERT).
+struct VisualTokens {
+    proj: nn::Linear,
+    position: Tensor,
+    segment: Tensor,
+    norm: nn::LayerNorm,
+}
+
+/// The trainable heads on top of BERT's pooled output (and M4's visual-token embedding, so
+/// that everything trained besides BERT lives in one variable store).
 pub struct StyleHeads {
     /// Owns the heads' variables.
     pub vs: VarStore,
     p1: nn::Linear,
     p2: nn::Linear,
     v: nn::Linear,
+    visual: Option<VisualTokens>,
 }
 
 impl StyleHeads {
-    /// Heads from BERT width `hidden` to `w_dim`.
-    pub fn new(device: tch::Device, hidden: i64, w_dim: i64) -> StyleHeads {
+    /// Heads from BERT width `hidden` to `w_dim`; with `visual_channels` (the critic's grid
+    /// channels) also M4's visual-token embedding.
+    pub fn new(
+        device: tch::Device,
+        hidden: i64,
+        w_dim: i64,
+        visual_channels: Option<i64>,
+    ) -> StyleHeads {
         let vs = VarStore::new(device);
         let root = vs.root();
+        let visual = visual_channels.map(|c| {
+            let v = &root / "visual";
+            VisualTokens {
+                proj: nn::linear(&v / "proj", c, hidden, Default::default()),
+                position: v.var(
+                    "position",
+                    &[GRID * GRID, hidden],
+                    nn::Init::Randn {
+                        mean: 0.0,
+                        stdev: 0.02,
+                    },
+                ),
+                segment: v.var(
+                    "segment",
+                    &[hidden],
+                    nn::Init::Randn {
+                        mean: 0.0,
+                        stdev: 0.02,
+                    },
+                ),
+                norm: nn::layer_norm(&v / "norm", vec![hidden], Default::default()),
+            }
+        });
         let p1 = nn::linear(&root / "p1", hidden, 512, Default::default());
         let p2 = nn::linear(&root / "p2", 512, w_dim, Default::default());
         // v starts near 0.5 everywhere, neither copying the source nor ignoring it.
@@ -98,7 +143,43 @@ impl StyleHeads {
                 ..Default::default()
             },
         );
-        StyleHeads { vs, p1, p2, v }
+        StyleHeads {
+            vs,
+            p1,
+            p2,
+            v,
+            visual,
+        }
+    }
+
+    /// Heads for `method` (M4 needs the critic to size its visual tokens).
+    pub fn for_method(
+        method: Method,
+        device: tch::Device,
+        hidden: i64,
+        w_dim: i64,
+        critic: Option<&Trained>,
+    ) -> anyhow::Result<StyleHeads> {
+        let visual = match method {
+            Method::VisualGrounding => Some(
+                critic
+                    .ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "method visual-grounding needs a critic for its image tokens"
+                        )
+                    })?
+                    .net
+                    .grid_channels,
+            ),
+            _ => None,
+        };
+        Ok(StyleHeads::new(device, hidden, w_dim, visual))
+    }
+
+    fn heads(&self, pooled: &Tensor, g: &Generator) -> (Tensor, Tensor) {
+        let p = self.p2.forward(&self.p1.forward(pooled).leaky_relu()) + g.w_avg.unsqueeze(0);
+        let v = self.v.forward(pooled).sigmoid();
+        (p, v)
     }
 }
 
@@ -114,9 +195,133 @@ pub fn predict(
     let out = enc.bert.forward(&batch.ids, &batch.mask);
     let pooled = mean_pool_normalised(&out.hidden, &batch.mask)
         * (enc.bert.config.hidden_size as f64).sqrt();
-    let p = heads.p2.forward(&heads.p1.forward(&pooled).leaky_relu()) + g.w_avg.unsqueeze(0);
-    let v = heads.v.forward(&pooled).sigmoid();
-    Ok((p, v))
+    Ok(heads.heads(&pooled, g))
+}
+
+/// M4's predictions for captions about source images `[B, 3, R, R]`.
+pub struct Grounded {
+    /// Style p `[B, w_dim]`.
+    pub p: Tensor,
+    /// Weights v `[B, w_dim]`.
+    pub v: Tensor,
+    /// Last-layer attention of each caption token to each visual token, averaged over heads,
+    /// `[B, T, GRID * GRID]`.
+    pub word_to_image: Tensor,
+    /// The real tokens of each caption.
+    pub tokens: Vec<Vec<String>>,
+}
+
+/// M4: BERT over `[caption tokens; visual tokens of the source image]`; p and v from the
+/// caption tokens' pooled output (so the heads match M1's), attention kept for grounding.
+pub fn predict_grounded(
+    nets: &Nets,
+    captions: &[&str],
+    images: &Tensor,
+) -> anyhow::Result<Grounded> {
+    let (enc, heads) = (nets.enc, nets.heads);
+    let visual = heads.visual.as_ref().ok_or_else(|| {
+        anyhow::anyhow!("these heads have no visual tokens (not a visual-grounding model)")
+    })?;
+    let critic = nets
+        .critic
+        .ok_or_else(|| anyhow::anyhow!("method visual-grounding needs the critic's features"))?;
+    let batch = enc.tokenize(captions)?;
+    let text = enc.bert.embed(&batch.ids);
+    let [b, t, _] = text.size()[..] else {
+        anyhow::bail!("unexpected embedding shape {:?}", text.size())
+    };
+    // The image is data: the critic is frozen and no gradient needs to reach the pixels.
+    let grid = tch::no_grad(|| {
+        critic
+            .net
+            .forward(&resize_square(images, critic.resolution))
+            .grid
+            .adaptive_avg_pool2d([GRID, GRID])
+    });
+    let tokens = grid.flatten(2, -1).transpose(1, 2); // [B, K, C]
+    let tokens = visual
+        .norm
+        .forward(&(visual.proj.forward(&tokens) + visual.position.unsqueeze(0) + &visual.segment));
+    let k = GRID * GRID;
+    let x = Tensor::cat(&[text, tokens], 1);
+    let mask = Tensor::cat(
+        &[
+            batch.mask.shallow_clone(),
+            Tensor::ones([b, k], (Kind::Int64, batch.mask.device())),
+        ],
+        1,
+    );
+    let out = enc.bert.encode(&x, &mask);
+    let pooled = mean_pool_normalised(&out.hidden.narrow(1, 0, t), &batch.mask)
+        * (enc.bert.config.hidden_size as f64).sqrt();
+    let (p, v) = heads.heads(&pooled, nets.g);
+    let word_to_image = out
+        .last_attention
+        .mean_dim(1, false, None)
+        .narrow(1, 0, t)
+        .narrow(2, t, k);
+    Ok(Grounded {
+        p,
+        v,
+        word_to_image,
+        tokens: batch.tokens,
+    })
+}
+
+/// Where an edit points: for each example, the attention of the target caption's words that
+/// the source caption lacks (all words when nothing differs or there is no source), as a map
+/// `[B, 1, R, R]` scaled so its peak is 1.
+pub fn grounding_map(
+    pred: &Grounded,
+    sources: Option<&[&str]>,
+    resolution: i64,
+) -> anyhow::Result<Tensor> {
+    let [b, t, k] = pred.word_to_image.size()[..] else {
+        anyhow::bail!("unexpected attention shape")
+    };
+    let mut select = vec![0f32; (b * t) as usize];
+    for (i, toks) in pred.tokens.iter().enumerate() {
+        let source_words: std::collections::HashSet<String> = sources
+            .and_then(|s| s.get(i))
+            .map(|s| {
+                s.to_lowercase()
+                    .split(|c: char| !c.is_alphanumeric())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let is_word = |tok: &str| tok.chars().any(char::is_alphanumeric) && !tok.starts_with('[');
+        let changed: Vec<usize> = toks
+            .iter()
+            .enumerate()
+            .filter(|(_, tok)| is_word(tok) && !source_words.contains(tok.trim_start_matches("##")))
+            .map(|(j, _)| j)
+            .collect();
+        let chosen: Vec<usize> = if changed.is_empty() || sources.is_none() {
+            (0..toks.len()).filter(|&j| is_word(&toks[j])).collect()
+        } else {
+            changed
+        };
+        for j in chosen.into_iter().filter(|&j| (j as i64) < t) {
+            select[i * t as usize + j] = 1.0;
+        }
+    }
+    let device = pred.word_to_image.device();
+    let select = Tensor::from_slice(&select)
+        .view([b, t, 1])
+        .to_device(device);
+    let map = (&pred.word_to_image * &select).sum_dim_intlist([1i64].as_slice(), false, None)
+        / select
+            .sum_dim_intlist([1i64].as_slice(), false, None)
+            .clamp_min(1.0); // [B, K]
+    let map = &map / map.amax([1i64].as_slice(), true).clamp_min(1e-12);
+    anyhow::ensure!(
+        k == GRID * GRID,
+        "expected {} visual tokens, got {k}",
+        GRID * GRID
+    );
+    let map = map.view([b, 1, GRID, GRID]);
+    Ok(map.upsample_bilinear2d([resolution, resolution], false, None, None))
 }
 
 /// M1/M3's edit: `v * p + (1 - v) * w_src`.
@@ -124,31 +329,68 @@ fn blend(p: &Tensor, v: &Tensor, w_src: &Tensor) -> Tensor {
     v * p + (1.0 - v) * w_src
 }
 
-/// The style an edit asks for, as each method defines it (used by the benchmark and by
-/// `plume-worker edit`): M2 moves `w_src` by the text direction `s(target) - s(source)`, so it
-/// needs the source captions; the others blend `w_src` with the target caption's prediction.
-pub fn edited_style(
+/// An edit, rendered: what the source style looks like, the edited image, and (M4) where
+/// the edit was grounded.
+pub struct EditedImages {
+    /// The source style `[B, w_dim]` moved as the method says.
+    pub w_hat: Tensor,
+    /// G(w_src) `[B, 3, R, R]`, clamped to [-1, 1].
+    pub source: Tensor,
+    /// The edited image `[B, 3, R, R]`, clamped (M4: blended into `source` by the grounding map).
+    pub edited: Tensor,
+    /// M4's grounding map `[B, 1, R, R]` (peak 1), when source captions were given.
+    pub grounding: Option<Tensor>,
+}
+
+/// Edits source styles with target captions as each method defines it (used by the
+/// benchmark and by `plume-worker edit`, so both edit the same way). M2 moves `w_src` by the
+/// text direction `s(target) - s(source)`, so it needs the source captions; M1 and M3 blend
+/// `w_src` with the target caption's prediction; M4 does the same from caption + source image
+/// and, given source captions, keeps the edit inside the region its changed words attend to.
+/// Both renders use the same noise (seed 7) so that differences come from the style alone.
+pub fn edit_images(
     method: Method,
     nets: &Nets,
     w_src: &Tensor,
+    source_images: &Tensor,
     targets: &[&str],
     sources: Option<&[&str]>,
-) -> anyhow::Result<Tensor> {
-    match method {
+) -> anyhow::Result<EditedImages> {
+    let g = nets.g;
+    let (w_hat, grounding) = match method {
         Method::Reconstruction => {
             let sources = sources.ok_or_else(|| anyhow::anyhow!("method reconstruction edits by the difference of two captions: a source caption is needed"))?;
-            let (s_t, _) = predict(nets.enc, nets.heads, nets.g, targets)?;
-            let (s_s, _) = predict(nets.enc, nets.heads, nets.g, sources)?;
-            Ok(w_src + s_t - s_s)
+            let (s_t, _) = predict(nets.enc, nets.heads, g, targets)?;
+            let (s_s, _) = predict(nets.enc, nets.heads, g, sources)?;
+            (w_src + s_t - s_s, None)
         }
         Method::VisualGrounding => {
-            anyhow::bail!("method visual-grounding (M4) is not implemented yet")
+            let pred = predict_grounded(nets, targets, source_images)?;
+            let map = match sources {
+                Some(_) => Some(grounding_map(&pred, sources, g.cfg.resolution as i64)?),
+                None => None,
+            };
+            (blend(&pred.p, &pred.v, w_src), map)
         }
         _ => {
-            let (p, v) = predict(nets.enc, nets.heads, nets.g, targets)?;
-            Ok(blend(&p, &v, w_src))
+            let (p, v) = predict(nets.enc, nets.heads, g, targets)?;
+            (blend(&p, &v, w_src), None)
         }
-    }
+    };
+    tch::manual_seed(7);
+    let source = g.synthesis(&g.broadcast(w_src)).clamp(-1.0, 1.0);
+    tch::manual_seed(7);
+    let raw = g.synthesis(&g.broadcast(&w_hat)).clamp(-1.0, 1.0);
+    let edited = match &grounding {
+        Some(m) => &raw * m + &source * (1.0 - m),
+        None => raw,
+    };
+    Ok(EditedImages {
+        w_hat,
+        source,
+        edited,
+        grounding,
+    })
 }
 
 /// One training batch: images, their true styles, one caption each, and attribute labels.
@@ -242,8 +484,16 @@ pub fn loss_terms(
                 terms.push(("style", weights.style, (&s - ex.w).square().mean(None)));
             }
         }
-        Method::Contrastive => {
-            let (p, _) = predict(enc, heads, g, &ex.captions)?;
+        Method::Contrastive | Method::VisualGrounding => {
+            let grounded = *method == Method::VisualGrounding;
+            // M4 reads an image with every caption: caption i with its partner's image, so
+            // that predicting w_i means applying caption i to another bird (as an edit does).
+            let partner_images = roll(ex.images);
+            let p = if grounded {
+                predict_grounded(nets, &ex.captions, &partner_images)?.p
+            } else {
+                predict(enc, heads, g, &ex.captions)?.0
+            };
             if weights.contrastive > 0.0 {
                 let a = &p
                     / p.norm_scalaropt_dim(2, [1i64].as_slice(), true)
@@ -266,7 +516,12 @@ pub fn loss_terms(
                 let partner: Vec<&str> = (0..b as usize)
                     .map(|i| ex.captions[(i + b as usize - 1) % b as usize])
                     .collect();
-                let (p_r, v_r) = predict(enc, heads, g, &partner)?;
+                let (p_r, v_r) = if grounded {
+                    let pred = predict_grounded(nets, &partner, ex.images)?;
+                    (pred.p, pred.v)
+                } else {
+                    predict(enc, heads, g, &partner)?
+                };
                 let w_hat = blend(&p_r, &v_r, ex.w);
                 let edited = render(g, &w_hat);
                 if weights.preservation > 0.0 {
@@ -302,9 +557,6 @@ pub fn loss_terms(
                     terms.push(("reconstruction", weights.reconstruction, rec));
                 }
             }
-        }
-        Method::VisualGrounding => {
-            anyhow::bail!("method visual-grounding (M4) is not implemented yet")
         }
     }
     Ok(terms)

@@ -116,9 +116,127 @@ impl TextConfig {
         check_range("eval_every", self.eval_every, 1, i64::MAX)?;
         check_range("eval_edits", self.eval_edits, 2, 100_000)?;
         check_range("checkpoint_every", self.checkpoint_every, 1, i64::MAX)?;
-        if self.method == Method::VisualGrounding {
-            return Err("method visual-grounding (M4) is not implemented yet".into());
+        Ok(())
+    }
+}
+
+/// Everything a text job reads besides the trained networks' state: data, the frozen
+/// generator and judges, BERT, fresh heads, and the benchmark's fixed requests.
+pub struct TextContext {
+    ds: crate::dataset::Dataset,
+    fingerprint: String,
+    g: crate::stylegan::generator::Generator,
+    _g_vs: tch::nn::VarStore,
+    styles_w: Tensor,
+    style_rows: Vec<i64>,
+    critic: crate::judge::train::Trained,
+    judge: crate::judge::train::Trained,
+    bert_dir: PathBuf,
+    enc: TextEncoder,
+    heads: StyleHeads,
+    reqs: Vec<super::benchmark::EditRequest>,
+    test_features: Gaussian,
+}
+
+impl TextContext {
+    /// Loads what `cfg` names; `judge` overrides the config's judge checkpoint (evaluate).
+    pub fn load(
+        cfg: &TextConfig,
+        judge_override: Option<&Path>,
+        eval_edits: usize,
+        device: Device,
+    ) -> anyhow::Result<TextContext> {
+        let ds = cfg.dataset.open()?;
+        check_vocabulary(&ds)?;
+        let gen_ckpt = Checkpoint::load(&cfg.generator)?;
+        let fingerprint = generator_fingerprint(&gen_ckpt)?;
+        let (g_vs, g) = load_generator(&gen_ckpt, device)?;
+        drop(gen_ckpt);
+        let styles = Styles::load(&cfg.styles, &fingerprint)?;
+        let styles_w = styles.w.to_device(device);
+        let critic = crate::judge::train::load(&cfg.judge, "critic", device)?;
+        let judge =
+            crate::judge::train::load(judge_override.unwrap_or(&cfg.judge), "judge", device)?;
+        let bert_dir =
+            cfg.bert.clone().or_else(default_model_dir).ok_or_else(|| {
+                anyhow::anyhow!("no BERT weights: set `bert:` or run scripts/setup")
+            })?;
+        let enc = TextEncoder::load(&bert_dir, device, cfg.max_tokens)?;
+        enc.freeze_lower_layers(cfg.freeze_layers);
+        tch::manual_seed(cfg.seed as i64);
+        let heads = StyleHeads::for_method(
+            cfg.method,
+            device,
+            enc.bert.config.hidden_size,
+            g.cfg.w_dim,
+            Some(&critic),
+        )?;
+        // Style row of every dataset image (-1 where the styles file has none).
+        let mut style_rows = vec![-1i64; ds.images.len()];
+        for (row, &i) in Vec::<i64>::try_from(&styles.index)?.iter().enumerate() {
+            if (0..ds.images.len() as i64).contains(&i) {
+                style_rows[i as usize] = row as i64;
+            }
         }
+        let reqs = requests(&ds, &style_rows, eval_edits, cfg.seed ^ 0xED17)?;
+        let test = ds.partition(Partition::Test);
+        let test_features = Gaussian::fit(&real_features(
+            &judge,
+            &ds.load_images(&test, g.cfg.resolution)?.to_device(device),
+        ));
+        Ok(TextContext {
+            ds,
+            fingerprint,
+            g,
+            _g_vs: g_vs,
+            styles_w,
+            style_rows,
+            critic,
+            judge,
+            bert_dir,
+            enc,
+            heads,
+            reqs,
+            test_features,
+        })
+    }
+
+    fn nets(&self) -> Nets<'_> {
+        Nets {
+            enc: &self.enc,
+            heads: &self.heads,
+            g: &self.g,
+            critic: Some(&self.critic),
+        }
+    }
+
+    /// Runs the edit benchmark and reports its metrics and gallery at `step`.
+    fn evaluate(
+        &self,
+        method: Method,
+        step: i64,
+        reporter: &mut dyn Reporter,
+    ) -> anyhow::Result<()> {
+        let result = run_benchmark(
+            method,
+            &self.nets(),
+            &self.judge,
+            &self.ds,
+            &self.styles_w,
+            &self.reqs,
+            &self.test_features,
+        )?;
+        reporter.metrics(step, &result.metrics)?;
+        reporter.artifact(step, "edits", &result.gallery_png)?;
+        reporter.log(&format!(
+            "step {step}: {}",
+            result
+                .metrics
+                .iter()
+                .map(|(k, v)| format!("{k}={v:.4}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        ));
         Ok(())
     }
 }
@@ -131,35 +249,13 @@ pub fn run(
     reporter: &mut dyn Reporter,
     cancel: &CancelToken,
 ) -> anyhow::Result<Outcome> {
-    let ds = cfg.dataset.open()?;
-    check_vocabulary(&ds)?;
-    let gen_ckpt = Checkpoint::load(&cfg.generator)?;
-    let fingerprint = generator_fingerprint(&gen_ckpt)?;
-    let (_g_vs, g) = load_generator(&gen_ckpt, device)?;
-    drop(gen_ckpt);
-    let styles = Styles::load(&cfg.styles, &fingerprint)?;
-    let styles_w = styles.w.to_device(device);
-    let critic = crate::judge::train::load(&cfg.judge, "critic", device)?;
-    let judge = crate::judge::train::load(&cfg.judge, "judge", device)?;
-    let bert_dir = cfg
-        .bert
-        .clone()
-        .or_else(default_model_dir)
-        .ok_or_else(|| anyhow::anyhow!("no BERT weights: set `bert:` or run scripts/setup"))?;
-    let enc = TextEncoder::load(&bert_dir, device, cfg.max_tokens)?;
-    enc.freeze_lower_layers(cfg.freeze_layers);
-    tch::manual_seed(cfg.seed as i64);
-    let heads = StyleHeads::new(device, enc.bert.config.hidden_size, g.cfg.w_dim);
+    let ctx = TextContext::load(cfg, None, cfg.eval_edits, device)?;
+    let (ds, g, enc, heads) = (&ctx.ds, &ctx.g, &ctx.enc, &ctx.heads);
+    let fingerprint = &ctx.fingerprint;
+    let bert_dir = &ctx.bert_dir;
+    let style_rows = &ctx.style_rows;
     let mut bert_opt = Adam::new(trainable_vars(&enc.vs), cfg.lr_bert, 0.9, 0.999, 1e-8);
     let mut head_opt = Adam::new(trainable_vars(&heads.vs), cfg.lr_heads, 0.9, 0.999, 1e-8);
-
-    // Style row of every dataset image (-1 where the styles file has none).
-    let mut style_rows = vec![-1i64; ds.images.len()];
-    for (row, &i) in Vec::<i64>::try_from(&styles.index)?.iter().enumerate() {
-        if (0..ds.images.len() as i64).contains(&i) {
-            style_rows[i as usize] = row as i64;
-        }
-    }
     let train: Vec<usize> = ds
         .partition(Partition::Train)
         .into_iter()
@@ -175,13 +271,7 @@ pub fn run(
     let labels = ds.label_tensor(&train).to_device(device);
     let rows = Tensor::from_slice(&train.iter().map(|&i| style_rows[i]).collect::<Vec<_>>())
         .to_device(device);
-    let w_train = styles_w.index_select(0, &rows).select(1, 0);
-    let reqs = requests(&ds, &style_rows, cfg.eval_edits, cfg.seed ^ 0xED17)?;
-    let test = ds.partition(Partition::Test);
-    let test_features = Gaussian::fit(&real_features(
-        &judge,
-        &ds.load_images(&test, res)?.to_device(device),
-    ));
+    let w_train = ctx.styles_w.index_select(0, &rows).select(1, 0);
 
     let mut step = 0;
     if let Some(path) = resume {
@@ -199,36 +289,10 @@ pub fn run(
         target: cfg.reconstruction_target,
         temperature: cfg.temperature,
     };
-    reporter.log(&format!("train-text {:?} on {device:?}: {} training images with styles, {} edit requests, steps {step}..{}", cfg.method, train.len(), reqs.len(), cfg.steps));
-    let nets = Nets {
-        enc: &enc,
-        heads: &heads,
-        g: &g,
-        critic: Some(&critic),
-    };
-    let evaluate = |step: i64, reporter: &mut dyn Reporter| -> anyhow::Result<()> {
-        let result = run_benchmark(
-            cfg.method,
-            &nets,
-            &judge,
-            &ds,
-            &styles_w,
-            &reqs,
-            &test_features,
-        )?;
-        reporter.metrics(step, &result.metrics)?;
-        reporter.artifact(step, "edits", &result.gallery_png)?;
-        reporter.log(&format!(
-            "step {step}: {}",
-            result
-                .metrics
-                .iter()
-                .map(|(k, v)| format!("{k}={v:.4}"))
-                .collect::<Vec<_>>()
-                .join(" ")
-        ));
-        Ok(())
-    };
+    reporter.log(&format!("train-text {:?} on {device:?}: {} training images with styles, {} edit requests, steps {step}..{}", cfg.method, train.len(), ctx.reqs.len(), cfg.steps));
+    let nets = ctx.nets();
+    let evaluate =
+        |step: i64, reporter: &mut dyn Reporter| ctx.evaluate(cfg.method, step, reporter);
     let save = |step: i64,
                 bert_opt: &Adam,
                 head_opt: &Adam,
@@ -306,4 +370,63 @@ pub fn run(
     }
     reporter.finish(&format!("train-text finished at step {step}"));
     Ok(Outcome::Completed { step })
+}
+
+/// Configuration of `evaluate`: the edit benchmark on a `train-text` checkpoint.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvaluateConfig {
+    /// The `train-text` checkpoint; its stored config names data, generator and styles.
+    pub checkpoint: PathBuf,
+    /// Another `train-judge` checkpoint to score with (default: the one it trained with).
+    #[serde(default)]
+    pub judge: Option<PathBuf>,
+    /// Edit requests (default: the checkpoint's `eval_edits`).
+    #[serde(default)]
+    pub edits: Option<usize>,
+}
+
+impl EvaluateConfig {
+    /// Range checks.
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(n) = self.edits {
+            check_range("edits", n, 2, 100_000)?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs `evaluate`: loads the checkpoint's networks and reports the benchmark at its step.
+pub fn evaluate(
+    cfg: &EvaluateConfig,
+    device: Device,
+    reporter: &mut dyn Reporter,
+) -> anyhow::Result<Outcome> {
+    let ckpt = Checkpoint::load(&cfg.checkpoint)?;
+    ckpt.expect_kind("train-text")?;
+    let text: TextConfig = serde_json::from_str(ckpt.meta("job.config")?)?;
+    let ctx = TextContext::load(
+        &text,
+        cfg.judge.as_deref(),
+        cfg.edits.unwrap_or(text.eval_edits),
+        device,
+    )?;
+    anyhow::ensure!(
+        ckpt.meta("text.generator")? == ctx.fingerprint,
+        "{}: the generator at {} changed since this checkpoint was trained",
+        cfg.checkpoint.display(),
+        text.generator.display()
+    );
+    ckpt.restore("bert.", &named_vars(&ctx.enc.vs))?;
+    ckpt.restore("heads.", &named_vars(&ctx.heads.vs))?;
+    reporter.log(&format!(
+        "evaluate {:?} checkpoint {} (step {}) on {} edit requests",
+        text.method,
+        cfg.checkpoint.display(),
+        ckpt.step,
+        ctx.reqs.len()
+    ));
+    ctx.evaluate(text.method, ckpt.step, reporter)?;
+    reporter.finish(&format!("evaluated step {}", ckpt.step));
+    Ok(Outcome::Completed { step: ckpt.step })
 }

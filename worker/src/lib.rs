@@ -9,7 +9,8 @@
 //! - [`job`]: job specs, the [`job::Reporter`] seam and the local-directory reporter;
 //! - [`nn`]: layers, Adam with saveable state, checkpoint files;
 //! - [`picture`]: sample grids and contact sheets;
-//! - [`bench`]: `plume-worker bench`.
+//! - [`bench`]: `plume-worker bench`;
+//! - [`remote`]: the worker as a coordinator's client (gRPC reporter, session, uploads).
 #![deny(missing_docs)]
 
 pub mod bench;
@@ -18,6 +19,7 @@ pub mod job;
 pub mod judge;
 pub mod nn;
 pub mod picture;
+pub mod remote;
 pub mod stylegan;
 pub mod styles;
 pub mod text;

@@ -1,4 +1,5 @@
-//! `plume-worker`: runs Plume's ML jobs locally (and, later, for a coordinator).
+//! `plume-worker`: runs Plume's ML jobs locally, or for a coordinator
+//! (`plume-worker --coordinator URL --token T [--device cpu|cuda:N]`).
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -12,7 +13,22 @@ use std::path::PathBuf;
 #[command(version, about)]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+    /// Serve a coordinator at this URL instead of running a subcommand.
+    #[arg(long)]
+    coordinator: Option<String>,
+    /// Worker token of the coordinator.
+    #[arg(long, env = "PLUME_WORKER_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Device for the coordinator's jobs: cpu, cuda, cuda:N or auto (one worker per device).
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Worker name shown by the coordinator.
+    #[arg(long)]
+    name: Option<String>,
+    /// Directory for running jobs' checkpoints and downloaded inputs.
+    #[arg(long, default_value = ".plume-worker")]
+    work_dir: PathBuf,
 }
 
 #[derive(Subcommand)]
@@ -115,7 +131,32 @@ enum BenchCommand {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    match cli.command {
+    let Some(command) = cli.command else {
+        let Some(coordinator) = cli.coordinator else {
+            anyhow::bail!("give a subcommand (see --help) or --coordinator URL --token T");
+        };
+        let token = cli
+            .token
+            .context("--token (or PLUME_WORKER_TOKEN) is needed with --coordinator")?;
+        let device = plume_worker::parse_device(&cli.device).map_err(anyhow::Error::msg)?;
+        let name = cli.name.unwrap_or_else(|| {
+            format!(
+                "{}-{}",
+                std::fs::read_to_string("/etc/hostname")
+                    .unwrap_or_default()
+                    .trim(),
+                std::process::id()
+            )
+        });
+        return plume_worker::remote::serve(plume_worker::remote::RemoteOptions {
+            coordinator,
+            token,
+            device,
+            name,
+            work_dir: cli.work_dir,
+        });
+    };
+    match command {
         Command::Dataset {
             command:
                 DatasetCommand::Synth {

@@ -1,0 +1,68 @@
+//! Connecting to a coordinator: the address and token from flags, the environment, or the
+//! file `plume up` writes (`$PLUME_HOME/coordinator.json`, default `.plume/`).
+
+use anyhow::Context;
+use plume_proto::v1 as pb;
+use std::path::PathBuf;
+use tonic::metadata::MetadataValue;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+/// What `plume up` writes so that other commands find the coordinator.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Endpoint {
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    /// Token for the user API.
+    pub user_token: String,
+    /// Token for workers.
+    pub worker_token: String,
+}
+
+/// `$PLUME_HOME`, else `.plume` in the current directory.
+pub fn home() -> PathBuf {
+    std::env::var_os("PLUME_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(".plume"))
+}
+
+impl Endpoint {
+    /// Reads the endpoint file of `home`.
+    pub fn load(home: &std::path::Path) -> anyhow::Result<Endpoint> {
+        let path = home.join("coordinator.json");
+        let text = std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "no coordinator address: pass --coordinator and --token, or run `plume up` (it writes {})",
+                path.display()
+            )
+        })?;
+        Ok(serde_json::from_str(&text)?)
+    }
+}
+
+/// Adds the bearer token to every request.
+#[derive(Clone)]
+pub struct Auth(MetadataValue<tonic::metadata::Ascii>);
+
+impl tonic::service::Interceptor for Auth {
+    fn call(&mut self, mut r: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        r.metadata_mut().insert("authorization", self.0.clone());
+        Ok(r)
+    }
+}
+
+/// The user API client type.
+pub type UserClient = pb::user_api_client::UserApiClient<InterceptedService<Channel, Auth>>;
+
+/// Connects to the user API.
+pub async fn user_client(url: &str, token: &str) -> anyhow::Result<UserClient> {
+    let channel = Channel::from_shared(url.to_string())?
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach the coordinator at {url}"))?;
+    let auth = Auth(format!("Bearer {token}").parse()?);
+    Ok(
+        pb::user_api_client::UserApiClient::with_interceptor(channel, auth)
+            .max_decoding_message_size(64 << 20),
+    )
+}

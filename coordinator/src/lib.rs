@@ -1,0 +1,11 @@
+//! Plume's coordinator: turns experiment YAML into runs, hands them to workers over gRPC,
+//! stores everything they report in Postgres, and answers the CLI. It never links libtorch.
+
+#![warn(missing_docs)]
+
+pub mod blobs;
+pub mod client;
+pub mod experiment;
+pub mod pg;
+pub mod server;
+pub mod store;

@@ -1,0 +1,248 @@
+//! A private PostgreSQL for `plume up` and the tests when `DATABASE_URL` is unset: the
+//! installed server binaries, a data directory Plume owns, a loopback port. Postgres refuses
+//! to run as root, so when started as root the server runs as the `postgres` OS user.
+
+use anyhow::{bail, Context};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running private server; stopped (fast shutdown) when dropped.
+pub struct PrivatePostgres {
+    child: Option<Child>,
+    data: PathBuf,
+    bin: PathBuf,
+    as_postgres: bool,
+    /// Connection URL of the `plume` database.
+    pub url: String,
+}
+
+fn bin_dir() -> anyhow::Result<PathBuf> {
+    if let Some(d) = std::env::var_os("PLUME_PG_BIN") {
+        return Ok(PathBuf::from(d));
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path().join("bin"))
+                .filter(|p| p.join("initdb").is_file())
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort();
+    if let Some(d) = found.pop() {
+        return Ok(d);
+    }
+    for dir in std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()) {
+        if dir.join("initdb").is_file() {
+            return Ok(dir);
+        }
+    }
+    bail!("no PostgreSQL server binaries (initdb) found: install postgresql or set DATABASE_URL")
+}
+
+fn running_as_root() -> bool {
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
+}
+
+impl PrivatePostgres {
+    fn command(&self, program: &str) -> Command {
+        command(&self.bin, program, self.as_postgres)
+    }
+
+    /// Starts (initialising on first use) a server with its data under `dir`, listening on
+    /// 127.0.0.1:`port`, and creates the `plume` database.
+    pub fn start(dir: &Path, port: u16) -> anyhow::Result<PrivatePostgres> {
+        let bin = bin_dir()?;
+        let as_postgres = running_as_root();
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let dir = dir.canonicalize()?;
+        let data = dir.join("pgdata");
+        if as_postgres {
+            // The server user must be able to reach its directory.
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
+            let mut a = dir.parent();
+            while let Some(p) = a {
+                let mode = std::fs::metadata(p)?.permissions().mode();
+                if mode & 0o001 == 0 {
+                    bail!("{} is not searchable by other users; the private Postgres (run as user postgres) cannot reach {}", p.display(), dir.display());
+                }
+                a = p.parent();
+            }
+        }
+        let mut pg = PrivatePostgres {
+            child: None,
+            data: data.clone(),
+            bin,
+            as_postgres,
+            url: format!("postgres://postgres@127.0.0.1:{port}/plume"),
+        };
+        if !data.join("PG_VERSION").is_file() {
+            std::fs::create_dir_all(&data)?;
+            if as_postgres {
+                chown_postgres(&data)?;
+            }
+            let out = pg
+                .command("initdb")
+                .args(["-D"])
+                .arg(&data)
+                .args([
+                    "-U",
+                    "postgres",
+                    "--auth=trust",
+                    "-E",
+                    "UTF8",
+                    "--no-instructions",
+                ])
+                .output()
+                .context("running initdb")?;
+            if !out.status.success() {
+                bail!("initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+            }
+        } else if data.join("postmaster.pid").exists() {
+            // A server left behind by a killed `plume up`: stop it before starting ours.
+            let _ = pg
+                .command("pg_ctl")
+                .args(["stop", "-m", "fast", "-D"])
+                .arg(&data)
+                .output();
+        }
+        let sock = dir.join("sock");
+        std::fs::create_dir_all(&sock)?;
+        if as_postgres {
+            chown_postgres(&sock)?;
+        }
+        let log = std::fs::File::create(dir.join("postgres.log"))?;
+        let child = pg
+            .command("postgres")
+            .arg("-D")
+            .arg(&data)
+            .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1"])
+            .arg("-c")
+            .arg(format!("unix_socket_directories={}", sock.display()))
+            .args(["-c", "max_connections=200"])
+            // Commits return before their WAL reaches the disk: a crash of the machine (not of
+            // a process) can lose the last fraction of a second, never corrupt anything.
+            // Heartbeats stay fast while checkpoints stream in.
+            .args(["-c", "synchronous_commit=off"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting postgres")?;
+        pg.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = pg
+                .command("psql")
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &port.to_string(),
+                    "-U",
+                    "postgres",
+                    "-d",
+                    "postgres",
+                    "-tAc",
+                ])
+                .arg("SELECT 1 FROM pg_database WHERE datname = 'plume'")
+                .output()?;
+            if out.status.success() {
+                if String::from_utf8_lossy(&out.stdout).trim() != "1" {
+                    let c = pg
+                        .command("psql")
+                        .args([
+                            "-h",
+                            "127.0.0.1",
+                            "-p",
+                            &port.to_string(),
+                            "-U",
+                            "postgres",
+                            "-d",
+                            "postgres",
+                            "-c",
+                            "CREATE DATABASE plume",
+                        ])
+                        .output()?;
+                    if !c.status.success() {
+                        bail!(
+                            "creating database plume: {}",
+                            String::from_utf8_lossy(&c.stderr)
+                        );
+                    }
+                }
+                break;
+            }
+            if let Some(status) = pg.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                bail!(
+                    "postgres exited ({status}); see {}",
+                    dir.join("postgres.log").display()
+                );
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "postgres did not accept connections within 30 s; see {}",
+                    dir.join("postgres.log").display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(pg)
+    }
+
+    /// Stops the server (fast shutdown: running transactions are rolled back, data is safe).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = self
+                .command("pg_ctl")
+                .args(["stop", "-m", "fast", "-w", "-D"])
+                .arg(&self.data)
+                .output();
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn command(bin: &Path, program: &str, as_postgres: bool) -> Command {
+    if as_postgres {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(bin.join(program));
+        c.current_dir("/");
+        c
+    } else {
+        Command::new(bin.join(program))
+    }
+}
+
+fn chown_postgres(p: &Path) -> anyhow::Result<()> {
+    let out = Command::new("chown")
+        .args(["-R", "postgres:postgres"])
+        .arg(p)
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "chown postgres {}: {}",
+            p.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// A free loopback port (bound and released; good enough for tests and `plume up`).
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}

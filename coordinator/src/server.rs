@@ -1,0 +1,898 @@
+//! The coordinator's gRPC services. It keeps no state that is not in Postgres: sessions only
+//! cache what a worker said in its last heartbeat, so a restarted coordinator loses nothing.
+
+use crate::experiment::{self, Mode};
+use crate::store::{Fence, Series, Store, StoreError};
+use pb::user_api_server::{UserApi, UserApiServer};
+use pb::worker_api_server::{WorkerApi, WorkerApiServer};
+use plume_proto::v1 as pb;
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, Notify};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
+
+/// Limits on what clients may send.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest gRPC message.
+    pub max_message: usize,
+    /// Largest checkpoint upload.
+    pub max_checkpoint: u64,
+    /// Largest artifact upload.
+    pub max_artifact: u64,
+    /// Most points in one metric batch.
+    pub max_points: usize,
+    /// Most log lines in one batch.
+    pub max_log_lines: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message: 16 << 20,
+            max_checkpoint: 4 << 30,
+            max_artifact: 64 << 20,
+            max_points: 1 << 20,
+            max_log_lines: 10_000,
+        }
+    }
+}
+
+/// Coordinator settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Token workers present.
+    pub worker_token: String,
+    /// Token users (CLI, dashboard) present.
+    pub user_token: String,
+    /// Heartbeat period asked of workers.
+    pub heartbeat: Duration,
+    /// Size limits.
+    pub limits: Limits,
+}
+
+/// Shared state of both services.
+#[derive(Clone)]
+pub struct Coordinator {
+    store: Store,
+    cfg: Arc<Config>,
+    /// Woken when work may have become available (submit, finish, requeue).
+    work: Arc<Notify>,
+}
+
+fn status(e: StoreError) -> Status {
+    match e {
+        StoreError::Stale { .. } => Status::failed_precondition(e.to_string()),
+        StoreError::NotFound(m) => Status::not_found(m),
+        StoreError::Invalid(m) => Status::invalid_argument(m),
+        StoreError::Db(e) => Status::unavailable(format!("database: {e}")),
+    }
+}
+
+fn fence(f: Option<pb::Fence>) -> Result<Fence, Status> {
+    let f = f.ok_or_else(|| Status::invalid_argument("missing fence"))?;
+    Ok(Fence {
+        worker: f.worker_id,
+        run: f.run_id,
+        attempt: f.attempt,
+    })
+}
+
+/// Constant-time comparison of a request's bearer token.
+fn check_token(meta: &tonic::metadata::MetadataMap, expected: &str) -> Result<(), Status> {
+    let got = meta
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| Status::unauthenticated("missing bearer token"))?;
+    let (a, b) = (got.as_bytes(), expected.as_bytes());
+    let diff = a.len() ^ b.len()
+        | a.iter()
+            .zip(b.iter().cycle())
+            .fold(0usize, |d, (x, y)| d | (x ^ y) as usize);
+    if diff != 0 || b.is_empty() {
+        return Err(Status::unauthenticated("invalid token for this service"));
+    }
+    Ok(())
+}
+
+impl Coordinator {
+    /// A coordinator over `store`.
+    pub fn new(store: Store, cfg: Config) -> Coordinator {
+        Coordinator {
+            store,
+            cfg: Arc::new(cfg),
+            work: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Both services, with token checks and message size limits.
+    pub fn services(
+        &self,
+    ) -> (
+        tonic::service::interceptor::InterceptedService<
+            WorkerApiServer<Coordinator>,
+            impl tonic::service::Interceptor + Clone,
+        >,
+        tonic::service::interceptor::InterceptedService<
+            UserApiServer<Coordinator>,
+            impl tonic::service::Interceptor + Clone,
+        >,
+    ) {
+        let max = self.cfg.limits.max_message;
+        let wt = self.cfg.worker_token.clone();
+        let ut = self.cfg.user_token.clone();
+        let worker = WorkerApiServer::new(self.clone())
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max);
+        let user = UserApiServer::new(self.clone())
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max);
+        (
+            tonic::service::interceptor::InterceptedService::new(worker, move |r: Request<()>| {
+                check_token(r.metadata(), &wt)?;
+                Ok(r)
+            }),
+            tonic::service::interceptor::InterceptedService::new(user, move |r: Request<()>| {
+                check_token(r.metadata(), &ut)?;
+                Ok(r)
+            }),
+        )
+    }
+
+    /// Requeues runs whose lease expired, every second, forever.
+    pub async fn reaper(self) {
+        let mut tick = tokio::time::interval(Duration::from_millis(1000));
+        loop {
+            tick.tick().await;
+            match self.store.reap_expired().await {
+                Ok(n) if n > 0 => {
+                    tracing::warn!("{n} attempt(s) lost (lease expired)");
+                    self.work.notify_waiters();
+                }
+                Ok(_) => {}
+                Err(e) => tracing::error!("reaper: {e}"),
+            }
+        }
+    }
+
+    async fn worker_kinds(&self, id: i64) -> Result<Vec<String>, Status> {
+        let caps: Option<serde_json::Value> =
+            sqlx::query_scalar("SELECT capabilities FROM workers WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.store.pool)
+                .await
+                .map_err(|e| status(e.into()))?;
+        let caps = caps.ok_or_else(|| Status::not_found("unknown worker; register again"))?;
+        Ok(caps["job_kinds"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    async fn collect_upload(
+        &self,
+        mut stream: Streaming<pb::UploadChunk>,
+        max: u64,
+    ) -> Result<(pb::UploadHeader, Vec<u8>), Status> {
+        let mut header: Option<pb::UploadHeader> = None;
+        let mut data = Vec::new();
+        while let Some(chunk) = stream.message().await? {
+            if let Some(h) = chunk.header {
+                if header.is_some() {
+                    return Err(Status::invalid_argument("header sent twice"));
+                }
+                if h.size > max {
+                    return Err(Status::resource_exhausted(format!(
+                        "upload of {} bytes exceeds the limit of {max}",
+                        h.size
+                    )));
+                }
+                data.reserve(h.size as usize);
+                header = Some(h);
+            }
+            let h = header
+                .as_ref()
+                .ok_or_else(|| Status::invalid_argument("the first chunk must carry the header"))?;
+            if (data.len() + chunk.data.len()) as u64 > h.size {
+                return Err(Status::invalid_argument(
+                    "more bytes than the header announced",
+                ));
+            }
+            data.extend_from_slice(&chunk.data);
+        }
+        let h = header.ok_or_else(|| Status::invalid_argument("empty upload"))?;
+        if data.len() as u64 != h.size {
+            return Err(Status::invalid_argument(format!(
+                "truncated upload: {} of {} bytes",
+                data.len(),
+                h.size
+            )));
+        }
+        if crate::blobs::sha256_hex(&data) != h.sha256 {
+            return Err(Status::invalid_argument("upload does not match its sha256"));
+        }
+        Ok((h, data))
+    }
+
+    fn download_stream(
+        data: Vec<u8>,
+        sha: String,
+        step: i64,
+    ) -> Pin<Box<dyn Stream<Item = Result<pb::DataChunk, Status>> + Send>> {
+        let total = data.len() as u64;
+        let chunks: Vec<Result<pb::DataChunk, Status>> = if data.is_empty() {
+            vec![Ok(pb::DataChunk {
+                data: Vec::new(),
+                total_size: 0,
+                sha256: sha,
+                step,
+            })]
+        } else {
+            data.chunks(1 << 20)
+                .enumerate()
+                .map(|(i, c)| {
+                    Ok(pb::DataChunk {
+                        data: c.to_vec(),
+                        total_size: if i == 0 { total } else { 0 },
+                        sha256: if i == 0 { sha.clone() } else { String::new() },
+                        step,
+                    })
+                })
+                .collect()
+        };
+        Box::pin(tokio_stream::iter(chunks))
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl WorkerApi for Coordinator {
+    async fn register(
+        &self,
+        req: Request<pb::RegisterRequest>,
+    ) -> Result<Response<pb::RegisterReply>, Status> {
+        let r = req.into_inner();
+        let caps = r.capabilities.unwrap_or_default();
+        if r.name.len() > 256 || caps.job_kinds.len() > 64 {
+            return Err(Status::invalid_argument("registration too large"));
+        }
+        let json = serde_json::json!({
+            "devices": caps.devices,
+            "memory_bytes": caps.memory_bytes,
+            "version": caps.version,
+            "job_kinds": caps.job_kinds,
+            "hostname": caps.hostname,
+        });
+        let id = self
+            .store
+            .register_worker(&r.name, json)
+            .await
+            .map_err(status)?;
+        tracing::info!("worker {id} registered ({})", r.name);
+        Ok(Response::new(pb::RegisterReply {
+            worker_id: id,
+            heartbeat_ms: self.cfg.heartbeat.as_millis() as u32,
+            lease_ms: self.store.lease.as_millis() as u32,
+        }))
+    }
+
+    type SessionStream = BoxStream<pb::CoordinatorMessage>;
+
+    async fn session(
+        &self,
+        req: Request<Streaming<pb::WorkerMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let mut inbound = req.into_inner();
+        let worker = match inbound.message().await?.and_then(|m| m.kind) {
+            Some(pb::worker_message::Kind::Hello(h)) => h.worker_id,
+            _ => return Err(Status::invalid_argument("a session starts with Hello")),
+        };
+        if !self.store.worker_exists(worker).await.map_err(status)? {
+            return Err(Status::not_found("unknown worker; register again"));
+        }
+        let kinds = self.worker_kinds(worker).await?;
+        let (tx, rx) = mpsc::channel::<Result<pb::CoordinatorMessage, Status>>(16);
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut idle = false;
+            let mut running: Option<Fence> = None;
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            loop {
+                tokio::select! {
+                    msg = inbound.message() => match msg {
+                        Ok(Some(pb::WorkerMessage { kind: Some(pb::worker_message::Kind::Heartbeat(hb)) })) => {
+                            idle = hb.idle;
+                            running = hb.running.map(|f| Fence { worker, run: f.run_id, attempt: f.attempt });
+                            if let Some(f) = running {
+                                if f.worker != worker { continue; }
+                                match me.store.heartbeat(f, hb.step, hb.total_steps).await {
+                                    Ok(false) => {}
+                                    Ok(true) => {
+                                        let _ = tx.send(Ok(cancel_msg(f, "cancelled by user"))).await;
+                                    }
+                                    Err(StoreError::Stale { .. }) => {
+                                        let _ = tx.send(Ok(cancel_msg(f, "this attempt lost its lease; the run was reassigned"))).await;
+                                    }
+                                    Err(e) => tracing::error!("heartbeat: {e}"),
+                                }
+                            }
+                        }
+                        Ok(Some(_)) => {}
+                        Ok(None) | Err(_) => break,
+                    },
+                    _ = tick.tick() => {}
+                    _ = me.work.notified() => {}
+                }
+                if idle && running.is_none() {
+                    match me.store.claim(worker, &kinds).await {
+                        Ok(Some(c)) => {
+                            let msg = pb::CoordinatorMessage {
+                                kind: Some(pb::coordinator_message::Kind::Assign(pb::Assignment {
+                                    fence: Some(pb::Fence {
+                                        worker_id: c.fence.worker,
+                                        run_id: c.fence.run,
+                                        attempt: c.fence.attempt,
+                                    }),
+                                    experiment: c.experiment,
+                                    run_name: c.run_name,
+                                    job_kind: c.job_kind,
+                                    job_yaml: c.config,
+                                    inputs: c
+                                        .inputs
+                                        .into_iter()
+                                        .map(|(field, checkpoint_id)| pb::Input {
+                                            field,
+                                            checkpoint_id,
+                                        })
+                                        .collect(),
+                                    resume_checkpoint: c.resume.map_or(0, |r| r.0),
+                                    resume_step: c.resume.map_or(0, |r| r.1),
+                                })),
+                            };
+                            idle = false;
+                            running = Some(c.fence);
+                            if tx.send(Ok(msg)).await.is_err() {
+                                break;
+                            }
+                        }
+                        Ok(None) => {}
+                        Err(e) => tracing::error!("claim: {e}"),
+                    }
+                }
+            }
+            tracing::info!("worker {worker}: session closed");
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn report_metrics(
+        &self,
+        req: Request<pb::MetricBatch>,
+    ) -> Result<Response<pb::Ack>, Status> {
+        let b = req.into_inner();
+        let f = fence(b.fence)?;
+        let n = b.steps.len();
+        if n > self.cfg.limits.max_points {
+            return Err(Status::resource_exhausted(format!(
+                "{n} points in one batch; at most {}",
+                self.cfg.limits.max_points
+            )));
+        }
+        if b.values.len() != n
+            || b.name_index.len() != n
+            || (!b.times.is_empty() && b.times.len() != n)
+        {
+            return Err(Status::invalid_argument("metric columns differ in length"));
+        }
+        if b.names.iter().any(|s| s.is_empty() || s.len() > 128) {
+            return Err(Status::invalid_argument("metric names are 1 to 128 bytes"));
+        }
+        let mut series: BTreeMap<String, Series> = BTreeMap::new();
+        for i in 0..n {
+            let name = b
+                .names
+                .get(b.name_index[i] as usize)
+                .ok_or_else(|| Status::invalid_argument("name index out of range"))?;
+            let s = series.entry(name.clone()).or_default();
+            s.steps.push(b.steps[i]);
+            s.values.push(b.values[i]);
+        }
+        let applied = self
+            .store
+            .ingest(f, b.seq as i64, &series)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::Ack { applied }))
+    }
+
+    async fn report_logs(&self, req: Request<pb::LogBatch>) -> Result<Response<pb::Ack>, Status> {
+        let b = req.into_inner();
+        let f = fence(b.fence)?;
+        if b.lines.len() > self.cfg.limits.max_log_lines {
+            return Err(Status::resource_exhausted(
+                "too many log lines in one batch",
+            ));
+        }
+        let lines: Vec<String> = b
+            .lines
+            .into_iter()
+            .map(|l| l.chars().take(4096).collect())
+            .collect();
+        self.store.append_logs(f, &lines).await.map_err(status)?;
+        Ok(Response::new(pb::Ack { applied: true }))
+    }
+
+    async fn upload_checkpoint(
+        &self,
+        req: Request<Streaming<pb::UploadChunk>>,
+    ) -> Result<Response<pb::UploadReply>, Status> {
+        let (h, data) = self
+            .collect_upload(req.into_inner(), self.cfg.limits.max_checkpoint)
+            .await?;
+        let f = fence(h.fence)?;
+        let (id, stored) = self
+            .store
+            .store_checkpoint(f, h.step, &data)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::UploadReply {
+            id,
+            stored_bytes: stored,
+        }))
+    }
+
+    async fn upload_artifact(
+        &self,
+        req: Request<Streaming<pb::UploadChunk>>,
+    ) -> Result<Response<pb::UploadReply>, Status> {
+        let (h, data) = self
+            .collect_upload(req.into_inner(), self.cfg.limits.max_artifact)
+            .await?;
+        let f = fence(h.fence)?;
+        if h.name.is_empty()
+            || h.name.len() > 64
+            || !h
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(Status::invalid_argument(
+                "artifact names are 1 to 64 of [A-Za-z0-9_-]",
+            ));
+        }
+        let (id, stored) = self
+            .store
+            .store_artifact(f, h.step, &h.name, &data)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::UploadReply {
+            id,
+            stored_bytes: stored,
+        }))
+    }
+
+    type DownloadStream = BoxStream<pb::DataChunk>;
+
+    async fn download(
+        &self,
+        req: Request<pb::DownloadRequest>,
+    ) -> Result<Response<Self::DownloadStream>, Status> {
+        let r = req.into_inner();
+        let (data, sha, step) = self
+            .store
+            .checkpoint_bytes(r.checkpoint_id)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(Coordinator::download_stream(data, sha, step)))
+    }
+
+    async fn finish(&self, req: Request<pb::FinishRequest>) -> Result<Response<pb::Ack>, Status> {
+        let r = req.into_inner();
+        let f = fence(r.fence)?;
+        let outcome = match pb::finish_request::Outcome::try_from(r.outcome) {
+            Ok(pb::finish_request::Outcome::Succeeded) => "succeeded",
+            Ok(pb::finish_request::Outcome::Failed) => "failed",
+            Ok(pb::finish_request::Outcome::Cancelled) => "cancelled",
+            _ => return Err(Status::invalid_argument("unknown outcome")),
+        };
+        let message: String = r.message.chars().take(8192).collect();
+        self.store
+            .finish(f, outcome, &message, r.step)
+            .await
+            .map_err(status)?;
+        self.work.notify_waiters();
+        Ok(Response::new(pb::Ack { applied: true }))
+    }
+}
+
+fn cancel_msg(f: Fence, reason: &str) -> pb::CoordinatorMessage {
+    pb::CoordinatorMessage {
+        kind: Some(pb::coordinator_message::Kind::Cancel(pb::CancelRun {
+            fence: Some(pb::Fence {
+                worker_id: f.worker,
+                run_id: f.run,
+                attempt: f.attempt,
+            }),
+            reason: reason.into(),
+        })),
+    }
+}
+
+/// The run summaries of `submit` and `get`.
+fn run_summary(r: &crate::store::RunRow) -> pb::RunSummary {
+    pb::RunSummary {
+        id: r.id,
+        name: r.name.clone(),
+        job_kind: r.job_kind.clone(),
+        state: r.state.clone(),
+        attempt: r.attempt,
+        config: r.config.clone(),
+        step: r.step,
+        total_steps: r.total_steps,
+        error: r.error.clone().unwrap_or_default(),
+        ..Default::default()
+    }
+}
+
+fn experiment_summary(e: &crate::store::ExperimentRow) -> pb::ExperimentSummary {
+    pb::ExperimentSummary {
+        id: e.id,
+        name: e.name.clone(),
+        state: e.state.clone(),
+        created_unix: e.created,
+        run_states: e.run_states.clone().into_iter().collect(),
+        objective: format!("{} ({})", e.objective, e.mode),
+        best_objective: e.best.unwrap_or(0.0),
+        has_best: e.best.is_some(),
+    }
+}
+
+#[tonic::async_trait]
+impl UserApi for Coordinator {
+    async fn submit_experiment(
+        &self,
+        req: Request<pb::SubmitRequest>,
+    ) -> Result<Response<pb::SubmitReply>, Status> {
+        let r = req.into_inner();
+        let file: String = r.file_name.chars().take(256).collect();
+        let exp = experiment::parse(&file, &r.yaml)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if r.dry_run {
+            return Ok(Response::new(pb::SubmitReply {
+                experiment_id: 0,
+                name: exp.name.clone(),
+                runs: exp
+                    .runs
+                    .iter()
+                    .map(|p| pb::RunSummary {
+                        name: p.name.clone(),
+                        job_kind: p.job.clone(),
+                        state: if p.inputs.is_empty() {
+                            "queued"
+                        } else {
+                            "pending"
+                        }
+                        .into(),
+                        needs: p.inputs.iter().map(|i| i.1.clone()).collect(),
+                        config: p.config.clone(),
+                        total_steps: p.total_steps,
+                        ..Default::default()
+                    })
+                    .collect(),
+            }));
+        }
+        let (id, runs) = self
+            .store
+            .submit(&exp, &file, &r.yaml)
+            .await
+            .map_err(status)?;
+        self.work.notify_waiters();
+        Ok(Response::new(pb::SubmitReply {
+            experiment_id: id,
+            name: exp.name,
+            runs: runs.iter().map(run_summary).collect(),
+        }))
+    }
+
+    async fn list_experiments(
+        &self,
+        _req: Request<pb::ListRequest>,
+    ) -> Result<Response<pb::ListReply>, Status> {
+        let rows = self.store.experiments(None).await.map_err(status)?;
+        Ok(Response::new(pb::ListReply {
+            experiments: rows.iter().map(experiment_summary).collect(),
+        }))
+    }
+
+    async fn get_experiment(
+        &self,
+        req: Request<pb::GetRequest>,
+    ) -> Result<Response<pb::ExperimentDetail>, Status> {
+        let key = req.into_inner().experiment;
+        let id = self.store.resolve_experiment(&key).await.map_err(status)?;
+        let e = self
+            .store
+            .experiments(Some(id))
+            .await
+            .map_err(status)?
+            .pop()
+            .ok_or_else(|| Status::not_found("experiment vanished"))?;
+        let mut runs = Vec::new();
+        for r in self.store.runs(id).await.map_err(status)? {
+            let mut s = run_summary(&r);
+            s.needs = self.store.needs(r.id).await.map_err(status)?;
+            s.metrics = self
+                .store
+                .summaries(r.id)
+                .await
+                .map_err(status)?
+                .into_iter()
+                .map(|m| pb::MetricSummary {
+                    name: m.name,
+                    last: m.last,
+                    min: m.min,
+                    max: m.max,
+                    last_step: m.last_step,
+                    count: m.count,
+                })
+                .collect();
+            s.attempts = self
+                .store
+                .attempts(r.id)
+                .await
+                .map_err(status)?
+                .into_iter()
+                .map(|a| pb::AttemptInfo {
+                    attempt: a.attempt,
+                    worker_id: a.worker,
+                    state: a.state,
+                    started_unix: a.started,
+                    ended_unix: a.ended,
+                    resumed_from_step: a.resumed_from_step,
+                    message: a.message,
+                })
+                .collect();
+            runs.push(s);
+        }
+        Ok(Response::new(pb::ExperimentDetail {
+            summary: Some(experiment_summary(&e)),
+            runs,
+            yaml: e.yaml,
+        }))
+    }
+
+    type WatchMetricsStream = BoxStream<pb::MetricUpdate>;
+
+    async fn watch_metrics(
+        &self,
+        req: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchMetricsStream>, Status> {
+        let r = req.into_inner();
+        let exp = self
+            .store
+            .resolve_experiment(&r.experiment)
+            .await
+            .map_err(status)?;
+        let mut runs: Vec<(i64, String)> = self
+            .store
+            .runs(exp)
+            .await
+            .map_err(status)?
+            .into_iter()
+            .map(|x| (x.id, x.name))
+            .collect();
+        if !r.run.is_empty() {
+            runs.retain(|x| x.1 == r.run);
+            if runs.is_empty() {
+                return Err(Status::not_found(format!("no run {:?}", r.run)));
+            }
+        }
+        let (tx, rx) = mpsc::channel(64);
+        let store = self.store.clone();
+        let wanted: Vec<String> = r.metrics;
+        tokio::spawn(async move {
+            let mut last: BTreeMap<i64, i64> = BTreeMap::new();
+            let mut states: BTreeMap<i64, String> = BTreeMap::new();
+            loop {
+                for (id, name) in &runs {
+                    let after = last.get(id).copied().unwrap_or(0);
+                    let Ok((curves, upto)) = store.curves_since(*id, after).await else {
+                        return;
+                    };
+                    last.insert(*id, upto);
+                    for (metric, s) in curves {
+                        if !wanted.is_empty() && !wanted.contains(&metric) {
+                            continue;
+                        }
+                        let u = pb::MetricUpdate {
+                            run: name.clone(),
+                            name: metric,
+                            steps: s.steps,
+                            values: s.values,
+                            run_state: String::new(),
+                        };
+                        if tx.send(Ok(u)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                let Ok(rows) = store.runs(exp).await else {
+                    return;
+                };
+                let mut all_done = true;
+                for row in rows.iter().filter(|x| runs.iter().any(|r| r.0 == x.id)) {
+                    if !matches!(row.state.as_str(), "succeeded" | "failed" | "cancelled") {
+                        all_done = false;
+                    }
+                    if states.get(&row.id) != Some(&row.state) {
+                        states.insert(row.id, row.state.clone());
+                        let u = pb::MetricUpdate {
+                            run: row.name.clone(),
+                            run_state: row.state.clone(),
+                            ..Default::default()
+                        };
+                        if tx.send(Ok(u)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                if r.backlog_only || all_done {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn best_checkpoints(
+        &self,
+        req: Request<pb::BestRequest>,
+    ) -> Result<Response<pb::BestReply>, Status> {
+        let r = req.into_inner();
+        let id = self
+            .store
+            .resolve_experiment(&r.experiment)
+            .await
+            .map_err(status)?;
+        let e = self
+            .store
+            .experiments(Some(id))
+            .await
+            .map_err(status)?
+            .pop()
+            .ok_or_else(|| Status::not_found("experiment vanished"))?;
+        let metric = if r.metric.is_empty() {
+            e.objective.clone()
+        } else {
+            r.metric.clone()
+        };
+        // Losses are minimised; for other metrics than the objective, guess by name.
+        let mode = if metric == e.objective {
+            if e.mode == "max" {
+                Mode::Max
+            } else {
+                Mode::Min
+            }
+        } else if metric.starts_with("loss")
+            || metric.contains("fid")
+            || metric.ends_with("realism")
+        {
+            Mode::Min
+        } else {
+            Mode::Max
+        };
+        let top = if r.top == 0 { 5 } else { r.top.min(1000) } as usize;
+        let ranked = self
+            .store
+            .best(id, &metric, mode, top)
+            .await
+            .map_err(status)?;
+        let mut out = Vec::new();
+        for c in ranked {
+            let metrics = self
+                .store
+                .metrics_at(c.run_id, c.step)
+                .await
+                .map_err(status)?;
+            out.push(pb::BestCheckpoint {
+                checkpoint_id: c.id,
+                run: c.run,
+                step: c.step,
+                value: c.value,
+                size: c.size as u64,
+                sha256: c.sha256,
+                metrics: metrics.into_iter().collect(),
+            });
+        }
+        Ok(Response::new(pb::BestReply {
+            metric,
+            mode: mode.as_str().into(),
+            checkpoints: out,
+        }))
+    }
+
+    async fn cancel(
+        &self,
+        req: Request<pb::CancelRequest>,
+    ) -> Result<Response<pb::CancelReply>, Status> {
+        let r = req.into_inner();
+        let id = self
+            .store
+            .resolve_experiment(&r.experiment)
+            .await
+            .map_err(status)?;
+        let run = (!r.run.is_empty()).then_some(r.run.as_str());
+        if let Some(name) = run {
+            self.store.resolve_run(id, name).await.map_err(status)?;
+        }
+        let cancelled = self.store.cancel(id, run).await.map_err(status)?;
+        Ok(Response::new(pb::CancelReply { cancelled }))
+    }
+
+    async fn logs(&self, req: Request<pb::LogsRequest>) -> Result<Response<pb::LogsReply>, Status> {
+        let r = req.into_inner();
+        let id = self
+            .store
+            .resolve_experiment(&r.experiment)
+            .await
+            .map_err(status)?;
+        let run = self.store.resolve_run(id, &r.run).await.map_err(status)?;
+        let tail = if r.tail == 0 {
+            200
+        } else {
+            r.tail.min(100_000)
+        } as i64;
+        let lines = self.store.logs(run, tail).await.map_err(status)?;
+        Ok(Response::new(pb::LogsReply { lines }))
+    }
+
+    type DownloadCheckpointStream = BoxStream<pb::DataChunk>;
+
+    async fn download_checkpoint(
+        &self,
+        req: Request<pb::DownloadRequest>,
+    ) -> Result<Response<Self::DownloadCheckpointStream>, Status> {
+        let (data, sha, step) = self
+            .store
+            .checkpoint_bytes(req.into_inner().checkpoint_id)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(Coordinator::download_stream(data, sha, step)))
+    }
+}
+
+/// Serves both services on `addr` until `shutdown` resolves; runs the lease reaper alongside.
+pub async fn serve(
+    coordinator: Coordinator,
+    listener: tokio::net::TcpListener,
+    tls: Option<tonic::transport::ServerTlsConfig>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let reaper = tokio::spawn(coordinator.clone().reaper());
+    let (worker, user) = coordinator.services();
+    let mut builder = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .tcp_nodelay(true);
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let result = builder
+        .add_service(worker)
+        .add_service(user)
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await;
+    reaper.abort();
+    Ok(result?)
+}

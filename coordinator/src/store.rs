@@ -1,0 +1,1400 @@
+//! Everything the coordinator knows lives in Postgres; this module is the only place that
+//! speaks SQL. Every statement is parameterised. Writes about a run are fenced by
+//! `(worker, run, attempt)`: a stale attempt's write finds no matching lease and is refused.
+
+use crate::blobs;
+use crate::experiment::{Experiment, Mode};
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::Row;
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+/// Store errors that callers tell apart.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The attempt no longer holds the run's lease (lost, reassigned, finished or cancelled).
+    #[error("stale attempt: run {run} attempt {attempt} is not leased to worker {worker}")]
+    Stale {
+        /// Run id.
+        run: i64,
+        /// Attempt number.
+        attempt: i32,
+        /// Worker id.
+        worker: i64,
+    },
+    /// Something named does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// Invalid request.
+    #[error("{0}")]
+    Invalid(String),
+    /// Database failure.
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+}
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+/// `(worker, run, attempt)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fence {
+    /// Worker id.
+    pub worker: i64,
+    /// Run id.
+    pub run: i64,
+    /// Attempt number.
+    pub attempt: i32,
+}
+
+/// Work handed to a worker.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    /// The new attempt's fence.
+    pub fence: Fence,
+    /// Experiment name.
+    pub experiment: String,
+    /// Run name.
+    pub run_name: String,
+    /// Job kind.
+    pub job_kind: String,
+    /// Job YAML.
+    pub config: String,
+    /// `(field, checkpoint id)` of upstream runs.
+    pub inputs: Vec<(String, i64)>,
+    /// Checkpoint to resume from and its step.
+    pub resume: Option<(i64, i64)>,
+}
+
+/// Summary of one metric of a run.
+#[derive(Debug, Clone)]
+pub struct MetricSummary {
+    /// Metric name.
+    pub name: String,
+    /// Last value.
+    pub last: f64,
+    /// Smallest value.
+    pub min: f64,
+    /// Largest value.
+    pub max: f64,
+    /// Step of the last value.
+    pub last_step: i64,
+    /// Points.
+    pub count: i64,
+}
+
+/// A run as lists show it.
+#[derive(Debug, Clone)]
+pub struct RunRow {
+    /// Id.
+    pub id: i64,
+    /// Name.
+    pub name: String,
+    /// Job kind.
+    pub job_kind: String,
+    /// State.
+    pub state: String,
+    /// Current attempt.
+    pub attempt: i32,
+    /// Job YAML.
+    pub config: String,
+    /// Progress.
+    pub step: i64,
+    /// Total steps.
+    pub total_steps: i64,
+    /// Failure message.
+    pub error: Option<String>,
+}
+
+/// An attempt of a run.
+#[derive(Debug, Clone)]
+pub struct AttemptRow {
+    /// Attempt number.
+    pub attempt: i32,
+    /// Worker.
+    pub worker: i64,
+    /// running, succeeded, failed, cancelled or lost.
+    pub state: String,
+    /// Unix seconds.
+    pub started: i64,
+    /// Unix seconds (0 while running).
+    pub ended: i64,
+    /// Step it resumed from.
+    pub resumed_from_step: i64,
+    /// Why it ended.
+    pub message: String,
+}
+
+/// An experiment as lists show it.
+#[derive(Debug, Clone)]
+pub struct ExperimentRow {
+    /// Id.
+    pub id: i64,
+    /// Name.
+    pub name: String,
+    /// State.
+    pub state: String,
+    /// Unix seconds.
+    pub created: i64,
+    /// Objective metric.
+    pub objective: String,
+    /// max or min.
+    pub mode: String,
+    /// The YAML as submitted.
+    pub yaml: String,
+    /// Runs per state.
+    pub run_states: BTreeMap<String, i64>,
+    /// Best objective value over its checkpoints.
+    pub best: Option<f64>,
+}
+
+/// A checkpoint ranked by `best`.
+#[derive(Debug, Clone)]
+pub struct Ranked {
+    /// Checkpoint id.
+    pub id: i64,
+    /// Run id.
+    pub run_id: i64,
+    /// Run name.
+    pub run: String,
+    /// Step.
+    pub step: i64,
+    /// Metric value at that step.
+    pub value: f64,
+    /// Bytes.
+    pub size: i64,
+    /// SHA-256 (hex).
+    pub sha256: String,
+}
+
+/// The Postgres store.
+#[derive(Clone)]
+pub struct Store {
+    /// The connection pool.
+    pub pool: PgPool,
+    /// Lease length.
+    pub lease: Duration,
+}
+
+fn pack_i64(v: &[i64]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+fn pack_f64(v: &[f64]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+fn unpack_i64(b: &[u8]) -> Vec<i64> {
+    b.chunks_exact(8)
+        .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
+        .collect()
+}
+fn unpack_f64(b: &[u8]) -> Vec<f64> {
+    b.chunks_exact(8)
+        .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
+        .collect()
+}
+
+/// Points of one metric in a batch.
+#[derive(Debug, Default, Clone)]
+pub struct Series {
+    /// Steps, in report order.
+    pub steps: Vec<i64>,
+    /// Values.
+    pub values: Vec<f64>,
+}
+
+impl Store {
+    /// Connects and applies the migrations.
+    pub async fn connect(url: &str, lease: Duration) -> anyhow::Result<Store> {
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(url)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot connect to Postgres: {e}"))?;
+        sqlx::migrate!("../migrations").run(&pool).await?;
+        Ok(Store { pool, lease })
+    }
+
+    fn lease_secs(&self) -> f64 {
+        self.lease.as_secs_f64()
+    }
+
+    /// Stores a validated experiment: its runs (those without needs queued at once), their
+    /// dependencies and a submit event, in one transaction.
+    pub async fn submit(
+        &self,
+        exp: &Experiment,
+        file_name: &str,
+        yaml: &str,
+    ) -> Result<(i64, Vec<RunRow>)> {
+        let mut tx = self.pool.begin().await?;
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO experiments (name, file_name, yaml, objective_metric, objective_mode, \
+             max_restarts, keep_best, keep_latest) VALUES ($1,$2,$3,$4,$5,$6,$7,$8) RETURNING id",
+        )
+        .bind(&exp.name)
+        .bind(file_name)
+        .bind(yaml)
+        .bind(&exp.objective.metric)
+        .bind(exp.objective.mode.as_str())
+        .bind(exp.max_restarts as i32)
+        .bind(exp.retention.keep.best as i32)
+        .bind(exp.retention.keep.latest as i32)
+        .fetch_one(&mut *tx)
+        .await?;
+        let mut ids: HashMap<&str, i64> = HashMap::new();
+        let mut rows = Vec::new();
+        for r in &exp.runs {
+            let state = if r.inputs.is_empty() {
+                "queued"
+            } else {
+                "pending"
+            };
+            let run_id: i64 = sqlx::query_scalar(
+                "INSERT INTO runs (experiment_id, name, job_kind, config, state, total_steps, queued_at) \
+                 VALUES ($1,$2,$3,$4,$5,$6, CASE WHEN $5 = 'queued' THEN clock_timestamp() END) RETURNING id",
+            )
+            .bind(id)
+            .bind(&r.name)
+            .bind(&r.job)
+            .bind(&r.config)
+            .bind(state)
+            .bind(r.total_steps)
+            .fetch_one(&mut *tx)
+            .await?;
+            for (field, up) in &r.inputs {
+                sqlx::query("INSERT INTO run_deps (run_id, upstream_id, field) VALUES ($1,$2,$3)")
+                    .bind(run_id)
+                    .bind(ids[up.as_str()])
+                    .bind(field)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            ids.insert(r.name.as_str(), run_id);
+            rows.push(RunRow {
+                id: run_id,
+                name: r.name.clone(),
+                job_kind: r.job.clone(),
+                state: state.into(),
+                attempt: 0,
+                config: r.config.clone(),
+                step: 0,
+                total_steps: r.total_steps,
+                error: None,
+            });
+        }
+        sqlx::query(
+            "INSERT INTO events (experiment_id, kind, message) VALUES ($1, 'submitted', $2)",
+        )
+        .bind(id)
+        .bind(format!("{} runs from {file_name}", exp.runs.len()))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok((id, rows))
+    }
+
+    /// Registers a worker (or refreshes one that reconnects with its id).
+    pub async fn register_worker(&self, name: &str, caps: serde_json::Value) -> Result<i64> {
+        Ok(sqlx::query_scalar(
+            "INSERT INTO workers (name, capabilities) VALUES ($1, $2) RETURNING id",
+        )
+        .bind(name)
+        .bind(caps)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    /// Whether a worker id exists (a reconnecting worker keeps its id).
+    pub async fn worker_exists(&self, id: i64) -> Result<bool> {
+        let n: Option<i64> =
+            sqlx::query_scalar("UPDATE workers SET last_seen = now() WHERE id = $1 RETURNING id")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(n.is_some())
+    }
+
+    /// Claims the oldest queued run this worker can run, as a new attempt holding a lease.
+    /// `FOR UPDATE SKIP LOCKED` lets any number of coordinators share the database.
+    pub async fn claim(&self, worker: i64, job_kinds: &[String]) -> Result<Option<Claim>> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(
+            "SELECT r.id, r.name, r.job_kind, r.config, r.attempt, e.name AS exp FROM runs r \
+             JOIN experiments e ON e.id = r.experiment_id \
+             WHERE r.state = 'queued' AND r.job_kind = ANY($1) \
+             ORDER BY r.queued_at, r.id LIMIT 1 FOR UPDATE OF r SKIP LOCKED",
+        )
+        .bind(job_kinds)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let run: i64 = row.get("id");
+        let attempt: i32 = row.get::<i32, _>("attempt") + 1;
+        let resume: Option<(i64, i64)> = sqlx::query_as(
+            "SELECT id, step FROM checkpoints WHERE run_id = $1 ORDER BY step DESC LIMIT 1",
+        )
+        .bind(run)
+        .fetch_optional(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE runs SET state = 'running', attempt = $2, lease_worker = $3, \
+             lease_expires = now() + make_interval(secs => $4) WHERE id = $1",
+        )
+        .bind(run)
+        .bind(attempt)
+        .bind(worker)
+        .bind(self.lease_secs())
+        .execute(&mut *tx)
+        .await?;
+        let from = resume.map_or(0, |r| r.1);
+        sqlx::query(
+            "INSERT INTO attempts (run_id, attempt, worker_id, resumed_from_step) VALUES ($1,$2,$3,$4)",
+        )
+        .bind(run)
+        .bind(attempt)
+        .bind(worker)
+        .bind(from)
+        .execute(&mut *tx)
+        .await?;
+        if attempt > 1 {
+            // The new attempt redoes everything after its checkpoint: cut the lost attempt's
+            // later points so the curve keeps one point per (metric, step).
+            truncate_after(&mut tx, run, from).await?;
+        }
+        let inputs: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT d.field, (SELECT c.id FROM checkpoints c WHERE c.run_id = d.upstream_id \
+             ORDER BY c.step DESC LIMIT 1) FROM run_deps d WHERE d.run_id = $1",
+        )
+        .bind(run)
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .map(|(f, c): (String, Option<i64>)| (f, c.unwrap_or(0)))
+        .collect();
+        if let Some((field, _)) = inputs.iter().find(|(_, c)| *c == 0) {
+            return Err(StoreError::Invalid(format!(
+                "run {run}: the upstream run for `{field}` left no checkpoint"
+            )));
+        }
+        event(
+            &mut tx,
+            run,
+            "started",
+            &format!(
+                "attempt {attempt} on worker {worker}{}",
+                if from > 0 {
+                    format!(", resuming from step {from}")
+                } else {
+                    String::new()
+                }
+            ),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Some(Claim {
+            fence: Fence {
+                worker,
+                run,
+                attempt,
+            },
+            experiment: row.get("exp"),
+            run_name: row.get("name"),
+            job_kind: row.get("job_kind"),
+            config: row.get("config"),
+            inputs,
+            resume,
+        }))
+    }
+
+    /// Renews the lease of a running attempt and records progress. Returns whether a cancel
+    /// was requested; `Stale` when the attempt lost its lease.
+    pub async fn heartbeat(&self, f: Fence, step: i64, total: i64) -> Result<bool> {
+        sqlx::query("UPDATE workers SET last_seen = now() WHERE id = $1")
+            .bind(f.worker)
+            .execute(&self.pool)
+            .await?;
+        let r: Option<bool> = sqlx::query_scalar(
+            "UPDATE runs SET lease_expires = now() + make_interval(secs => $4), \
+             step = GREATEST(step, $5), total_steps = CASE WHEN $6 > 0 THEN $6 ELSE total_steps END \
+             WHERE id = $1 AND attempt = $2 AND lease_worker = $3 AND state = 'running' \
+             RETURNING cancel_requested",
+        )
+        .bind(f.run)
+        .bind(f.attempt)
+        .bind(f.worker)
+        .bind(self.lease_secs())
+        .bind(step)
+        .bind(total)
+        .fetch_optional(&self.pool)
+        .await?;
+        r.ok_or(StoreError::Stale {
+            run: f.run,
+            attempt: f.attempt,
+            worker: f.worker,
+        })
+    }
+
+    /// Ingests one metric batch: fence check, idempotency by `(run, attempt, seq)`, one insert
+    /// of packed rows, one upsert of summaries, one update of checkpoint objectives.
+    pub async fn ingest(
+        &self,
+        f: Fence,
+        seq: i64,
+        batch: &BTreeMap<String, Series>,
+    ) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        lock_fence(&mut tx, f).await?;
+        let fresh = sqlx::query(
+            "INSERT INTO metric_batches (run_id, attempt, seq) VALUES ($1,$2,$3) ON CONFLICT DO NOTHING",
+        )
+        .bind(f.run)
+        .bind(f.attempt)
+        .bind(seq)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if !fresh {
+            tx.commit().await?;
+            return Ok(false);
+        }
+        insert_series(&mut tx, f.run, batch).await?;
+        let objective: String = sqlx::query_scalar(
+            "SELECT e.objective_metric FROM runs r JOIN experiments e ON e.id = r.experiment_id WHERE r.id = $1",
+        )
+        .bind(f.run)
+        .fetch_one(&mut *tx)
+        .await?;
+        if let Some(s) = batch.get(&objective) {
+            sqlx::query(
+                "UPDATE checkpoints c SET objective = p.v FROM UNNEST($2::int8[], $3::float8[]) AS p(s, v) \
+                 WHERE c.run_id = $1 AND c.step = p.s",
+            )
+            .bind(f.run)
+            .bind(&s.steps)
+            .bind(&s.values)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Appends log lines of an attempt.
+    pub async fn append_logs(&self, f: Fence, lines: &[String]) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        lock_fence(&mut tx, f).await?;
+        sqlx::query("INSERT INTO logs (run_id, attempt, line) SELECT $1, $2, UNNEST($3::text[])")
+            .bind(f.run)
+            .bind(f.attempt)
+            .bind(lines)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Stores a checkpoint file: chunks at tensor boundaries, each stored once by content.
+    /// Returns `(checkpoint id, bytes newly stored)`.
+    pub async fn store_checkpoint(&self, f: Fence, step: i64, data: &[u8]) -> Result<(i64, u64)> {
+        let chunks = blobs::split_checkpoint(data)
+            .map_err(|e| StoreError::Invalid(format!("not a checkpoint: {e}")))?;
+        let mut tx = self.pool.begin().await?;
+        lock_fence(&mut tx, f).await?;
+        chunk_lock(&mut tx, false).await?;
+        let (hashes, new_bytes) = store_chunks(&mut tx, data, &chunks).await?;
+        let objective_name: String = sqlx::query_scalar(
+            "SELECT e.objective_metric FROM runs r JOIN experiments e ON e.id = r.experiment_id WHERE r.id = $1",
+        )
+        .bind(f.run)
+        .fetch_one(&mut *tx)
+        .await?;
+        let objective = value_at(&mut tx, f.run, &objective_name, step).await?;
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO checkpoints (run_id, attempt, step, size, sha256, chunks, objective) \
+             VALUES ($1,$2,$3,$4,$5,$6,$7) ON CONFLICT (run_id, step) DO UPDATE SET \
+             attempt = EXCLUDED.attempt, size = EXCLUDED.size, sha256 = EXCLUDED.sha256, \
+             chunks = EXCLUDED.chunks, objective = EXCLUDED.objective RETURNING id",
+        )
+        .bind(f.run)
+        .bind(f.attempt)
+        .bind(step)
+        .bind(data.len() as i64)
+        .bind(blobs::sha256_hex(data))
+        .bind(&hashes)
+        .bind(objective)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok((id, new_bytes))
+    }
+
+    /// Stores a picture of a run.
+    pub async fn store_artifact(
+        &self,
+        f: Fence,
+        step: i64,
+        name: &str,
+        data: &[u8],
+    ) -> Result<(i64, u64)> {
+        let chunks = blobs::split_plain(data);
+        let mut tx = self.pool.begin().await?;
+        lock_fence(&mut tx, f).await?;
+        chunk_lock(&mut tx, false).await?;
+        let (hashes, new_bytes) = store_chunks(&mut tx, data, &chunks).await?;
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO artifacts (run_id, step, name, size, chunks) VALUES ($1,$2,$3,$4,$5) \
+             ON CONFLICT (run_id, name, step) DO UPDATE SET size = EXCLUDED.size, chunks = EXCLUDED.chunks \
+             RETURNING id",
+        )
+        .bind(f.run)
+        .bind(step)
+        .bind(name)
+        .bind(data.len() as i64)
+        .bind(&hashes)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok((id, new_bytes))
+    }
+
+    /// The bytes of a checkpoint with its SHA-256 and step.
+    pub async fn checkpoint_bytes(&self, id: i64) -> Result<(Vec<u8>, String, i64)> {
+        let row: Option<(Vec<Vec<u8>>, String, i64)> =
+            sqlx::query_as("SELECT chunks, sha256, step FROM checkpoints WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+        let (hashes, sha, step) =
+            row.ok_or_else(|| StoreError::NotFound(format!("no checkpoint {id}")))?;
+        Ok((self.read_chunks(&hashes).await?, sha, step))
+    }
+
+    /// The bytes of an artifact.
+    pub async fn artifact_bytes(&self, id: i64) -> Result<Vec<u8>> {
+        let hashes: Option<Vec<Vec<u8>>> =
+            sqlx::query_scalar("SELECT chunks FROM artifacts WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+        let hashes = hashes.ok_or_else(|| StoreError::NotFound(format!("no artifact {id}")))?;
+        self.read_chunks(&hashes).await
+    }
+
+    async fn read_chunks(&self, hashes: &[Vec<u8>]) -> Result<Vec<u8>> {
+        let rows: Vec<(Vec<u8>, Vec<u8>)> =
+            sqlx::query_as("SELECT hash, data FROM blob_chunks WHERE hash = ANY($1)")
+                .bind(hashes)
+                .fetch_all(&self.pool)
+                .await?;
+        let by_hash: HashMap<Vec<u8>, Vec<u8>> = rows.into_iter().collect();
+        let mut out = Vec::new();
+        for h in hashes {
+            out.extend_from_slice(by_hash.get(h).ok_or_else(|| {
+                StoreError::NotFound(format!("chunk {} is missing", hex::encode(h)))
+            })?);
+        }
+        Ok(out)
+    }
+
+    /// Ends an attempt. Success queues the runs whose needs are now all met; failure fails the
+    /// runs that needed it; either way retention runs and the experiment's state is updated.
+    pub async fn finish(&self, f: Fence, outcome: &str, message: &str, step: i64) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        lock_fence(&mut tx, f).await?;
+        let state = match outcome {
+            "succeeded" | "failed" | "cancelled" => outcome,
+            other => return Err(StoreError::Invalid(format!("unknown outcome {other}"))),
+        };
+        sqlx::query(
+            "UPDATE attempts SET state = $3, ended_at = now(), message = $4 WHERE run_id = $1 AND attempt = $2",
+        )
+        .bind(f.run)
+        .bind(f.attempt)
+        .bind(state)
+        .bind(message)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE runs SET state = $2, lease_worker = NULL, lease_expires = NULL, step = GREATEST(step, $3), \
+             error = CASE WHEN $2 = 'failed' THEN $4 ELSE error END WHERE id = $1",
+        )
+        .bind(f.run)
+        .bind(state)
+        .bind(step)
+        .bind(message)
+        .execute(&mut *tx)
+        .await?;
+        event(&mut tx, f.run, state, message).await?;
+        settle(&mut tx, f.run, state).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Attempts whose lease ran out: marked lost; the run is requeued while restarts remain
+    /// (a cancelled run becomes cancelled, an exhausted one failed). Returns how many.
+    pub async fn reap_expired(&self) -> Result<usize> {
+        let mut tx = self.pool.begin().await?;
+        let rows: Vec<(i64, i32, bool, i32)> = sqlx::query_as(
+            "SELECT r.id, r.attempt, r.cancel_requested, e.max_restarts FROM runs r \
+             JOIN experiments e ON e.id = r.experiment_id \
+             WHERE r.state = 'running' AND r.lease_expires < now() FOR UPDATE OF r SKIP LOCKED",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        for &(run, attempt, cancel, max_restarts) in &rows {
+            sqlx::query(
+                "UPDATE attempts SET state = 'lost', ended_at = now(), message = 'lease expired (worker died or was cut off)' \
+                 WHERE run_id = $1 AND attempt = $2",
+            )
+            .bind(run)
+            .bind(attempt)
+            .execute(&mut *tx)
+            .await?;
+            let (state, msg) = if cancel {
+                (
+                    "cancelled",
+                    "cancelled while its worker was unreachable".to_string(),
+                )
+            } else if attempt <= max_restarts {
+                (
+                    "queued",
+                    format!(
+                        "attempt {attempt} lost; requeued (restart {attempt} of {max_restarts})"
+                    ),
+                )
+            } else {
+                (
+                    "failed",
+                    format!("attempt {attempt} lost and no restarts remain (max_restarts {max_restarts})"),
+                )
+            };
+            sqlx::query(
+                "UPDATE runs SET state = $2, lease_worker = NULL, lease_expires = NULL, \
+                 queued_at = CASE WHEN $2 = 'queued' THEN clock_timestamp() ELSE queued_at END, \
+                 error = CASE WHEN $2 = 'failed' THEN $3 ELSE error END WHERE id = $1",
+            )
+            .bind(run)
+            .bind(state)
+            .bind(&msg)
+            .execute(&mut *tx)
+            .await?;
+            event(&mut tx, run, "lost", &msg).await?;
+            if state != "queued" {
+                settle(&mut tx, run, state).await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(rows.len())
+    }
+
+    /// Asks runs to stop: pending and queued ones stop at once, running ones are told through
+    /// their worker's session. Returns the names affected.
+    pub async fn cancel(&self, experiment: i64, run: Option<&str>) -> Result<Vec<String>> {
+        let mut tx = self.pool.begin().await?;
+        let rows: Vec<(i64, String, String)> = sqlx::query_as(
+            "SELECT id, name, state FROM runs WHERE experiment_id = $1 AND ($2::text IS NULL OR name = $2) \
+             AND state IN ('pending', 'queued', 'running') ORDER BY id FOR UPDATE",
+        )
+        .bind(experiment)
+        .bind(run)
+        .fetch_all(&mut *tx)
+        .await?;
+        for (id, _, state) in &rows {
+            if state == "running" {
+                sqlx::query("UPDATE runs SET cancel_requested = true WHERE id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                event(&mut tx, *id, "cancel", "cancel requested").await?;
+            } else {
+                sqlx::query("UPDATE runs SET state = 'cancelled' WHERE id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                event(&mut tx, *id, "cancelled", "cancelled before it started").await?;
+                settle(&mut tx, *id, "cancelled").await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(rows.into_iter().map(|r| r.1).collect())
+    }
+
+    /// An experiment id by id or name (the newest with that name).
+    pub async fn resolve_experiment(&self, key: &str) -> Result<i64> {
+        let id: Option<i64> = if let Ok(n) = key.parse::<i64>() {
+            sqlx::query_scalar("SELECT id FROM experiments WHERE id = $1")
+                .bind(n)
+                .fetch_optional(&self.pool)
+                .await?
+        } else {
+            sqlx::query_scalar(
+                "SELECT id FROM experiments WHERE name = $1 ORDER BY id DESC LIMIT 1",
+            )
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?
+        };
+        id.ok_or_else(|| StoreError::NotFound(format!("no experiment {key:?}")))
+    }
+
+    /// A run id by experiment and name.
+    pub async fn resolve_run(&self, experiment: i64, name: &str) -> Result<i64> {
+        sqlx::query_scalar("SELECT id FROM runs WHERE experiment_id = $1 AND name = $2")
+            .bind(experiment)
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("no run {name:?} in this experiment")))
+    }
+
+    /// Experiments, newest first (optionally one).
+    pub async fn experiments(&self, only: Option<i64>) -> Result<Vec<ExperimentRow>> {
+        let rows = sqlx::query(
+            "SELECT e.id, e.name, e.state, extract(epoch FROM e.created_at)::int8 AS created, \
+             e.objective_metric, e.objective_mode, e.yaml, \
+             (SELECT CASE WHEN e.objective_mode = 'max' THEN max(c.objective) ELSE min(c.objective) END \
+              FROM checkpoints c JOIN runs r ON r.id = c.run_id WHERE r.experiment_id = e.id) AS best \
+             FROM experiments e WHERE ($1::int8 IS NULL OR e.id = $1) ORDER BY e.id DESC LIMIT 500",
+        )
+        .bind(only)
+        .fetch_all(&self.pool)
+        .await?;
+        let counts: Vec<(i64, String, i64)> = sqlx::query_as(
+            "SELECT experiment_id, state, count(*) FROM runs WHERE ($1::int8 IS NULL OR experiment_id = $1) \
+             GROUP BY experiment_id, state",
+        )
+        .bind(only)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                let id: i64 = r.get("id");
+                ExperimentRow {
+                    id,
+                    name: r.get("name"),
+                    state: r.get("state"),
+                    created: r.get("created"),
+                    objective: r.get("objective_metric"),
+                    mode: r.get("objective_mode"),
+                    yaml: r.get("yaml"),
+                    run_states: counts
+                        .iter()
+                        .filter(|c| c.0 == id)
+                        .map(|c| (c.1.clone(), c.2))
+                        .collect(),
+                    best: r.get("best"),
+                }
+            })
+            .collect())
+    }
+
+    /// Runs of an experiment in submission order.
+    pub async fn runs(&self, experiment: i64) -> Result<Vec<RunRow>> {
+        let rows = sqlx::query(
+            "SELECT id, name, job_kind, state, attempt, config, step, total_steps, error FROM runs \
+             WHERE experiment_id = $1 ORDER BY id",
+        )
+        .bind(experiment)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| RunRow {
+                id: r.get("id"),
+                name: r.get("name"),
+                job_kind: r.get("job_kind"),
+                state: r.get("state"),
+                attempt: r.get("attempt"),
+                config: r.get("config"),
+                step: r.get("step"),
+                total_steps: r.get("total_steps"),
+                error: r.get("error"),
+            })
+            .collect())
+    }
+
+    /// Names of the runs a run needs.
+    pub async fn needs(&self, run: i64) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT u.name FROM run_deps d JOIN runs u ON u.id = d.upstream_id WHERE d.run_id = $1 ORDER BY u.id",
+        )
+        .bind(run)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Metric summaries of a run.
+    pub async fn summaries(&self, run: i64) -> Result<Vec<MetricSummary>> {
+        let rows: Vec<(String, f64, f64, f64, i64, i64)> = sqlx::query_as(
+            "SELECT name, last_value, min_value, max_value, last_step, count FROM metric_summaries \
+             WHERE run_id = $1 ORDER BY name",
+        )
+        .bind(run)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(name, last, min, max, last_step, count)| MetricSummary {
+                name,
+                last,
+                min,
+                max,
+                last_step,
+                count,
+            })
+            .collect())
+    }
+
+    /// Attempts of a run.
+    pub async fn attempts(&self, run: i64) -> Result<Vec<AttemptRow>> {
+        let rows = sqlx::query(
+            "SELECT attempt, worker_id, state, extract(epoch FROM started_at)::int8 AS s, \
+             COALESCE(extract(epoch FROM ended_at)::int8, 0) AS e, resumed_from_step, message \
+             FROM attempts WHERE run_id = $1 ORDER BY attempt",
+        )
+        .bind(run)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| AttemptRow {
+                attempt: r.get("attempt"),
+                worker: r.get("worker_id"),
+                state: r.get("state"),
+                started: r.get("s"),
+                ended: r.get("e"),
+                resumed_from_step: r.get("resumed_from_step"),
+                message: r.get("message"),
+            })
+            .collect())
+    }
+
+    /// One metric curve of a run, by step.
+    pub async fn curve(&self, run: i64, name: &str) -> Result<Series> {
+        let rows: Vec<(Vec<u8>, Vec<u8>)> = sqlx::query_as(
+            "SELECT steps, vals FROM metric_chunks WHERE run_id = $1 AND name = $2 ORDER BY first_step, id",
+        )
+        .bind(run)
+        .bind(name)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut s = Series::default();
+        for (st, va) in rows {
+            s.steps.extend(unpack_i64(&st));
+            s.values.extend(unpack_f64(&va));
+        }
+        Ok(s)
+    }
+
+    /// Every curve of a run whose chunks have id > `after` (for live watching), with the
+    /// largest chunk id seen.
+    pub async fn curves_since(
+        &self,
+        run: i64,
+        after: i64,
+    ) -> Result<(BTreeMap<String, Series>, i64)> {
+        let rows: Vec<(i64, String, Vec<u8>, Vec<u8>)> = sqlx::query_as(
+            "SELECT id, name, steps, vals FROM metric_chunks WHERE run_id = $1 AND id > $2 ORDER BY id",
+        )
+        .bind(run)
+        .bind(after)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out: BTreeMap<String, Series> = BTreeMap::new();
+        let mut last = after;
+        for (id, name, st, va) in rows {
+            last = last.max(id);
+            let s = out.entry(name).or_default();
+            s.steps.extend(unpack_i64(&st));
+            s.values.extend(unpack_f64(&va));
+        }
+        Ok((out, last))
+    }
+
+    /// Checkpoints of an experiment ranked by `metric` (the objective's stored values, or for
+    /// another metric its value at each checkpoint's step).
+    pub async fn best(
+        &self,
+        experiment: i64,
+        metric: &str,
+        mode: Mode,
+        top: usize,
+    ) -> Result<Vec<Ranked>> {
+        let objective: String =
+            sqlx::query_scalar("SELECT objective_metric FROM experiments WHERE id = $1")
+                .bind(experiment)
+                .fetch_one(&self.pool)
+                .await?;
+        let order = match mode {
+            Mode::Max => "DESC",
+            Mode::Min => "ASC",
+        };
+        if metric == objective {
+            let rows = sqlx::query(&format!(
+                "SELECT c.id, c.run_id, r.name, c.step, c.objective, c.size, c.sha256 FROM checkpoints c \
+                 JOIN runs r ON r.id = c.run_id WHERE r.experiment_id = $1 AND c.objective IS NOT NULL \
+                 ORDER BY c.objective {order}, c.id LIMIT $2"
+            ))
+            .bind(experiment)
+            .bind(top as i64)
+            .fetch_all(&self.pool)
+            .await?;
+            return Ok(rows
+                .into_iter()
+                .map(|r| Ranked {
+                    id: r.get("id"),
+                    run_id: r.get("run_id"),
+                    run: r.get("name"),
+                    step: r.get("step"),
+                    value: r.get("objective"),
+                    size: r.get("size"),
+                    sha256: r.get("sha256"),
+                })
+                .collect());
+        }
+        let rows = sqlx::query(
+            "SELECT c.id, c.run_id, r.name, c.step, c.size, c.sha256 FROM checkpoints c \
+             JOIN runs r ON r.id = c.run_id WHERE r.experiment_id = $1",
+        )
+        .bind(experiment)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut ranked = Vec::new();
+        let mut conn = self.pool.acquire().await?;
+        for r in rows {
+            let run_id: i64 = r.get("run_id");
+            let step: i64 = r.get("step");
+            if let Some(value) = value_at(&mut conn, run_id, metric, step).await? {
+                ranked.push(Ranked {
+                    id: r.get("id"),
+                    run_id,
+                    run: r.get("name"),
+                    step,
+                    value,
+                    size: r.get("size"),
+                    sha256: r.get("sha256"),
+                });
+            }
+        }
+        ranked.sort_by(|a, b| {
+            let o = a.value.total_cmp(&b.value);
+            if mode == Mode::Max {
+                o.reverse()
+            } else {
+                o
+            }
+        });
+        ranked.truncate(top);
+        Ok(ranked)
+    }
+
+    /// Every metric of a run at `step` (the last point at or before it).
+    pub async fn metrics_at(&self, run: i64, step: i64) -> Result<BTreeMap<String, f64>> {
+        let names: Vec<String> =
+            sqlx::query_scalar("SELECT name FROM metric_summaries WHERE run_id = $1")
+                .bind(run)
+                .fetch_all(&self.pool)
+                .await?;
+        let mut out = BTreeMap::new();
+        let mut conn = self.pool.acquire().await?;
+        for n in names {
+            if let Some(v) = value_at(&mut conn, run, &n, step).await? {
+                out.insert(n, v);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The last `tail` log lines of a run.
+    pub async fn logs(&self, run: i64, tail: i64) -> Result<Vec<String>> {
+        let mut lines: Vec<(i32, String)> = sqlx::query_as(
+            "SELECT attempt, line FROM logs WHERE run_id = $1 ORDER BY id DESC LIMIT $2",
+        )
+        .bind(run)
+        .bind(tail)
+        .fetch_all(&self.pool)
+        .await?;
+        lines.reverse();
+        Ok(lines
+            .into_iter()
+            .map(|(a, l)| format!("[attempt {a}] {l}"))
+            .collect())
+    }
+
+    /// Bytes referenced by checkpoints versus bytes stored for them (the dedup ratio).
+    pub async fn dedup(&self, experiment: Option<i64>) -> Result<(i64, i64)> {
+        let logical: Option<i64> = sqlx::query_scalar(
+            "SELECT sum(c.size)::int8 FROM checkpoints c JOIN runs r ON r.id = c.run_id \
+             WHERE ($1::int8 IS NULL OR r.experiment_id = $1)",
+        )
+        .bind(experiment)
+        .fetch_one(&self.pool)
+        .await?;
+        let stored: Option<i64> = sqlx::query_scalar(
+            "SELECT sum(b.size)::int8 FROM blob_chunks b WHERE EXISTS (SELECT 1 FROM checkpoints c \
+             JOIN runs r ON r.id = c.run_id WHERE b.hash = ANY(c.chunks) AND ($1::int8 IS NULL OR r.experiment_id = $1))",
+        )
+        .bind(experiment)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((logical.unwrap_or(0), stored.unwrap_or(0)))
+    }
+
+    /// The running attempts of a worker (to tell a reconnecting worker what it still holds).
+    pub async fn cancel_requested(&self, f: Fence) -> Result<bool> {
+        let r: Option<bool> = sqlx::query_scalar(
+            "SELECT cancel_requested FROM runs WHERE id = $1 AND attempt = $2 AND lease_worker = $3 AND state = 'running'",
+        )
+        .bind(f.run)
+        .bind(f.attempt)
+        .bind(f.worker)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(r.unwrap_or(false))
+    }
+}
+
+type Tx<'a> = sqlx::Transaction<'a, sqlx::Postgres>;
+
+/// Locks the run row if `f` still holds its lease; `Stale` otherwise.
+async fn lock_fence(tx: &mut Tx<'_>, f: Fence) -> Result<()> {
+    let ok: Option<i64> = sqlx::query_scalar(
+        "SELECT id FROM runs WHERE id = $1 AND attempt = $2 AND lease_worker = $3 \
+         AND state = 'running' AND lease_expires > now() FOR SHARE",
+    )
+    .bind(f.run)
+    .bind(f.attempt)
+    .bind(f.worker)
+    .fetch_optional(&mut **tx)
+    .await?;
+    ok.map(|_| ()).ok_or(StoreError::Stale {
+        run: f.run,
+        attempt: f.attempt,
+        worker: f.worker,
+    })
+}
+
+async fn event(tx: &mut Tx<'_>, run: i64, kind: &str, message: &str) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO events (experiment_id, run_id, kind, message) \
+         SELECT experiment_id, id, $2, $3 FROM runs WHERE id = $1",
+    )
+    .bind(run)
+    .bind(kind)
+    .bind(message)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Packs each metric's points into one row; upserts the summaries. Two statements per batch.
+async fn insert_series(tx: &mut Tx<'_>, run: i64, batch: &BTreeMap<String, Series>) -> Result<()> {
+    let mut names = Vec::new();
+    let mut firsts = Vec::new();
+    let mut lasts = Vec::new();
+    let mut steps = Vec::new();
+    let mut vals = Vec::new();
+    let mut last_values = Vec::new();
+    let mut mins = Vec::new();
+    let mut maxs = Vec::new();
+    let mut counts = Vec::new();
+    for (name, s) in batch {
+        if s.steps.is_empty() {
+            continue;
+        }
+        names.push(name.clone());
+        firsts.push(*s.steps.iter().min().expect("non-empty"));
+        lasts.push(*s.steps.iter().max().expect("non-empty"));
+        steps.push(pack_i64(&s.steps));
+        vals.push(pack_f64(&s.values));
+        let (i_last, _) = s
+            .steps
+            .iter()
+            .enumerate()
+            .max_by_key(|(i, st)| (**st, *i))
+            .expect("non-empty");
+        last_values.push(s.values[i_last]);
+        mins.push(s.values.iter().copied().fold(f64::INFINITY, f64::min));
+        maxs.push(s.values.iter().copied().fold(f64::NEG_INFINITY, f64::max));
+        counts.push(s.steps.len() as i64);
+    }
+    if names.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO metric_chunks (run_id, name, first_step, last_step, steps, vals) \
+         SELECT $1, * FROM UNNEST($2::text[], $3::int8[], $4::int8[], $5::bytea[], $6::bytea[])",
+    )
+    .bind(run)
+    .bind(&names)
+    .bind(&firsts)
+    .bind(&lasts)
+    .bind(&steps)
+    .bind(&vals)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO metric_summaries AS s (run_id, name, last_step, last_value, min_value, max_value, count) \
+         SELECT $1, * FROM UNNEST($2::text[], $3::int8[], $4::float8[], $5::float8[], $6::float8[], $7::int8[]) \
+         ON CONFLICT (run_id, name) DO UPDATE SET \
+         last_value = CASE WHEN EXCLUDED.last_step >= s.last_step THEN EXCLUDED.last_value ELSE s.last_value END, \
+         last_step = GREATEST(s.last_step, EXCLUDED.last_step), \
+         min_value = LEAST(s.min_value, EXCLUDED.min_value), \
+         max_value = GREATEST(s.max_value, EXCLUDED.max_value), count = s.count + EXCLUDED.count",
+    )
+    .bind(run)
+    .bind(&names)
+    .bind(&lasts)
+    .bind(&last_values)
+    .bind(&mins)
+    .bind(&maxs)
+    .bind(&counts)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Removes every point after `step` (and pictures after it), then rebuilds the run's
+/// summaries from what is left.
+async fn truncate_after(tx: &mut Tx<'_>, run: i64, step: i64) -> Result<()> {
+    sqlx::query("DELETE FROM metric_chunks WHERE run_id = $1 AND first_step > $2")
+        .bind(run)
+        .bind(step)
+        .execute(&mut **tx)
+        .await?;
+    let straddling: Vec<(i64, Vec<u8>, Vec<u8>)> = sqlx::query_as(
+        "SELECT id, steps, vals FROM metric_chunks WHERE run_id = $1 AND last_step > $2",
+    )
+    .bind(run)
+    .bind(step)
+    .fetch_all(&mut **tx)
+    .await?;
+    for (id, st, va) in straddling {
+        let (s, v): (Vec<i64>, Vec<f64>) = unpack_i64(&st)
+            .into_iter()
+            .zip(unpack_f64(&va))
+            .filter(|(s, _)| *s <= step)
+            .unzip();
+        sqlx::query("UPDATE metric_chunks SET steps = $2, vals = $3, last_step = $4 WHERE id = $1")
+            .bind(id)
+            .bind(pack_i64(&s))
+            .bind(pack_f64(&v))
+            .bind(s.iter().copied().max().unwrap_or(step))
+            .execute(&mut **tx)
+            .await?;
+    }
+    sqlx::query("DELETE FROM artifacts WHERE run_id = $1 AND step > $2")
+        .bind(run)
+        .bind(step)
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query("DELETE FROM metric_summaries WHERE run_id = $1")
+        .bind(run)
+        .execute(&mut **tx)
+        .await?;
+    let rows: Vec<(String, Vec<u8>, Vec<u8>)> = sqlx::query_as(
+        "SELECT name, steps, vals FROM metric_chunks WHERE run_id = $1 ORDER BY first_step, id",
+    )
+    .bind(run)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut all: BTreeMap<String, Series> = BTreeMap::new();
+    for (name, st, va) in rows {
+        let s = all.entry(name).or_default();
+        s.steps.extend(unpack_i64(&st));
+        s.values.extend(unpack_f64(&va));
+    }
+    // Re-derive summaries with the same statement the ingest path uses, without new chunks.
+    let mut names = Vec::new();
+    let (mut lasts, mut last_values, mut mins, mut maxs, mut counts) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (name, s) in &all {
+        if s.steps.is_empty() {
+            continue;
+        }
+        let (i_last, _) = s
+            .steps
+            .iter()
+            .enumerate()
+            .max_by_key(|(i, st)| (**st, *i))
+            .expect("non-empty");
+        names.push(name.clone());
+        lasts.push(s.steps[i_last]);
+        last_values.push(s.values[i_last]);
+        mins.push(s.values.iter().copied().fold(f64::INFINITY, f64::min));
+        maxs.push(s.values.iter().copied().fold(f64::NEG_INFINITY, f64::max));
+        counts.push(s.steps.len() as i64);
+    }
+    sqlx::query(
+        "INSERT INTO metric_summaries (run_id, name, last_step, last_value, min_value, max_value, count) \
+         SELECT $1, * FROM UNNEST($2::text[], $3::int8[], $4::float8[], $5::float8[], $6::float8[], $7::int8[])",
+    )
+    .bind(run)
+    .bind(&names)
+    .bind(&lasts)
+    .bind(&last_values)
+    .bind(&mins)
+    .bind(&maxs)
+    .bind(&counts)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// The value of `name` at `step` (its last point at or before it).
+async fn value_at(
+    conn: &mut sqlx::PgConnection,
+    run: i64,
+    name: &str,
+    step: i64,
+) -> Result<Option<f64>> {
+    let rows: Vec<(Vec<u8>, Vec<u8>)> = sqlx::query_as(
+        "SELECT steps, vals FROM metric_chunks WHERE run_id = $1 AND name = $2 AND first_step <= $3 \
+         ORDER BY first_step DESC, id DESC LIMIT 4",
+    )
+    .bind(run)
+    .bind(name)
+    .bind(step)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut best: Option<(i64, f64)> = None;
+    for (st, va) in rows {
+        for (s, v) in unpack_i64(&st).into_iter().zip(unpack_f64(&va)) {
+            if s <= step && best.is_none_or(|(bs, _)| s >= bs) {
+                best = Some((s, v));
+            }
+        }
+    }
+    Ok(best.filter(|(s, _)| *s == step).map(|(_, v)| v))
+}
+
+/// Uploads hold this lock shared, garbage collection exclusively: a chunk an upload found
+/// already present cannot be collected before the upload's row references it.
+async fn chunk_lock(tx: &mut Tx<'_>, exclusive: bool) -> Result<()> {
+    let q = if exclusive {
+        "SELECT pg_advisory_xact_lock(7262)"
+    } else {
+        "SELECT pg_advisory_xact_lock_shared(7262)"
+    };
+    sqlx::query(q).execute(&mut **tx).await?;
+    Ok(())
+}
+
+/// Stores chunks not yet present; returns their hashes in order and the bytes newly stored.
+async fn store_chunks(
+    tx: &mut Tx<'_>,
+    data: &[u8],
+    ranges: &[std::ops::Range<usize>],
+) -> Result<(Vec<Vec<u8>>, u64)> {
+    let hashes: Vec<Vec<u8>> = ranges
+        .iter()
+        .map(|r| blobs::sha256(&data[r.clone()]))
+        .collect();
+    let mut new_bytes = 0u64;
+    // Insert in groups so one statement never carries more than ~64 MiB.
+    let mut start = 0;
+    while start < ranges.len() {
+        let mut end = start;
+        let mut bytes = 0usize;
+        while end < ranges.len() && (end == start || bytes + ranges[end].len() <= 64 << 20) {
+            bytes += ranges[end].len();
+            end += 1;
+        }
+        let group_hashes = &hashes[start..end];
+        let sizes: Vec<i32> = ranges[start..end].iter().map(|r| r.len() as i32).collect();
+        let datas: Vec<&[u8]> = ranges[start..end]
+            .iter()
+            .map(|r| &data[r.clone()])
+            .collect();
+        let inserted: Vec<i32> = sqlx::query_scalar(
+            "INSERT INTO blob_chunks (hash, size, data) SELECT * FROM UNNEST($1::bytea[], $2::int4[], $3::bytea[]) \
+             ON CONFLICT (hash) DO NOTHING RETURNING size",
+        )
+        .bind(group_hashes)
+        .bind(&sizes)
+        .bind(&datas)
+        .fetch_all(&mut **tx)
+        .await?;
+        new_bytes += inserted.iter().map(|&s| s as u64).sum::<u64>();
+        start = end;
+    }
+    Ok((hashes, new_bytes))
+}
+
+/// After a run reaches a final state: queue dependants whose needs all succeeded (or fail
+/// them if this one did not), apply checkpoint retention, settle the experiment's state.
+async fn settle(tx: &mut Tx<'_>, run: i64, state: &str) -> Result<()> {
+    if state == "succeeded" {
+        sqlx::query(
+            "UPDATE runs r SET state = 'queued', queued_at = clock_timestamp() WHERE r.state = 'pending' \
+             AND r.id IN (SELECT run_id FROM run_deps WHERE upstream_id = $1) \
+             AND NOT EXISTS (SELECT 1 FROM run_deps d JOIN runs u ON u.id = d.upstream_id \
+                             WHERE d.run_id = r.id AND u.state <> 'succeeded')",
+        )
+        .bind(run)
+        .execute(&mut **tx)
+        .await?;
+    } else {
+        // Fail everything downstream, transitively.
+        let name: String = sqlx::query_scalar("SELECT name FROM runs WHERE id = $1")
+            .bind(run)
+            .fetch_one(&mut **tx)
+            .await?;
+        sqlx::query(
+            "WITH RECURSIVE down(id) AS (SELECT run_id FROM run_deps WHERE upstream_id = $1 \
+             UNION SELECT d.run_id FROM run_deps d JOIN down ON d.upstream_id = down.id) \
+             UPDATE runs SET state = 'failed', error = $2 WHERE id IN (SELECT id FROM down) AND state = 'pending'",
+        )
+        .bind(run)
+        .bind(format!("upstream run {name} {state}"))
+        .execute(&mut **tx)
+        .await?;
+    }
+    retain(tx, run).await?;
+    sqlx::query(
+        "UPDATE experiments e SET state = CASE \
+            WHEN EXISTS (SELECT 1 FROM runs WHERE experiment_id = e.id AND state = 'failed') THEN 'failed' \
+            WHEN EXISTS (SELECT 1 FROM runs WHERE experiment_id = e.id AND state = 'cancelled') THEN 'cancelled' \
+            ELSE 'succeeded' END \
+         WHERE e.id = (SELECT experiment_id FROM runs WHERE id = $1) \
+         AND NOT EXISTS (SELECT 1 FROM runs WHERE experiment_id = e.id AND state IN ('pending', 'queued', 'running'))",
+    )
+    .bind(run)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Keeps a finished run's `latest` checkpoints by step and `best` by objective; deletes the
+/// rest and the chunks no checkpoint or artifact references any more.
+async fn retain(tx: &mut Tx<'_>, run: i64) -> Result<()> {
+    let deleted = sqlx::query(
+        "WITH policy AS (SELECT e.keep_best, e.keep_latest, e.objective_mode FROM runs r \
+                         JOIN experiments e ON e.id = r.experiment_id WHERE r.id = $1), \
+         ranked AS (SELECT c.id, \
+             row_number() OVER (ORDER BY c.step DESC) AS by_step, \
+             row_number() OVER (ORDER BY CASE WHEN (SELECT objective_mode FROM policy) = 'max' \
+                 THEN -c.objective ELSE c.objective END ASC NULLS LAST) AS by_objective, \
+             c.objective FROM checkpoints c WHERE c.run_id = $1) \
+         DELETE FROM checkpoints WHERE id IN (SELECT id FROM ranked WHERE by_step > (SELECT keep_latest FROM policy) \
+             AND (objective IS NULL OR by_objective > (SELECT keep_best FROM policy)))",
+    )
+    .bind(run)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    if deleted > 0 {
+        chunk_lock(tx, true).await?;
+        sqlx::query(
+            "DELETE FROM blob_chunks b WHERE NOT EXISTS (SELECT 1 FROM checkpoints c WHERE c.chunks @> ARRAY[b.hash]) \
+             AND NOT EXISTS (SELECT 1 FROM artifacts a WHERE a.chunks @> ARRAY[b.hash])",
+        )
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,10 @@
+//! Compiles plume.proto with a vendored protoc, so no system protoc is needed.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protoc = protoc_bin_vendored::protoc_bin_path()?;
+    // SAFETY: build scripts are single-threaded; prost-build reads PROTOC from the environment.
+    unsafe { std::env::set_var("PROTOC", protoc) };
+    println!("cargo:rerun-if-changed=plume.proto");
+    tonic_prost_build::configure().compile_protos(&["plume.proto"], &["."])?;
+    Ok(())
+}

@@ -1,0 +1,639 @@
+//! The worker as a coordinator's client: `plume-worker --coordinator URL --token T`.
+//!
+//! One session stream carries heartbeats up (they renew the lease of the running attempt) and
+//! assignments and cancels down. A job runs on its own thread against [`GrpcReporter`], which
+//! queues everything it reports; one sender task delivers the queue in order (metrics batched,
+//! each batch with an increasing `seq`, so a resend after a lost reply is not applied twice),
+//! retrying through coordinator restarts. The job keeps running while the coordinator is away.
+
+use crate::job::{self, CancelToken, JobSpec, Outcome, Reporter};
+use anyhow::Context;
+use plume_proto::v1 as pb;
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tonic::metadata::MetadataValue;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+/// How to reach the coordinator and what this worker is.
+#[derive(Debug, Clone)]
+pub struct RemoteOptions {
+    /// Coordinator URL.
+    pub coordinator: String,
+    /// Worker token.
+    pub token: String,
+    /// Device jobs run on.
+    pub device: tch::Device,
+    /// Worker name (shown in attempts).
+    pub name: String,
+    /// Where checkpoints of running jobs and downloaded inputs live.
+    pub work_dir: PathBuf,
+}
+
+#[derive(Clone)]
+struct Auth(MetadataValue<tonic::metadata::Ascii>);
+
+impl tonic::service::Interceptor for Auth {
+    fn call(&mut self, mut r: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        r.metadata_mut().insert("authorization", self.0.clone());
+        Ok(r)
+    }
+}
+
+type Client = pb::worker_api_client::WorkerApiClient<InterceptedService<Channel, Auth>>;
+
+/// The attempt this worker is running.
+struct Running {
+    fence: pb::Fence,
+    cancel: CancelToken,
+    step: Arc<AtomicI64>,
+    total: Arc<AtomicI64>,
+}
+
+struct Shared {
+    running: Mutex<Option<Running>>,
+    shutting_down: AtomicBool,
+}
+
+async fn client(opts: &RemoteOptions) -> anyhow::Result<Client> {
+    let channel = Channel::from_shared(opts.coordinator.clone())?
+        .connect_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .connect()
+        .await?;
+    let auth = Auth(format!("Bearer {}", opts.token).parse()?);
+    Ok(
+        pb::worker_api_client::WorkerApiClient::with_interceptor(channel, auth)
+            .max_decoding_message_size(16 << 20)
+            .max_encoding_message_size(16 << 20),
+    )
+}
+
+/// Runs the worker until SIGINT/SIGTERM: connects (with backoff), registers once, and serves
+/// sessions, reconnecting whenever the coordinator goes away.
+pub fn serve(opts: RemoteOptions) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&opts.work_dir)
+        .with_context(|| format!("creating {}", opts.work_dir.display()))?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let shared = Arc::new(Shared {
+        running: Mutex::new(None),
+        shutting_down: AtomicBool::new(false),
+    });
+    {
+        let shared = shared.clone();
+        ctrlc::set_handler(move || {
+            if shared.shutting_down.swap(true, Ordering::SeqCst) {
+                std::process::exit(130);
+            }
+            eprintln!("stopping: the running job writes a checkpoint first");
+            if let Some(r) = shared.running.lock().expect("lock").as_ref() {
+                r.cancel.cancel();
+            }
+        })?;
+    }
+    rt.block_on(session_loop(opts, shared))
+}
+
+async fn session_loop(opts: RemoteOptions, shared: Arc<Shared>) -> anyhow::Result<()> {
+    let mut worker_id: Option<i64> = None;
+    let mut heartbeat = Duration::from_millis(1000);
+    let mut backoff = Duration::from_millis(200);
+    let kinds: Vec<String> = job::JOB_KINDS.iter().map(|s| s.to_string()).collect();
+    loop {
+        if shared.shutting_down.load(Ordering::SeqCst)
+            && shared.running.lock().expect("lock").is_none()
+        {
+            return Ok(());
+        }
+        let mut c = match client(&opts).await {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("coordinator unreachable ({e}); retrying in {backoff:?}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        let id = match worker_id {
+            Some(id) => id,
+            None => match c
+                .register(pb::RegisterRequest {
+                    name: opts.name.clone(),
+                    capabilities: Some(pb::Capabilities {
+                        devices: vec![format!("{:?}", opts.device)],
+                        memory_bytes: 0,
+                        version: env!("CARGO_PKG_VERSION").into(),
+                        job_kinds: kinds.clone(),
+                        hostname: std::fs::read_to_string("/etc/hostname")
+                            .unwrap_or_default()
+                            .trim()
+                            .into(),
+                    }),
+                })
+                .await
+            {
+                Ok(r) => {
+                    let r = r.into_inner();
+                    heartbeat = Duration::from_millis(r.heartbeat_ms.clamp(100, 60_000) as u64);
+                    eprintln!("registered as worker {}", r.worker_id);
+                    worker_id = Some(r.worker_id);
+                    r.worker_id
+                }
+                Err(s) if s.code() == Code::Unauthenticated => {
+                    anyhow::bail!("the coordinator refused the worker token: {}", s.message())
+                }
+                Err(s) => {
+                    eprintln!("register failed ({}); retrying", s.message());
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            },
+        };
+        let (up_tx, up_rx) = mpsc::channel::<pb::WorkerMessage>(16);
+        up_tx
+            .send(pb::WorkerMessage {
+                kind: Some(pb::worker_message::Kind::Hello(pb::Hello { worker_id: id })),
+            })
+            .await?;
+        let mut inbound = match c
+            .session(tokio_stream::wrappers::ReceiverStream::new(up_rx))
+            .await
+        {
+            Ok(s) => s.into_inner(),
+            Err(s) if s.code() == Code::NotFound => {
+                worker_id = None; // the coordinator's database forgot us: register again
+                continue;
+            }
+            Err(s) => {
+                eprintln!("session refused ({}); retrying", s.message());
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(200);
+        // Heartbeats: now and then every period, with the running attempt and progress.
+        let beat = {
+            let shared = shared.clone();
+            let up_tx = up_tx.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(heartbeat);
+                loop {
+                    tick.tick().await;
+                    let hb = {
+                        let r = shared.running.lock().expect("lock");
+                        let stopping = shared.shutting_down.load(Ordering::SeqCst);
+                        pb::Heartbeat {
+                            running: r.as_ref().map(|r| r.fence),
+                            idle: r.is_none() && !stopping,
+                            step: r.as_ref().map_or(0, |r| r.step.load(Ordering::Relaxed)),
+                            total_steps: r.as_ref().map_or(0, |r| r.total.load(Ordering::Relaxed)),
+                        }
+                    };
+                    let msg = pb::WorkerMessage {
+                        kind: Some(pb::worker_message::Kind::Heartbeat(hb)),
+                    };
+                    if up_tx.send(msg).await.is_err() {
+                        return;
+                    }
+                }
+            })
+        };
+        loop {
+            let msg = tokio::select! {
+                m = inbound.message() => m,
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {
+                    if shared.shutting_down.load(Ordering::SeqCst)
+                        && shared.running.lock().expect("lock").is_none()
+                    {
+                        beat.abort();
+                        return Ok(());
+                    }
+                    continue;
+                }
+            };
+            match msg {
+                Ok(Some(pb::CoordinatorMessage {
+                    kind: Some(pb::coordinator_message::Kind::Assign(a)),
+                })) => {
+                    if shared.running.lock().expect("lock").is_some() {
+                        continue; // the coordinator's view lags a heartbeat; it will re-offer
+                    }
+                    start_job(&opts, &shared, c.clone(), a);
+                }
+                Ok(Some(pb::CoordinatorMessage {
+                    kind: Some(pb::coordinator_message::Kind::Cancel(cr)),
+                })) => {
+                    let r = shared.running.lock().expect("lock");
+                    if let Some(r) = r.as_ref().filter(|r| Some(r.fence) == cr.fence) {
+                        eprintln!(
+                            "run {} attempt {}: {}",
+                            r.fence.run_id, r.fence.attempt, cr.reason
+                        );
+                        r.cancel.cancel();
+                    }
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => {
+                    eprintln!("session ended; reconnecting");
+                    break;
+                }
+            }
+        }
+        beat.abort();
+        tokio::time::sleep(backoff).await;
+    }
+}
+
+/// What the reporter hands to the sender task, delivered in order.
+enum Op {
+    Metrics(Vec<(String, i64, f64, f64)>),
+    Log(String),
+    Checkpoint(i64, PathBuf),
+    Artifact(i64, String, Vec<u8>),
+    Finish(pb::finish_request::Outcome, String, i64),
+}
+
+/// The reporter a remote job runs against: queues, never blocks on the network.
+pub struct GrpcReporter {
+    queue: mpsc::UnboundedSender<Op>,
+    dir: PathBuf,
+    started: Instant,
+    step: Arc<AtomicI64>,
+    total: Arc<AtomicI64>,
+}
+
+impl Reporter for GrpcReporter {
+    fn metrics(&mut self, step: i64, values: &[(&str, f64)]) -> anyhow::Result<()> {
+        let t = self.started.elapsed().as_secs_f64();
+        let points = values
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), step, *v, t))
+            .collect();
+        let _ = self.queue.send(Op::Metrics(points));
+        Ok(())
+    }
+    fn checkpoint_path(&mut self, step: i64) -> anyhow::Result<PathBuf> {
+        let dir = self.dir.join("checkpoints");
+        std::fs::create_dir_all(&dir)?;
+        Ok(dir.join(format!("step-{step:08}.safetensors")))
+    }
+    fn checkpoint_written(&mut self, step: i64, path: &Path) -> anyhow::Result<()> {
+        let _ = self.queue.send(Op::Checkpoint(step, path.to_owned()));
+        Ok(())
+    }
+    fn artifact(&mut self, step: i64, name: &str, png: &[u8]) -> anyhow::Result<()> {
+        let _ = self
+            .queue
+            .send(Op::Artifact(step, name.to_owned(), png.to_vec()));
+        Ok(())
+    }
+    fn log(&mut self, line: &str) {
+        eprintln!("{line}");
+        let _ = self.queue.send(Op::Log(line.to_owned()));
+    }
+    fn progress(&mut self, step: i64, total: i64, _losses: &[(&str, f64)]) {
+        self.step.store(step, Ordering::Relaxed);
+        self.total.store(total, Ordering::Relaxed);
+    }
+    fn finish(&mut self, message: &str) {
+        self.log(message);
+    }
+}
+
+/// Downloads a checkpoint into the cache (once; verified by its SHA-256).
+async fn download(
+    c: &mut Client,
+    fence: pb::Fence,
+    id: i64,
+    cache: &Path,
+) -> anyhow::Result<PathBuf> {
+    let path = cache.join(format!("checkpoint-{id}.safetensors"));
+    if path.is_file() {
+        return Ok(path);
+    }
+    let mut stream = c
+        .download(pb::DownloadRequest {
+            checkpoint_id: id,
+            fence: Some(fence),
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("downloading checkpoint {id}: {}", s.message()))?
+        .into_inner();
+    let mut data = Vec::new();
+    let mut sha = String::new();
+    while let Some(chunk) = stream.message().await? {
+        if !chunk.sha256.is_empty() {
+            sha = chunk.sha256;
+        }
+        data.extend_from_slice(&chunk.data);
+    }
+    anyhow::ensure!(
+        format!("{:x}", Sha256::digest(&data)) == sha,
+        "checkpoint {id} arrived corrupt"
+    );
+    let tmp = path.with_extension("part");
+    std::fs::write(&tmp, &data)?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(path)
+}
+
+/// Calls `f` until it succeeds; waits out an unreachable coordinator. `Stale` and other
+/// refusals end the retries.
+async fn retry<T, F, Fut>(what: &str, mut f: F) -> Result<T, Status>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, Status>>,
+{
+    let mut wait = Duration::from_millis(100);
+    loop {
+        match f().await {
+            Ok(v) => return Ok(v),
+            Err(s)
+                if matches!(
+                    s.code(),
+                    Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded
+                ) =>
+            {
+                eprintln!(
+                    "{what}: coordinator unavailable ({}); retrying",
+                    s.message()
+                );
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(3));
+            }
+            Err(s) => return Err(s),
+        }
+    }
+}
+
+fn start_job(opts: &RemoteOptions, shared: &Arc<Shared>, c: Client, a: pb::Assignment) {
+    let Some(fence) = a.fence else {
+        return;
+    };
+    let cancel = CancelToken::default();
+    let step = Arc::new(AtomicI64::new(a.resume_step));
+    let total = Arc::new(AtomicI64::new(0));
+    *shared.running.lock().expect("lock") = Some(Running {
+        fence,
+        cancel: cancel.clone(),
+        step: step.clone(),
+        total: total.clone(),
+    });
+    if shared.shutting_down.load(Ordering::SeqCst) {
+        cancel.cancel();
+    }
+    let dir = opts
+        .work_dir
+        .join("runs")
+        .join(format!("run-{}-attempt-{}", fence.run_id, fence.attempt));
+    let cache = opts.work_dir.join("cache");
+    let device = opts.device;
+    let shared = shared.clone();
+    let handle = tokio::runtime::Handle::current();
+    let (queue, rx) = mpsc::unbounded_channel::<Op>();
+    let sender = handle.spawn(send_queue(c.clone(), fence, rx, cancel.clone()));
+    std::thread::spawn(move || {
+        eprintln!(
+            "run {} ({}/{}) attempt {}: {}",
+            fence.run_id, a.experiment, a.run_name, fence.attempt, a.job_kind
+        );
+        let mut reporter = GrpcReporter {
+            queue: queue.clone(),
+            dir: dir.clone(),
+            started: Instant::now(),
+            step,
+            total,
+        };
+        let result = (|| -> anyhow::Result<Outcome> {
+            std::fs::create_dir_all(&cache)?;
+            std::fs::create_dir_all(&dir)?;
+            let mut c = c.clone();
+            let mut config: serde_yaml::Mapping = serde_yaml::from_str(&a.job_yaml)
+                .context("the coordinator sent a job that is not YAML")?;
+            for input in &a.inputs {
+                let path = handle.block_on(download(&mut c, fence, input.checkpoint_id, &cache))?;
+                config.insert(
+                    serde_yaml::Value::String(input.field.clone()),
+                    serde_yaml::Value::String(path.display().to_string()),
+                );
+            }
+            let resume = if a.resume_checkpoint > 0 {
+                reporter.log(&format!("resuming from step {}", a.resume_step));
+                Some(handle.block_on(download(&mut c, fence, a.resume_checkpoint, &cache))?)
+            } else {
+                None
+            };
+            let text = serde_yaml::to_string(&config)?;
+            let spec = JobSpec::from_yaml(&text, &format!("{}/{}", a.experiment, a.run_name))?;
+            job::run(&spec, resume.as_deref(), device, &mut reporter, &cancel)
+        })();
+        use pb::finish_request::Outcome as O;
+        let stopping = shared.shutting_down.load(Ordering::SeqCst);
+        let finish = match result {
+            Ok(Outcome::Completed { step }) => Some((O::Succeeded, "completed".to_string(), step)),
+            // A worker that is shutting down leaves the run to be resumed elsewhere.
+            Ok(Outcome::Cancelled { .. }) if stopping => None,
+            Ok(Outcome::Cancelled { step }) => Some((O::Cancelled, "cancelled".to_string(), step)),
+            Err(e) => Some((O::Failed, format!("{e:#}"), 0)),
+        };
+        if let Some((o, m, s)) = finish {
+            eprintln!("run {} attempt {}: {m}", fence.run_id, fence.attempt);
+            let _ = queue.send(Op::Finish(o, m, s));
+        }
+        drop(queue);
+        drop(reporter);
+        let _ = handle.block_on(sender);
+        let _ = std::fs::remove_dir_all(&dir);
+        *shared.running.lock().expect("lock") = None;
+    });
+}
+
+/// Delivers a job's reports in order; consecutive metric reports go out as one batch.
+async fn send_queue(
+    mut c: Client,
+    fence: pb::Fence,
+    mut rx: mpsc::UnboundedReceiver<Op>,
+    cancel: CancelToken,
+) {
+    let mut seq = 0u64;
+    let mut pending: Option<Op> = None;
+    let mut stale = false;
+    loop {
+        let op = match pending.take() {
+            Some(op) => op,
+            None => match rx.recv().await {
+                Some(op) => op,
+                None => return,
+            },
+        };
+        if stale {
+            continue; // drain: this attempt may no longer write
+        }
+        let result: Result<(), Status> = match op {
+            Op::Metrics(mut points) => {
+                let mut lines = Vec::new();
+                // Coalesce whatever is already queued behind it.
+                while points.len() < 50_000 {
+                    match rx.try_recv() {
+                        Ok(Op::Metrics(more)) => points.extend(more),
+                        Ok(Op::Log(l)) => lines.push(l),
+                        Ok(other) => {
+                            pending = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                seq += 1;
+                let mut names: Vec<String> = Vec::new();
+                let mut batch = pb::MetricBatch {
+                    fence: Some(fence),
+                    seq,
+                    ..Default::default()
+                };
+                for (name, step, value, t) in points {
+                    let i = match names.iter().position(|n| *n == name) {
+                        Some(i) => i,
+                        None => {
+                            names.push(name);
+                            names.len() - 1
+                        }
+                    };
+                    batch.name_index.push(i as u32);
+                    batch.steps.push(step);
+                    batch.values.push(value);
+                    batch.times.push(t);
+                }
+                batch.names = names;
+                let r = retry("metrics", || {
+                    let mut c = c.clone();
+                    let b = batch.clone();
+                    async move { c.report_metrics(b).await }
+                })
+                .await
+                .map(|_| ());
+                if r.is_ok() && !lines.is_empty() {
+                    send_logs(&mut c, fence, lines).await
+                } else {
+                    r
+                }
+            }
+            Op::Log(l) => {
+                let mut lines = vec![l];
+                while let Ok(op) = rx.try_recv() {
+                    match op {
+                        Op::Log(l) => lines.push(l),
+                        other => {
+                            pending = Some(other);
+                            break;
+                        }
+                    }
+                }
+                send_logs(&mut c, fence, lines).await
+            }
+            Op::Checkpoint(step, path) => match std::fs::read(&path) {
+                Ok(data) => upload(&mut c, fence, step, "", data, true).await,
+                Err(e) => {
+                    eprintln!("cannot read checkpoint {}: {e}", path.display());
+                    Ok(())
+                }
+            },
+            Op::Artifact(step, name, data) => upload(&mut c, fence, step, &name, data, false).await,
+            Op::Finish(outcome, message, step) => retry("finish", || {
+                let mut c = c.clone();
+                let m = message.clone();
+                async move {
+                    c.finish(pb::FinishRequest {
+                        fence: Some(fence),
+                        outcome: outcome as i32,
+                        message: m,
+                        step,
+                    })
+                    .await
+                }
+            })
+            .await
+            .map(|_| ()),
+        };
+        if let Err(s) = result {
+            if s.code() == Code::FailedPrecondition {
+                eprintln!(
+                    "run {} attempt {}: {}; stopping it",
+                    fence.run_id,
+                    fence.attempt,
+                    s.message()
+                );
+                stale = true;
+                cancel.cancel();
+            } else {
+                eprintln!("report refused: {}", s.message());
+            }
+        }
+    }
+}
+
+async fn send_logs(c: &mut Client, fence: pb::Fence, lines: Vec<String>) -> Result<(), Status> {
+    retry("logs", || {
+        let mut c = c.clone();
+        let lines = lines.clone();
+        async move {
+            c.report_logs(pb::LogBatch {
+                fence: Some(fence),
+                lines,
+            })
+            .await
+        }
+    })
+    .await
+    .map(|_| ())
+}
+
+async fn upload(
+    c: &mut Client,
+    fence: pb::Fence,
+    step: i64,
+    name: &str,
+    data: Vec<u8>,
+    checkpoint: bool,
+) -> Result<(), Status> {
+    let sha = format!("{:x}", Sha256::digest(&data));
+    let data = Arc::new(data);
+    retry("upload", || {
+        let mut c = c.clone();
+        let data = data.clone();
+        let header = pb::UploadHeader {
+            fence: Some(fence),
+            step,
+            name: name.to_owned(),
+            size: data.len() as u64,
+            sha256: sha.clone(),
+        };
+        async move {
+            let n = data.len().div_ceil(1 << 20).max(1);
+            let chunks: Vec<pb::UploadChunk> = (0..n)
+                .map(|i| pb::UploadChunk {
+                    header: (i == 0).then(|| header.clone()),
+                    data: data[(i << 20).min(data.len())..((i + 1) << 20).min(data.len())].to_vec(),
+                })
+                .collect();
+            let stream = tokio_stream::iter(chunks);
+            if checkpoint {
+                c.upload_checkpoint(stream).await
+            } else {
+                c.upload_artifact(stream).await
+            }
+        }
+    })
+    .await
+    .map(|_| ())
+}

@@ -261,20 +261,17 @@ pub fn parse(file: &str, src: &str) -> Result<Experiment, ExperimentError> {
         });
     }
     let parsed: ExperimentFile = serde_yaml::from_str(src).map_err(|e| {
-        let (line, column) = e
-            .location()
-            .map_or((0, 0), |l| (l.line(), l.column()));
+        let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
         ExperimentError {
             file: file.into(),
             line,
             column,
-            message: format!(
-                "{} (expected: name, dataset, stages, runs, sweep, objective, max_restarts, checkpoints)",
-                e.to_string()
-                    .split(" at line ")
-                    .next()
-                    .unwrap_or_default()
-            ),
+            message: e
+                .to_string()
+                .split(" at line ")
+                .next()
+                .unwrap_or_default()
+                .to_string(),
         }
     })?;
     if !valid_name(&parsed.name) {
@@ -404,10 +401,10 @@ pub fn parse(file: &str, src: &str) -> Result<Experiment, ExperimentError> {
             }
         }
     }
-    // Needs: known names, a field each, no cycles.
+    // Needs: known names first, then no cycles, then a config field for each.
     for b in &bases {
         for n in b.needs {
-            let Some(&j) = index.get(n.as_str()) else {
+            if !index.contains_key(n.as_str()) {
                 return Err(ctx.err_at(
                     Some(b.name),
                     n,
@@ -416,8 +413,21 @@ pub fn parse(file: &str, src: &str) -> Result<Experiment, ExperimentError> {
                         b.name
                     ),
                 ));
-            };
-            let up = &bases[j];
+            }
+        }
+    }
+    let order = topo_order(&bases.iter().map(|b| (b.name, b.needs)).collect::<Vec<_>>()).map_err(
+        |cycle| {
+            ctx.err_at(
+                Some(&cycle[0]),
+                "needs",
+                format!("`needs` forms a cycle: {}", cycle.join(" -> ")),
+            )
+        },
+    )?;
+    for b in &bases {
+        for n in b.needs {
+            let up = &bases[index[n.as_str()]];
             if input_field(b.job, up.job).is_none() {
                 return Err(ctx.err_at(
                     Some(b.name),
@@ -439,15 +449,6 @@ pub fn parse(file: &str, src: &str) -> Result<Experiment, ExperimentError> {
             }
         }
     }
-    let order = topo_order(&bases.iter().map(|b| (b.name, b.needs)).collect::<Vec<_>>()).map_err(
-        |cycle| {
-            ctx.err_at(
-                None,
-                "needs",
-                format!("`needs` forms a cycle: {}", cycle.join(" -> ")),
-            )
-        },
-    )?;
 
     let sweep_points = match &parsed.sweep {
         Some(s) => expand_sweep(s).map_err(|m| ctx.err_at(None, "sweep", m))?,

@@ -1,0 +1,460 @@
+//! End to end with a real PostgreSQL, a real coordinator process (`plume serve`) and real
+//! worker processes (`plume-worker --coordinator`): a pipeline survives `kill -9` of a worker
+//! and of the coordinator, a stale attempt cannot write, cancel frees a worker, tokens are
+//! checked, bad experiments store nothing, and `plume best` agrees with the stored metrics.
+
+use plume_coordinator::client::user_client;
+use plume_coordinator::pg::{free_port, PrivatePostgres};
+use plume_coordinator::store::{Fence, Series, Store, StoreError};
+use plume_proto::v1 as pb;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const USER: &str = "user-token-for-tests";
+const WORKER: &str = "worker-token-for-tests";
+
+fn bin(name: &str) -> PathBuf {
+    // Integration tests live in target/<profile>/deps; the binaries one level up.
+    let exe = std::env::current_exe().unwrap();
+    let path = exe.parent().unwrap().parent().unwrap().join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: build the workspace (cargo test --workspace builds it)",
+        path.display()
+    );
+    path
+}
+
+struct Kill(Child);
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn coordinator(db: &str, port: u16, log: &Path) -> Kill {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    Kill(
+        Command::new(bin("plume"))
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--lease-secs",
+                "4",
+            ])
+            .env("DATABASE_URL", db)
+            .env("PLUME_WORKER_TOKEN", WORKER)
+            .env("PLUME_USER_TOKEN", USER)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    )
+}
+
+fn worker(port: u16, name: &str, dir: &Path) -> Kill {
+    std::fs::create_dir_all(dir).unwrap();
+    let log = std::fs::File::create(dir.join("worker.log")).unwrap();
+    Kill(
+        Command::new(bin("plume-worker"))
+            .args([
+                "--coordinator",
+                &format!("http://127.0.0.1:{port}"),
+                "--device",
+                "cpu",
+            ])
+            .args(["--name", name, "--work-dir"])
+            .arg(dir)
+            .env("PLUME_WORKER_TOKEN", WORKER)
+            .env("OMP_NUM_THREADS", "1")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    )
+}
+
+async fn wait_for<F, Fut>(what: &str, secs: u64, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+const TINY: &str = "dataset: {kind: synthetic-birds, images: 200, resolution: 32, seed: 3}
+stages:
+  judge: {job: train-judge, steps: 4, batch: 4, net: {channels: [8, 8, 8], hidden: 16}, checkpoint_every: 2}
+  generator: {job: pretrain-generator, needs: [judge], steps: 150, batch: 4, checkpoint_every: 10, eval_every: 1000, sample_every: 1000, fid_images: 16, network: {resolution: 32, z_dim: 32, w_dim: 32, channel_base: 256, channel_max: 16}}
+  styles: {job: invert, needs: [generator, judge], steps: 3, batch: 100, limit: 200}
+runs:
+  - {name: m1, job: train-text, method: weighted, needs: [generator, styles, judge], steps: 4, batch: 4, max_tokens: 32, eval_every: 2, eval_edits: 8, checkpoint_every: 2}
+  - {name: m3, job: train-text, method: contrastive, needs: [generator, styles, judge], steps: 4, batch: 4, max_tokens: 32, eval_every: 2, eval_edits: 8, checkpoint_every: 2, ablate: {losses.preservation: [0, 1]}}
+objective: {metric: eval/score, mode: max}
+max_restarts: 2
+checkpoints: {keep: {best: 1, latest: 1}}
+";
+
+async fn state(store: &Store, exp: i64, run: &str) -> (String, i64, Option<i64>, i32) {
+    sqlx::query_as("SELECT state, step, lease_worker, attempt FROM runs WHERE experiment_id = $1 AND name = $2")
+        .bind(exp)
+        .bind(run)
+        .fetch_one(&store.pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipeline_survives_worker_and_coordinator_kills() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().to_path_buf();
+    let pg_dir = d.join("pg");
+    let pg_port = free_port().unwrap();
+    let pg = tokio::task::spawn_blocking(move || PrivatePostgres::start(&pg_dir, pg_port))
+        .await
+        .unwrap()
+        .unwrap();
+    let store = Store::connect(&pg.url, Duration::from_secs(4))
+        .await
+        .unwrap();
+    let port = free_port().unwrap();
+    let log = d.join("coordinator.log");
+    let mut coord = coordinator(&pg.url, port, &log);
+    let url = format!("http://127.0.0.1:{port}");
+    wait_for("the coordinator", 30, || {
+        let url = url.clone();
+        async move { user_client(&url, USER).await.is_ok() }
+    })
+    .await;
+    let mut c = user_client(&url, USER).await.unwrap();
+
+    // Tokens: none, a wrong one, and a worker token on the user API are all refused.
+    let mut no_token = pb::user_api_client::UserApiClient::connect(url.clone())
+        .await
+        .unwrap();
+    let e = no_token
+        .list_experiments(pb::ListRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated);
+    let mut as_worker = user_client(&url, WORKER).await.unwrap();
+    let e = as_worker
+        .submit_experiment(pb::SubmitRequest {
+            yaml: format!("name: sneaky\n{TINY}"),
+            file_name: "x.yaml".into(),
+            dry_run: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+
+    // A bad experiment stores nothing.
+    let count = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT (SELECT count(*) FROM experiments) + (SELECT count(*) FROM runs)",
+        )
+        .fetch_one(&store.pool)
+        .await
+        .unwrap()
+    };
+    let e = c
+        .submit_experiment(pb::SubmitRequest {
+            yaml: format!(
+                "name: bad\n{}",
+                TINY.replace("method: weighted", "method: nope")
+            ),
+            file_name: "bad.yaml".into(),
+            dry_run: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().starts_with("bad.yaml:8:"), "{}", e.message());
+    assert_eq!(count().await, 0);
+
+    let w0 = d.join("w0");
+    let w1 = d.join("w1");
+    let mut workers: BTreeMap<String, Kill> = BTreeMap::new();
+    workers.insert("w0".into(), worker(port, "w0", &w0));
+    workers.insert("w1".into(), worker(port, "w1", &w1));
+
+    let reply = c
+        .submit_experiment(pb::SubmitRequest {
+            yaml: format!("name: e2e\n{TINY}"),
+            file_name: "e2e.yaml".into(),
+            dry_run: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let exp = reply.experiment_id;
+    assert_eq!(reply.runs.len(), 6);
+
+    // kill -9 the worker running the generator once it has a checkpoint past step 0.
+    wait_for("the generator to checkpoint", 240, || async {
+        let (s, _, _, _) = state(&store, exp, "generator").await;
+        let ck: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM checkpoints c JOIN runs r ON r.id = c.run_id WHERE r.experiment_id = $1 AND r.name = 'generator' AND c.step > 0",
+        )
+        .bind(exp)
+        .fetch_one(&store.pool)
+        .await
+        .unwrap();
+        s == "running" && ck > 0
+    })
+    .await;
+    let (_, _, holder, _) = state(&store, exp, "generator").await;
+    let holder_name: String = sqlx::query_scalar("SELECT name FROM workers WHERE id = $1")
+        .bind(holder.unwrap())
+        .fetch_one(&store.pool)
+        .await
+        .unwrap();
+    let victim = workers.remove(&holder_name).unwrap();
+    let mut victim = victim;
+    victim.0.kill().unwrap(); // SIGKILL
+    victim.0.wait().unwrap();
+    // Replace it so two workers remain.
+    workers.insert("w2".into(), worker(port, "w2", &d.join("w2")));
+
+    // Then kill the coordinator mid-experiment and start it again on the same port.
+    wait_for("the generator's second attempt", 60, || async {
+        state(&store, exp, "generator").await.3 >= 2
+    })
+    .await;
+    coord.0.kill().unwrap();
+    coord.0.wait().unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    coord = coordinator(&pg.url, port, &log);
+
+    wait_for("the experiment to finish", 420, || async {
+        let s: String = sqlx::query_scalar("SELECT state FROM experiments WHERE id = $1")
+            .bind(exp)
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+        s != "running"
+    })
+    .await;
+    let mut c = user_client(&url, USER).await.unwrap();
+    let detail = c
+        .get_experiment(pb::GetRequest {
+            experiment: "e2e".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    for r in &detail.runs {
+        assert_eq!(r.state, "succeeded", "{}: {}", r.name, r.error);
+    }
+    // The killed attempt is in the generator's history as lost; the next one resumed.
+    let gen = detail.runs.iter().find(|r| r.name == "generator").unwrap();
+    assert!(gen.attempts.len() >= 2, "{:?}", gen.attempts);
+    assert_eq!(gen.attempts[0].state, "lost");
+    assert!(gen.attempts[1].resumed_from_step > 0, "{:?}", gen.attempts);
+    // Exactly one point per (metric, step) on the resumed curve, and all steps present.
+    let gen_id = gen.id;
+    for metric in ["gen/loss_g", "gen/loss_d"] {
+        let curve = store.curve(gen_id, metric).await.unwrap();
+        let mut steps = curve.steps.clone();
+        steps.sort();
+        steps.dedup();
+        assert_eq!(steps.len(), curve.steps.len(), "{metric}: duplicate points");
+        assert_eq!(steps, (1..=150).collect::<Vec<i64>>(), "{metric}: gaps");
+    }
+    // `best` equals the argmax over the stored metrics at the kept checkpoints' steps.
+    let best = c
+        .best_checkpoints(pb::BestRequest {
+            experiment: "e2e".into(),
+            metric: String::new(),
+            top: 1,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let top = &best.checkpoints[0];
+    let rows: Vec<(i64, i64, i64)> = sqlx::query_as(
+        "SELECT c.id, c.run_id, c.step FROM checkpoints c JOIN runs r ON r.id = c.run_id WHERE r.experiment_id = $1",
+    )
+    .bind(exp)
+    .fetch_all(&store.pool)
+    .await
+    .unwrap();
+    let mut argmax: Option<(f64, i64)> = None;
+    for (id, run, step) in rows {
+        let curve = store.curve(run, "eval/score").await.unwrap();
+        if let Some(i) = curve.steps.iter().position(|&s| s == step) {
+            let v = curve.values[i];
+            if argmax.is_none_or(|(bv, _)| v > bv) {
+                argmax = Some((v, id));
+            }
+        }
+    }
+    let (v, id) = argmax.expect("some checkpoint has an eval/score");
+    assert_eq!(top.checkpoint_id, id);
+    assert!((top.value - v).abs() < 1e-12);
+    // Retention kept at most best 1 + latest 1 per finished run.
+    let per_run: Vec<i64> = sqlx::query_scalar(
+        "SELECT count(*) FROM checkpoints c JOIN runs r ON r.id = c.run_id WHERE r.experiment_id = $1 GROUP BY c.run_id",
+    )
+    .bind(exp)
+    .fetch_all(&store.pool)
+    .await
+    .unwrap();
+    assert!(per_run.iter().all(|&n| (1..=2).contains(&n)), "{per_run:?}");
+    // The downloaded best checkpoint is byte-identical to what was stored.
+    let out = d.join("best.safetensors");
+    let o = Command::new(bin("plume"))
+        .args(["download", &top.checkpoint_id.to_string(), "--out"])
+        .arg(&out)
+        .args(["--coordinator", &url, "--token", USER])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        plume_coordinator::blobs::sha256_hex(&std::fs::read(&out).unwrap()),
+        top.sha256
+    );
+    let json = Command::new(bin("plume"))
+        .args([
+            "best",
+            "e2e",
+            "--json",
+            "--top",
+            "1",
+            "--coordinator",
+            &url,
+            "--token",
+            USER,
+        ])
+        .output()
+        .unwrap();
+    let parsed: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(parsed["checkpoints"][0]["checkpoint"], top.checkpoint_id);
+
+    // Cancel: a long run stops within seconds and its worker takes the next run.
+    let reply = c
+        .submit_experiment(pb::SubmitRequest {
+            yaml: "name: long\ndataset: {kind: synthetic-birds, images: 200, resolution: 32, seed: 3}\nruns:\n  - {name: forever, job: train-judge, steps: 1000000, batch: 4, net: {channels: [8, 8, 8], hidden: 16}}\n  - {name: after, job: train-judge, steps: 2, batch: 4, net: {channels: [8, 8, 8], hidden: 16}}\n".into(),
+            file_name: "long.yaml".into(),
+            dry_run: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let long = reply.experiment_id;
+    wait_for("the long run to start", 60, || async {
+        state(&store, long, "forever").await.1 > 2
+    })
+    .await;
+    let asked = Instant::now();
+    c.cancel(pb::CancelRequest {
+        experiment: "long".into(),
+        run: "forever".into(),
+    })
+    .await
+    .unwrap();
+    wait_for("the cancel", 15, || async {
+        state(&store, long, "forever").await.0 == "cancelled"
+    })
+    .await;
+    let took = asked.elapsed();
+    assert!(took < Duration::from_secs(10), "cancel took {took:?}");
+    wait_for("the next run", 60, || async {
+        state(&store, long, "after").await.0 == "succeeded"
+    })
+    .await;
+    drop(workers);
+    drop(coord);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_attempt_cannot_write() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pg_dir = tmp.path().join("pg");
+    let pg_port = free_port().unwrap();
+    let pg = tokio::task::spawn_blocking(move || PrivatePostgres::start(&pg_dir, pg_port))
+        .await
+        .unwrap()
+        .unwrap();
+    let store = Store::connect(&pg.url, Duration::from_secs(1))
+        .await
+        .unwrap();
+    let exp = plume_coordinator::experiment::parse(
+        "s.yaml",
+        "name: s\ndataset: {kind: cub, path: x}\nruns:\n  - {name: a, job: train-judge, steps: 5}\nmax_restarts: 1\n",
+    )
+    .unwrap();
+    store.submit(&exp, "s.yaml", "").await.unwrap();
+    let kinds = vec!["train-judge".to_string()];
+    let w1 = store
+        .register_worker("w1", serde_json::json!({}))
+        .await
+        .unwrap();
+    let w2 = store
+        .register_worker("w2", serde_json::json!({}))
+        .await
+        .unwrap();
+    let first = store.claim(w1, &kinds).await.unwrap().unwrap();
+    let mut batch = BTreeMap::new();
+    batch.insert(
+        "loss".to_string(),
+        Series {
+            steps: vec![1, 2],
+            values: vec![0.5, 0.4],
+        },
+    );
+    assert!(store.ingest(first.fence, 1, &batch).await.unwrap());
+    assert!(
+        !store.ingest(first.fence, 1, &batch).await.unwrap(),
+        "a resent batch is not applied twice"
+    );
+    // The lease runs out; the run is requeued and claimed by another worker.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(store.reap_expired().await.unwrap(), 1);
+    let second = store.claim(w2, &kinds).await.unwrap().unwrap();
+    assert_eq!(second.fence.attempt, 2);
+    // Everything the first attempt tries now is refused.
+    let stale = Fence { ..first.fence };
+    assert!(matches!(
+        store.ingest(stale, 2, &batch).await,
+        Err(StoreError::Stale { .. })
+    ));
+    assert!(matches!(
+        store.heartbeat(stale, 3, 5).await,
+        Err(StoreError::Stale { .. })
+    ));
+    assert!(matches!(
+        store.finish(stale, "succeeded", "", 5).await,
+        Err(StoreError::Stale { .. })
+    ));
+    // The new attempt started from no checkpoint, so the old points are gone: one curve, no
+    // duplicates once it reports.
+    assert!(store.ingest(second.fence, 1, &batch).await.unwrap());
+    let curve = store.curve(second.fence.run, "loss").await.unwrap();
+    assert_eq!(curve.steps, vec![1, 2]);
+    store
+        .finish(second.fence, "succeeded", "ok", 5)
+        .await
+        .unwrap();
+    let attempts = store.attempts(second.fence.run).await.unwrap();
+    assert_eq!(
+        attempts
+            .iter()
+            .map(|a| a.state.as_str())
+            .collect::<Vec<_>>(),
+        vec!["lost", "succeeded"]
+    );
+}

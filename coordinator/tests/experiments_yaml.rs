@@ -1,0 +1,226 @@
+//! Experiment YAML: the bad-input suite (every case a clear error with a location) and the
+//! expansion of stages, ablations and sweeps.
+
+use plume_coordinator::experiment::parse;
+
+const GOOD: &str = "name: methods
+dataset: {kind: synthetic-birds, images: 200, resolution: 32, seed: 3}
+stages:
+  judge: {job: train-judge, steps: 4}
+  generator: {job: pretrain-generator, needs: [judge], steps: 4}
+  styles: {job: invert, needs: [generator, judge], steps: 3}
+runs:
+  - {name: m1, job: train-text, method: weighted, needs: [generator, styles, judge], steps: 4}
+  - name: m3
+    job: train-text
+    method: contrastive
+    needs: [generator, styles, judge]
+    steps: 4
+    ablate: {losses.preservation: [0, 1], reconstruction_target: [input, both]}
+objective: {metric: eval/score, mode: max}
+max_restarts: 3
+checkpoints: {keep: {best: 2, latest: 1}}
+";
+
+#[test]
+fn stages_ablations_and_inputs_expand_in_dependency_order() {
+    let e = parse("methods.yaml", GOOD).unwrap();
+    let names: Vec<&str> = e.runs.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names[..4], ["judge", "generator", "styles", "m1"]);
+    assert_eq!(e.runs.len(), 4 + 4, "m3 has a 2x2 ablation");
+    assert!(names.contains(&"m3@losses.preservation=0,reconstruction_target=both"));
+    let styles = &e.runs[2];
+    assert_eq!(
+        styles.inputs,
+        vec![
+            ("generator".to_string(), "generator".to_string()),
+            ("critic".to_string(), "judge".to_string())
+        ]
+    );
+    let m3 = e
+        .runs
+        .iter()
+        .find(|r| r.name == "m3@losses.preservation=0,reconstruction_target=both")
+        .unwrap();
+    let cfg: serde_yaml::Value = serde_yaml::from_str(&m3.config).unwrap();
+    assert_eq!(cfg["kind"], "train-text");
+    assert_eq!(cfg["losses"]["preservation"], 0);
+    assert_eq!(cfg["reconstruction_target"], "both");
+    assert_eq!(cfg["dataset"]["kind"], "synthetic-birds");
+    assert_eq!(m3.total_steps, 4);
+}
+
+#[test]
+fn sweeps_are_grids_or_seeded_random_draws() {
+    let grid = GOOD.replace(
+        "objective:",
+        "sweep: {lr_heads: [0.001, 0.01], batch: [8, 16]}\nobjective:",
+    );
+    let grid = grid.replace(
+        "    ablate: {losses.preservation: [0, 1], reconstruction_target: [input, both]}\n",
+        "",
+    );
+    let e = parse("s.yaml", &grid).unwrap();
+    assert_eq!(e.runs.len(), 3 + 2 * 4);
+    let random = grid.replace(
+        "sweep: {lr_heads: [0.001, 0.01], batch: [8, 16]}",
+        "sweep: {lr_heads: {log_uniform: [1e-5, 1e-3]}, batch: [8, 16], search: {random: 5, seed: 9}}",
+    );
+    let a = parse("s.yaml", &random).unwrap();
+    let b = parse("s.yaml", &random).unwrap();
+    assert_eq!(a.runs.len(), 3 + 2 * 5);
+    let lrs: Vec<f64> = a
+        .runs
+        .iter()
+        .filter(|r| r.name.starts_with("m1@"))
+        .map(|r| {
+            serde_yaml::from_str::<serde_yaml::Value>(&r.config).unwrap()["lr_heads"]
+                .as_f64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(lrs.len(), 5);
+    assert!(lrs.iter().all(|&x| (1e-5..=1e-3).contains(&x)), "{lrs:?}");
+    assert_eq!(
+        a.runs.iter().map(|r| &r.config).collect::<Vec<_>>(),
+        b.runs.iter().map(|r| &r.config).collect::<Vec<_>>(),
+        "same seed, same draws"
+    );
+}
+
+/// Each case: the YAML, a fragment the error must contain, and the line it must name (0: any).
+#[test]
+fn bad_experiments_get_clear_located_errors() {
+    let billion_laughs = "name: lol\na: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]\ne: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]\nf: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]\ng: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f]\nh: &h [*g, *g, *g, *g, *g, *g, *g, *g, *g]\ndataset: {kind: cub, path: x}\nruns: []\n";
+    let huge = format!("name: big\n# {}\n", "x".repeat(50 << 20));
+    let cases: Vec<(String, &str, usize)> = vec![
+        (GOOD.replace("runs:\n", "runs:\n  - {name: [oops\n"), "", 0),
+        (
+            GOOD.replace("max_restarts: 3", "max_restart: 3"),
+            "unknown field `max_restart`",
+            16,
+        ),
+        (
+            GOOD.replace("max_restarts: 3", "max_restarts: lots"),
+            "invalid type",
+            16,
+        ),
+        (
+            GOOD.replace("needs: [judge], steps: 4}", "needs: [styles], steps: 4}"),
+            "cycle",
+            0,
+        ),
+        (
+            GOOD.replace("method: weighted", "method: telepathy"),
+            "unknown method \"telepathy\"",
+            8,
+        ),
+        (
+            GOOD.replace("job: invert", "job: invertt"),
+            "unknown job \"invertt\"",
+            6,
+        ),
+        (
+            GOOD.replace("needs: [generator, judge]", "needs: [generatr, judge]"),
+            "not a stage or run",
+            6,
+        ),
+        (
+            GOOD.replace("objective:", "sweep: {lr_heads: []}\nobjective:"),
+            "lists no values",
+            15,
+        ),
+        (
+            GOOD.replace("objective:", "sweep: {}\nobjective:"),
+            "no parameters",
+            15,
+        ),
+        (
+            GOOD.replace("[0, 1], reconstruction_target", "[], reconstruction_target"),
+            "lists no values",
+            0,
+        ),
+        (
+            GOOD.replace("name: m1,", "name: ../../etc/passwd,"),
+            "not allowed",
+            8,
+        ),
+        (
+            GOOD.replace("name: methods", "name: \"a/b\""),
+            "not allowed",
+            1,
+        ),
+        (
+            GOOD.replace("name: m1,", "name: judge,"),
+            "defined twice",
+            0,
+        ),
+        (
+            GOOD.replace("mode: max", "mode: maximal"),
+            "unknown variant",
+            15,
+        ),
+        (GOOD.replace("latest: 1", "latest: 0"), "at least 1", 0),
+        (
+            GOOD.replace(
+                "{job: train-judge, steps: 4}",
+                "{job: train-judge, kind: x}",
+            ),
+            "use `job:`",
+            0,
+        ),
+        (
+            GOOD.replace(
+                "objective:",
+                "  - {name: ev, job: evaluate, needs: [m3]}\nobjective:",
+            ),
+            "several runs",
+            15,
+        ),
+        (
+            GOOD.replace(
+                "needs: [generator, styles, judge], steps: 4}",
+                "needs: [m3], steps: 4}",
+            ),
+            "cannot use the output",
+            8,
+        ),
+        (
+            GOOD.replace(
+                "objective:",
+                "sweep: {lr: {log_uniform: [1e-3, 1e-5]}, search: {random: 2}}\nobjective:",
+            ),
+            "low must be below high",
+            15,
+        ),
+        (
+            GOOD.replace(
+                "objective:",
+                "sweep: {lr: {log_uniform: [1e-5, 1e-3]}}\nobjective:",
+            ),
+            "search: {random: N}",
+            15,
+        ),
+        ("just a string".into(), "invalid type", 0),
+        ("".into(), "", 0),
+        (billion_laughs.into(), "", 0),
+        (huge, "at most", 0),
+    ];
+    assert!(cases.len() >= 15);
+    for (i, (yaml, fragment, line)) in cases.iter().enumerate() {
+        let e = match parse("exp.yaml", yaml) {
+            Ok(_) => panic!("case {i} was accepted"),
+            Err(e) => e,
+        };
+        let text = e.to_string();
+        assert!(text.starts_with("exp.yaml:"), "case {i}: {text}");
+        assert!(
+            text.contains(fragment),
+            "case {i}: {text:?} lacks {fragment:?}"
+        );
+        if *line > 0 {
+            assert_eq!(e.line, *line, "case {i}: {text}");
+        }
+        assert!(text.len() < 2000, "case {i}: error too long");
+    }
+}

@@ -51,6 +51,9 @@ struct ExperimentFile {
     #[serde(default)]
     stages: IndexMap<String, Entry>,
     runs: Vec<RunEntry>,
+    /// Fields every entry of `runs` gets unless it sets them itself (one budget for all).
+    #[serde(default)]
+    run_defaults: Mapping,
     #[serde(default)]
     sweep: Option<IndexMap<String, Value>>,
     #[serde(default)]
@@ -485,6 +488,11 @@ pub fn parse(file: &str, src: &str) -> Result<Experiment, ExperimentError> {
                 let mut config = Mapping::new();
                 config.insert("kind".into(), Value::String(b.job.into()));
                 config.insert("dataset".into(), Value::Mapping(parsed.dataset.clone()));
+                if is_run {
+                    for (k, val) in &parsed.run_defaults {
+                        config.insert(k.clone(), val.clone());
+                    }
+                }
                 for (k, val) in b.config {
                     config.insert(k.clone(), val.clone());
                 }

@@ -599,8 +599,15 @@ impl UserApi for Coordinator {
         self.work.notify_waiters();
         Ok(Response::new(pb::SubmitReply {
             experiment_id: id,
-            name: exp.name,
-            runs: runs.iter().map(run_summary).collect(),
+            name: exp.name.clone(),
+            runs: runs
+                .iter()
+                .zip(&exp.runs)
+                .map(|(r, p)| pb::RunSummary {
+                    needs: p.inputs.iter().map(|i| i.1.clone()).collect(),
+                    ..run_summary(r)
+                })
+                .collect(),
         }))
     }
 

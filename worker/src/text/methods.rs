@@ -314,14 +314,24 @@ pub fn grounding_map(
         / select
             .sum_dim_intlist([1i64].as_slice(), false, None)
             .clamp_min(1.0); // [B, K]
-    let map = &map / map.amax([1i64].as_slice(), true).clamp_min(1e-12);
     anyhow::ensure!(
         k == GRID * GRID,
         "expected {} visual tokens, got {k}",
         GRID * GRID
     );
-    let map = map.view([b, 1, GRID, GRID]);
-    Ok(map.upsample_bilinear2d([resolution, resolution], false, None, None))
+    // Scale after upsampling: bilinear interpolation lowers a single-cell peak.
+    let map = map.view([b, 1, GRID, GRID]).upsample_bilinear2d(
+        [resolution, resolution],
+        false,
+        None,
+        None,
+    );
+    let peak = map
+        .flatten(1, -1)
+        .amax([1i64].as_slice(), true)
+        .clamp_min(1e-12)
+        .view([b, 1, 1, 1]);
+    Ok(map / peak)
 }
 
 /// M1/M3's edit: `v * p + (1 - v) * w_src`.

@@ -3,6 +3,7 @@
 
 #![warn(missing_docs)]
 
+pub mod bench;
 pub mod blobs;
 pub mod client;
 pub mod experiment;

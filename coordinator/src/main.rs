@@ -165,6 +165,16 @@ enum Cmd {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Coordinator benchmarks through gRPC and Postgres (private unless DATABASE_URL): metric
+    /// ingestion, curve fetch, `best` over many runs, dispatch latency, many worker sessions.
+    Bench {
+        /// Simulated worker sessions.
+        #[arg(long, default_value_t = 200)]
+        sessions: usize,
+        /// Millions of metric points behind the `best` query.
+        #[arg(long, default_value_t = 10)]
+        points_millions: usize,
+    },
     /// Download a checkpoint by id.
     Download {
         /// Checkpoint id (from `plume best`).
@@ -349,6 +359,7 @@ async fn main() -> Result<()> {
                 .map_err(grpc)?
                 .into_inner();
             print_experiment(&d, true);
+            print_storage(&d);
             Ok(())
         }
         Cmd::Watch {
@@ -419,6 +430,16 @@ async fn main() -> Result<()> {
             for l in r.lines {
                 println!("{l}");
             }
+            Ok(())
+        }
+        Cmd::Bench {
+            sessions,
+            points_millions,
+        } => {
+            print!(
+                "{}",
+                plume_coordinator::bench::run(sessions, points_millions).await?
+            );
             Ok(())
         }
         Cmd::Download {
@@ -587,6 +608,18 @@ fn print_experiment(d: &pb::ExperimentDetail, attempts: bool) {
                 );
             }
         }
+    }
+}
+
+/// The dedup line of `show`: what the checkpoints weigh as files versus what is stored.
+fn print_storage(d: &pb::ExperimentDetail) {
+    if d.checkpoint_bytes > 0 {
+        println!(
+            "checkpoints: {:.1} MB as files, {:.1} MB stored (dedup ratio {:.2}x)",
+            d.checkpoint_bytes as f64 / 1e6,
+            d.stored_bytes as f64 / 1e6,
+            d.checkpoint_bytes as f64 / (d.stored_bytes.max(1)) as f64
+        );
     }
 }
 
@@ -925,6 +958,7 @@ async fn follow(conn: &Conn, file: &Path) -> Result<()> {
         if s.state != "running" {
             println!();
             print_experiment(&d, true);
+            print_storage(&d);
             let b = c
                 .best_checkpoints(pb::BestRequest {
                     experiment: id.clone(),

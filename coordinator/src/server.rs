@@ -671,10 +671,13 @@ impl UserApi for Coordinator {
                 .collect();
             runs.push(s);
         }
+        let (logical, stored) = self.store.dedup(Some(id)).await.map_err(status)?;
         Ok(Response::new(pb::ExperimentDetail {
             summary: Some(experiment_summary(&e)),
             runs,
             yaml: e.yaml,
+            checkpoint_bytes: logical as u64,
+            stored_bytes: stored as u64,
         }))
     }
 
@@ -888,13 +891,14 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let reaper = tokio::spawn(coordinator.clone().reaper());
     let (worker, user) = coordinator.services();
-    let mut builder = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(10)))
-        .tcp_nodelay(true);
+    let mut builder =
+        tonic::transport::Server::builder().http2_keepalive_interval(Some(Duration::from_secs(10)));
     if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;
     }
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // Accepted sockets need no-delay set here: the builder's option covers only the listeners
+    // it binds itself. Without it a small reply waits ~40 ms for the peer's delayed ACK.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let result = builder
         .add_service(worker)
         .add_service(user)

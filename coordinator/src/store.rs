@@ -992,18 +992,22 @@ impl Store {
         Ok(ranked)
     }
 
-    /// Every metric of a run at `step` (the last point at or before it).
+    /// Every metric a run reported at exactly `step`, in one query.
     pub async fn metrics_at(&self, run: i64, step: i64) -> Result<BTreeMap<String, f64>> {
-        let names: Vec<String> =
-            sqlx::query_scalar("SELECT name FROM metric_summaries WHERE run_id = $1")
-                .bind(run)
-                .fetch_all(&self.pool)
-                .await?;
+        let rows: Vec<(String, Vec<u8>, Vec<u8>)> = sqlx::query_as(
+            "SELECT name, steps, vals FROM metric_chunks WHERE run_id = $1 AND first_step <= $2 \
+             AND last_step >= $2 ORDER BY id",
+        )
+        .bind(run)
+        .bind(step)
+        .fetch_all(&self.pool)
+        .await?;
         let mut out = BTreeMap::new();
-        let mut conn = self.pool.acquire().await?;
-        for n in names {
-            if let Some(v) = value_at(&mut conn, run, &n, step).await? {
-                out.insert(n, v);
+        for (name, st, va) in rows {
+            for (s, v) in unpack_i64(&st).into_iter().zip(unpack_f64(&va)) {
+                if s == step {
+                    out.insert(name.clone(), v);
+                }
             }
         }
         Ok(out)

@@ -63,6 +63,7 @@ struct Shared {
 async fn client(opts: &RemoteOptions) -> anyhow::Result<Client> {
     let channel = Channel::from_shared(opts.coordinator.clone())?
         .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))
         .connect()
         .await?;

@@ -1,0 +1,532 @@
+//! `plume bench`: the coordinator's speed on this machine, through the real gRPC path and a
+//! real Postgres (private unless `DATABASE_URL` is set), printed as a table.
+
+use crate::client::{user_client, Auth};
+use crate::pg::{free_port, PrivatePostgres};
+use crate::server::{serve, Config, Coordinator, Limits};
+use crate::store::Store;
+use plume_proto::v1 as pb;
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+const WORKER: &str = "bench-worker-token";
+const USER: &str = "bench-user-token";
+
+type WorkerClient = pb::worker_api_client::WorkerApiClient<InterceptedService<Channel, Auth>>;
+
+async fn worker_client(url: &str) -> anyhow::Result<WorkerClient> {
+    let ch = Channel::from_shared(url.to_string())?
+        .tcp_nodelay(true)
+        .connect()
+        .await?;
+    Ok(
+        pb::worker_api_client::WorkerApiClient::with_interceptor(ch, Auth::bearer(WORKER)?)
+            .max_encoding_message_size(16 << 20),
+    )
+}
+
+fn percentile(v: &mut Vec<f64>, p: f64) -> f64 {
+    v.retain(|x| x.is_finite());
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+fn experiment_yaml(name: &str, runs: usize) -> String {
+    let mut y = format!("name: {name}\ndataset: {{kind: cub, path: none}}\nruns:\n");
+    for i in 0..runs {
+        let _ = writeln!(y, "  - {{name: r{i}, job: train-judge, steps: 10}}");
+    }
+    y
+}
+
+/// Runs every benchmark; returns the table.
+pub async fn run(sessions: usize, points_millions: usize) -> anyhow::Result<String> {
+    let tmp = std::env::temp_dir().join(format!("plume-bench-{}", std::process::id()));
+    let (url, _pg) = match std::env::var("DATABASE_URL") {
+        Ok(u) if !u.is_empty() => (u, None),
+        _ => {
+            let dir = tmp.clone();
+            let port = free_port()?;
+            let pg =
+                tokio::task::spawn_blocking(move || PrivatePostgres::start(&dir, port)).await??;
+            (pg.url.clone(), Some(pg))
+        }
+    };
+    let store = Store::connect(&url, Duration::from_secs(600)).await?;
+    let coordinator = Coordinator::new(
+        store.clone(),
+        Config {
+            worker_token: WORKER.into(),
+            user_token: USER.into(),
+            heartbeat: Duration::from_millis(1000),
+            limits: Limits::default(),
+        },
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = format!("http://{}", listener.local_addr()?);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve(coordinator, listener, None, async {
+        let _ = stopped.await;
+    }));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut user = user_client(&addr, USER).await?;
+    let mut out = String::from("benchmark                                              result\n");
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+
+    eprintln!("bench: coordinator up on {addr}, database {url}");
+    // 1. Metric ingestion through gRPC into Postgres.
+    let mut w = worker_client(&addr).await?;
+    let wid = w
+        .register(pb::RegisterRequest {
+            name: "bench".into(),
+            capabilities: Some(pb::Capabilities {
+                job_kinds: vec!["train-judge".into()],
+                ..Default::default()
+            }),
+        })
+        .await?
+        .into_inner()
+        .worker_id;
+    for (label, names, steps_per_batch, batches, concurrency) in [
+        (
+            "ingest: 1,000-point batches (10 metrics x 100 steps), 4 streams",
+            10usize,
+            100usize,
+            400usize,
+            4usize,
+        ),
+        (
+            "ingest: 10,000-point batches (10 metrics x 1,000 steps), 4 streams",
+            10,
+            1000,
+            200,
+            4,
+        ),
+    ] {
+        user.submit_experiment(pb::SubmitRequest {
+            yaml: experiment_yaml(&format!("ingest-{stamp}-{steps_per_batch}"), 1),
+            file_name: "bench.yaml".into(),
+            dry_run: false,
+        })
+        .await?;
+        let claim = store
+            .claim(wid, &["train-judge".to_string()])
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("nothing to claim"))?;
+        let fence = pb::Fence {
+            worker_id: wid,
+            run_id: claim.fence.run,
+            attempt: claim.fence.attempt,
+        };
+        let t = Instant::now();
+        let mut tasks = Vec::new();
+        for task in 0..concurrency {
+            let mut c = worker_client(&addr).await?;
+            tasks.push(tokio::spawn(async move {
+                for b in (task..batches).step_by(concurrency) {
+                    let mut batch = pb::MetricBatch {
+                        fence: Some(fence),
+                        seq: b as u64 + 1,
+                        names: (0..names).map(|i| format!("loss/term{i}")).collect(),
+                        ..Default::default()
+                    };
+                    for n in 0..names {
+                        for s in 0..steps_per_batch {
+                            batch.name_index.push(n as u32);
+                            batch.steps.push((b * steps_per_batch + s) as i64);
+                            batch.values.push(((b + s + n) as f64).sin());
+                        }
+                    }
+                    c.report_metrics(batch).await?;
+                }
+                Ok::<(), tonic::Status>(())
+            }));
+        }
+        for t in tasks {
+            t.await??;
+        }
+        let points = names * steps_per_batch * batches;
+        let secs = t.elapsed().as_secs_f64();
+        let _ = writeln!(
+            out,
+            "{label:<64} {:>10.0} points/s ({points} points in {secs:.2} s)",
+            points as f64 / secs
+        );
+    }
+
+    eprintln!("bench: ingestion done");
+    // 2. One run's 5,000-point curve (50 batches of 100 points), fetched through WatchMetrics.
+    user.submit_experiment(pb::SubmitRequest {
+        yaml: experiment_yaml(&format!("curve-{stamp}"), 1),
+        file_name: "bench.yaml".into(),
+        dry_run: false,
+    })
+    .await?;
+    let claim = store
+        .claim(wid, &["train-judge".to_string()])
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("nothing to claim"))?;
+    let fence = pb::Fence {
+        worker_id: wid,
+        run_id: claim.fence.run,
+        attempt: claim.fence.attempt,
+    };
+    for b in 0..50u64 {
+        w.report_metrics(pb::MetricBatch {
+            fence: Some(fence),
+            seq: b + 1,
+            names: vec!["loss/total".into(), "loss/other".into()],
+            name_index: [vec![0u32; 100], vec![1u32; 100]].concat(),
+            steps: [
+                (0..100).map(|s| (b * 100 + s) as i64).collect::<Vec<_>>(),
+                (0..100).map(|s| (b * 100 + s) as i64).collect(),
+            ]
+            .concat(),
+            values: vec![0.5; 200],
+            times: vec![],
+        })
+        .await?;
+    }
+    let mut direct = Vec::new();
+    for _ in 0..50 {
+        let t = Instant::now();
+        let c = store.curve(fence.run_id, "loss/total").await?;
+        anyhow::ensure!(c.steps.len() == 5000);
+        direct.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let _ = writeln!(
+        out,
+        "{:<64} {:>10.2} ms median",
+        "curve: the same, one SQL query from the store (no gRPC)",
+        percentile(&mut direct, 0.5)
+    );
+    let exp_name = format!("curve-{stamp}");
+    let mut times = Vec::new();
+    for _ in 0..50 {
+        let t = Instant::now();
+        let mut s = user
+            .watch_metrics(pb::WatchRequest {
+                experiment: exp_name.clone(),
+                run: "r0".into(),
+                metrics: vec!["loss/total".into()],
+                backlog_only: true,
+            })
+            .await?
+            .into_inner();
+        let mut n = 0;
+        while let Some(u) = s.message().await? {
+            n += u.steps.len();
+        }
+        anyhow::ensure!(n == 5000, "expected 5000 points, got {n}");
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let _ = writeln!(
+        out,
+        "{:<64} {:>10.2} ms median, {:.2} ms p90",
+        "curve: one run's 5,000-point curve (WatchMetrics backlog)",
+        percentile(&mut times.clone(), 0.5),
+        percentile(&mut times, 0.9)
+    );
+
+    eprintln!("bench: curve done");
+    // 3. `best` over 1,000 runs and N million points (written straight into the tables).
+    let best_name = format!("best-{stamp}");
+    let runs = 1000usize;
+    user.submit_experiment(pb::SubmitRequest {
+        yaml: experiment_yaml(&best_name, runs),
+        file_name: "bench.yaml".into(),
+        dry_run: false,
+    })
+    .await?;
+    let exp = store.resolve_experiment(&best_name).await?;
+    let run_ids: Vec<i64> = store.runs(exp).await?.iter().map(|r| r.id).collect();
+    let per_run = points_millions * 1_000_000 / runs; // points per run
+    let names = 10usize;
+    let steps = per_run / names;
+    let t = Instant::now();
+    for chunk in run_ids.chunks(50) {
+        let mut r_ids = Vec::new();
+        let mut n = Vec::new();
+        let mut firsts = Vec::new();
+        let mut lasts = Vec::new();
+        let mut st = Vec::new();
+        let mut va = Vec::new();
+        for &r in chunk {
+            for m in 0..names {
+                // Ten rows per metric, as ten batches would leave them.
+                for part in 0..10 {
+                    let lo = part * steps / 10;
+                    let hi = (part + 1) * steps / 10;
+                    r_ids.push(r);
+                    n.push(if m == 0 {
+                        "eval/score".to_string()
+                    } else {
+                        format!("loss/term{m}")
+                    });
+                    firsts.push(lo as i64);
+                    lasts.push(hi as i64 - 1);
+                    st.push(
+                        (lo..hi)
+                            .flat_map(|s| (s as i64).to_le_bytes())
+                            .collect::<Vec<u8>>(),
+                    );
+                    va.push(
+                        (lo..hi)
+                            .flat_map(|s| {
+                                ((r as f64 * 0.37 + s as f64 * 0.001).sin()).to_le_bytes()
+                            })
+                            .collect::<Vec<u8>>(),
+                    );
+                }
+            }
+        }
+        sqlx::query(
+            "INSERT INTO metric_chunks (run_id, name, first_step, last_step, steps, vals) \
+             SELECT * FROM UNNEST($1::int8[], $2::text[], $3::int8[], $4::int8[], $5::bytea[], $6::bytea[])",
+        )
+        .bind(&r_ids)
+        .bind(&n)
+        .bind(&firsts)
+        .bind(&lasts)
+        .bind(&st)
+        .bind(&va)
+        .execute(&store.pool)
+        .await?;
+        // Two checkpoints per run with the objective at their steps, as ingestion leaves them.
+        for &r in chunk {
+            for s in [steps / 2, steps - 1] {
+                let v = (r as f64 * 0.37 + s as f64 * 0.001).sin();
+                sqlx::query(
+                    "INSERT INTO checkpoints (run_id, attempt, step, size, sha256, chunks, objective) VALUES ($1, 1, $2, 0, '', '{}', $3)",
+                )
+                .bind(r)
+                .bind(s as i64)
+                .bind(v)
+                .execute(&store.pool)
+                .await?;
+            }
+        }
+    }
+    // Only the data matters here: keep these runs away from the dispatch benchmarks below.
+    sqlx::query("UPDATE runs SET state = 'cancelled' WHERE experiment_id = $1")
+        .bind(exp)
+        .execute(&store.pool)
+        .await?;
+    sqlx::query("ANALYZE").execute(&store.pool).await?;
+    let load_secs = t.elapsed().as_secs_f64();
+    let mut times = Vec::new();
+    for _ in 0..30 {
+        let t = Instant::now();
+        let b = user
+            .best_checkpoints(pb::BestRequest {
+                experiment: best_name.clone(),
+                metric: String::new(),
+                top: 5,
+            })
+            .await?
+            .into_inner();
+        anyhow::ensure!(b.checkpoints.len() == 5);
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let _ = writeln!(
+        out,
+        "{:<64} {:>10.2} ms median, {:.2} ms p90 (loaded in {load_secs:.1} s)",
+        format!("best: top 5 of {runs} runs, {points_millions} M points, with metrics"),
+        percentile(&mut times.clone(), 0.5),
+        percentile(&mut times, 0.9)
+    );
+
+    eprintln!("bench: best done");
+    // 4. Dispatch latency: submit -> assignment on an idle worker's session.
+    let (latencies, _) = sessions_bench(&addr, &mut user, 1, 30, stamp, true).await?;
+    let mut l = latencies;
+    let _ = writeln!(
+        out,
+        "{:<64} {:>10.2} ms median, {:.2} ms p90",
+        "dispatch: submit -> assignment on an idle worker (30 runs)",
+        percentile(&mut l.clone(), 0.5),
+        percentile(&mut l, 0.9)
+    );
+
+    eprintln!("bench: dispatch done");
+    // 5. Many workers heart-beating and claiming.
+    let runs_total = sessions * 5;
+    let (mut waits, claims_per_s) =
+        sessions_bench(&addr, &mut user, sessions, runs_total, stamp, false).await?;
+    let _ = writeln!(
+        out,
+        "{:<64} {:>10.0} claims/s, p99 idle->assignment {:.1} ms",
+        format!("{sessions} worker sessions claiming {runs_total} runs (heartbeat 1 s)"),
+        claims_per_s,
+        percentile(&mut waits, 0.99)
+    );
+    let _ = stop.send(());
+    let _ = server.await;
+    let _ = std::fs::remove_dir_all(&tmp);
+    Ok(out)
+}
+
+/// `n` fake workers on sessions; submits `runs` one-step runs (one experiment per run when
+/// `one_by_one`, measuring submit -> assignment); each worker finishes what it gets at once.
+/// Returns per-assignment latencies (ms) and claims/s.
+async fn sessions_bench(
+    addr: &str,
+    user: &mut crate::client::UserClient,
+    n: usize,
+    runs: usize,
+    stamp: u64,
+    one_by_one: bool,
+) -> anyhow::Result<(Vec<f64>, f64)> {
+    use tokio::sync::mpsc;
+    let (got_tx, mut got_rx) = mpsc::unbounded_channel::<(Instant, f64)>();
+    let mut handles = Vec::new();
+    let beats = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let channels = n.div_ceil(25);
+    let mut clients = Vec::new();
+    for _ in 0..channels {
+        clients.push(worker_client(addr).await?);
+    }
+    for i in 0..n {
+        let mut c = clients[i % channels].clone();
+        let got = got_tx.clone();
+        let beats = beats.clone();
+        let id = c
+            .register(pb::RegisterRequest {
+                name: format!("sim-{i}"),
+                capabilities: Some(pb::Capabilities {
+                    job_kinds: vec!["train-judge".into()],
+                    ..Default::default()
+                }),
+            })
+            .await?
+            .into_inner()
+            .worker_id;
+        handles.push(tokio::spawn(async move {
+            let (tx, rx) = mpsc::channel(8);
+            let _ = tx
+                .send(pb::WorkerMessage {
+                    kind: Some(pb::worker_message::Kind::Hello(pb::Hello { worker_id: id })),
+                })
+                .await;
+            let idle = pb::WorkerMessage {
+                kind: Some(pb::worker_message::Kind::Heartbeat(pb::Heartbeat {
+                    idle: true,
+                    ..Default::default()
+                })),
+            };
+            let _ = tx.send(idle).await;
+            let mut idle_since = Instant::now();
+            // The first wait includes the time before anything was submitted: not counted.
+            let mut first = true;
+            let resp = match c
+                .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("bench: session {i} refused: {}", e.message());
+                    return;
+                }
+            };
+            let mut inbound = resp.into_inner();
+            let beat = {
+                let tx = tx.clone();
+
+                tokio::spawn(async move {
+                    loop {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        if tx.send(idle).await.is_err() {
+                            return;
+                        }
+                    }
+                })
+            };
+            beats.lock().expect("lock").push(beat.abort_handle());
+            loop {
+                let m = match inbound.message().await {
+                    Ok(Some(m)) => m,
+                    Ok(None) => break,
+                    Err(e) => {
+                        eprintln!("bench: session {i} ended: {}", e.message());
+                        break;
+                    }
+                };
+                if let Some(pb::coordinator_message::Kind::Assign(a)) = m.kind {
+                    let now = Instant::now();
+                    let wait = if first {
+                        f64::NAN
+                    } else {
+                        (now - idle_since).as_secs_f64() * 1e3
+                    };
+                    first = false;
+                    let _ = got.send((now, wait));
+                    let _ = c
+                        .finish(pb::FinishRequest {
+                            fence: a.fence,
+                            outcome: pb::finish_request::Outcome::Succeeded as i32,
+                            message: String::new(),
+                            step: 1,
+                        })
+                        .await;
+                    idle_since = Instant::now();
+                    let _ = tx.send(idle).await;
+                }
+            }
+            beat.abort();
+        }));
+    }
+    drop(got_tx);
+    // Let every session open and report idle.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut latencies = Vec::new();
+    let t0 = Instant::now();
+    if one_by_one {
+        for k in 0..runs {
+            let t = Instant::now();
+            user.submit_experiment(pb::SubmitRequest {
+                yaml: experiment_yaml(&format!("dispatch-{stamp}-{k}"), 1),
+                file_name: "bench.yaml".into(),
+                dry_run: false,
+            })
+            .await?;
+            let (at, _) = tokio::time::timeout(Duration::from_secs(10), got_rx.recv())
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no assignment"))?;
+            latencies.push((at - t).as_secs_f64() * 1e3);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    } else {
+        user.submit_experiment(pb::SubmitRequest {
+            yaml: experiment_yaml(&format!("swarm-{stamp}"), runs),
+            file_name: "bench.yaml".into(),
+            dry_run: false,
+        })
+        .await?;
+        for k in 0..runs {
+            if k % 100 == 0 {
+                eprintln!("bench: {k}/{runs} claimed");
+            }
+            let (_, wait) = tokio::time::timeout(Duration::from_secs(60), got_rx.recv())
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("sessions ended early"))?;
+            latencies.push(wait);
+        }
+    }
+    let rate = runs as f64 / t0.elapsed().as_secs_f64();
+    for h in handles {
+        h.abort();
+    }
+    for b in beats.lock().expect("lock").iter() {
+        b.abort();
+    }
+    // Let the coordinator see the sessions close before the next benchmark.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    Ok((latencies, rate))
+}

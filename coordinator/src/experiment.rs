@@ -527,6 +527,38 @@ pub fn parse(file: &str, src: &str) -> Result<Experiment, ExperimentError> {
                         )
                     })
                     .collect();
+                // The job's own fields are checked here, exactly as the worker will parse
+                // them, with the upstream checkpoints stood in for by placeholders.
+                let mut check = config.clone();
+                for n in b.needs {
+                    let up = &bases[index[n.as_str()]];
+                    let field = input_field(b.job, up.job).expect("checked above");
+                    check.insert(
+                        Value::String(field.into()),
+                        Value::String(format!("upstream-{n}.safetensors")),
+                    );
+                }
+                let text = serde_yaml::to_string(&Value::Mapping(check))
+                    .map_err(|e| ctx.err_at(Some(b.name), b.name, e.to_string()))?;
+                let spec = plume_jobs::JobSpec::from_yaml(&text, b.name).map_err(|e| {
+                    let msg = e.to_string();
+                    // Drop the generated document's line:col; point at the entry instead.
+                    let msg = msg
+                        .split_once(": ")
+                        .map_or(msg.as_str(), |(_, rest)| rest)
+                        .split(" at line ")
+                        .next()
+                        .unwrap_or_default()
+                        .to_string();
+                    ctx.err_at(Some(b.name), b.name, format!("{}: {msg}", b.name))
+                })?;
+                spec.validate().map_err(|m| {
+                    ctx.err_at(
+                        Some(b.name),
+                        b.name,
+                        format!("{name_hint}: {m}", name_hint = b.name),
+                    )
+                })?;
                 let config = serde_yaml::to_string(&Value::Mapping(config))
                     .map_err(|e| ctx.err_at(Some(b.name), b.name, e.to_string()))?;
                 runs.push(PlannedRun {

@@ -201,6 +201,30 @@ fn bad_experiments_get_clear_located_errors() {
             "search: {random: N}",
             15,
         ),
+        (
+            GOOD.replace(
+                "{job: train-judge, steps: 4}",
+                "{job: train-judge, stpes: 4}",
+            ),
+            "judge: unknown field `stpes`",
+            4,
+        ),
+        (
+            GOOD.replace(
+                "{job: train-judge, steps: 4}",
+                "{job: train-judge, steps: -4}",
+            ),
+            "judge: steps must be in",
+            4,
+        ),
+        (
+            GOOD.replace(
+                "method: weighted, needs",
+                "method: weighted, lr_bert: fast, needs",
+            ),
+            "m1: lr_bert: invalid type",
+            8,
+        ),
         ("just a string".into(), "invalid type", 0),
         ("".into(), "", 0),
         (billion_laughs.into(), "", 0),

@@ -6,24 +6,7 @@ use crate::nn::layers::{upsample2, EqualConv2d, EqualLinear};
 use tch::nn::Path;
 use tch::{Kind, Tensor};
 
-/// Layer widths of the attribute/part network.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct JudgeNetConfig {
-    /// Channels at full, half and quarter resolution.
-    pub channels: [i64; 3],
-    /// Width of the hidden attribute layer (and of the pooled embedding).
-    pub hidden: i64,
-}
-
-impl Default for JudgeNetConfig {
-    fn default() -> Self {
-        JudgeNetConfig {
-            channels: [32, 64, 128],
-            hidden: 128,
-        }
-    }
-}
+pub use plume_jobs::JudgeNetConfig;
 
 /// What the network sees of an image.
 pub struct JudgeOutput {

@@ -16,63 +16,7 @@ use crate::stylegan::generator::Generator;
 use tch::nn::{self, Module, VarStore};
 use tch::{Kind, Tensor};
 
-/// Which recipe trains BERT.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Method {
-    /// M1: predicted edit p and per-dimension weights v; w_hat = v p + (1 - v) w_src.
-    Weighted,
-    /// M2: predict the whole style; edit by the text direction s(c_t) - s(c_s).
-    Reconstruction,
-    /// M3: contrastive + preservation + reconstruction (the seed's main method).
-    Contrastive,
-    /// M4: VisualBERT-style single-stream encoder over caption + image grid; M3's losses.
-    VisualGrounding,
-}
-
-/// What `reconstruction` compares an edited image against (M3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ReconstructionTarget {
-    /// The input image only.
-    Input,
-    /// The input image and the image the new caption came from.
-    Both,
-}
-
-/// Weights of every loss term (0 switches a term off).
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LossWeights {
-    /// Pixel L1 between the generated and the target image (M1, M2).
-    pub image: f64,
-    /// Squared error between predicted and true style (M1, M2).
-    pub style: f64,
-    /// Mean of the style weights v (M1), so that a sentence controls few dimensions.
-    pub sparsity: f64,
-    /// InfoNCE between predicted styles and the batch's true styles (M3).
-    pub contrastive: f64,
-    /// The critic sees in the edited image what the new caption says (M3).
-    pub preservation: f64,
-    /// The edited image stays close to the input (M3): pixel L1 ...
-    pub reconstruction: f64,
-    /// ... plus this weight times the critic's feature distance.
-    pub feature: f64,
-}
-
-impl Default for LossWeights {
-    fn default() -> Self {
-        LossWeights {
-            image: 1.0,
-            style: 1.0,
-            sparsity: 0.01,
-            contrastive: 1.0,
-            preservation: 1.0,
-            reconstruction: 1.0,
-            feature: 0.1,
-        }
-    }
-}
+pub use plume_jobs::{LossWeights, Method, ReconstructionTarget};
 
 /// Side length of M4's grid of visual tokens (GRID x GRID tokens).
 pub const GRID: i64 = 4;

@@ -3,12 +3,9 @@
 
 use super::benchmark::{check_vocabulary, requests, run_benchmark};
 use super::bert::{default_model_dir, TextEncoder};
-use super::methods::{
-    loss_terms, total_loss, Example, LossWeights, Method, Nets, Recipe, ReconstructionTarget,
-    StyleHeads,
-};
+use super::methods::{loss_terms, total_loss, Example, Method, Nets, Recipe, StyleHeads};
 use crate::dataset::Partition;
-use crate::job::{check_range, step_seed, CancelToken, DatasetSpec, Outcome, Reporter};
+use crate::job::{step_seed, CancelToken, OpenDataset, Outcome, Reporter};
 use crate::judge::fid::Gaussian;
 use crate::nn::adam::Adam;
 use crate::nn::checkpoint::{self, Checkpoint};
@@ -21,104 +18,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use tch::{Device, Tensor};
 
-/// Configuration of `train-text`.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TextConfig {
-    /// The images and captions.
-    pub dataset: DatasetSpec,
-    /// The frozen generator (`pretrain-generator` checkpoint).
-    pub generator: PathBuf,
-    /// Styles of the images (`invert` checkpoint) for that generator.
-    pub styles: PathBuf,
-    /// `train-judge` checkpoint: its critic may enter losses, its judge only scores.
-    pub judge: PathBuf,
-    /// Which method.
-    pub method: Method,
-    /// Loss weights (0 switches a term off).
-    #[serde(default)]
-    pub losses: LossWeights,
-    /// M3's reconstruction target.
-    #[serde(default = "d_target")]
-    pub reconstruction_target: ReconstructionTarget,
-    /// M3's InfoNCE temperature.
-    #[serde(default = "d_temperature")]
-    pub temperature: f64,
-    /// Freeze BERT's embeddings and this many lowest layers.
-    #[serde(default)]
-    pub freeze_layers: i64,
-    /// HuggingFace BERT directory (default: all-MiniLM-L6-v2 from the set-up venv).
-    #[serde(default)]
-    pub bert: Option<PathBuf>,
-    /// Longest caption in tokens (longer ones are truncated).
-    #[serde(default = "d_max_tokens")]
-    pub max_tokens: usize,
-    /// Training steps.
-    pub steps: i64,
-    /// Batch size.
-    #[serde(default = "d_batch")]
-    pub batch: i64,
-    /// Adam learning rate of BERT.
-    #[serde(default = "d_lr_bert")]
-    pub lr_bert: f64,
-    /// Adam learning rate of the heads.
-    #[serde(default = "d_lr_heads")]
-    pub lr_heads: f64,
-    /// Seed of heads, data order and the benchmark's requests.
-    #[serde(default)]
-    pub seed: u64,
-    /// Run the edit benchmark every this many steps (and at the end).
-    #[serde(default = "d_every")]
-    pub eval_every: i64,
-    /// Edit requests per benchmark.
-    #[serde(default = "d_edits")]
-    pub eval_edits: usize,
-    /// Checkpoint every this many steps (and at the end).
-    #[serde(default = "d_every")]
-    pub checkpoint_every: i64,
-}
-
-fn d_target() -> ReconstructionTarget {
-    ReconstructionTarget::Input
-}
-fn d_temperature() -> f64 {
-    0.1
-}
-fn d_max_tokens() -> usize {
-    64
-}
-fn d_batch() -> i64 {
-    16
-}
-fn d_lr_bert() -> f64 {
-    2e-5
-}
-fn d_lr_heads() -> f64 {
-    1e-3
-}
-fn d_every() -> i64 {
-    200
-}
-fn d_edits() -> usize {
-    200
-}
-
-impl TextConfig {
-    /// Range checks.
-    pub fn validate(&self) -> Result<(), String> {
-        check_range("steps", self.steps, 1, 10_000_000)?;
-        check_range("batch", self.batch, 2, 4096)?;
-        check_range("lr_bert", self.lr_bert, 0.0, 1.0)?;
-        check_range("lr_heads", self.lr_heads, 1e-8, 1.0)?;
-        check_range("temperature", self.temperature, 1e-4, 100.0)?;
-        check_range("freeze_layers", self.freeze_layers, 0, 1000)?;
-        check_range("max_tokens", self.max_tokens, 2, 512)?;
-        check_range("eval_every", self.eval_every, 1, i64::MAX)?;
-        check_range("eval_edits", self.eval_edits, 2, 100_000)?;
-        check_range("checkpoint_every", self.checkpoint_every, 1, i64::MAX)?;
-        Ok(())
-    }
-}
+pub use plume_jobs::{EvaluateConfig, TextConfig};
 
 /// Everything a text job reads besides the trained networks' state: data, the frozen
 /// generator and judges, BERT, fresh heads, and the benchmark's fixed requests.
@@ -370,30 +270,6 @@ pub fn run(
     }
     reporter.finish(&format!("train-text finished at step {step}"));
     Ok(Outcome::Completed { step })
-}
-
-/// Configuration of `evaluate`: the edit benchmark on a `train-text` checkpoint.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EvaluateConfig {
-    /// The `train-text` checkpoint; its stored config names data, generator and styles.
-    pub checkpoint: PathBuf,
-    /// Another `train-judge` checkpoint to score with (default: the one it trained with).
-    #[serde(default)]
-    pub judge: Option<PathBuf>,
-    /// Edit requests (default: the checkpoint's `eval_edits`).
-    #[serde(default)]
-    pub edits: Option<usize>,
-}
-
-impl EvaluateConfig {
-    /// Range checks.
-    pub fn validate(&self) -> Result<(), String> {
-        if let Some(n) = self.edits {
-            check_range("edits", n, 2, 100_000)?;
-        }
-        Ok(())
-    }
 }
 
 /// Runs `evaluate`: loads the checkpoint's networks and reports the benchmark at its step.

@@ -1,0 +1,128 @@
+//! `pretrain-generator`.
+
+use crate::*;
+#[allow(unused_imports)]
+use std::path::PathBuf;
+
+/// Configuration of `pretrain-generator`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PretrainConfig {
+    /// The images (the training partition is used).
+    pub dataset: DatasetSpec,
+    /// Network sizes; `resolution` must match the dataset's.
+    #[serde(default)]
+    pub network: NetworkConfig,
+    /// Training steps (one G and one D update each).
+    pub steps: i64,
+    /// Batch size.
+    #[serde(default = "d_batch")]
+    pub batch: i64,
+    /// Adam learning rate for G and D.
+    #[serde(default = "d_lr")]
+    pub lr: f64,
+    /// Seed of initialisation, data order and noise.
+    #[serde(default)]
+    pub seed: u64,
+    /// R1 weight gamma (penalty gamma/2 |grad D|^2).
+    #[serde(default = "d_r1_gamma")]
+    pub r1_gamma: f64,
+    /// Lazy R1: every this many steps.
+    #[serde(default = "d_r1_interval")]
+    pub r1_interval: i64,
+    /// Path-length weight (0 switches it off).
+    #[serde(default)]
+    pub pl_weight: f64,
+    /// Lazy path-length: every this many steps.
+    #[serde(default = "d_pl_interval")]
+    pub pl_interval: i64,
+    /// Probability of style mixing per batch.
+    #[serde(default = "d_mixing")]
+    pub style_mixing: f64,
+    /// EMA half-life in training images.
+    #[serde(default = "d_ema_half_life")]
+    pub ema_half_life_images: f64,
+    /// EMA ramp-up: the half-life is at most this times the images seen.
+    #[serde(default = "d_ema_rampup")]
+    pub ema_rampup: f64,
+    /// A `train-judge` checkpoint: enables `gen/judge_fid`.
+    #[serde(default)]
+    pub judge: Option<PathBuf>,
+    /// Images generated per judge-FID evaluation.
+    #[serde(default = "d_fid_images")]
+    pub fid_images: i64,
+    /// Evaluate judge-FID every this many steps (and at the start and end).
+    #[serde(default = "d_every")]
+    pub eval_every: i64,
+    /// Write a sample grid every this many steps (and at the end).
+    #[serde(default = "d_every")]
+    pub sample_every: i64,
+    /// Checkpoint every this many steps (and at the end).
+    #[serde(default = "d_every")]
+    pub checkpoint_every: i64,
+}
+
+fn d_batch() -> i64 {
+    16
+}
+fn d_lr() -> f64 {
+    0.0025
+}
+fn d_r1_gamma() -> f64 {
+    0.05
+}
+fn d_r1_interval() -> i64 {
+    16
+}
+fn d_pl_interval() -> i64 {
+    4
+}
+fn d_mixing() -> f64 {
+    0.9
+}
+fn d_ema_half_life() -> f64 {
+    2000.0
+}
+fn d_ema_rampup() -> f64 {
+    0.05
+}
+fn d_fid_images() -> i64 {
+    500
+}
+fn d_every() -> i64 {
+    200
+}
+
+impl PretrainConfig {
+    /// Range checks.
+    pub fn validate(&self) -> Result<(), String> {
+        self.network
+            .validate()
+            .map_err(|e| format!("network: {e}"))?;
+        if let DatasetSpec::SyntheticBirds { resolution, .. } = &self.dataset {
+            if *resolution != self.network.resolution {
+                return Err(format!(
+                    "network.resolution {} differs from the dataset's {resolution}",
+                    self.network.resolution
+                ));
+            }
+        }
+        check_range("steps", self.steps, 1, 100_000_000)?;
+        check_range("batch", self.batch, 2, 4096)?;
+        check_range("lr", self.lr, 1e-8, 0.5)?;
+        check_range("r1_gamma", self.r1_gamma, 0.0, 1e4)?;
+        check_range("pl_weight", self.pl_weight, 0.0, 1e4)?;
+        check_range("style_mixing", self.style_mixing, 0.0, 1.0)?;
+        for (n, v) in [
+            ("r1_interval", self.r1_interval),
+            ("pl_interval", self.pl_interval),
+            ("eval_every", self.eval_every),
+            ("sample_every", self.sample_every),
+            ("checkpoint_every", self.checkpoint_every),
+        ] {
+            check_range(n, v, 1, i64::MAX)?;
+        }
+        check_range("fid_images", self.fid_images, 2, 100_000)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,186 @@
+//! `train-text` (the methods and their loss weights) and `evaluate`.
+
+use crate::*;
+#[allow(unused_imports)]
+use std::path::PathBuf;
+
+/// Which recipe trains BERT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    /// M1: predicted edit p and per-dimension weights v; w_hat = v p + (1 - v) w_src.
+    Weighted,
+    /// M2: predict the whole style; edit by the text direction s(c_t) - s(c_s).
+    Reconstruction,
+    /// M3: contrastive + preservation + reconstruction (the seed's main method).
+    Contrastive,
+    /// M4: VisualBERT-style single-stream encoder over caption + image grid; M3's losses.
+    VisualGrounding,
+}
+
+/// What `reconstruction` compares an edited image against (M3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReconstructionTarget {
+    /// The input image only.
+    Input,
+    /// The input image and the image the new caption came from.
+    Both,
+}
+
+/// Weights of every loss term (0 switches a term off).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LossWeights {
+    /// Pixel L1 between the generated and the target image (M1, M2).
+    pub image: f64,
+    /// Squared error between predicted and true style (M1, M2).
+    pub style: f64,
+    /// Mean of the style weights v (M1), so that a sentence controls few dimensions.
+    pub sparsity: f64,
+    /// InfoNCE between predicted styles and the batch's true styles (M3).
+    pub contrastive: f64,
+    /// The critic sees in the edited image what the new caption says (M3).
+    pub preservation: f64,
+    /// The edited image stays close to the input (M3): pixel L1 ...
+    pub reconstruction: f64,
+    /// ... plus this weight times the critic's feature distance.
+    pub feature: f64,
+}
+
+impl Default for LossWeights {
+    fn default() -> Self {
+        LossWeights {
+            image: 1.0,
+            style: 1.0,
+            sparsity: 0.01,
+            contrastive: 1.0,
+            preservation: 1.0,
+            reconstruction: 1.0,
+            feature: 0.1,
+        }
+    }
+}
+
+/// Configuration of `train-text`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TextConfig {
+    /// The images and captions.
+    pub dataset: DatasetSpec,
+    /// The frozen generator (`pretrain-generator` checkpoint).
+    pub generator: PathBuf,
+    /// Styles of the images (`invert` checkpoint) for that generator.
+    pub styles: PathBuf,
+    /// `train-judge` checkpoint: its critic may enter losses, its judge only scores.
+    pub judge: PathBuf,
+    /// Which method.
+    pub method: Method,
+    /// Loss weights (0 switches a term off).
+    #[serde(default)]
+    pub losses: LossWeights,
+    /// M3's reconstruction target.
+    #[serde(default = "d_target")]
+    pub reconstruction_target: ReconstructionTarget,
+    /// M3's InfoNCE temperature.
+    #[serde(default = "d_temperature")]
+    pub temperature: f64,
+    /// Freeze BERT's embeddings and this many lowest layers.
+    #[serde(default)]
+    pub freeze_layers: i64,
+    /// HuggingFace BERT directory (default: all-MiniLM-L6-v2 from the set-up venv).
+    #[serde(default)]
+    pub bert: Option<PathBuf>,
+    /// Longest caption in tokens (longer ones are truncated).
+    #[serde(default = "d_max_tokens")]
+    pub max_tokens: usize,
+    /// Training steps.
+    pub steps: i64,
+    /// Batch size.
+    #[serde(default = "d_batch")]
+    pub batch: i64,
+    /// Adam learning rate of BERT.
+    #[serde(default = "d_lr_bert")]
+    pub lr_bert: f64,
+    /// Adam learning rate of the heads.
+    #[serde(default = "d_lr_heads")]
+    pub lr_heads: f64,
+    /// Seed of heads, data order and the benchmark's requests.
+    #[serde(default)]
+    pub seed: u64,
+    /// Run the edit benchmark every this many steps (and at the end).
+    #[serde(default = "d_every")]
+    pub eval_every: i64,
+    /// Edit requests per benchmark.
+    #[serde(default = "d_edits")]
+    pub eval_edits: usize,
+    /// Checkpoint every this many steps (and at the end).
+    #[serde(default = "d_every")]
+    pub checkpoint_every: i64,
+}
+
+fn d_target() -> ReconstructionTarget {
+    ReconstructionTarget::Input
+}
+fn d_temperature() -> f64 {
+    0.1
+}
+fn d_max_tokens() -> usize {
+    64
+}
+fn d_batch() -> i64 {
+    16
+}
+fn d_lr_bert() -> f64 {
+    2e-5
+}
+fn d_lr_heads() -> f64 {
+    1e-3
+}
+fn d_every() -> i64 {
+    200
+}
+fn d_edits() -> usize {
+    200
+}
+
+impl TextConfig {
+    /// Range checks.
+    pub fn validate(&self) -> Result<(), String> {
+        check_range("steps", self.steps, 1, 10_000_000)?;
+        check_range("batch", self.batch, 2, 4096)?;
+        check_range("lr_bert", self.lr_bert, 0.0, 1.0)?;
+        check_range("lr_heads", self.lr_heads, 1e-8, 1.0)?;
+        check_range("temperature", self.temperature, 1e-4, 100.0)?;
+        check_range("freeze_layers", self.freeze_layers, 0, 1000)?;
+        check_range("max_tokens", self.max_tokens, 2, 512)?;
+        check_range("eval_every", self.eval_every, 1, i64::MAX)?;
+        check_range("eval_edits", self.eval_edits, 2, 100_000)?;
+        check_range("checkpoint_every", self.checkpoint_every, 1, i64::MAX)?;
+        Ok(())
+    }
+}
+
+/// Configuration of `evaluate`: the edit benchmark on a `train-text` checkpoint.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvaluateConfig {
+    /// The `train-text` checkpoint; its stored config names data, generator and styles.
+    pub checkpoint: PathBuf,
+    /// Another `train-judge` checkpoint to score with (default: the one it trained with).
+    #[serde(default)]
+    pub judge: Option<PathBuf>,
+    /// Edit requests (default: the checkpoint's `eval_edits`).
+    #[serde(default)]
+    pub edits: Option<usize>,
+}
+
+impl EvaluateConfig {
+    /// Range checks.
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(n) = self.edits {
+            check_range("edits", n, 2, 100_000)?;
+        }
+        Ok(())
+    }
+}

@@ -503,6 +503,7 @@ impl WorkerApi for Coordinator {
             Ok(pb::finish_request::Outcome::Succeeded) => "succeeded",
             Ok(pb::finish_request::Outcome::Failed) => "failed",
             Ok(pb::finish_request::Outcome::Cancelled) => "cancelled",
+            Ok(pb::finish_request::Outcome::Released) => "released",
             _ => return Err(Status::invalid_argument("unknown outcome")),
         };
         let message: String = r.message.chars().take(8192).collect();

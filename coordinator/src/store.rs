@@ -604,6 +604,28 @@ impl Store {
     pub async fn finish(&self, f: Fence, outcome: &str, message: &str, step: i64) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         lock_fence(&mut tx, f).await?;
+        if outcome == "released" {
+            // Its worker is going away: the attempt counts as lost, the run goes straight
+            // back to the queue and resumes from its latest checkpoint.
+            sqlx::query(
+                "UPDATE attempts SET state = 'lost', ended_at = now(), message = $3 WHERE run_id = $1 AND attempt = $2",
+            )
+            .bind(f.run)
+            .bind(f.attempt)
+            .bind(format!("released by its worker at step {step}: {message}"))
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "UPDATE runs SET state = 'queued', queued_at = clock_timestamp(), lease_worker = NULL, \
+                 lease_expires = NULL WHERE id = $1",
+            )
+            .bind(f.run)
+            .execute(&mut *tx)
+            .await?;
+            event(&mut tx, f.run, "released", message).await?;
+            tx.commit().await?;
+            return Ok(());
+        }
         let state = match outcome {
             "succeeded" | "failed" | "cancelled" => outcome,
             other => return Err(StoreError::Invalid(format!("unknown outcome {other}"))),

@@ -445,8 +445,15 @@ async fn a_stale_attempt_cannot_write() {
     assert!(store.ingest(second.fence, 1, &batch).await.unwrap());
     let curve = store.curve(second.fence.run, "loss").await.unwrap();
     assert_eq!(curve.steps, vec![1, 2]);
+    // A worker that shuts down releases its attempt: the run is queued again at once.
     store
-        .finish(second.fence, "succeeded", "ok", 5)
+        .finish(second.fence, "released", "worker shutting down", 2)
+        .await
+        .unwrap();
+    let third = store.claim(w1, &kinds).await.unwrap().unwrap();
+    assert_eq!(third.fence.attempt, 3);
+    store
+        .finish(third.fence, "succeeded", "ok", 5)
         .await
         .unwrap();
     let attempts = store.attempts(second.fence.run).await.unwrap();
@@ -455,6 +462,7 @@ async fn a_stale_attempt_cannot_write() {
             .iter()
             .map(|a| a.state.as_str())
             .collect::<Vec<_>>(),
-        vec!["lost", "succeeded"]
+        vec!["lost", "lost", "succeeded"]
     );
+    assert!(attempts[1].message.starts_with("released by its worker"));
 }

@@ -442,8 +442,10 @@ fn start_job(opts: &RemoteOptions, shared: &Arc<Shared>, c: Client, a: pb::Assig
         let stopping = shared.shutting_down.load(Ordering::SeqCst);
         let finish = match result {
             Ok(Outcome::Completed { step }) => Some((O::Succeeded, "completed".to_string(), step)),
-            // A worker that is shutting down leaves the run to be resumed elsewhere.
-            Ok(Outcome::Cancelled { .. }) if stopping => None,
+            // A worker that is shutting down hands the run back to be resumed elsewhere.
+            Ok(Outcome::Cancelled { step }) if stopping => {
+                Some((O::Released, "worker shutting down".to_string(), step))
+            }
             Ok(Outcome::Cancelled { step }) => Some((O::Cancelled, "cancelled".to_string(), step)),
             Err(e) => Some((O::Failed, format!("{e:#}"), 0)),
         };

@@ -311,7 +311,8 @@ impl Reporter for GrpcReporter {
     }
 }
 
-/// Downloads a checkpoint into the cache (once; verified by its SHA-256).
+/// Downloads a checkpoint into the cache (once; verified by its SHA-256). A coordinator that
+/// goes away mid-download (restart) is waited for, as every other report is.
 async fn download(
     c: &mut Client,
     fence: pb::Fence,
@@ -322,22 +323,29 @@ async fn download(
     if path.is_file() {
         return Ok(path);
     }
-    let mut stream = c
-        .download(pb::DownloadRequest {
-            checkpoint_id: id,
-            fence: Some(fence),
-        })
-        .await
-        .map_err(|s| anyhow::anyhow!("downloading checkpoint {id}: {}", s.message()))?
-        .into_inner();
-    let mut data = Vec::new();
-    let mut sha = String::new();
-    while let Some(chunk) = stream.message().await? {
-        if !chunk.sha256.is_empty() {
-            sha = chunk.sha256;
+    let (data, sha) = retry("download", || {
+        let mut c = c.clone();
+        async move {
+            let mut stream = c
+                .download(pb::DownloadRequest {
+                    checkpoint_id: id,
+                    fence: Some(fence),
+                })
+                .await?
+                .into_inner();
+            let mut data = Vec::new();
+            let mut sha = String::new();
+            while let Some(chunk) = stream.message().await? {
+                if !chunk.sha256.is_empty() {
+                    sha = chunk.sha256;
+                }
+                data.extend_from_slice(&chunk.data);
+            }
+            Ok((data, sha))
         }
-        data.extend_from_slice(&chunk.data);
-    }
+    })
+    .await
+    .map_err(|s| anyhow::anyhow!("downloading checkpoint {id}: {}", s.message()))?;
     anyhow::ensure!(
         format!("{:x}", Sha256::digest(&data)) == sha,
         "checkpoint {id} arrived corrupt"

@@ -61,11 +61,21 @@ impl tonic::service::Interceptor for Auth {
 /// The user API client type.
 pub type UserClient = pb::user_api_client::UserApiClient<InterceptedService<Channel, Auth>>;
 
-/// Connects to the user API.
+/// Connects to the user API. For an `https://` URL the server's certificate is checked
+/// against `$PLUME_CA_CERT` (a PEM file) when set, else against the system roots.
 pub async fn user_client(url: &str, token: &str) -> anyhow::Result<UserClient> {
-    // No Nagle: small replies would otherwise wait for the peer's delayed ACK (about 40 ms).
-    let channel = Channel::from_shared(url.to_string())?
-        .tcp_nodelay(true)
+    let ca = std::env::var_os("PLUME_CA_CERT").map(PathBuf::from);
+    user_client_with_ca(url, token, ca.as_deref()).await
+}
+
+/// Connects to the user API, trusting `ca` for TLS.
+pub async fn user_client_with_ca(
+    url: &str,
+    token: &str,
+    ca: Option<&std::path::Path>,
+) -> anyhow::Result<UserClient> {
+    let channel = plume_proto::endpoint(url, ca)
+        .map_err(|e| anyhow::anyhow!("{e}"))?
         .connect()
         .await
         .with_context(|| format!("cannot reach the coordinator at {url}"))?;

@@ -466,3 +466,89 @@ async fn a_stale_attempt_cannot_write() {
     );
     assert!(attempts[1].message.starts_with("released by its worker"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_is_served_when_configured() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().to_path_buf();
+    let (cert, key) = (d.join("cert.pem"), d.join("key.pem"));
+    let o = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+        ])
+        // An end-entity certificate (CA:FALSE): rustls refuses a CA as a server certificate.
+        .args([
+            "-addext",
+            "subjectAltName=DNS:localhost",
+            "-addext",
+            "basicConstraints=critical,CA:FALSE",
+            "-keyout",
+        ])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let pg_dir = d.join("pg");
+    let pg_port = free_port().unwrap();
+    let pg = tokio::task::spawn_blocking(move || PrivatePostgres::start(&pg_dir, pg_port))
+        .await
+        .unwrap()
+        .unwrap();
+    let port = free_port().unwrap();
+    let log = std::fs::File::create(d.join("coordinator.log")).unwrap();
+    let _coord = Kill(
+        Command::new(bin("plume"))
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .arg("--tls-cert")
+            .arg(&cert)
+            .arg("--tls-key")
+            .arg(&key)
+            .env("DATABASE_URL", &pg.url)
+            .env("PLUME_WORKER_TOKEN", WORKER)
+            .env("PLUME_USER_TOKEN", USER)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let url = format!("https://localhost:{port}");
+    wait_for("the TLS coordinator", 30, || {
+        let (url, cert) = (url.clone(), cert.clone());
+        async move {
+            plume_coordinator::client::user_client_with_ca(&url, USER, Some(&cert))
+                .await
+                .is_ok()
+        }
+    })
+    .await;
+    let mut c = plume_coordinator::client::user_client_with_ca(&url, USER, Some(&cert))
+        .await
+        .unwrap();
+    c.list_experiments(pb::ListRequest {}).await.unwrap();
+    // The CLI finds the CA through PLUME_CA_CERT; plain HTTP to a TLS port gets nowhere.
+    let o = Command::new(bin("plume"))
+        .args(["ls", "--coordinator", &url, "--token", USER])
+        .env("PLUME_CA_CERT", &cert)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let plain = format!("http://127.0.0.1:{port}");
+    let refused = match user_client(&plain, USER).await {
+        Err(_) => true,
+        Ok(mut c) => c.list_experiments(pb::ListRequest {}).await.is_err(),
+    };
+    assert!(
+        refused,
+        "plain HTTP must not work against a TLS coordinator"
+    );
+}

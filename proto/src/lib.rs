@@ -7,3 +7,23 @@
 pub mod v1 {
     tonic::include_proto!("plume.v1");
 }
+
+/// A client endpoint for `url`, shared by the CLI and the worker: TCP no-delay (small replies
+/// would otherwise wait ~40 ms for the peer's delayed ACK) and, for `https://`, TLS that
+/// trusts the PEM certificate `ca` (e.g. a private CA) as well as the platform's roots.
+pub fn endpoint(
+    url: &str,
+    ca: Option<&std::path::Path>,
+) -> Result<tonic::transport::Endpoint, Box<dyn std::error::Error + Send + Sync>> {
+    let mut e = tonic::transport::Channel::from_shared(url.to_string())?.tcp_nodelay(true);
+    if url.starts_with("https://") {
+        let mut tls = tonic::transport::ClientTlsConfig::new().with_enabled_roots();
+        if let Some(ca) = ca {
+            let pem = std::fs::read(ca)
+                .map_err(|err| format!("reading CA certificate {}: {err}", ca.display()))?;
+            tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(pem));
+        }
+        e = e.tls_config(tls)?;
+    }
+    Ok(e)
+}

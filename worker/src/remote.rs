@@ -61,9 +61,10 @@ struct Shared {
 }
 
 async fn client(opts: &RemoteOptions) -> anyhow::Result<Client> {
-    let channel = Channel::from_shared(opts.coordinator.clone())?
+    let ca = std::env::var_os("PLUME_CA_CERT").map(PathBuf::from);
+    let channel = plume_proto::endpoint(&opts.coordinator, ca.as_deref())
+        .map_err(|e| anyhow::anyhow!("{e}"))?
         .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))
         .connect()
         .await?;

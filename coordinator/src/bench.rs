@@ -44,6 +44,30 @@ fn experiment_yaml(name: &str, runs: usize) -> String {
     y
 }
 
+/// Submits a one-run experiment and claims its run for `worker`: the fence to report with.
+async fn leased_run(
+    user: &mut crate::client::UserClient,
+    store: &Store,
+    worker: i64,
+    name: &str,
+) -> anyhow::Result<pb::Fence> {
+    user.submit_experiment(pb::SubmitRequest {
+        yaml: experiment_yaml(name, 1),
+        file_name: "bench.yaml".into(),
+        dry_run: false,
+    })
+    .await?;
+    let claim = store
+        .claim(worker, &["train-judge".to_string()])
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("nothing to claim"))?;
+    Ok(pb::Fence {
+        worker_id: worker,
+        run_id: claim.fence.run,
+        attempt: claim.fence.attempt,
+    })
+}
+
 /// Runs every benchmark; returns the table.
 pub async fn run(sessions: usize, points_millions: usize) -> anyhow::Result<String> {
     let tmp = std::env::temp_dir().join(format!("plume-bench-{}", std::process::id()));
@@ -110,21 +134,13 @@ pub async fn run(sessions: usize, points_millions: usize) -> anyhow::Result<Stri
             4,
         ),
     ] {
-        user.submit_experiment(pb::SubmitRequest {
-            yaml: experiment_yaml(&format!("ingest-{stamp}-{steps_per_batch}"), 1),
-            file_name: "bench.yaml".into(),
-            dry_run: false,
-        })
+        let fence = leased_run(
+            &mut user,
+            &store,
+            wid,
+            &format!("ingest-{stamp}-{steps_per_batch}"),
+        )
         .await?;
-        let claim = store
-            .claim(wid, &["train-judge".to_string()])
-            .await?
-            .ok_or_else(|| anyhow::anyhow!("nothing to claim"))?;
-        let fence = pb::Fence {
-            worker_id: wid,
-            run_id: claim.fence.run,
-            attempt: claim.fence.attempt,
-        };
         let t = Instant::now();
         let mut tasks = Vec::new();
         for task in 0..concurrency {
@@ -163,21 +179,7 @@ pub async fn run(sessions: usize, points_millions: usize) -> anyhow::Result<Stri
 
     eprintln!("bench: ingestion done");
     // 2. One run's 5,000-point curve (50 batches of 100 points), fetched through WatchMetrics.
-    user.submit_experiment(pb::SubmitRequest {
-        yaml: experiment_yaml(&format!("curve-{stamp}"), 1),
-        file_name: "bench.yaml".into(),
-        dry_run: false,
-    })
-    .await?;
-    let claim = store
-        .claim(wid, &["train-judge".to_string()])
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("nothing to claim"))?;
-    let fence = pb::Fence {
-        worker_id: wid,
-        run_id: claim.fence.run,
-        attempt: claim.fence.attempt,
-    };
+    let fence = leased_run(&mut user, &store, wid, &format!("curve-{stamp}")).await?;
     for b in 0..50u64 {
         w.report_metrics(pb::MetricBatch {
             fence: Some(fence),

@@ -505,28 +505,7 @@ async fn submit(conn: &Conn, file: &Path, dry_run: bool) -> Result<pb::SubmitRep
     let reply = if dry_run {
         // A dry run validates locally as well, so it works without a coordinator.
         let exp = plume_coordinator::experiment::parse(&file_name, &yaml)?;
-        pb::SubmitReply {
-            experiment_id: 0,
-            name: exp.name,
-            runs: exp
-                .runs
-                .iter()
-                .map(|p| pb::RunSummary {
-                    name: p.name.clone(),
-                    job_kind: p.job.clone(),
-                    state: if p.inputs.is_empty() {
-                        "queued"
-                    } else {
-                        "pending"
-                    }
-                    .into(),
-                    needs: p.inputs.iter().map(|i| i.1.clone()).collect(),
-                    config: p.config.clone(),
-                    total_steps: p.total_steps,
-                    ..Default::default()
-                })
-                .collect(),
-        }
+        plume_coordinator::server::planned_reply(&exp)
     } else {
         let mut c = connect(conn).await?;
         c.submit_experiment(pb::SubmitRequest {

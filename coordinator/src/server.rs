@@ -160,6 +160,19 @@ impl Coordinator {
         }
     }
 
+    /// An experiment's id and row, by id or name.
+    async fn experiment(&self, key: &str) -> Result<(i64, crate::store::ExperimentRow), Status> {
+        let id = self.store.resolve_experiment(key).await.map_err(status)?;
+        let row = self
+            .store
+            .experiments(Some(id))
+            .await
+            .map_err(status)?
+            .pop()
+            .ok_or_else(|| Status::not_found("experiment vanished"))?;
+        Ok((id, row))
+    }
+
     async fn worker_kinds(&self, id: i64) -> Result<Vec<String>, Status> {
         let caps: Option<serde_json::Value> =
             sqlx::query_scalar("SELECT capabilities FROM workers WHERE id = $1")
@@ -529,6 +542,33 @@ fn cancel_msg(f: Fence, reason: &str) -> pb::CoordinatorMessage {
     }
 }
 
+/// A planned (not yet stored) run as `submit --dry-run` shows it.
+pub fn planned_run(p: &crate::experiment::PlannedRun) -> pb::RunSummary {
+    pb::RunSummary {
+        name: p.name.clone(),
+        job_kind: p.job.clone(),
+        state: if p.inputs.is_empty() {
+            "queued"
+        } else {
+            "pending"
+        }
+        .into(),
+        needs: p.inputs.iter().map(|i| i.1.clone()).collect(),
+        config: p.config.clone(),
+        total_steps: p.total_steps,
+        ..Default::default()
+    }
+}
+
+/// The reply of a dry run: the expanded runs, nothing stored.
+pub fn planned_reply(exp: &crate::experiment::Experiment) -> pb::SubmitReply {
+    pb::SubmitReply {
+        experiment_id: 0,
+        name: exp.name.clone(),
+        runs: exp.runs.iter().map(planned_run).collect(),
+    }
+}
+
 /// The run summaries of `submit` and `get`.
 fn run_summary(r: &crate::store::RunRow) -> pb::RunSummary {
     pb::RunSummary {
@@ -569,28 +609,7 @@ impl UserApi for Coordinator {
         let exp = experiment::parse(&file, &r.yaml)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         if r.dry_run {
-            return Ok(Response::new(pb::SubmitReply {
-                experiment_id: 0,
-                name: exp.name.clone(),
-                runs: exp
-                    .runs
-                    .iter()
-                    .map(|p| pb::RunSummary {
-                        name: p.name.clone(),
-                        job_kind: p.job.clone(),
-                        state: if p.inputs.is_empty() {
-                            "queued"
-                        } else {
-                            "pending"
-                        }
-                        .into(),
-                        needs: p.inputs.iter().map(|i| i.1.clone()).collect(),
-                        config: p.config.clone(),
-                        total_steps: p.total_steps,
-                        ..Default::default()
-                    })
-                    .collect(),
-            }));
+            return Ok(Response::new(planned_reply(&exp)));
         }
         let (id, runs) = self
             .store
@@ -605,7 +624,7 @@ impl UserApi for Coordinator {
                 .iter()
                 .zip(&exp.runs)
                 .map(|(r, p)| pb::RunSummary {
-                    needs: p.inputs.iter().map(|i| i.1.clone()).collect(),
+                    needs: planned_run(p).needs,
                     ..run_summary(r)
                 })
                 .collect(),
@@ -627,14 +646,7 @@ impl UserApi for Coordinator {
         req: Request<pb::GetRequest>,
     ) -> Result<Response<pb::ExperimentDetail>, Status> {
         let key = req.into_inner().experiment;
-        let id = self.store.resolve_experiment(&key).await.map_err(status)?;
-        let e = self
-            .store
-            .experiments(Some(id))
-            .await
-            .map_err(status)?
-            .pop()
-            .ok_or_else(|| Status::not_found("experiment vanished"))?;
+        let (id, e) = self.experiment(&key).await?;
         let mut runs = Vec::new();
         for r in self.store.runs(id).await.map_err(status)? {
             let mut s = run_summary(&r);
@@ -771,18 +783,7 @@ impl UserApi for Coordinator {
         req: Request<pb::BestRequest>,
     ) -> Result<Response<pb::BestReply>, Status> {
         let r = req.into_inner();
-        let id = self
-            .store
-            .resolve_experiment(&r.experiment)
-            .await
-            .map_err(status)?;
-        let e = self
-            .store
-            .experiments(Some(id))
-            .await
-            .map_err(status)?
-            .pop()
-            .ok_or_else(|| Status::not_found("experiment vanished"))?;
+        let (id, e) = self.experiment(&r.experiment).await?;
         let metric = if r.metric.is_empty() {
             e.objective.clone()
         } else {

@@ -461,12 +461,7 @@ impl Store {
             return Ok(false);
         }
         insert_series(&mut tx, f.run, batch).await?;
-        let objective: String = sqlx::query_scalar(
-            "SELECT e.objective_metric FROM runs r JOIN experiments e ON e.id = r.experiment_id WHERE r.id = $1",
-        )
-        .bind(f.run)
-        .fetch_one(&mut *tx)
-        .await?;
+        let objective = objective_metric(&mut tx, f.run).await?;
         if let Some(s) = batch.get(&objective) {
             sqlx::query(
                 "UPDATE checkpoints c SET objective = p.v FROM UNNEST($2::int8[], $3::float8[]) AS p(s, v) \
@@ -505,12 +500,7 @@ impl Store {
         lock_fence(&mut tx, f).await?;
         chunk_lock(&mut tx, false).await?;
         let (hashes, new_bytes) = store_chunks(&mut tx, data, &chunks).await?;
-        let objective_name: String = sqlx::query_scalar(
-            "SELECT e.objective_metric FROM runs r JOIN experiments e ON e.id = r.experiment_id WHERE r.id = $1",
-        )
-        .bind(f.run)
-        .fetch_one(&mut *tx)
-        .await?;
+        let objective_name = objective_metric(&mut tx, f.run).await?;
         let objective = value_at(&mut tx, f.run, &objective_name, step).await?;
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO checkpoints (run_id, attempt, step, size, sha256, chunks, objective) \
@@ -1069,19 +1059,6 @@ impl Store {
         .await?;
         Ok((logical.unwrap_or(0), stored.unwrap_or(0)))
     }
-
-    /// The running attempts of a worker (to tell a reconnecting worker what it still holds).
-    pub async fn cancel_requested(&self, f: Fence) -> Result<bool> {
-        let r: Option<bool> = sqlx::query_scalar(
-            "SELECT cancel_requested FROM runs WHERE id = $1 AND attempt = $2 AND lease_worker = $3 AND state = 'running'",
-        )
-        .bind(f.run)
-        .bind(f.attempt)
-        .bind(f.worker)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(r.unwrap_or(false))
-    }
 }
 
 type Tx<'a> = sqlx::Transaction<'a, sqlx::Postgres>;
@@ -1104,6 +1081,16 @@ async fn lock_fence(tx: &mut Tx<'_>, f: Fence) -> Result<()> {
     })
 }
 
+/// The objective metric of a run's experiment.
+async fn objective_metric(tx: &mut Tx<'_>, run: i64) -> Result<String> {
+    Ok(sqlx::query_scalar(
+        "SELECT e.objective_metric FROM runs r JOIN experiments e ON e.id = r.experiment_id WHERE r.id = $1",
+    )
+    .bind(run)
+    .fetch_one(&mut **tx)
+    .await?)
+}
+
 async fn event(tx: &mut Tx<'_>, run: i64, kind: &str, message: &str) -> Result<()> {
     sqlx::query(
         "INSERT INTO events (experiment_id, run_id, kind, message) \
@@ -1117,32 +1104,22 @@ async fn event(tx: &mut Tx<'_>, run: i64, kind: &str, message: &str) -> Result<(
     Ok(())
 }
 
-/// Packs each metric's points into one row; upserts the summaries. Two statements per batch.
-async fn insert_series(tx: &mut Tx<'_>, run: i64, batch: &BTreeMap<String, Series>) -> Result<()> {
+/// Merges each series into the run's summaries (last by step, min, max, count): one
+/// statement for any number of metrics. Used by ingestion and by the rebuild after a resume.
+async fn merge_summaries(
+    tx: &mut Tx<'_>,
+    run: i64,
+    series: &BTreeMap<String, Series>,
+) -> Result<()> {
     let mut names = Vec::new();
-    let mut firsts = Vec::new();
-    let mut lasts = Vec::new();
-    let mut steps = Vec::new();
-    let mut vals = Vec::new();
-    let mut last_values = Vec::new();
-    let mut mins = Vec::new();
-    let mut maxs = Vec::new();
-    let mut counts = Vec::new();
-    for (name, s) in batch {
-        if s.steps.is_empty() {
+    let (mut lasts, mut last_values, mut mins, mut maxs, mut counts) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (name, s) in series {
+        let Some((i_last, _)) = s.steps.iter().enumerate().max_by_key(|(i, st)| (**st, *i)) else {
             continue;
-        }
+        };
         names.push(name.clone());
-        firsts.push(*s.steps.iter().min().expect("non-empty"));
-        lasts.push(*s.steps.iter().max().expect("non-empty"));
-        steps.push(pack_i64(&s.steps));
-        vals.push(pack_f64(&s.values));
-        let (i_last, _) = s
-            .steps
-            .iter()
-            .enumerate()
-            .max_by_key(|(i, st)| (**st, *i))
-            .expect("non-empty");
+        lasts.push(s.steps[i_last]);
         last_values.push(s.values[i_last]);
         mins.push(s.values.iter().copied().fold(f64::INFINITY, f64::min));
         maxs.push(s.values.iter().copied().fold(f64::NEG_INFINITY, f64::max));
@@ -1151,18 +1128,6 @@ async fn insert_series(tx: &mut Tx<'_>, run: i64, batch: &BTreeMap<String, Serie
     if names.is_empty() {
         return Ok(());
     }
-    sqlx::query(
-        "INSERT INTO metric_chunks (run_id, name, first_step, last_step, steps, vals) \
-         SELECT $1, * FROM UNNEST($2::text[], $3::int8[], $4::int8[], $5::bytea[], $6::bytea[])",
-    )
-    .bind(run)
-    .bind(&names)
-    .bind(&firsts)
-    .bind(&lasts)
-    .bind(&steps)
-    .bind(&vals)
-    .execute(&mut **tx)
-    .await?;
     sqlx::query(
         "INSERT INTO metric_summaries AS s (run_id, name, last_step, last_value, min_value, max_value, count) \
          SELECT $1, * FROM UNNEST($2::text[], $3::int8[], $4::float8[], $5::float8[], $6::float8[], $7::int8[]) \
@@ -1182,6 +1147,40 @@ async fn insert_series(tx: &mut Tx<'_>, run: i64, batch: &BTreeMap<String, Serie
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+/// Packs each metric's points into one row, then merges the summaries. Two statements per
+/// batch.
+async fn insert_series(tx: &mut Tx<'_>, run: i64, batch: &BTreeMap<String, Series>) -> Result<()> {
+    let mut names = Vec::new();
+    let (mut firsts, mut lasts, mut steps, mut vals) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (name, s) in batch {
+        let (Some(first), Some(last)) = (s.steps.iter().min(), s.steps.iter().max()) else {
+            continue;
+        };
+        names.push(name.clone());
+        firsts.push(*first);
+        lasts.push(*last);
+        steps.push(pack_i64(&s.steps));
+        vals.push(pack_f64(&s.values));
+    }
+    if names.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO metric_chunks (run_id, name, first_step, last_step, steps, vals) \
+         SELECT $1, * FROM UNNEST($2::text[], $3::int8[], $4::int8[], $5::bytea[], $6::bytea[])",
+    )
+    .bind(run)
+    .bind(&names)
+    .bind(&firsts)
+    .bind(&lasts)
+    .bind(&steps)
+    .bind(&vals)
+    .execute(&mut **tx)
+    .await?;
+    merge_summaries(tx, run, batch).await
 }
 
 /// Removes every point after `step` (and pictures after it), then rebuilds the run's
@@ -1234,41 +1233,7 @@ async fn truncate_after(tx: &mut Tx<'_>, run: i64, step: i64) -> Result<()> {
         s.steps.extend(unpack_i64(&st));
         s.values.extend(unpack_f64(&va));
     }
-    // Re-derive summaries with the same statement the ingest path uses, without new chunks.
-    let mut names = Vec::new();
-    let (mut lasts, mut last_values, mut mins, mut maxs, mut counts) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for (name, s) in &all {
-        if s.steps.is_empty() {
-            continue;
-        }
-        let (i_last, _) = s
-            .steps
-            .iter()
-            .enumerate()
-            .max_by_key(|(i, st)| (**st, *i))
-            .expect("non-empty");
-        names.push(name.clone());
-        lasts.push(s.steps[i_last]);
-        last_values.push(s.values[i_last]);
-        mins.push(s.values.iter().copied().fold(f64::INFINITY, f64::min));
-        maxs.push(s.values.iter().copied().fold(f64::NEG_INFINITY, f64::max));
-        counts.push(s.steps.len() as i64);
-    }
-    sqlx::query(
-        "INSERT INTO metric_summaries (run_id, name, last_step, last_value, min_value, max_value, count) \
-         SELECT $1, * FROM UNNEST($2::text[], $3::int8[], $4::float8[], $5::float8[], $6::float8[], $7::int8[])",
-    )
-    .bind(run)
-    .bind(&names)
-    .bind(&lasts)
-    .bind(&last_values)
-    .bind(&mins)
-    .bind(&maxs)
-    .bind(&counts)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
+    merge_summaries(tx, run, &all).await
 }
 
 /// The value of `name` at `step` (its last point at or before it).

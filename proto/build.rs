@@ -5,6 +5,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // SAFETY: build scripts are single-threaded; prost-build reads PROTOC from the environment.
     unsafe { std::env::set_var("PROTOC", protoc) };
     println!("cargo:rerun-if-changed=plume.proto");
-    tonic_prost_build::configure().compile_protos(&["plume.proto"], &["."])?;
+    tonic_prost_build::configure()
+        // The dashboard's JSON API serialises the same replies as the gRPC API.
+        .type_attribute(".plume.v1", "#[derive(serde::Serialize)]")
+        .compile_protos(&["plume.proto"], &["."])?;
     Ok(())
 }

@@ -5,8 +5,10 @@
 
 pub mod bench;
 pub mod blobs;
+pub mod browser;
 pub mod client;
 pub mod experiment;
 pub mod pg;
 pub mod server;
 pub mod store;
+pub mod web;

@@ -55,6 +55,9 @@ enum Cmd {
         /// Lease length in seconds (a silent worker's run is requeued after this).
         #[arg(long, default_value_t = 15)]
         lease_secs: u64,
+        /// Dashboard port on 127.0.0.1 (another free port if taken; 0: any free port).
+        #[arg(long, default_value_t = 8080)]
+        http_port: u16,
     },
     /// The coordinator alone, on an existing database.
     Serve {
@@ -79,6 +82,10 @@ enum Cmd {
         /// TLS private key (PEM).
         #[arg(long)]
         tls_key: Option<PathBuf>,
+        /// Dashboard and JSON API listen address (plain HTTP; `off` to disable). Put a TLS
+        /// proxy in front of it before exposing it beyond this host.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        http: String,
     },
     /// A private Postgres in the foreground (prints its URL), for development and tests.
     Postgres {
@@ -268,7 +275,18 @@ async fn main() -> Result<()> {
             port,
             submit,
             lease_secs,
-        } => up(workers, &device, port, submit.as_deref(), lease_secs).await,
+            http_port,
+        } => {
+            up(
+                workers,
+                &device,
+                port,
+                submit.as_deref(),
+                lease_secs,
+                http_port,
+            )
+            .await
+        }
         Cmd::Serve {
             database_url,
             listen,
@@ -277,6 +295,7 @@ async fn main() -> Result<()> {
             lease_secs,
             tls_cert,
             tls_key,
+            http,
         } => {
             let store = Store::connect(&database_url, Duration::from_secs(lease_secs)).await?;
             let coordinator = Coordinator::new(
@@ -299,10 +318,29 @@ async fn main() -> Result<()> {
                 .await
                 .with_context(|| format!("binding {listen}"))?;
             eprintln!("plume coordinator listening on {listen}");
-            serve(coordinator, listener, tls, async {
+            let dashboard = if http == "off" {
+                None
+            } else {
+                let l = tokio::net::TcpListener::bind(&http)
+                    .await
+                    .with_context(|| format!("binding the dashboard to {http}"))?;
+                eprintln!("dashboard on http://{}", l.local_addr()?);
+                Some(tokio::spawn(plume_coordinator::web::serve(
+                    coordinator.clone(),
+                    l,
+                    async {
+                        let _ = tokio::signal::ctrl_c().await;
+                    },
+                )))
+            };
+            let result = serve(coordinator, listener, tls, async {
                 let _ = tokio::signal::ctrl_c().await;
             })
-            .await
+            .await;
+            if let Some(d) = dashboard {
+                d.abort();
+            }
+            result
         }
         Cmd::Postgres { dir, port } => {
             let port = if port == 0 { free_port()? } else { port };
@@ -802,6 +840,7 @@ async fn up(
     port: u16,
     submit_file: Option<&Path>,
     lease_secs: u64,
+    http_port: u16,
 ) -> Result<()> {
     let home = home();
     std::fs::create_dir_all(&home)?;
@@ -841,6 +880,20 @@ async fn up(
             limits: Limits::default(),
         },
     );
+    let http = match tokio::net::TcpListener::bind(("127.0.0.1", http_port)).await {
+        Ok(l) => l,
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            eprintln!("port {http_port} is taken; the dashboard takes another");
+            tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?
+        }
+        Err(e) => return Err(e).context("binding the dashboard"),
+    };
+    let dashboard_addr = http.local_addr()?;
+    let dashboard = tokio::spawn(plume_coordinator::web::serve(
+        coordinator.clone(),
+        http,
+        std::future::pending(),
+    ));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(serve(coordinator, listener, None, async {
         let _ = stop_rx.await;
@@ -849,6 +902,12 @@ async fn up(
         "coordinator on {} (endpoint in {})",
         endpoint.url,
         path.display()
+    );
+    // The token rides in the fragment, which browsers never send to a server; the page
+    // trades it for a session cookie and drops it from the address bar.
+    eprintln!(
+        "dashboard: http://{dashboard_addr}/#token={}",
+        endpoint.user_token
     );
     let bin = worker_binary()?;
     let mut children = Workers(Vec::new());
@@ -890,6 +949,7 @@ async fn up(
     drop(children);
     let _ = stop_tx.send(());
     let _ = server.await;
+    dashboard.abort();
     result
 }
 

@@ -64,7 +64,7 @@ pub struct Coordinator {
     work: Arc<Notify>,
 }
 
-fn status(e: StoreError) -> Status {
+pub(crate) fn status(e: StoreError) -> Status {
     match e {
         StoreError::Stale { .. } => Status::failed_precondition(e.to_string()),
         StoreError::NotFound(m) => Status::not_found(m),
@@ -89,15 +89,20 @@ fn check_token(meta: &tonic::metadata::MetadataMap, expected: &str) -> Result<()
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or_else(|| Status::unauthenticated("missing bearer token"))?;
+    if !tokens_match(got, expected) {
+        return Err(Status::unauthenticated("invalid token for this service"));
+    }
+    Ok(())
+}
+
+/// Constant-time token comparison; an empty expected token matches nothing.
+pub(crate) fn tokens_match(got: &str, expected: &str) -> bool {
     let (a, b) = (got.as_bytes(), expected.as_bytes());
     let diff = a.len() ^ b.len()
         | a.iter()
             .zip(b.iter().cycle())
             .fold(0usize, |d, (x, y)| d | (x ^ y) as usize);
-    if diff != 0 || b.is_empty() {
-        return Err(Status::unauthenticated("invalid token for this service"));
-    }
-    Ok(())
+    diff == 0 && !b.is_empty()
 }
 
 impl Coordinator {
@@ -556,6 +561,8 @@ pub fn planned_run(p: &crate::experiment::PlannedRun) -> pb::RunSummary {
         needs: p.inputs.iter().map(|i| i.1.clone()).collect(),
         config: p.config.clone(),
         total_steps: p.total_steps,
+        method: job_method(&p.config),
+        params: run_params(&p.name),
         ..Default::default()
     }
 }
@@ -581,8 +588,29 @@ fn run_summary(r: &crate::store::RunRow) -> pb::RunSummary {
         step: r.step,
         total_steps: r.total_steps,
         error: r.error.clone().unwrap_or_default(),
+        method: job_method(&r.config),
+        params: run_params(&r.name),
         ..Default::default()
     }
+}
+
+/// The `method` field of a job's YAML, if any.
+fn job_method(config: &str) -> String {
+    serde_yaml::from_str::<serde_yaml::Value>(config)
+        .ok()
+        .and_then(|v| v.get("method").and_then(|m| m.as_str()).map(String::from))
+        .unwrap_or_default()
+}
+
+/// `{k: v}` from a run name `base@k=v,k2=v2` (the experiment's expansion names runs so).
+fn run_params(name: &str) -> std::collections::HashMap<String, String> {
+    let Some((_, tail)) = name.split_once('@') else {
+        return Default::default();
+    };
+    tail.split(',')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 fn experiment_summary(e: &crate::store::ExperimentRow) -> pb::ExperimentSummary {
@@ -598,26 +626,34 @@ fn experiment_summary(e: &crate::store::ExperimentRow) -> pb::ExperimentSummary 
     }
 }
 
-#[tonic::async_trait]
-impl UserApi for Coordinator {
-    async fn submit_experiment(
+/// What users ask, answered once for both the gRPC `UserApi` and the dashboard's JSON API.
+impl Coordinator {
+    /// The store (the dashboard reads curves, checkpoints and pictures straight from it).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Whether `token` is the user token (constant time).
+    pub fn is_user_token(&self, token: &str) -> bool {
+        tokens_match(token, &self.cfg.user_token)
+    }
+
+    /// Validates an experiment YAML and, unless `dry_run`, stores it and its runs.
+    pub async fn submit(
         &self,
-        req: Request<pb::SubmitRequest>,
-    ) -> Result<Response<pb::SubmitReply>, Status> {
-        let r = req.into_inner();
-        let file: String = r.file_name.chars().take(256).collect();
-        let exp = experiment::parse(&file, &r.yaml)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        if r.dry_run {
-            return Ok(Response::new(planned_reply(&exp)));
+        file_name: &str,
+        yaml: &str,
+        dry_run: bool,
+    ) -> Result<pb::SubmitReply, Status> {
+        let file: String = file_name.chars().take(256).collect();
+        let exp =
+            experiment::parse(&file, yaml).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if dry_run {
+            return Ok(planned_reply(&exp));
         }
-        let (id, runs) = self
-            .store
-            .submit(&exp, &file, &r.yaml)
-            .await
-            .map_err(status)?;
+        let (id, runs) = self.store.submit(&exp, &file, yaml).await.map_err(status)?;
         self.work.notify_waiters();
-        Ok(Response::new(pb::SubmitReply {
+        Ok(pb::SubmitReply {
             experiment_id: id,
             name: exp.name.clone(),
             runs: runs
@@ -628,25 +664,20 @@ impl UserApi for Coordinator {
                     ..run_summary(r)
                 })
                 .collect(),
-        }))
+        })
     }
 
-    async fn list_experiments(
-        &self,
-        _req: Request<pb::ListRequest>,
-    ) -> Result<Response<pb::ListReply>, Status> {
+    /// Every experiment, newest first.
+    pub async fn list(&self) -> Result<pb::ListReply, Status> {
         let rows = self.store.experiments(None).await.map_err(status)?;
-        Ok(Response::new(pb::ListReply {
+        Ok(pb::ListReply {
             experiments: rows.iter().map(experiment_summary).collect(),
-        }))
+        })
     }
 
-    async fn get_experiment(
-        &self,
-        req: Request<pb::GetRequest>,
-    ) -> Result<Response<pb::ExperimentDetail>, Status> {
-        let key = req.into_inner().experiment;
-        let (id, e) = self.experiment(&key).await?;
+    /// One experiment with its runs, their metric summaries and attempts.
+    pub async fn detail(&self, key: &str) -> Result<pb::ExperimentDetail, Status> {
+        let (id, e) = self.experiment(key).await?;
         let mut runs = Vec::new();
         for r in self.store.runs(id).await.map_err(status)? {
             let mut s = run_summary(&r);
@@ -685,13 +716,115 @@ impl UserApi for Coordinator {
             runs.push(s);
         }
         let (logical, stored) = self.store.dedup(Some(id)).await.map_err(status)?;
-        Ok(Response::new(pb::ExperimentDetail {
+        Ok(pb::ExperimentDetail {
             summary: Some(experiment_summary(&e)),
             runs,
             yaml: e.yaml,
             checkpoint_bytes: logical as u64,
             stored_bytes: stored as u64,
-        }))
+        })
+    }
+
+    /// The `top` checkpoints by `metric` (empty: the objective), with every metric at each.
+    pub async fn best(&self, key: &str, metric: &str, top: u32) -> Result<pb::BestReply, Status> {
+        let (id, e) = self.experiment(key).await?;
+        let metric = if metric.is_empty() {
+            e.objective.clone()
+        } else {
+            metric.to_string()
+        };
+        // Losses are minimised; for other metrics than the objective, guess by name.
+        let mode = if metric == e.objective {
+            if e.mode == "max" {
+                Mode::Max
+            } else {
+                Mode::Min
+            }
+        } else if metric.starts_with("loss")
+            || metric.contains("fid")
+            || metric.ends_with("realism")
+        {
+            Mode::Min
+        } else {
+            Mode::Max
+        };
+        let top = if top == 0 { 5 } else { top.min(1000) } as usize;
+        let ranked = self
+            .store
+            .best(id, &metric, mode, top)
+            .await
+            .map_err(status)?;
+        let mut out = Vec::new();
+        for c in ranked {
+            let metrics = self
+                .store
+                .metrics_at(c.run_id, c.step)
+                .await
+                .map_err(status)?;
+            out.push(pb::BestCheckpoint {
+                checkpoint_id: c.id,
+                run: c.run,
+                step: c.step,
+                value: c.value,
+                size: c.size as u64,
+                sha256: c.sha256,
+                metrics: metrics.into_iter().collect(),
+            });
+        }
+        Ok(pb::BestReply {
+            metric,
+            mode: mode.as_str().into(),
+            checkpoints: out,
+        })
+    }
+
+    /// Cancels an experiment's unfinished runs, or one run (`run` non-empty).
+    pub async fn cancel_runs(&self, key: &str, run: &str) -> Result<pb::CancelReply, Status> {
+        let id = self.store.resolve_experiment(key).await.map_err(status)?;
+        let run = (!run.is_empty()).then_some(run);
+        if let Some(name) = run {
+            self.store.resolve_run(id, name).await.map_err(status)?;
+        }
+        let cancelled = self.store.cancel(id, run).await.map_err(status)?;
+        Ok(pb::CancelReply { cancelled })
+    }
+
+    /// The last `tail` log lines of a run (0: 200; at most 100 000).
+    pub async fn log_tail(&self, key: &str, run: &str, tail: u32) -> Result<pb::LogsReply, Status> {
+        let id = self.store.resolve_experiment(key).await.map_err(status)?;
+        let run = self.store.resolve_run(id, run).await.map_err(status)?;
+        let tail = if tail == 0 { 200 } else { tail.min(100_000) } as i64;
+        let lines = self.store.logs(run, tail).await.map_err(status)?;
+        Ok(pb::LogsReply { lines })
+    }
+}
+
+#[tonic::async_trait]
+impl UserApi for Coordinator {
+    async fn submit_experiment(
+        &self,
+        req: Request<pb::SubmitRequest>,
+    ) -> Result<Response<pb::SubmitReply>, Status> {
+        let r = req.into_inner();
+        Ok(Response::new(
+            self.submit(&r.file_name, &r.yaml, r.dry_run).await?,
+        ))
+    }
+
+    async fn list_experiments(
+        &self,
+        _req: Request<pb::ListRequest>,
+    ) -> Result<Response<pb::ListReply>, Status> {
+        Ok(Response::new(self.list().await?))
+    }
+
+    async fn get_experiment(
+        &self,
+        req: Request<pb::GetRequest>,
+    ) -> Result<Response<pb::ExperimentDetail>, Status> {
+        Ok(Response::new(
+            self.detail(&req.into_inner().experiment).await?,
+        ))
     }
 
     type WatchMetricsStream = BoxStream<pb::MetricUpdate>;
@@ -783,55 +916,9 @@ impl UserApi for Coordinator {
         req: Request<pb::BestRequest>,
     ) -> Result<Response<pb::BestReply>, Status> {
         let r = req.into_inner();
-        let (id, e) = self.experiment(&r.experiment).await?;
-        let metric = if r.metric.is_empty() {
-            e.objective.clone()
-        } else {
-            r.metric.clone()
-        };
-        // Losses are minimised; for other metrics than the objective, guess by name.
-        let mode = if metric == e.objective {
-            if e.mode == "max" {
-                Mode::Max
-            } else {
-                Mode::Min
-            }
-        } else if metric.starts_with("loss")
-            || metric.contains("fid")
-            || metric.ends_with("realism")
-        {
-            Mode::Min
-        } else {
-            Mode::Max
-        };
-        let top = if r.top == 0 { 5 } else { r.top.min(1000) } as usize;
-        let ranked = self
-            .store
-            .best(id, &metric, mode, top)
-            .await
-            .map_err(status)?;
-        let mut out = Vec::new();
-        for c in ranked {
-            let metrics = self
-                .store
-                .metrics_at(c.run_id, c.step)
-                .await
-                .map_err(status)?;
-            out.push(pb::BestCheckpoint {
-                checkpoint_id: c.id,
-                run: c.run,
-                step: c.step,
-                value: c.value,
-                size: c.size as u64,
-                sha256: c.sha256,
-                metrics: metrics.into_iter().collect(),
-            });
-        }
-        Ok(Response::new(pb::BestReply {
-            metric,
-            mode: mode.as_str().into(),
-            checkpoints: out,
-        }))
+        Ok(Response::new(
+            self.best(&r.experiment, &r.metric, r.top).await?,
+        ))
     }
 
     async fn cancel(
@@ -839,34 +926,16 @@ impl UserApi for Coordinator {
         req: Request<pb::CancelRequest>,
     ) -> Result<Response<pb::CancelReply>, Status> {
         let r = req.into_inner();
-        let id = self
-            .store
-            .resolve_experiment(&r.experiment)
-            .await
-            .map_err(status)?;
-        let run = (!r.run.is_empty()).then_some(r.run.as_str());
-        if let Some(name) = run {
-            self.store.resolve_run(id, name).await.map_err(status)?;
-        }
-        let cancelled = self.store.cancel(id, run).await.map_err(status)?;
-        Ok(Response::new(pb::CancelReply { cancelled }))
+        Ok(Response::new(
+            self.cancel_runs(&r.experiment, &r.run).await?,
+        ))
     }
 
     async fn logs(&self, req: Request<pb::LogsRequest>) -> Result<Response<pb::LogsReply>, Status> {
         let r = req.into_inner();
-        let id = self
-            .store
-            .resolve_experiment(&r.experiment)
-            .await
-            .map_err(status)?;
-        let run = self.store.resolve_run(id, &r.run).await.map_err(status)?;
-        let tail = if r.tail == 0 {
-            200
-        } else {
-            r.tail.min(100_000)
-        } as i64;
-        let lines = self.store.logs(run, tail).await.map_err(status)?;
-        Ok(Response::new(pb::LogsReply { lines }))
+        Ok(Response::new(
+            self.log_tail(&r.experiment, &r.run, r.tail).await?,
+        ))
     }
 
     type DownloadCheckpointStream = BoxStream<pb::DataChunk>;

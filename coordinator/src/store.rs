@@ -201,6 +201,82 @@ pub struct Series {
     pub values: Vec<f64>,
 }
 
+/// Points of one metric with the wall time (Unix seconds) each was stored at.
+#[derive(Debug, Default, Clone)]
+pub struct TimedSeries {
+    /// Steps, ascending.
+    pub steps: Vec<i64>,
+    /// Values.
+    pub values: Vec<f64>,
+    /// Unix seconds.
+    pub times: Vec<f64>,
+}
+
+/// A chunk of one run's points, as live streams send them.
+#[derive(Debug, Clone)]
+pub struct NewChunk {
+    /// Run id.
+    pub run: i64,
+    /// Chunk id (the run's stream cursor after it).
+    pub id: i64,
+    /// Metric.
+    pub name: String,
+    /// When it was stored (Unix seconds).
+    pub time: f64,
+    /// The points.
+    pub series: Series,
+}
+
+/// A stored checkpoint of a run.
+#[derive(Debug, Clone)]
+pub struct CheckpointRow {
+    /// Id (for downloads).
+    pub id: i64,
+    /// Step.
+    pub step: i64,
+    /// Attempt that wrote it.
+    pub attempt: i32,
+    /// Bytes.
+    pub size: i64,
+    /// SHA-256 (hex).
+    pub sha256: String,
+    /// The experiment's objective at this step.
+    pub objective: Option<f64>,
+    /// Unix seconds.
+    pub created: i64,
+}
+
+/// A stored picture of a run.
+#[derive(Debug, Clone)]
+pub struct ArtifactRow {
+    /// Id.
+    pub id: i64,
+    /// Name (`samples.png`, `edits.png`, ...).
+    pub name: String,
+    /// Step.
+    pub step: i64,
+    /// Bytes.
+    pub size: i64,
+}
+
+/// Tables whose rows belong to a run.
+#[derive(Debug, Clone, Copy)]
+pub enum Owned {
+    /// `checkpoints`.
+    Checkpoint,
+    /// `artifacts`.
+    Artifact,
+}
+
+impl Owned {
+    fn noun(self) -> &'static str {
+        match self {
+            Owned::Checkpoint => "checkpoint",
+            Owned::Artifact => "artifact",
+        }
+    }
+}
+
 impl Store {
     /// Connects and applies the migrations.
     pub async fn connect(url: &str, lease: Duration) -> anyhow::Result<Store> {
@@ -1039,6 +1115,145 @@ impl Store {
             .into_iter()
             .map(|(a, l)| format!("[attempt {a}] {l}"))
             .collect())
+    }
+
+    /// Curves of a run with each point's wall time (when its chunk was stored), optionally
+    /// only the steps in `[from, to]`, and the run's stream cursor read in the same snapshot:
+    /// every chunk with a larger id arrived after this read.
+    pub async fn timed_curves(
+        &self,
+        run: i64,
+        names: &[String],
+        from: Option<i64>,
+        to: Option<i64>,
+    ) -> Result<(BTreeMap<String, TimedSeries>, i64)> {
+        let rows = sqlx::query(
+                "WITH cur AS (SELECT COALESCE(max(id), 0) AS cursor FROM metric_chunks WHERE run_id = $1) \
+                 SELECT cur.cursor, c.name, c.steps, c.vals, extract(epoch FROM c.reported_at)::float8 \
+                 FROM cur LEFT JOIN metric_chunks c ON c.run_id = $1 \
+                 AND (cardinality($2::text[]) = 0 OR c.name = ANY($2)) \
+                 AND ($3::int8 IS NULL OR c.last_step >= $3) AND ($4::int8 IS NULL OR c.first_step <= $4) \
+                 ORDER BY c.name, c.first_step, c.id",
+            )
+            .bind(run)
+            .bind(names)
+            .bind(from)
+            .bind(to)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut out: BTreeMap<String, TimedSeries> = BTreeMap::new();
+        let mut cursor = 0;
+        let (lo, hi) = (from.unwrap_or(i64::MIN), to.unwrap_or(i64::MAX));
+        for row in rows {
+            cursor = row.get::<i64, _>(0);
+            let name: Option<String> = row.get(1);
+            let st: Option<Vec<u8>> = row.get(2);
+            let va: Option<Vec<u8>> = row.get(3);
+            let time: Option<f64> = row.get(4);
+            let (Some(name), Some(st), Some(va)) = (name, st, va) else {
+                continue;
+            };
+            let s = out.entry(name).or_default();
+            for (step, value) in unpack_i64(&st).into_iter().zip(unpack_f64(&va)) {
+                if (lo..=hi).contains(&step) {
+                    s.steps.push(step);
+                    s.values.push(value);
+                    s.times.push(time.unwrap_or(0.0));
+                }
+            }
+        }
+        Ok((out, cursor))
+    }
+
+    /// Chunks of several runs newer than each run's cursor, oldest first, at most `limit`:
+    /// what a live stream sends next. One statement for any number of runs.
+    pub async fn chunks_after(&self, cursors: &[(i64, i64)], limit: i64) -> Result<Vec<NewChunk>> {
+        let (runs, afters): (Vec<i64>, Vec<i64>) = cursors.iter().copied().unzip();
+        let rows = sqlx::query(
+            "SELECT c.run_id, c.id, c.name, c.steps, c.vals, extract(epoch FROM c.reported_at)::float8 \
+             FROM UNNEST($1::int8[], $2::int8[]) AS k(run, after) \
+             JOIN metric_chunks c ON c.run_id = k.run AND c.id > k.after ORDER BY c.id LIMIT $3",
+        )
+        .bind(&runs)
+        .bind(&afters)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| NewChunk {
+                run: r.get(0),
+                id: r.get(1),
+                name: r.get(2),
+                time: r.get(5),
+                series: Series {
+                    steps: unpack_i64(r.get(3)),
+                    values: unpack_f64(r.get(4)),
+                },
+            })
+            .collect())
+    }
+
+    /// Checkpoints of a run, by step.
+    pub async fn checkpoints(&self, run: i64) -> Result<Vec<CheckpointRow>> {
+        let rows = sqlx::query(
+            "SELECT id, step, attempt, size, sha256, objective, extract(epoch FROM created_at)::int8 \
+             FROM checkpoints WHERE run_id = $1 ORDER BY step",
+        )
+        .bind(run)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| CheckpointRow {
+                id: r.get(0),
+                step: r.get(1),
+                attempt: r.get(2),
+                size: r.get(3),
+                sha256: r.get(4),
+                objective: r.get(5),
+                created: r.get(6),
+            })
+            .collect())
+    }
+
+    /// Pictures of a run (sample grids, edit galleries), by name then step.
+    pub async fn artifacts(&self, run: i64) -> Result<Vec<ArtifactRow>> {
+        let rows: Vec<(i64, String, i64, i64)> = sqlx::query_as(
+            "SELECT id, name, step, size FROM artifacts WHERE run_id = $1 ORDER BY name, step",
+        )
+        .bind(run)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, name, step, size)| ArtifactRow {
+                id,
+                name,
+                step,
+                size,
+            })
+            .collect())
+    }
+
+    /// The run an artifact or checkpoint belongs to, with its experiment (for access checks
+    /// and file names).
+    pub async fn owner(&self, table: Owned, id: i64) -> Result<(i64, String, String)> {
+        let sql = match table {
+            Owned::Checkpoint => {
+                "SELECT r.id, e.name, r.name FROM checkpoints x JOIN runs r ON r.id = x.run_id \
+                 JOIN experiments e ON e.id = r.experiment_id WHERE x.id = $1"
+            }
+            Owned::Artifact => {
+                "SELECT r.id, e.name, r.name FROM artifacts x JOIN runs r ON r.id = x.run_id \
+                 JOIN experiments e ON e.id = r.experiment_id WHERE x.id = $1"
+            }
+        };
+        sqlx::query_as(sql)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("no {} {id}", table.noun())))
     }
 
     /// Bytes referenced by checkpoints versus bytes stored for them (the dedup ratio).

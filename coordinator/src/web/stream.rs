@@ -1,0 +1,207 @@
+//! Live metric streams as server-sent events.
+//!
+//! A stream follows some runs of one experiment. Its position is a cursor per run (the id of
+//! the last metric chunk sent), and every `points` event carries all cursors as its event
+//! id, so a browser's `EventSource` that reconnects sends them back in `Last-Event-ID` and the
+//! stream resumes exactly where it stopped: no gap, and nothing sent twice. A page that first
+//! loads downsampled curves passes the cursor of that read as `after`.
+//!
+//! Events:
+//! - `points`: `{"run": name, "metrics": {metric: {"steps", "values", "times"}}}`.
+//! - `run`: `{"run", "state", "step", "total_steps", "attempt"}` when any of those changed.
+//!   A new attempt that resumed from a checkpoint re-reports the steps after it; clients
+//!   replace their points from the first re-reported step on.
+//! - `done`: every followed run has ended and every point was sent; the client should close.
+
+use super::ApiError;
+use crate::server::Coordinator;
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use serde::Deserialize;
+use serde_json::json;
+use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+/// How often a stream looks for new points and state changes.
+const POLL: Duration = Duration::from_millis(500);
+/// Most chunks read per look (a reconnect after a long absence catches up in pieces).
+const CHUNKS_PER_READ: i64 = 2000;
+
+/// Query of `GET /api/experiments/{exp}/stream`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamQuery {
+    /// Comma-separated run names (empty: every run).
+    #[serde(default)]
+    pub runs: String,
+    /// Cursors `runid:chunkid,...` to start after (a run without one starts at its first
+    /// point); `Last-Event-ID` wins over this.
+    #[serde(default)]
+    pub after: String,
+    /// `false`: only run state events (for pages that show no curves).
+    #[serde(default)]
+    pub points: Option<bool>,
+}
+
+/// Parses `runid:chunkid,...`.
+pub fn parse_cursors(s: &str) -> Result<HashMap<i64, i64>, ApiError> {
+    s.split(',')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (r, c) = p
+                .split_once(':')
+                .ok_or_else(|| ApiError::bad_request(format!("bad cursor {p:?}")))?;
+            let r = r.parse::<i64>();
+            let c = c.parse::<i64>();
+            match (r, c) {
+                (Ok(r), Ok(c)) => Ok((r, c)),
+                _ => Err(ApiError::bad_request(format!("bad cursor {p:?}"))),
+            }
+        })
+        .collect()
+}
+
+/// Formats cursors as `runid:chunkid,...` (an SSE id: no newlines).
+pub fn format_cursors(c: &BTreeMap<i64, i64>) -> String {
+    c.iter()
+        .map(|(r, k)| format!("{r}:{k}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// `GET /api/experiments/{exp}/stream?runs=&after=&points=`.
+pub async fn stream(
+    State(c): State<Coordinator>,
+    Path(exp): Path<String>,
+    Query(q): Query<StreamQuery>,
+    headers: HeaderMap,
+) -> Result<impl axum::response::IntoResponse, ApiError> {
+    let store = c.store().clone();
+    let exp = store.resolve_experiment(&exp).await?;
+    let mut runs: Vec<(i64, String)> = store
+        .runs(exp)
+        .await?
+        .into_iter()
+        .map(|r| (r.id, r.name))
+        .collect();
+    let wanted: Vec<&str> = q.runs.split(',').filter(|r| !r.is_empty()).collect();
+    if !wanted.is_empty() {
+        if let Some(missing) = wanted.iter().find(|w| !runs.iter().any(|r| r.1 == **w)) {
+            return Err(ApiError {
+                code: axum::http::StatusCode::NOT_FOUND,
+                message: format!("no run {missing:?} in this experiment"),
+            });
+        }
+        runs.retain(|r| wanted.contains(&r.1.as_str()));
+    }
+    let resume = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty());
+    let given = parse_cursors(resume.unwrap_or(&q.after))?;
+    let mut cursors: BTreeMap<i64, i64> = runs
+        .iter()
+        .map(|(id, _)| (*id, given.get(id).copied().unwrap_or(0)))
+        .collect();
+    let names: HashMap<i64, String> = runs.into_iter().collect();
+    let with_points = q.points.unwrap_or(true);
+    let (tx, rx) = mpsc::channel::<Result<Event, Infallible>>(16);
+    tokio::spawn(async move {
+        let mut seen: HashMap<i64, (String, i64, i64, i32)> = HashMap::new();
+        loop {
+            // Points first, so a `run` event saying "succeeded" follows the run's last points.
+            let mut full = false;
+            if with_points {
+                let pairs: Vec<(i64, i64)> = cursors.iter().map(|(r, c)| (*r, *c)).collect();
+                let Ok(chunks) = store.chunks_after(&pairs, CHUNKS_PER_READ).await else {
+                    return;
+                };
+                full = chunks.len() as i64 == CHUNKS_PER_READ;
+                // One event per run and read, its metrics merged in chunk order.
+                let mut by_run: BTreeMap<i64, BTreeMap<String, serde_json::Value>> =
+                    BTreeMap::new();
+                for ch in chunks {
+                    cursors.insert(ch.run, ch.id);
+                    let m = by_run.entry(ch.run).or_default();
+                    let e = m
+                        .entry(ch.name)
+                        .or_insert_with(|| json!({"steps": [], "values": [], "times": []}));
+                    let n = ch.series.steps.len();
+                    extend(&mut e["steps"], ch.series.steps.iter().map(|s| json!(s)));
+                    extend(&mut e["values"], ch.series.values.iter().map(|v| json!(v)));
+                    extend(&mut e["times"], std::iter::repeat_n(json!(ch.time), n));
+                }
+                let id = format_cursors(&cursors);
+                for (run, metrics) in by_run {
+                    let data = json!({"run": names[&run], "metrics": metrics});
+                    let ev = Event::default()
+                        .event("points")
+                        .id(id.clone())
+                        .data(data.to_string());
+                    if tx.send(Ok(ev)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            let Ok(rows) = store.runs(exp).await else {
+                return;
+            };
+            let mut all_ended = true;
+            for r in rows.iter().filter(|r| names.contains_key(&r.id)) {
+                if !matches!(r.state.as_str(), "succeeded" | "failed" | "cancelled") {
+                    all_ended = false;
+                }
+                let now = (r.state.clone(), r.step, r.total_steps, r.attempt);
+                if seen.get(&r.id) != Some(&now) {
+                    let data = json!({"run": r.name, "state": r.state, "step": r.step,
+                        "total_steps": r.total_steps, "attempt": r.attempt, "error": r.error});
+                    seen.insert(r.id, now);
+                    let ev = Event::default().event("run").data(data.to_string());
+                    if tx.send(Ok(ev)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            if all_ended && !full {
+                let _ = tx.send(Ok(Event::default().event("done").data("{}"))).await;
+                return;
+            }
+            if !full {
+                tokio::select! {
+                    _ = tx.closed() => return,
+                    _ = tokio::time::sleep(POLL) => {}
+                }
+            }
+        }
+    });
+    Ok(Sse::new(ReceiverStream::new(rx)).keep_alive(KeepAlive::default()))
+}
+
+fn extend(array: &mut serde_json::Value, items: impl Iterator<Item = serde_json::Value>) {
+    if let Some(a) = array.as_array_mut() {
+        a.extend(items);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_bad_ones_are_refused() {
+        let c: BTreeMap<i64, i64> = [(3, 17), (12, 4000)].into_iter().collect();
+        let s = format_cursors(&c);
+        assert_eq!(s, "3:17,12:4000");
+        let back = parse_cursors(&s).unwrap();
+        assert_eq!(back.len(), 2);
+        assert_eq!(back[&12], 4000);
+        assert!(parse_cursors("").unwrap().is_empty());
+        for bad in ["3", "x:1", "1:y", "1:2,\n"] {
+            assert!(parse_cursors(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -7,6 +7,7 @@ pub mod bench;
 pub mod blobs;
 pub mod browser;
 pub mod client;
+pub mod downsample;
 pub mod experiment;
 pub mod pg;
 pub mod server;

@@ -3,6 +3,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use plume_coordinator::bench::Suite;
 use plume_coordinator::client::{home, user_client, Endpoint, UserClient};
 use plume_coordinator::pg::{free_port, PrivatePostgres};
 use plume_coordinator::server::{serve, Config, Coordinator, Limits};
@@ -181,6 +182,9 @@ enum Cmd {
         /// Millions of metric points behind the `best` query.
         #[arg(long, default_value_t = 10)]
         points_millions: usize,
+        /// Only these benchmarks: all, coordinator or dashboard.
+        #[arg(long, default_value = "all")]
+        suite: String,
     },
     /// Download a checkpoint by id.
     Download {
@@ -473,10 +477,17 @@ async fn main() -> Result<()> {
         Cmd::Bench {
             sessions,
             points_millions,
+            suite,
         } => {
+            let suite = match suite.as_str() {
+                "all" => Suite::All,
+                "coordinator" => Suite::Coordinator,
+                "dashboard" => Suite::Dashboard,
+                other => bail!("unknown suite {other:?} (all, coordinator or dashboard)"),
+            };
             print!(
                 "{}",
-                plume_coordinator::bench::run(sessions, points_millions).await?
+                plume_coordinator::bench::run(sessions, points_millions, suite).await?
             );
             Ok(())
         }

@@ -212,6 +212,19 @@ pub struct TimedSeries {
     pub times: Vec<f64>,
 }
 
+/// What [`Store::timed_curves`] read.
+#[derive(Debug, Default, Clone)]
+pub struct TimedCurves {
+    /// By metric: every point, or for the metrics in `overview` their chunks' overviews.
+    pub curves: BTreeMap<String, TimedSeries>,
+    /// By metric: how many points are stored (in the chunks the range touches).
+    pub totals: BTreeMap<String, usize>,
+    /// Metrics read from overviews.
+    pub overview: Vec<String>,
+    /// The run's stream cursor at the time of this read.
+    pub cursor: i64,
+}
+
 /// A chunk of one run's points, as live streams send them.
 #[derive(Debug, Clone)]
 pub struct NewChunk {
@@ -1118,51 +1131,80 @@ impl Store {
     }
 
     /// Curves of a run with each point's wall time (when its chunk was stored), optionally
-    /// only the steps in `[from, to]`, and the run's stream cursor read in the same snapshot:
-    /// every chunk with a larger id arrived after this read.
+    /// only the steps in `[from, to]`, for drawing at about `target` points: a curve long
+    /// enough is read from its chunks' overviews (see `crate::downsample::overview`) instead
+    /// of every point. Also the true point counts, and the run's stream cursor: everything
+    /// is read in one snapshot, so every chunk with a larger id arrived after this read.
     pub async fn timed_curves(
         &self,
         run: i64,
         names: &[String],
-        from: Option<i64>,
-        to: Option<i64>,
-    ) -> Result<(BTreeMap<String, TimedSeries>, i64)> {
-        let rows = sqlx::query(
-                "WITH cur AS (SELECT COALESCE(max(id), 0) AS cursor FROM metric_chunks WHERE run_id = $1) \
-                 SELECT cur.cursor, c.name, c.steps, c.vals, extract(epoch FROM c.reported_at)::float8 \
-                 FROM cur LEFT JOIN metric_chunks c ON c.run_id = $1 \
-                 AND (cardinality($2::text[]) = 0 OR c.name = ANY($2)) \
-                 AND ($3::int8 IS NULL OR c.last_step >= $3) AND ($4::int8 IS NULL OR c.first_step <= $4) \
-                 ORDER BY c.name, c.first_step, c.id",
-            )
-            .bind(run)
-            .bind(names)
-            .bind(from)
-            .bind(to)
-            .fetch_all(&self.pool)
+        range: (Option<i64>, Option<i64>),
+        target: usize,
+    ) -> Result<TimedCurves> {
+        let (from, to) = range;
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .execute(&mut *tx)
             .await?;
-        let mut out: BTreeMap<String, TimedSeries> = BTreeMap::new();
-        let mut cursor = 0;
+        let filter = "run_id = $1 AND (cardinality($2::text[]) = 0 OR name = ANY($2)) \
+             AND ($3::int8 IS NULL OR last_step >= $3) AND ($4::int8 IS NULL OR first_step <= $4)";
+        // octet_length reads a stored value's size without decompressing it.
+        let counts: Vec<(String, i64)> = sqlx::query_as(&format!(
+            "SELECT name, sum(octet_length(steps) / 8)::int8 FROM metric_chunks WHERE {filter} GROUP BY name"
+        ))
+        .bind(run)
+        .bind(names)
+        .bind(from)
+        .bind(to)
+        .fetch_all(&mut *tx)
+        .await?;
+        let coarse: Vec<String> = counts
+            .iter()
+            .filter(|(_, n)| crate::downsample::overview_suffices(*n as usize, target))
+            .map(|(name, _)| name.clone())
+            .collect();
+        let rows = sqlx::query(&format!(
+            "SELECT name, \
+             CASE WHEN name = ANY($5) AND overview_steps IS NOT NULL THEN overview_steps ELSE steps END, \
+             CASE WHEN name = ANY($5) AND overview_vals IS NOT NULL THEN overview_vals ELSE vals END, \
+             extract(epoch FROM reported_at)::float8 FROM metric_chunks WHERE {filter} \
+             ORDER BY name, first_step, id"
+        ))
+        .bind(run)
+        .bind(names)
+        .bind(from)
+        .bind(to)
+        .bind(&coarse)
+        .fetch_all(&mut *tx)
+        .await?;
+        let cursor: i64 =
+            sqlx::query_scalar("SELECT COALESCE(max(id), 0) FROM metric_chunks WHERE run_id = $1")
+                .bind(run)
+                .fetch_one(&mut *tx)
+                .await?;
+        tx.commit().await?;
+        let mut curves: BTreeMap<String, TimedSeries> = BTreeMap::new();
         let (lo, hi) = (from.unwrap_or(i64::MIN), to.unwrap_or(i64::MAX));
         for row in rows {
-            cursor = row.get::<i64, _>(0);
-            let name: Option<String> = row.get(1);
-            let st: Option<Vec<u8>> = row.get(2);
-            let va: Option<Vec<u8>> = row.get(3);
-            let time: Option<f64> = row.get(4);
-            let (Some(name), Some(st), Some(va)) = (name, st, va) else {
-                continue;
-            };
-            let s = out.entry(name).or_default();
-            for (step, value) in unpack_i64(&st).into_iter().zip(unpack_f64(&va)) {
+            let time: f64 = row.get(3);
+            let s = curves.entry(row.get(0)).or_default();
+            let steps = unpack_i64(row.get(1));
+            let values = unpack_f64(row.get(2));
+            for (step, value) in steps.into_iter().zip(values) {
                 if (lo..=hi).contains(&step) {
                     s.steps.push(step);
                     s.values.push(value);
-                    s.times.push(time.unwrap_or(0.0));
+                    s.times.push(time);
                 }
             }
         }
-        Ok((out, cursor))
+        Ok(TimedCurves {
+            curves,
+            totals: counts.into_iter().map(|(n, c)| (n, c as usize)).collect(),
+            overview: coarse,
+            cursor,
+        })
     }
 
     /// Chunks of several runs newer than each run's cursor, oldest first, at most `limit`:
@@ -1364,12 +1406,25 @@ async fn merge_summaries(
     Ok(())
 }
 
+/// A chunk's stored overview (`crate::downsample::overview`), packed; `None` when short.
+fn packed_overview(s: &Series) -> (Option<Vec<u8>>, Option<Vec<u8>>) {
+    match crate::downsample::overview(&s.values) {
+        Some(keep) => {
+            let st: Vec<i64> = keep.iter().map(|&i| s.steps[i]).collect();
+            let va: Vec<f64> = keep.iter().map(|&i| s.values[i]).collect();
+            (Some(pack_i64(&st)), Some(pack_f64(&va)))
+        }
+        None => (None, None),
+    }
+}
+
 /// Packs each metric's points into one row, then merges the summaries. Two statements per
 /// batch.
 async fn insert_series(tx: &mut Tx<'_>, run: i64, batch: &BTreeMap<String, Series>) -> Result<()> {
     let mut names = Vec::new();
     let (mut firsts, mut lasts, mut steps, mut vals) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut o_steps, mut o_vals) = (Vec::new(), Vec::new());
     for (name, s) in batch {
         let (Some(first), Some(last)) = (s.steps.iter().min(), s.steps.iter().max()) else {
             continue;
@@ -1379,13 +1434,16 @@ async fn insert_series(tx: &mut Tx<'_>, run: i64, batch: &BTreeMap<String, Serie
         lasts.push(*last);
         steps.push(pack_i64(&s.steps));
         vals.push(pack_f64(&s.values));
+        let (os, ov) = packed_overview(s);
+        o_steps.push(os);
+        o_vals.push(ov);
     }
     if names.is_empty() {
         return Ok(());
     }
     sqlx::query(
-        "INSERT INTO metric_chunks (run_id, name, first_step, last_step, steps, vals) \
-         SELECT $1, * FROM UNNEST($2::text[], $3::int8[], $4::int8[], $5::bytea[], $6::bytea[])",
+        "INSERT INTO metric_chunks (run_id, name, first_step, last_step, steps, vals, overview_steps, overview_vals) \
+         SELECT $1, * FROM UNNEST($2::text[], $3::int8[], $4::int8[], $5::bytea[], $6::bytea[], $7::bytea[], $8::bytea[])",
     )
     .bind(run)
     .bind(&names)
@@ -1393,6 +1451,8 @@ async fn insert_series(tx: &mut Tx<'_>, run: i64, batch: &BTreeMap<String, Serie
     .bind(&lasts)
     .bind(&steps)
     .bind(&vals)
+    .bind(&o_steps)
+    .bind(&o_vals)
     .execute(&mut **tx)
     .await?;
     merge_summaries(tx, run, batch).await
@@ -1419,13 +1479,24 @@ async fn truncate_after(tx: &mut Tx<'_>, run: i64, step: i64) -> Result<()> {
             .zip(unpack_f64(&va))
             .filter(|(s, _)| *s <= step)
             .unzip();
-        sqlx::query("UPDATE metric_chunks SET steps = $2, vals = $3, last_step = $4 WHERE id = $1")
-            .bind(id)
-            .bind(pack_i64(&s))
-            .bind(pack_f64(&v))
-            .bind(s.iter().copied().max().unwrap_or(step))
-            .execute(&mut **tx)
-            .await?;
+        let last = s.iter().copied().max().unwrap_or(step);
+        let kept = Series {
+            steps: s,
+            values: v,
+        };
+        let (os, ov) = packed_overview(&kept);
+        sqlx::query(
+            "UPDATE metric_chunks SET steps = $2, vals = $3, last_step = $4, overview_steps = $5, \
+             overview_vals = $6 WHERE id = $1",
+        )
+        .bind(id)
+        .bind(pack_i64(&kept.steps))
+        .bind(pack_f64(&kept.values))
+        .bind(last)
+        .bind(os)
+        .bind(ov)
+        .execute(&mut **tx)
+        .await?;
     }
     sqlx::query("DELETE FROM artifacts WHERE run_id = $1 AND step > $2")
         .bind(run)

@@ -8,92 +8,12 @@ use plume_coordinator::pg::{free_port, PrivatePostgres};
 use plume_coordinator::store::{Fence, Series, Store, StoreError};
 use plume_proto::v1 as pb;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-const USER: &str = "user-token-for-tests";
-const WORKER: &str = "worker-token-for-tests";
-
-fn bin(name: &str) -> PathBuf {
-    // Integration tests live in target/<profile>/deps; the binaries one level up.
-    let exe = std::env::current_exe().unwrap();
-    let path = exe.parent().unwrap().parent().unwrap().join(name);
-    assert!(
-        path.is_file(),
-        "{} is missing: build the workspace (cargo test --workspace builds it)",
-        path.display()
-    );
-    path
-}
-
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn coordinator(db: &str, port: u16, log: &Path) -> Kill {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    Kill(
-        Command::new(bin("plume"))
-            .args([
-                "serve",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--lease-secs",
-                "4",
-            ])
-            .env("DATABASE_URL", db)
-            .env("PLUME_WORKER_TOKEN", WORKER)
-            .env("PLUME_USER_TOKEN", USER)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    )
-}
-
-fn worker(port: u16, name: &str, dir: &Path) -> Kill {
-    std::fs::create_dir_all(dir).unwrap();
-    let log = std::fs::File::create(dir.join("worker.log")).unwrap();
-    Kill(
-        Command::new(bin("plume-worker"))
-            .args([
-                "--coordinator",
-                &format!("http://127.0.0.1:{port}"),
-                "--device",
-                "cpu",
-            ])
-            .args(["--name", name, "--work-dir"])
-            .arg(dir)
-            .env("PLUME_WORKER_TOKEN", WORKER)
-            .env("OMP_NUM_THREADS", "1")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    )
-}
-
-async fn wait_for<F, Fut>(what: &str, secs: u64, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !f().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
+mod common;
+use common::{bin, coordinator, wait_for, worker, Kill, USER, WORKER};
 
 const TINY: &str = "dataset: {kind: synthetic-birds, images: 200, resolution: 32, seed: 3}
 stages:
@@ -132,7 +52,7 @@ async fn pipeline_survives_worker_and_coordinator_kills() {
         .unwrap();
     let port = free_port().unwrap();
     let log = d.join("coordinator.log");
-    let mut coord = coordinator(&pg.url, port, &log);
+    let mut coord = coordinator(&pg.url, port, None, &log);
     let url = format!("http://127.0.0.1:{port}");
     wait_for("the coordinator", 30, || {
         let url = url.clone();
@@ -237,7 +157,7 @@ async fn pipeline_survives_worker_and_coordinator_kills() {
     coord.0.kill().unwrap();
     coord.0.wait().unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    coord = coordinator(&pg.url, port, &log);
+    coord = coordinator(&pg.url, port, None, &log);
 
     wait_for("the experiment to finish", 420, || async {
         let s: String = sqlx::query_scalar("SELECT state FROM experiments WHERE id = $1")
@@ -508,7 +428,13 @@ async fn tls_is_served_when_configured() {
     let log = std::fs::File::create(d.join("coordinator.log")).unwrap();
     let _coord = Kill(
         Command::new(bin("plume"))
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--http",
+                "off",
+            ])
             .arg("--tls-cert")
             .arg(&cert)
             .arg("--tls-key")

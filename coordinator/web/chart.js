@@ -233,6 +233,10 @@ class LineChart {
     ctx.restore();
     ctx.globalAlpha = 1;
     this.canvas.dataset.points = String(drawn);
+    // Milliseconds from navigation start to the first drawing with data (for benchmarks).
+    if (drawn > 0 && !this.canvas.dataset.firstDraw) {
+      this.canvas.dataset.firstDraw = performance.now().toFixed(1);
+    }
     // Zoom selection and hover crosshair.
     if (this.drag && Math.abs(this.drag.to - this.drag.from) > 2) {
       ctx.fillStyle = "rgba(59,111,216,0.12)";

@@ -2,8 +2,8 @@
 //! gRPC replies serialised as JSON (one implementation in `server`); run pages, curves and
 //! files are read from the store here.
 
-use super::downsample::{self, Method};
 use super::{ApiError, COOKIE};
+use crate::downsample::{self, Method};
 use crate::server::Coordinator;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
@@ -182,8 +182,11 @@ pub struct CurveJson {
     pub values: Vec<f64>,
     /// Unix seconds each point was stored.
     pub times: Vec<f64>,
-    /// Points before downsampling.
+    /// Points stored (in the chunks the requested range touches).
     pub total: usize,
+    /// Whether this was reduced from the chunks' stored overviews (which keep every
+    /// extreme of each 64-point bucket) rather than from every point.
+    pub from_overview: bool,
 }
 
 /// The curves of a run, downsampled, with the cursor a live stream resumes from.
@@ -212,8 +215,12 @@ pub async fn load_curves(
         .unwrap_or("minmax")
         .parse()
         .map_err(ApiError::bad_request)?;
-    let (curves, cursor) = c.store().timed_curves(run, names, q.from, q.to).await?;
-    let curves = curves
+    let read = c
+        .store()
+        .timed_curves(run, names, (q.from, q.to), points)
+        .await?;
+    let curves = read
+        .curves
         .into_iter()
         .map(|(name, s)| {
             let xs: Vec<f64> = s.steps.iter().map(|&x| x as f64).collect();
@@ -222,13 +229,14 @@ pub async fn load_curves(
                 steps: keep.iter().map(|&i| s.steps[i]).collect(),
                 values: keep.iter().map(|&i| s.values[i]).collect(),
                 times: keep.iter().map(|&i| s.times[i]).collect(),
-                total: s.steps.len(),
+                total: read.totals.get(&name).copied().unwrap_or(s.steps.len()),
+                from_overview: read.overview.contains(&name),
             };
             (name, curve)
         })
         .collect();
     Ok(CurvesJson {
-        cursor,
+        cursor: read.cursor,
         method: match method {
             Method::MinMax => "minmax",
             Method::Lttb => "lttb",

@@ -9,7 +9,6 @@
 
 pub mod api;
 pub mod assets;
-pub mod downsample;
 pub mod stream;
 
 use crate::server::Coordinator;

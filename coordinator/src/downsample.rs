@@ -42,12 +42,40 @@ pub fn keep(values: &[f64], xs: &[f64], target: usize, method: Method) -> Vec<us
     }
 }
 
+/// Points per bucket of a chunk's stored overview.
+pub const OVERVIEW_BUCKET: usize = 64;
+/// Chunks shorter than this store no overview (reading them whole is as cheap).
+pub const OVERVIEW_MIN: usize = 4 * OVERVIEW_BUCKET;
+
+/// The overview stored with a chunk of points: the indices that first/min/max/last buckets
+/// of [`OVERVIEW_BUCKET`] points keep (about 1/16 of them), or `None` for a short chunk.
+pub fn overview(values: &[f64]) -> Option<Vec<usize>> {
+    if values.len() < OVERVIEW_MIN {
+        return None;
+    }
+    Some(minmax_buckets(
+        values,
+        values.len().div_ceil(OVERVIEW_BUCKET),
+    ))
+}
+
+/// Whether `total` points reduced to `target` may be computed from chunk overviews: every
+/// output bucket then spans at least two overview buckets, and since the overviews hold each
+/// of their buckets' extremes, so does the result.
+pub fn overview_suffices(total: usize, target: usize) -> bool {
+    let buckets = (target / 5).max(1);
+    total / buckets >= 2 * OVERVIEW_BUCKET
+}
+
 /// First, min, max, last per bucket; non-finite values are kept (each bucket's first one)
 /// so that a divergence shows as a gap, never disappears.
 fn minmax(values: &[f64], target: usize) -> Vec<usize> {
-    let n = values.len();
     // Up to five picks a bucket (first, min, max, first non-finite, last).
-    let buckets = (target / 5).max(1);
+    minmax_buckets(values, (target / 5).max(1))
+}
+
+fn minmax_buckets(values: &[f64], buckets: usize) -> Vec<usize> {
+    let n = values.len();
     let mut out = Vec::with_capacity(buckets * 4 + 1);
     for b in 0..buckets {
         let lo = b * n / buckets;
@@ -204,6 +232,25 @@ mod tests {
         assert!(k.contains(&100_000));
         assert_eq!((k[0], *k.last().unwrap()), (0, 199_999));
         assert!(k.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn overviews_keep_every_bucket_extreme_and_a_sixteenth_of_the_points() {
+        assert!(overview(&noisy(OVERVIEW_MIN - 1)).is_none());
+        let mut v = noisy(10_000);
+        v[777] = 9.0;
+        v[7777] = -9.0;
+        let k = overview(&v).unwrap();
+        assert!(k.len() <= 10_000 / 16 + 5 * 2, "{} kept", k.len());
+        assert!(k.contains(&777) && k.contains(&7777));
+        for b in 0..10_000usize.div_ceil(OVERVIEW_BUCKET) {
+            let lo = b * 10_000 / 10_000usize.div_ceil(OVERVIEW_BUCKET);
+            let hi = (b + 1) * 10_000 / 10_000usize.div_ceil(OVERVIEW_BUCKET);
+            let max = (lo..hi).max_by(|&a, &b| v[a].total_cmp(&v[b])).unwrap();
+            assert!(k.contains(&max), "bucket {b} lost its max");
+        }
+        assert!(overview_suffices(1_000_000, 2000));
+        assert!(!overview_suffices(20_000, 2000));
     }
 
     #[test]

@@ -1,0 +1,95 @@
+//! Helpers shared by the end-to-end tests: the built binaries as child processes that die
+//! with the test, and polling with a deadline.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// User token of the test coordinators.
+pub const USER: &str = "user-token-for-tests";
+/// Worker token of the test coordinators.
+pub const WORKER: &str = "worker-token-for-tests";
+
+pub fn bin(name: &str) -> PathBuf {
+    // Integration tests live in target/<profile>/deps; the binaries one level up.
+    let exe = std::env::current_exe().unwrap();
+    let path = exe.parent().unwrap().parent().unwrap().join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: build the workspace (cargo test --workspace builds it)",
+        path.display()
+    );
+    path
+}
+
+pub struct Kill(pub Child);
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn coordinator(db: &str, port: u16, http: Option<u16>, log: &Path) -> Kill {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    Kill(
+        Command::new(bin("plume"))
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--lease-secs",
+                "4",
+                "--http",
+                &http.map_or("off".to_string(), |p| format!("127.0.0.1:{p}")),
+            ])
+            .env("DATABASE_URL", db)
+            .env("PLUME_WORKER_TOKEN", WORKER)
+            .env("PLUME_USER_TOKEN", USER)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    )
+}
+
+pub fn worker(port: u16, name: &str, dir: &Path) -> Kill {
+    std::fs::create_dir_all(dir).unwrap();
+    let log = std::fs::File::create(dir.join("worker.log")).unwrap();
+    Kill(
+        Command::new(bin("plume-worker"))
+            .args([
+                "--coordinator",
+                &format!("http://127.0.0.1:{port}"),
+                "--device",
+                "cpu",
+            ])
+            .args(["--name", name, "--work-dir"])
+            .arg(dir)
+            .env("PLUME_WORKER_TOKEN", WORKER)
+            .env("OMP_NUM_THREADS", "1")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    )
+}
+
+pub async fn wait_for<F, Fut>(what: &str, secs: u64, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

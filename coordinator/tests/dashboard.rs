@@ -134,6 +134,29 @@ fn dashboard_in_headless_chromium() {
     );
     assert_eq!(code, 400, "{body}");
     assert!(body["error"].as_str().unwrap().contains("minmax or lttb"));
+    let (code, body) = http(
+        "GET",
+        &api("/experiments/dash/best?bogus=1"),
+        bearer(),
+        None,
+    );
+    assert_eq!(code, 400, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("bogus"), "{body}");
+    let (code, body) = http(
+        "GET",
+        &api("/experiments/dash/stream?after=1%3Ax"),
+        bearer(),
+        None,
+    );
+    assert_eq!(code, 400, "{body}");
+    assert_eq!(
+        http("POST", &api("/login"), None, Some("{\"token\": 1}")).0,
+        400
+    );
+    assert_eq!(
+        http("POST", &api("/login"), None, Some("{\"token\": \"guess\"}")).0,
+        401
+    );
     // A cookie alone cannot change anything without the anti-forgery header.
     let cookie = Some(("Cookie", "plume_token=user-token-for-tests"));
     let (code, body) = http("POST", &api("/experiments/dash/cancel"), cookie, None);

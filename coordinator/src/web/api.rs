@@ -2,11 +2,11 @@
 //! gRPC replies serialised as JSON (one implementation in `server`); run pages, curves and
 //! files are read from the store here.
 
-use super::{ApiError, COOKIE};
+use super::{ApiError, ApiQuery, COOKIE};
 use crate::downsample::{self, Method};
 use crate::server::Coordinator;
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -44,7 +44,7 @@ pub struct SubmitQuery {
 /// `POST /api/experiments` with the experiment YAML as the body.
 pub async fn submit(
     State(c): State<Coordinator>,
-    Query(q): Query<SubmitQuery>,
+    ApiQuery(q): ApiQuery<SubmitQuery>,
     body: String,
 ) -> ApiResult<Json<Value>> {
     let file = q.file.unwrap_or_else(|| "experiment.yaml".into());
@@ -64,7 +64,7 @@ pub struct CancelQuery {
 pub async fn cancel(
     State(c): State<Coordinator>,
     Path(exp): Path<String>,
-    Query(q): Query<CancelQuery>,
+    ApiQuery(q): ApiQuery<CancelQuery>,
 ) -> ApiResult<Json<Value>> {
     Ok(Json(json!(c.cancel_runs(&exp, &q.run).await?)))
 }
@@ -85,7 +85,7 @@ pub struct BestQuery {
 pub async fn best(
     State(c): State<Coordinator>,
     Path(exp): Path<String>,
-    Query(q): Query<BestQuery>,
+    ApiQuery(q): ApiQuery<BestQuery>,
 ) -> ApiResult<Json<Value>> {
     Ok(Json(json!(c.best(&exp, &q.metric, q.top).await?)))
 }
@@ -249,7 +249,7 @@ pub async fn load_curves(
 pub async fn curves(
     State(c): State<Coordinator>,
     Path((exp, run)): Path<(String, String)>,
-    Query(q): Query<CurveQuery>,
+    ApiQuery(q): ApiQuery<CurveQuery>,
 ) -> ApiResult<Json<CurvesJson>> {
     let (_, id) = run_id(&c, &exp, &run).await?;
     let names: Vec<String> = q
@@ -274,7 +274,7 @@ pub struct LogsQuery {
 pub async fn logs(
     State(c): State<Coordinator>,
     Path((exp, run)): Path<(String, String)>,
-    Query(q): Query<LogsQuery>,
+    ApiQuery(q): ApiQuery<LogsQuery>,
 ) -> ApiResult<Json<Value>> {
     Ok(Json(json!(c.log_tail(&exp, &run, q.tail).await?)))
 }
@@ -345,7 +345,9 @@ pub struct Login {
 }
 
 /// `POST /api/login {"token": ...}`: checks the token and sets the session cookie.
-pub async fn login(State(c): State<Coordinator>, Json(l): Json<Login>) -> ApiResult<Response> {
+pub async fn login(State(c): State<Coordinator>, body: String) -> ApiResult<Response> {
+    let l: Login = serde_json::from_str(&body)
+        .map_err(|e| ApiError::bad_request(format!("expected {{\"token\": \"...\"}}: {e}")))?;
     if !c.is_user_token(l.token.trim()) {
         return Err(ApiError {
             code: StatusCode::UNAUTHORIZED,

@@ -81,6 +81,29 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// `Query<T>` whose rejection (an unknown or malformed parameter) is an [`ApiError`], so
+/// every error of the API has the same JSON shape.
+#[derive(Debug)]
+pub struct ApiQuery<T>(pub T);
+
+impl<T, S> axum::extract::FromRequestParts<S> for ApiQuery<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| ApiQuery(q.0))
+            .map_err(|e| ApiError::bad_request(e.body_text()))
+    }
+}
+
 /// The whole dashboard: pages, assets and the JSON API.
 pub fn router(coordinator: Coordinator) -> Router {
     let api = Router::new()

@@ -13,9 +13,9 @@
 //!   replace their points from the first re-reported step on.
 //! - `done`: every followed run has ended and every point was sent; the client should close.
 
-use super::ApiError;
+use super::{ApiError, ApiQuery};
 use crate::server::Coordinator;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use serde::Deserialize;
@@ -77,7 +77,7 @@ pub fn format_cursors(c: &BTreeMap<i64, i64>) -> String {
 pub async fn stream(
     State(c): State<Coordinator>,
     Path(exp): Path<String>,
-    Query(q): Query<StreamQuery>,
+    ApiQuery(q): ApiQuery<StreamQuery>,
     headers: HeaderMap,
 ) -> Result<impl axum::response::IntoResponse, ApiError> {
     let store = c.store().clone();

@@ -195,7 +195,10 @@ class LineChart {
     }
     ctx.textAlign = "center";
     ctx.textBaseline = "top";
-    for (const t of niceTicks(r.x0, r.x1, Math.max(2, Math.floor(pw / 90)))) {
+    // Steps are whole numbers: no tick at step 1.5.
+    const xTicks = niceTicks(r.x0, r.x1, Math.max(2, Math.floor(pw / 90)))
+      .filter((t) => this.options.xLabel !== "step" || Number.isInteger(t));
+    for (const t of xTicks) {
       const x = X(t);
       ctx.beginPath(); ctx.moveTo(x, top); ctx.lineTo(x, top + ph); ctx.stroke();
       ctx.fillText(this.options.xFormat(t), x, top + ph + 6);

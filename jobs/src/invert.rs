@@ -10,6 +10,9 @@ use std::path::PathBuf;
 pub enum InvertMode {
     /// Optimise w per dataset image.
     Optimise,
+    /// Draw w = f(z) and label G(w) with the critic's attribute predictions: exact styles of
+    /// generated birds, captioned from the synthetic dataset's templates (ml.md section 3).
+    Sampled,
 }
 
 /// Configuration of `invert`.
@@ -26,7 +29,8 @@ pub struct InvertConfig {
     /// How styles are obtained.
     #[serde(default = "d_mode")]
     pub mode: InvertMode,
-    /// Invert at most this many images (in dataset order; default all).
+    /// Invert at most this many images (in dataset order; default all); with `sampled`,
+    /// how many styles to draw (default: as many as the dataset has images).
     #[serde(default)]
     pub limit: Option<usize>,
     /// Optimisation steps per image.
@@ -79,6 +83,14 @@ impl InvertConfig {
         check_range("batch", self.batch, 1, 4096)?;
         check_range("lr", self.lr, 1e-8, 10.0)?;
         check_range("feature_weight", self.feature_weight, 0.0, 1e4)?;
+        if self.mode == InvertMode::Sampled && self.critic.is_none() {
+            return Err(
+                "mode: sampled needs `critic` (its attribute predictions label the samples)".into(),
+            );
+        }
+        if self.mode == InvertMode::Sampled && self.w_plus {
+            return Err("mode: sampled draws one w per bird; w_plus applies to optimise".into());
+        }
         Ok(())
     }
 }

@@ -37,6 +37,18 @@ pub struct Styles {
     pub recon_error: Tensor,
     /// Fingerprint of the generator the styles belong to.
     pub generator: String,
+    /// Sampled styles only: the critic's attribute labels of each G(w) `[N, groups]`
+    /// (int64); `None` for styles of dataset images.
+    pub labels: Option<Tensor>,
+}
+
+/// Renders one image per style row `[B, 1, w_dim]` with the generator's noise inputs drawn
+/// from `seed`: how sampled styles are seen, both when labelled and when trained on.
+pub fn render_styles(g: &crate::stylegan::generator::Generator, w: &Tensor, seed: u64) -> Tensor {
+    tch::no_grad(|| {
+        tch::manual_seed(seed as i64);
+        g.synthesis(&w.expand([-1, g.num_ws(), -1], false))
+    })
 }
 
 /// A styles file belongs to another generator than the one a job uses.
@@ -68,11 +80,19 @@ impl Styles {
         let n: i64 = ckpt.meta("styles.count")?.parse()?;
         let num_ws: i64 = ckpt.meta("styles.num_ws")?.parse()?;
         let w_dim: i64 = ckpt.meta("styles.w_dim")?.parse()?;
+        let labels = match ckpt.meta("styles.mode").unwrap_or("optimise") {
+            "sampled" => {
+                let groups: i64 = ckpt.meta("styles.groups")?.parse()?;
+                Some(ckpt.tensor("labels", &[n, groups])?.to_kind(Kind::Int64))
+            }
+            _ => None,
+        };
         Ok(Styles {
             w: ckpt.tensor("w", &[n, num_ws, w_dim])?.shallow_clone(),
             index: ckpt.tensor("index", &[n])?.to_kind(Kind::Int64),
             recon_error: ckpt.tensor("recon_error", &[n])?.shallow_clone(),
             generator: found,
+            labels,
         })
     }
 }

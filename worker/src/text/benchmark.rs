@@ -21,8 +21,9 @@ use tch::{Kind, Tensor};
 /// One request: change `group` of dataset image `image` to `new_value`.
 #[derive(Debug, Clone)]
 pub struct EditRequest {
-    /// Dataset index of the source image.
-    pub image: usize,
+    /// Dataset index of the source image; `None` for a sampled style, whose source image
+    /// is G(w) itself.
+    pub image: Option<usize>,
     /// Row of the image in the styles.
     pub style_row: i64,
     /// Index into `Group::ALL`.
@@ -70,31 +71,56 @@ pub fn check_vocabulary(ds: &Dataset) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The fixed request list: `count` requests on test images that have styles, seeded.
+/// A source an edit request may start from: a dataset image or a sampled style.
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// Dataset index (`None`: the style was sampled; its image is G(w)).
+    pub image: Option<usize>,
+    /// Row in the styles.
+    pub style_row: i64,
+    /// Attribute values (index per group of `Group::ALL`).
+    pub values: Vec<usize>,
+}
+
+/// The sources of dataset mode: test images that have styles and full labels.
 /// `style_rows[i]` is the styles row of dataset image i (or -1).
-pub fn requests(
-    ds: &Dataset,
-    style_rows: &[i64],
-    count: usize,
-    seed: u64,
-) -> anyhow::Result<Vec<EditRequest>> {
-    check_vocabulary(ds)?;
-    let candidates: Vec<usize> = ds
-        .partition(Partition::Test)
+pub fn dataset_sources(ds: &Dataset, style_rows: &[i64]) -> Vec<Source> {
+    ds.partition(Partition::Test)
         .into_iter()
         .filter(|&i| {
             style_rows.get(i).is_some_and(|&r| r >= 0) && ds.labels[i].iter().all(|&v| v >= 0)
         })
-        .collect();
+        .map(|i| Source {
+            image: Some(i),
+            style_row: style_rows[i],
+            values: ds.labels[i].iter().map(|&v| v as usize).collect(),
+        })
+        .collect()
+}
+
+/// Every caption the templates give a bird with these attribute values.
+pub fn captions_of(values: &[usize]) -> Vec<String> {
+    let attrs = attributes_from(values);
+    PHRASINGS.iter().map(|p| caption(p, &attrs)).collect()
+}
+
+/// The fixed request list: `count` requests on `sources`, seeded.
+pub fn requests(
+    ds: &Dataset,
+    sources: &[Source],
+    count: usize,
+    seed: u64,
+) -> anyhow::Result<Vec<EditRequest>> {
+    check_vocabulary(ds)?;
     anyhow::ensure!(
-        !candidates.is_empty(),
+        !sources.is_empty(),
         "no test image has styles: run `invert` over the test split too"
     );
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut out = Vec::with_capacity(count);
     for _ in 0..count {
-        let image = *candidates.choose(&mut rng).expect("non-empty");
-        let values: Vec<usize> = ds.labels[image].iter().map(|&v| v as usize).collect();
+        let source = sources.choose(&mut rng).expect("non-empty");
+        let values = &source.values;
         // Edit the attributes a caption can name and the judge can see: the four colours.
         let group = rng.random_range(0..4);
         let n_values = Group::ALL[group].values().len();
@@ -110,12 +136,12 @@ pub fn requests(
         let mut changed = values.clone();
         changed[group] = new_value;
         out.push(EditRequest {
-            image,
-            style_row: style_rows[image],
+            image: source.image,
+            style_row: source.style_row,
             group,
             old_value: values[group],
             new_value,
-            source_caption: caption(phrasing, &attributes_from(&values)),
+            source_caption: caption(phrasing, &attributes_from(values)),
             target_caption: caption(phrasing, &attributes_from(&changed)),
         });
     }
@@ -148,6 +174,26 @@ fn harmonic(values: &[f64]) -> f64 {
     values.len() as f64 / values.iter().map(|v| 1.0 / v).sum::<f64>()
 }
 
+/// Part labels `[B, R, R]` (on the CPU) of generated images by the critic's segmentation
+/// head, at the images' resolution.
+fn critic_parts(nets: &Nets, images: &Tensor) -> anyhow::Result<Tensor> {
+    let critic = nets
+        .critic
+        .ok_or_else(|| anyhow::anyhow!("sampled sources need the critic's part segmentation"))?;
+    let res = images.size()[2];
+    tch::no_grad(|| {
+        let logits = critic
+            .net
+            .forward(&resize_square(images, critic.resolution))
+            .part_logits
+            .ok_or_else(|| anyhow::anyhow!("this critic has no part segmentation head"))?;
+        Ok(logits
+            .upsample_nearest2d([res, res], None, None)
+            .argmax(1, false)
+            .to_device(tch::Device::Cpu))
+    })
+}
+
 /// Runs the requests through a method and scores them with the judge.
 pub fn run_benchmark(
     method: Method,
@@ -169,12 +215,27 @@ pub fn run_benchmark(
     let mut edited_all = Vec::new();
     let mut gallery_rows: Vec<(Vec<Tensor>, String)> = Vec::new();
     let groups = ds.groups.len() as i64;
-    for chunk in reqs.chunks(32) {
-        let idx: Vec<usize> = chunk.iter().map(|r| r.image).collect();
-        let real = ds.load_images(&idx, res)?.to_device(device);
+    for (c, chunk) in reqs.chunks(32).enumerate() {
+        // Dataset sources are real images with drawn part masks; sampled sources are G(w)
+        // with the critic's part segmentation.
+        let idx: Option<Vec<usize>> = chunk.iter().map(|r| r.image).collect();
+        let rows = Tensor::from_slice(&chunk.iter().map(|r| r.style_row).collect::<Vec<_>>())
+            .to_device(device);
+        let real = match &idx {
+            Some(idx) => ds.load_images(idx, res)?.to_device(device),
+            None => crate::styles::render_styles(
+                g,
+                &styles_w.index_select(0, &rows).narrow(1, 0, 1),
+                0x5A3D ^ c as u64,
+            ),
+        };
+        let masks = match &idx {
+            Some(idx) => ds
+                .load_masks(idx, res)?
+                .ok_or_else(|| anyhow::anyhow!("the edit benchmark needs part masks"))?,
+            None => critic_parts(nets, &real)?,
+        };
         let out = tch::no_grad(|| {
-            let rows = Tensor::from_slice(&chunk.iter().map(|r| r.style_row).collect::<Vec<_>>())
-                .to_device(device);
             let w_src = styles_w.index_select(0, &rows).select(1, 0);
             let targets: Vec<&str> = chunk.iter().map(|r| r.target_caption.as_str()).collect();
             let sources: Vec<&str> = chunk.iter().map(|r| r.source_caption.as_str()).collect();
@@ -200,9 +261,6 @@ pub fn run_benchmark(
                 ps.to_device(tch::Device::Cpu),
             )
         });
-        let masks = ds
-            .load_masks(&idx, res)?
-            .ok_or_else(|| anyhow::anyhow!("the edit benchmark needs part masks"))?;
         let diff = (&edited - &source)
             .abs()
             .mean_dim(1, false, None)

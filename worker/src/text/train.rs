@@ -1,7 +1,9 @@
 //! Job `train-text`: trains BERT and the style heads with one method's recipe against the
 //! frozen generator, and runs the edit benchmark periodically (so eval curves exist).
 
-use super::benchmark::{check_vocabulary, requests, run_benchmark};
+use super::benchmark::{
+    captions_of, check_vocabulary, dataset_sources, requests, run_benchmark, Source,
+};
 use super::bert::{default_model_dir, TextEncoder};
 use super::methods::{loss_terms, total_loss, Example, Method, Nets, Recipe, StyleHeads};
 use crate::dataset::Partition;
@@ -11,7 +13,7 @@ use crate::nn::adam::Adam;
 use crate::nn::checkpoint::{self, Checkpoint};
 use crate::nn::{named_vars, trainable_vars};
 use crate::stylegan::pretrain::{load_generator, real_features};
-use crate::styles::{generator_fingerprint, Styles};
+use crate::styles::{generator_fingerprint, render_styles, Styles};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::collections::BTreeMap;
@@ -29,6 +31,8 @@ pub struct TextContext {
     _g_vs: tch::nn::VarStore,
     styles_w: Tensor,
     style_rows: Vec<i64>,
+    /// Sampled styles only: the critic's attribute values of each row.
+    sampled: Option<Vec<Vec<usize>>>,
     critic: crate::judge::train::Trained,
     judge: crate::judge::train::Trained,
     bert_dir: PathBuf,
@@ -78,7 +82,34 @@ impl TextContext {
                 style_rows[i as usize] = row as i64;
             }
         }
-        let reqs = requests(&ds, &style_rows, eval_edits, cfg.seed ^ 0xED17)?;
+        let sampled: Option<Vec<Vec<usize>>> = match &styles.labels {
+            Some(l) => {
+                let n = l.size()[0];
+                let flat = Vec::<i64>::try_from(&l.flatten(0, -1))?;
+                let g = ds.groups.len();
+                anyhow::ensure!(
+                    n >= 2,
+                    "sampled styles: at least 2 rows are needed, got {n}"
+                );
+                Some(
+                    flat.chunks(g)
+                        .map(|r| r.iter().map(|&v| v.max(0) as usize).collect())
+                        .collect(),
+                )
+            }
+            None => None,
+        };
+        let sources: Vec<Source> = match &sampled {
+            None => dataset_sources(&ds, &style_rows),
+            Some(labels) => (sampled_split(labels.len())..labels.len())
+                .map(|r| Source {
+                    image: None,
+                    style_row: r as i64,
+                    values: labels[r].clone(),
+                })
+                .collect(),
+        };
+        let reqs = requests(&ds, &sources, eval_edits, cfg.seed ^ 0xED17)?;
         let test = ds.partition(Partition::Test);
         let test_features = Gaussian::fit(&real_features(
             &judge,
@@ -91,6 +122,7 @@ impl TextContext {
             _g_vs: g_vs,
             styles_w,
             style_rows,
+            sampled,
             critic,
             judge,
             bert_dir,
@@ -156,22 +188,54 @@ pub fn run(
     let style_rows = &ctx.style_rows;
     let mut bert_opt = Adam::new(trainable_vars(&enc.vs), cfg.lr_bert, 0.9, 0.999, 1e-8);
     let mut head_opt = Adam::new(trainable_vars(&heads.vs), cfg.lr_heads, 0.9, 0.999, 1e-8);
-    let train: Vec<usize> = ds
-        .partition(Partition::Train)
-        .into_iter()
-        .filter(|&i| style_rows[i] >= 0 && !ds.captions[i].is_empty())
-        .collect();
-    anyhow::ensure!(
-        train.len() >= 2,
-        "only {} training images have styles and captions",
-        train.len()
-    );
-    let res = g.cfg.resolution;
-    let images = ds.load_images(&train, res)?.to_device(device);
-    let labels = ds.label_tensor(&train).to_device(device);
-    let rows = Tensor::from_slice(&train.iter().map(|&i| style_rows[i]).collect::<Vec<_>>())
-        .to_device(device);
-    let w_train = ctx.styles_w.index_select(0, &rows).select(1, 0);
+    let (images, labels, w_train, train_captions) = match &ctx.sampled {
+        None => {
+            let train: Vec<usize> = ds
+                .partition(Partition::Train)
+                .into_iter()
+                .filter(|&i| style_rows[i] >= 0 && !ds.captions[i].is_empty())
+                .collect();
+            anyhow::ensure!(
+                train.len() >= 2,
+                "only {} training images have styles and captions",
+                train.len()
+            );
+            let images = ds.load_images(&train, g.cfg.resolution)?.to_device(device);
+            let labels = ds.label_tensor(&train).to_device(device);
+            let rows =
+                Tensor::from_slice(&train.iter().map(|&i| style_rows[i]).collect::<Vec<_>>())
+                    .to_device(device);
+            let w = ctx.styles_w.index_select(0, &rows).select(1, 0);
+            let captions: Vec<Vec<String>> =
+                train.iter().map(|&i| ds.captions[i].clone()).collect();
+            (images, labels, w, captions)
+        }
+        // Sampled styles: the first 90% train (images G(w), captions from the templates of
+        // the critic's labels); the rest are the benchmark's sources.
+        Some(values) => {
+            let n = sampled_split(values.len()) as i64;
+            let w = ctx.styles_w.narrow(0, 0, n);
+            let images = Tensor::cat(
+                &(0..n)
+                    .step_by(64)
+                    .map(|k| render_styles(g, &w.narrow(0, k, 64.min(n - k)), 0x7EA1 ^ k as u64))
+                    .collect::<Vec<_>>(),
+                0,
+            );
+            let flat: Vec<i64> = values[..n as usize]
+                .iter()
+                .flat_map(|r| r.iter().map(|&v| v as i64))
+                .collect();
+            let labels = Tensor::from_slice(&flat)
+                .view([n, ds.groups.len() as i64])
+                .to_device(device);
+            let captions = values[..n as usize]
+                .iter()
+                .map(|v| captions_of(v))
+                .collect();
+            (images, labels, w.select(1, 0), captions)
+        }
+    };
 
     let mut step = 0;
     if let Some(path) = resume {
@@ -189,7 +253,7 @@ pub fn run(
         target: cfg.reconstruction_target,
         temperature: cfg.temperature,
     };
-    reporter.log(&format!("train-text {:?} on {device:?}: {} training images with styles, {} edit requests, steps {step}..{}", cfg.method, train.len(), ctx.reqs.len(), cfg.steps));
+    reporter.log(&format!("train-text {:?} on {device:?}: {} training examples with styles{}, {} edit requests, steps {step}..{}", cfg.method, train_captions.len(), if ctx.sampled.is_some() { " (sampled)" } else { "" }, ctx.reqs.len(), cfg.steps));
     let nets = ctx.nets();
     let evaluate =
         |step: i64, reporter: &mut dyn Reporter| ctx.evaluate(cfg.method, step, reporter);
@@ -213,7 +277,7 @@ pub fn run(
     if step == 0 {
         evaluate(0, reporter)?;
     }
-    let n = train.len() as i64;
+    let n = train_captions.len() as i64;
     while step < cfg.steps {
         if cancel.is_cancelled() {
             save(step, &bert_opt, &head_opt, reporter)?;
@@ -227,7 +291,7 @@ pub fn run(
         let captions: Vec<&str> = idx
             .iter()
             .map(|&k| {
-                let c = &ds.captions[train[k as usize]];
+                let c = &train_captions[k as usize];
                 c[rng.random_range(0..c.len())].as_str()
             })
             .collect();
@@ -305,4 +369,9 @@ pub fn evaluate(
     ctx.evaluate(text.method, ckpt.step, reporter)?;
     reporter.finish(&format!("evaluated step {}", ckpt.step));
     Ok(Outcome::Completed { step: ckpt.step })
+}
+
+/// Rows of sampled styles that train; the rest (a tenth, at least one) are benchmark sources.
+fn sampled_split(rows: usize) -> usize {
+    rows - (rows / 10).max(1)
 }

@@ -680,7 +680,45 @@ impl Coordinator {
         let (id, e) = self.experiment(key).await?;
         let mut runs = Vec::new();
         for r in self.store.runs(id).await.map_err(status)? {
-            let mut s = run_summary(&r);
+            runs.push(self.full_run_summary(&r).await?);
+        }
+        let (logical, stored) = self.store.dedup(Some(id)).await.map_err(status)?;
+        Ok(pb::ExperimentDetail {
+            summary: Some(experiment_summary(&e)),
+            runs,
+            yaml: e.yaml,
+            checkpoint_bytes: logical as u64,
+            stored_bytes: stored as u64,
+        })
+    }
+
+    /// One run as the experiment lists it, and its experiment's objective (`metric (mode)`):
+    /// what a run page needs, without reading the other runs.
+    pub async fn run_detail(
+        &self,
+        key: &str,
+        run: &str,
+    ) -> Result<(pb::RunSummary, String), Status> {
+        let (id, e) = self.experiment(key).await?;
+        let run_id = self.store.resolve_run(id, run).await.map_err(status)?;
+        let row = self
+            .store
+            .runs(id)
+            .await
+            .map_err(status)?
+            .into_iter()
+            .find(|r| r.id == run_id)
+            .ok_or_else(|| Status::not_found("run vanished"))?;
+        Ok((
+            self.full_run_summary(&row).await?,
+            experiment_summary(&e).objective,
+        ))
+    }
+
+    /// A run with its needs, metric summaries and attempts.
+    async fn full_run_summary(&self, r: &crate::store::RunRow) -> Result<pb::RunSummary, Status> {
+        {
+            let mut s = run_summary(r);
             s.needs = self.store.needs(r.id).await.map_err(status)?;
             s.metrics = self
                 .store
@@ -713,16 +751,8 @@ impl Coordinator {
                     message: a.message,
                 })
                 .collect();
-            runs.push(s);
+            Ok(s)
         }
-        let (logical, stored) = self.store.dedup(Some(id)).await.map_err(status)?;
-        Ok(pb::ExperimentDetail {
-            summary: Some(experiment_summary(&e)),
-            runs,
-            yaml: e.yaml,
-            checkpoint_bytes: logical as u64,
-            stored_bytes: stored as u64,
-        })
     }
 
     /// The `top` checkpoints by `metric` (empty: the objective), with every metric at each.

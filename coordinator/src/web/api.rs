@@ -115,13 +115,8 @@ pub async fn run(
     State(c): State<Coordinator>,
     Path((exp, run)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
-    let (_, id) = run_id(&c, &exp, &run).await?;
-    let detail = c.detail(&exp).await?;
-    let summary = detail
-        .runs
-        .into_iter()
-        .find(|r| r.id == id)
-        .ok_or_else(|| ApiError::bad_request("run vanished"))?;
+    let (summary, objective) = c.run_detail(&exp, &run).await?;
+    let id = summary.id;
     let store = c.store();
     let mut checkpoints = Vec::new();
     for k in store.checkpoints(id).await? {
@@ -142,7 +137,6 @@ pub async fn run(
         .into_iter()
         .map(|a| json!({"id": a.id, "name": a.name, "step": a.step, "size": a.size}))
         .collect();
-    let objective = detail.summary.map(|s| s.objective).unwrap_or_default();
     Ok(Json(json!({
         "experiment": exp,
         "objective": objective,

@@ -14,6 +14,9 @@ use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+/// The ablated run's name, URL-encoded: generated names hold `@`, `=` and `,`.
+const M3: &str = "m3%40losses.preservation%3D1%2Ctemperature%3D1e-1";
+
 const EXPERIMENT: &str = "name: dash
 dataset: {kind: synthetic-birds, images: 200, resolution: 32, seed: 3}
 stages:
@@ -22,7 +25,7 @@ stages:
   styles: {job: invert, needs: [generator, judge], steps: 3, batch: 100, limit: 200}
 runs:
   - {name: m1, job: train-text, method: weighted, needs: [generator, styles, judge], steps: 6, batch: 4, max_tokens: 32, eval_every: 3, eval_edits: 8, checkpoint_every: 3}
-  - {name: m3, job: train-text, method: contrastive, needs: [generator, styles, judge], steps: 6, batch: 4, max_tokens: 32, eval_every: 3, eval_edits: 8, checkpoint_every: 3}
+  - {name: m3, job: train-text, method: contrastive, needs: [generator, styles, judge], steps: 6, batch: 4, max_tokens: 32, eval_every: 3, eval_edits: 8, checkpoint_every: 3, ablate: {losses.preservation: [1], temperature: [0.1]}}
 objective: {metric: eval/score, mode: max}
 max_restarts: 3
 ";
@@ -142,6 +145,17 @@ fn dashboard_in_headless_chromium() {
     );
     assert_eq!(code, 400, "{body}");
     assert!(body["error"].as_str().unwrap().contains("bogus"), "{body}");
+    let (code, body) = http(
+        "GET",
+        &api("/experiments/dash/stream?runs=m1"),
+        bearer(),
+        None,
+    );
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("not a run id"),
+        "{body}"
+    );
     let (code, body) = http(
         "GET",
         &api("/experiments/dash/stream?after=1%3Ax"),
@@ -282,7 +296,7 @@ fn dashboard_in_headless_chromium() {
     let detail = http("GET", &api("/experiments/dash"), bearer(), None).1;
     assert_eq!(detail["summary"]["state"], "succeeded", "{detail}");
     b.goto(&format!(
-        "{base}/#/e/dash/compare?runs=m1,m3&metric=loss%2Ftotal&smooth=0"
+        "{base}/#/e/dash/compare?run=m1&run={M3}&metric=loss%2Ftotal&smooth=0"
     ))
     .unwrap();
     let overlay = b

@@ -2,7 +2,7 @@
 //   #/                          experiments
 //   #/e/EXP                     an experiment: stage graph, runs, best checkpoints
 //   #/e/EXP/r/RUN               a run: live curves, checkpoints, pictures, attempts, log
-//   #/e/EXP/compare?runs=a,b&metric=m&smooth=0.6&log=1&x=step
+//   #/e/EXP/compare?run=a&run=b&metric=m&smooth=0.6&log=1&x=step
 //                               runs overlaid on one metric
 "use strict";
 
@@ -249,7 +249,7 @@ async function experimentPage(exp) {
   const tbody = h("tbody");
   const thead = h("thead");
   const metricSelect = h("select", { id: "metric-column", onchange: () => { metric = metricSelect.value; renderRuns(); } });
-  const compareBtn = h("button", { onclick: () => { location.hash = "#/e/" + enc(exp) + "/compare?runs=" + [...selected].map(enc).join(",") + "&metric=" + enc(metric); } }, "Compare selected");
+  const compareBtn = h("button", { onclick: () => { location.hash = "#/e/" + enc(exp) + "/compare?" + compareQuery([...selected], { metric }); } }, "Compare selected");
   const bestBox = h("div", { class: "panel" });
   put(main, head, h("h2", {}, "Stages"), graph,
     h("h2", {}, "Runs"),
@@ -360,6 +360,14 @@ async function experimentPage(exp) {
   }
 }
 
+// The compare view's query: one `run=` per run (generated run names hold commas).
+function compareQuery(runs, rest) {
+  const q = new URLSearchParams();
+  for (const r of runs) { q.append("run", r); }
+  for (const [k, v] of Object.entries(rest)) { q.set(k, v); }
+  return q.toString();
+}
+
 // ---------------------------------------------------------------------------------------
 // Curves shared by the run and compare pages
 
@@ -439,7 +447,7 @@ async function runPage(exp, run) {
         " · attempt ", r.attempt, (r.needs || []).length ? " · needs " : "",
         (r.needs || []).map((n, i) => [i ? ", " : "", h("a", { href: "#/e/" + enc(exp) + "/r/" + enc(n) }, n)])),
       h("div", { class: "toolbar" }, progress(r.step, r.total_steps),
-        h("a", { class: "button", href: "#/e/" + enc(exp) + "/compare?runs=" + enc(run) }, "Compare with…"),
+        h("a", { class: "button", href: "#/e/" + enc(exp) + "/compare?" + compareQuery([run], {}) }, "Compare with…"),
         ENDED.includes(r.state) ? null : h("button", { class: "danger", onclick: async () => {
           if (!confirm("Cancel " + run + "?")) { return; }
           await api(expPath(exp) + "/cancel?run=" + enc(run), { method: "POST" });
@@ -504,7 +512,7 @@ async function runPage(exp, run) {
   const refresh = throttle(() => {
     Promise.all([api(runPath(exp, run)).then(renderInfo), loadLog()]).catch(() => {});
   }, 2000);
-  follow(exp, { runs: run, after: info.run.id + ":" + loaded.cursor }, {
+  follow(exp, { runs: String(info.run.id), after: info.run.id + ":" + loaded.cursor }, {
     points: (ev) => {
       const none = document.getElementById("no-curves");
       if (none) { none.remove(); }
@@ -529,7 +537,7 @@ async function comparePage(exp, query) {
   const detail = await api(expPath(exp));
   const [objective] = objectiveOf(detail.summary.objective);
   const view = {
-    runs: (query.get("runs") || "").split(",").filter((r) => detail.runs.some((x) => x.name === r)),
+    runs: query.getAll("run").filter((r) => detail.runs.some((x) => x.name === r)),
     metric: query.get("metric") || objective,
     smooth: Number(query.get("smooth") || 0.6),
     log: query.get("log") === "1",
@@ -548,8 +556,8 @@ async function comparePage(exp, query) {
     h("div", { class: "compare" }, picker, h("div", { class: "compare-main" }, chartBox, table)));
 
   function save() {
-    const q = new URLSearchParams({ runs: view.runs.join(","), metric: view.metric, smooth: String(view.smooth), log: view.log ? "1" : "0", x: view.x });
-    history.replaceState(null, "", "#/e/" + enc(exp) + "/compare?" + q.toString());
+    const q = compareQuery(view.runs, { metric: view.metric, smooth: String(view.smooth), log: view.log ? "1" : "0", x: view.x });
+    history.replaceState(null, "", "#/e/" + enc(exp) + "/compare?" + q);
   }
 
   function draw(axisChanged) {
@@ -600,7 +608,7 @@ async function comparePage(exp, query) {
     const live = detail.runs.filter((r) => view.runs.includes(r.name) && !ENDED.includes(r.state));
     if (live.length === 0) { return; }
     const redraw = throttle(() => draw(false), 250);
-    stream = follow(exp, { runs: live.map((r) => r.name).join(","), after: live.map((r) => r.id + ":" + cursors[r.id]).join(",") }, {
+    stream = follow(exp, { runs: live.map((r) => r.id).join(","), after: live.map((r) => r.id + ":" + cursors[r.id]).join(",") }, {
       points: (ev) => {
         const p = ev.metrics[view.metric];
         if (!p) { return; }

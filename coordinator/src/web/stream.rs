@@ -35,7 +35,8 @@ const CHUNKS_PER_READ: i64 = 2000;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StreamQuery {
-    /// Comma-separated run names (empty: every run).
+    /// Comma-separated run ids (empty: every run). Ids, not names: generated run names
+    /// hold commas (`m3@a=0,b=1`).
     #[serde(default)]
     pub runs: String,
     /// Cursors `runid:chunkid,...` to start after (a run without one starts at its first
@@ -73,7 +74,7 @@ pub fn format_cursors(c: &BTreeMap<i64, i64>) -> String {
         .join(",")
 }
 
-/// `GET /api/experiments/{exp}/stream?runs=&after=&points=`.
+/// `GET /api/experiments/{exp}/stream?runs=ID,ID&after=&points=`.
 pub async fn stream(
     State(c): State<Coordinator>,
     Path(exp): Path<String>,
@@ -88,15 +89,23 @@ pub async fn stream(
         .into_iter()
         .map(|r| (r.id, r.name))
         .collect();
-    let wanted: Vec<&str> = q.runs.split(',').filter(|r| !r.is_empty()).collect();
+    let wanted: Vec<i64> = q
+        .runs
+        .split(',')
+        .filter(|r| !r.is_empty())
+        .map(|r| {
+            r.parse::<i64>()
+                .map_err(|_| ApiError::bad_request(format!("runs: {r:?} is not a run id")))
+        })
+        .collect::<Result<_, _>>()?;
     if !wanted.is_empty() {
-        if let Some(missing) = wanted.iter().find(|w| !runs.iter().any(|r| r.1 == **w)) {
+        if let Some(missing) = wanted.iter().find(|w| !runs.iter().any(|r| r.0 == **w)) {
             return Err(ApiError {
                 code: axum::http::StatusCode::NOT_FOUND,
-                message: format!("no run {missing:?} in this experiment"),
+                message: format!("no run with id {missing} in this experiment"),
             });
         }
-        runs.retain(|r| wanted.contains(&r.1.as_str()));
+        runs.retain(|r| wanted.contains(&r.0));
     }
     let resume = headers
         .get("last-event-id")

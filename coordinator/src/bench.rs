@@ -2,7 +2,7 @@
 //! real Postgres (private unless `DATABASE_URL` is set), printed as a table.
 
 use crate::client::{user_client, Auth};
-use crate::pg::{free_port, PrivatePostgres};
+use crate::pg::PrivatePostgres;
 use crate::server::{serve, Config, Coordinator, Limits};
 use crate::store::Store;
 use plume_proto::v1 as pb;
@@ -25,6 +25,20 @@ async fn worker_client(url: &str) -> anyhow::Result<WorkerClient> {
         pb::worker_api_client::WorkerApiClient::with_interceptor(ch, Auth::bearer(WORKER)?)
             .max_encoding_message_size(16 << 20),
     )
+}
+
+/// Registers a simulated worker that runs `train-judge` (the bench experiments' job kind).
+async fn register(c: &mut WorkerClient, name: &str) -> anyhow::Result<i64> {
+    Ok(c.register(pb::RegisterRequest {
+        name: name.into(),
+        capabilities: Some(pb::Capabilities {
+            job_kinds: vec!["train-judge".into()],
+            ..Default::default()
+        }),
+    })
+    .await?
+    .into_inner()
+    .worker_id)
 }
 
 fn percentile(v: &mut Vec<f64>, p: f64) -> f64 {
@@ -94,16 +108,7 @@ struct Bench {
 
 async fn setup() -> anyhow::Result<Bench> {
     let tmp = std::env::temp_dir().join(format!("plume-bench-{}", std::process::id()));
-    let (url, pg) = match std::env::var("DATABASE_URL") {
-        Ok(u) if !u.is_empty() => (u, None),
-        _ => {
-            let dir = tmp.clone();
-            let port = free_port()?;
-            let pg =
-                tokio::task::spawn_blocking(move || PrivatePostgres::start(&dir, port)).await??;
-            (pg.url.clone(), Some(pg))
-        }
-    };
+    let (url, pg) = crate::pg::database_or_private(tmp.clone()).await?;
     let store = Store::connect(&url, Duration::from_secs(600)).await?;
     let coordinator = Coordinator::new(
         store.clone(),
@@ -166,17 +171,7 @@ async fn coordinator_suite(
     let user = &mut b.user;
     // 1. Metric ingestion through gRPC into Postgres.
     let mut w = worker_client(&addr).await?;
-    let wid = w
-        .register(pb::RegisterRequest {
-            name: "bench".into(),
-            capabilities: Some(pb::Capabilities {
-                job_kinds: vec!["train-judge".into()],
-                ..Default::default()
-            }),
-        })
-        .await?
-        .into_inner()
-        .worker_id;
+    let wid = register(&mut w, "bench").await?;
     for (label, names, steps_per_batch, batches, concurrency) in [
         (
             "ingest: 1,000-point batches (10 metrics x 100 steps), 4 streams",
@@ -455,17 +450,7 @@ async fn sessions_bench(
         let mut c = clients[i % channels].clone();
         let got = got_tx.clone();
         let beats = beats.clone();
-        let id = c
-            .register(pb::RegisterRequest {
-                name: format!("sim-{i}"),
-                capabilities: Some(pb::Capabilities {
-                    job_kinds: vec!["train-judge".into()],
-                    ..Default::default()
-                }),
-            })
-            .await?
-            .into_inner()
-            .worker_id;
+        let id = register(&mut c, &format!("sim-{i}")).await?;
         handles.push(tokio::spawn(async move {
             let (tx, rx) = mpsc::channel(8);
             let _ = tx
@@ -601,17 +586,7 @@ async fn dashboard_suite(b: &mut Bench, out: &mut String) -> anyhow::Result<()> 
         std::future::pending(),
     ));
     let mut w = worker_client(&b.addr).await?;
-    let wid = w
-        .register(pb::RegisterRequest {
-            name: "bench-dashboard".into(),
-            capabilities: Some(pb::Capabilities {
-                job_kinds: vec!["train-judge".into()],
-                ..Default::default()
-            }),
-        })
-        .await?
-        .into_inner()
-        .worker_id;
+    let wid = register(&mut w, "bench-dashboard").await?;
     let name = format!("dash-{}", b.stamp);
     let fence = leased_run(&mut b.user, &b.store, wid, &name).await?;
     // 1 M points of one metric in 100 batches, as a long run reports them, plus a short

@@ -14,14 +14,6 @@ use std::collections::{BTreeMap, HashMap};
 pub const MAX_EXPERIMENT_BYTES: usize = 256 * 1024;
 /// Most runs one experiment may expand into.
 pub const MAX_RUNS: usize = 2000;
-/// Job kinds the workers run.
-pub const JOB_KINDS: [&str; 5] = [
-    "pretrain-generator",
-    "train-judge",
-    "invert",
-    "train-text",
-    "evaluate",
-];
 const METHODS: [&str; 4] = [
     "weighted",
     "reconstruction",
@@ -358,7 +350,7 @@ pub fn parse(file: &str, src: &str) -> Result<Experiment, ExperimentError> {
                 ),
             ));
         }
-        if !JOB_KINDS.contains(&b.job) {
+        if !plume_jobs::JOB_KINDS.contains(&b.job) {
             return Err(ctx.err_at(
                 Some(b.name),
                 b.job,
@@ -366,7 +358,7 @@ pub fn parse(file: &str, src: &str) -> Result<Experiment, ExperimentError> {
                     "{}: unknown job {:?}; expected one of {}",
                     b.name,
                     b.job,
-                    JOB_KINDS.join(", ")
+                    plume_jobs::JOB_KINDS.join(", ")
                 ),
             ));
         }

@@ -856,17 +856,7 @@ async fn up(
     let home = home();
     std::fs::create_dir_all(&home)?;
     let home = home.canonicalize()?;
-    let (url, _pg) = match std::env::var("DATABASE_URL") {
-        Ok(u) if !u.is_empty() => (u, None),
-        _ => {
-            let dir = home.join("postgres");
-            let port = free_port()?;
-            eprintln!("starting a private PostgreSQL in {}", dir.display());
-            let pg =
-                tokio::task::spawn_blocking(move || PrivatePostgres::start(&dir, port)).await??;
-            (pg.url.clone(), Some(pg))
-        }
-    };
+    let (url, _pg) = plume_coordinator::pg::database_or_private(home.join("postgres")).await?;
     let store = Store::connect(&url, Duration::from_secs(lease_secs)).await?;
     let endpoint = Endpoint {
         url: String::new(),

@@ -240,6 +240,23 @@ fn chown_postgres(p: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `DATABASE_URL` when it is set, else a private Postgres in `dir` on a free port (said on
+/// stderr; it stops when the returned guard drops). Initdb and start-up block for seconds, so
+/// they run off the async runtime's threads.
+pub async fn database_or_private(
+    dir: std::path::PathBuf,
+) -> anyhow::Result<(String, Option<PrivatePostgres>)> {
+    if let Ok(url) = std::env::var("DATABASE_URL") {
+        if !url.is_empty() {
+            return Ok((url, None));
+        }
+    }
+    let port = free_port()?;
+    eprintln!("starting a private PostgreSQL in {}", dir.display());
+    let pg = tokio::task::spawn_blocking(move || PrivatePostgres::start(&dir, port)).await??;
+    Ok((pg.url.clone(), Some(pg)))
+}
+
 /// A free loopback port (bound and released; good enough for tests and `plume up`).
 pub fn free_port() -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?

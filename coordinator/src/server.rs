@@ -15,6 +15,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
+/// Most metric chunks a watch reads at once (a long backlog arrives in pieces).
+const WATCH_CHUNKS: i64 = 2000;
+
 /// Limits on what clients may send.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -701,14 +704,7 @@ impl Coordinator {
     ) -> Result<(pb::RunSummary, String), Status> {
         let (id, e) = self.experiment(key).await?;
         let run_id = self.store.resolve_run(id, run).await.map_err(status)?;
-        let row = self
-            .store
-            .runs(id)
-            .await
-            .map_err(status)?
-            .into_iter()
-            .find(|r| r.id == run_id)
-            .ok_or_else(|| Status::not_found("run vanished"))?;
+        let row = self.store.run(id, run_id).await.map_err(status)?;
         Ok((
             self.full_run_summary(&row).await?,
             experiment_summary(&e).objective,
@@ -887,36 +883,47 @@ impl UserApi for Coordinator {
         let store = self.store.clone();
         let wanted: Vec<String> = r.metrics;
         tokio::spawn(async move {
-            let mut last: BTreeMap<i64, i64> = BTreeMap::new();
+            // The same per-run cursors and read as the dashboard's stream (`web::stream`).
+            let mut cursors: BTreeMap<i64, i64> = runs.iter().map(|(id, _)| (*id, 0)).collect();
+            let names: BTreeMap<i64, String> = runs.into_iter().collect();
             let mut states: BTreeMap<i64, String> = BTreeMap::new();
             loop {
-                for (id, name) in &runs {
-                    let after = last.get(id).copied().unwrap_or(0);
-                    let Ok((curves, upto)) = store.curves_since(*id, after).await else {
-                        return;
+                let pairs: Vec<(i64, i64)> = cursors.iter().map(|(r, c)| (*r, *c)).collect();
+                let Ok(chunks) = store.chunks_after(&pairs, WATCH_CHUNKS).await else {
+                    return;
+                };
+                let full = chunks.len() as i64 == WATCH_CHUNKS;
+                // One update per run and metric per read, points in chunk order.
+                let mut merged: BTreeMap<(i64, String), Series> = BTreeMap::new();
+                for ch in chunks {
+                    cursors.insert(ch.run, ch.id);
+                    if !wanted.is_empty() && !wanted.contains(&ch.name) {
+                        continue;
+                    }
+                    let m = merged.entry((ch.run, ch.name)).or_default();
+                    m.steps.extend(ch.series.steps);
+                    m.values.extend(ch.series.values);
+                }
+                for ((run, metric), s) in merged {
+                    let u = pb::MetricUpdate {
+                        run: names[&run].clone(),
+                        name: metric,
+                        steps: s.steps,
+                        values: s.values,
+                        run_state: String::new(),
                     };
-                    last.insert(*id, upto);
-                    for (metric, s) in curves {
-                        if !wanted.is_empty() && !wanted.contains(&metric) {
-                            continue;
-                        }
-                        let u = pb::MetricUpdate {
-                            run: name.clone(),
-                            name: metric,
-                            steps: s.steps,
-                            values: s.values,
-                            run_state: String::new(),
-                        };
-                        if tx.send(Ok(u)).await.is_err() {
-                            return;
-                        }
+                    if tx.send(Ok(u)).await.is_err() {
+                        return;
                     }
                 }
-                let Ok(rows) = store.runs(exp).await else {
+                if full {
+                    continue;
+                }
+                let Ok(rows) = store.progress(exp).await else {
                     return;
                 };
                 let mut all_done = true;
-                for row in rows.iter().filter(|x| runs.iter().any(|r| r.0 == x.id)) {
+                for row in rows.iter().filter(|x| names.contains_key(&x.id)) {
                     if !matches!(row.state.as_str(), "succeeded" | "failed" | "cancelled") {
                         all_done = false;
                     }

@@ -105,6 +105,25 @@ pub struct RunRow {
     pub error: Option<String>,
 }
 
+/// A run's state and progress.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunProgress {
+    /// Id.
+    pub id: i64,
+    /// Name.
+    pub name: String,
+    /// State.
+    pub state: String,
+    /// Current attempt.
+    pub attempt: i32,
+    /// Progress.
+    pub step: i64,
+    /// Total steps.
+    pub total_steps: i64,
+    /// Failure message.
+    pub error: Option<String>,
+}
+
 /// An attempt of a run.
 #[derive(Debug, Clone)]
 pub struct AttemptRow {
@@ -270,24 +289,6 @@ pub struct ArtifactRow {
     pub step: i64,
     /// Bytes.
     pub size: i64,
-}
-
-/// Tables whose rows belong to a run.
-#[derive(Debug, Clone, Copy)]
-pub enum Owned {
-    /// `checkpoints`.
-    Checkpoint,
-    /// `artifacts`.
-    Artifact,
-}
-
-impl Owned {
-    fn noun(self) -> &'static str {
-        match self {
-            Owned::Checkpoint => "checkpoint",
-            Owned::Artifact => "artifact",
-        }
-    }
 }
 
 impl Store {
@@ -895,11 +896,24 @@ impl Store {
 
     /// Runs of an experiment in submission order.
     pub async fn runs(&self, experiment: i64) -> Result<Vec<RunRow>> {
+        self.run_rows(experiment, None).await
+    }
+
+    /// One run of an experiment.
+    pub async fn run(&self, experiment: i64, run: i64) -> Result<RunRow> {
+        self.run_rows(experiment, Some(run))
+            .await?
+            .pop()
+            .ok_or_else(|| StoreError::NotFound(format!("no run {run} in this experiment")))
+    }
+
+    async fn run_rows(&self, experiment: i64, only: Option<i64>) -> Result<Vec<RunRow>> {
         let rows = sqlx::query(
             "SELECT id, name, job_kind, state, attempt, config, step, total_steps, error FROM runs \
-             WHERE experiment_id = $1 ORDER BY id",
+             WHERE experiment_id = $1 AND ($2::int8 IS NULL OR id = $2) ORDER BY id",
         )
         .bind(experiment)
+        .bind(only)
         .fetch_all(&self.pool)
         .await?;
         Ok(rows
@@ -914,6 +928,30 @@ impl Store {
                 step: r.get("step"),
                 total_steps: r.get("total_steps"),
                 error: r.get("error"),
+            })
+            .collect())
+    }
+
+    /// State and progress of an experiment's runs, without their configs: what live
+    /// streams poll every half second.
+    pub async fn progress(&self, experiment: i64) -> Result<Vec<RunProgress>> {
+        let rows = sqlx::query(
+            "SELECT id, name, state, attempt, step, total_steps, error FROM runs \
+             WHERE experiment_id = $1 ORDER BY id",
+        )
+        .bind(experiment)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| RunProgress {
+                id: r.get(0),
+                name: r.get(1),
+                state: r.get(2),
+                attempt: r.get(3),
+                step: r.get(4),
+                total_steps: r.get(5),
+                error: r.get(6),
             })
             .collect())
     }
@@ -989,31 +1027,6 @@ impl Store {
             s.values.extend(unpack_f64(&va));
         }
         Ok(s)
-    }
-
-    /// Every curve of a run whose chunks have id > `after` (for live watching), with the
-    /// largest chunk id seen.
-    pub async fn curves_since(
-        &self,
-        run: i64,
-        after: i64,
-    ) -> Result<(BTreeMap<String, Series>, i64)> {
-        let rows: Vec<(i64, String, Vec<u8>, Vec<u8>)> = sqlx::query_as(
-            "SELECT id, name, steps, vals FROM metric_chunks WHERE run_id = $1 AND id > $2 ORDER BY id",
-        )
-        .bind(run)
-        .bind(after)
-        .fetch_all(&self.pool)
-        .await?;
-        let mut out: BTreeMap<String, Series> = BTreeMap::new();
-        let mut last = after;
-        for (id, name, st, va) in rows {
-            last = last.max(id);
-            let s = out.entry(name).or_default();
-            s.steps.extend(unpack_i64(&st));
-            s.values.extend(unpack_f64(&va));
-        }
-        Ok((out, last))
     }
 
     /// Checkpoints of an experiment ranked by `metric` (the objective's stored values, or for
@@ -1278,24 +1291,16 @@ impl Store {
             .collect())
     }
 
-    /// The run an artifact or checkpoint belongs to, with its experiment (for access checks
-    /// and file names).
-    pub async fn owner(&self, table: Owned, id: i64) -> Result<(i64, String, String)> {
-        let sql = match table {
-            Owned::Checkpoint => {
-                "SELECT r.id, e.name, r.name FROM checkpoints x JOIN runs r ON r.id = x.run_id \
-                 JOIN experiments e ON e.id = r.experiment_id WHERE x.id = $1"
-            }
-            Owned::Artifact => {
-                "SELECT r.id, e.name, r.name FROM artifacts x JOIN runs r ON r.id = x.run_id \
-                 JOIN experiments e ON e.id = r.experiment_id WHERE x.id = $1"
-            }
-        };
-        sqlx::query_as(sql)
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(format!("no {} {id}", table.noun())))
+    /// The experiment and run names of a checkpoint (for its download's file name).
+    pub async fn checkpoint_owner(&self, id: i64) -> Result<(String, String)> {
+        sqlx::query_as(
+            "SELECT e.name, r.name FROM checkpoints x JOIN runs r ON r.id = x.run_id \
+             JOIN experiments e ON e.id = r.experiment_id WHERE x.id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("no checkpoint {id}")))
     }
 
     /// Bytes referenced by checkpoints versus bytes stored for them (the dedup ratio).

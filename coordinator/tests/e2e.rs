@@ -4,7 +4,7 @@
 //! checked, bad experiments store nothing, and `plume best` agrees with the stored metrics.
 
 use plume_coordinator::client::user_client;
-use plume_coordinator::pg::{free_port, PrivatePostgres};
+use plume_coordinator::pg::free_port;
 use plume_coordinator::store::{Fence, Series, Store, StoreError};
 use plume_proto::v1 as pb;
 use std::collections::BTreeMap;
@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{bin, coordinator, wait_for, worker, Kill, USER, WORKER};
+use common::{bin, coordinator, postgres, serve, wait_for, worker, Kill, USER, WORKER};
 
 const TINY: &str = "dataset: {kind: synthetic-birds, images: 200, resolution: 32, seed: 3}
 stages:
@@ -41,12 +41,7 @@ async fn state(store: &Store, exp: i64, run: &str) -> (String, i64, Option<i64>,
 async fn pipeline_survives_worker_and_coordinator_kills() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path().to_path_buf();
-    let pg_dir = d.join("pg");
-    let pg_port = free_port().unwrap();
-    let pg = tokio::task::spawn_blocking(move || PrivatePostgres::start(&pg_dir, pg_port))
-        .await
-        .unwrap()
-        .unwrap();
+    let pg = postgres(d.join("pg")).await;
     let store = Store::connect(&pg.url, Duration::from_secs(4))
         .await
         .unwrap();
@@ -303,12 +298,7 @@ async fn pipeline_survives_worker_and_coordinator_kills() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_attempt_cannot_write() {
     let tmp = tempfile::tempdir().unwrap();
-    let pg_dir = tmp.path().join("pg");
-    let pg_port = free_port().unwrap();
-    let pg = tokio::task::spawn_blocking(move || PrivatePostgres::start(&pg_dir, pg_port))
-        .await
-        .unwrap()
-        .unwrap();
+    let pg = postgres(tmp.path().join("pg")).await;
     let store = Store::connect(&pg.url, Duration::from_secs(1))
         .await
         .unwrap();
@@ -418,34 +408,21 @@ async fn tls_is_served_when_configured() {
         .output()
         .expect("openssl");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let pg_dir = d.join("pg");
-    let pg_port = free_port().unwrap();
-    let pg = tokio::task::spawn_blocking(move || PrivatePostgres::start(&pg_dir, pg_port))
-        .await
-        .unwrap()
-        .unwrap();
+    let pg = postgres(d.join("pg")).await;
     let port = free_port().unwrap();
-    let log = std::fs::File::create(d.join("coordinator.log")).unwrap();
-    let _coord = Kill(
-        Command::new(bin("plume"))
-            .args([
-                "serve",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--http",
-                "off",
-            ])
-            .arg("--tls-cert")
-            .arg(&cert)
-            .arg("--tls-key")
-            .arg(&key)
-            .env("DATABASE_URL", &pg.url)
-            .env("PLUME_WORKER_TOKEN", WORKER)
-            .env("PLUME_USER_TOKEN", USER)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
+    let _coord = serve(
+        &pg.url,
+        &[
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--http",
+            "off",
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+        &d.join("coordinator.log"),
     );
     let url = format!("https://localhost:{port}");
     wait_for("the TLS coordinator", 30, || {

@@ -194,9 +194,8 @@ pub struct CurvesJson {
     pub curves: BTreeMap<String, CurveJson>,
 }
 
-/// Reads and downsamples curves of one run: the work behind `GET .../curves`, shared with
-/// `plume bench`.
-pub async fn load_curves(
+/// Reads and downsamples curves of one run: the work behind `GET .../curves`.
+async fn load_curves(
     c: &Coordinator,
     run: i64,
     names: &[String],
@@ -291,7 +290,7 @@ pub async fn checkpoint_file(
     State(c): State<Coordinator>,
     Path(id): Path<i64>,
 ) -> ApiResult<Response> {
-    let (_, exp, run) = c.store().owner(crate::store::Owned::Checkpoint, id).await?;
+    let (exp, run) = c.store().checkpoint_owner(id).await?;
     let (data, sha, step) = c.store().checkpoint_bytes(id).await?;
     let name = safe_file_name(&format!("{exp}-{run}-step{step}.ckpt"));
     let mut res = Response::new(Body::from(data));

@@ -156,7 +156,7 @@ pub async fn stream(
                     }
                 }
             }
-            let Ok(rows) = store.runs(exp).await else {
+            let Ok(rows) = store.progress(exp).await else {
                 return;
             };
             let mut all_ended = true;

@@ -32,7 +32,8 @@ impl Drop for Kill {
     }
 }
 
-pub fn coordinator(db: &str, port: u16, http: Option<u16>, log: &Path) -> Kill {
+/// `plume serve` with the test tokens and `args`, its output appended to `log`.
+pub fn serve(db: &str, args: &[&str], log: &Path) -> Kill {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -40,15 +41,8 @@ pub fn coordinator(db: &str, port: u16, http: Option<u16>, log: &Path) -> Kill {
         .unwrap();
     Kill(
         Command::new(bin("plume"))
-            .args([
-                "serve",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--lease-secs",
-                "4",
-                "--http",
-                &http.map_or("off".to_string(), |p| format!("127.0.0.1:{p}")),
-            ])
+            .arg("serve")
+            .args(args)
             .env("DATABASE_URL", db)
             .env("PLUME_WORKER_TOKEN", WORKER)
             .env("PLUME_USER_TOKEN", USER)
@@ -57,6 +51,26 @@ pub fn coordinator(db: &str, port: u16, http: Option<u16>, log: &Path) -> Kill {
             .spawn()
             .unwrap(),
     )
+}
+
+/// The test coordinator: gRPC on `port`, 4 s leases, the dashboard on `http` (or none).
+pub fn coordinator(db: &str, port: u16, http: Option<u16>, log: &Path) -> Kill {
+    let listen = format!("127.0.0.1:{port}");
+    let http = http.map_or("off".to_string(), |p| format!("127.0.0.1:{p}"));
+    serve(
+        db,
+        &["--listen", &listen, "--lease-secs", "4", "--http", &http],
+        log,
+    )
+}
+
+/// A private Postgres in `dir` on a free port, started off the async runtime's threads.
+pub async fn postgres(dir: PathBuf) -> plume_coordinator::pg::PrivatePostgres {
+    let port = plume_coordinator::pg::free_port().unwrap();
+    tokio::task::spawn_blocking(move || plume_coordinator::pg::PrivatePostgres::start(&dir, port))
+        .await
+        .unwrap()
+        .unwrap()
 }
 
 pub fn worker(port: u16, name: &str, dir: &Path) -> Kill {

@@ -11,13 +11,12 @@
 //!   (no reconstruction error); text jobs caption them from the synthetic dataset's
 //!   templates, train on 90% of them and run the edit benchmark on the rest.
 
-use super::{generator_fingerprint, render_styles};
+use super::{load_frozen_generator, render_styles};
 use crate::dataset::Dataset;
 use crate::job::{CancelToken, OpenDataset, Outcome, Reporter};
 use crate::nn::adam::Adam;
 use crate::nn::checkpoint::{self, Checkpoint};
 use crate::nn::layers::resize_square;
-use crate::stylegan::pretrain::load_generator;
 use std::collections::BTreeMap;
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
@@ -116,10 +115,7 @@ pub fn run(
         return run_sampled(cfg, device, reporter, cancel);
     }
     let ds: Dataset = cfg.dataset.open()?;
-    let gen_ckpt = Checkpoint::load(&cfg.generator)?;
-    let fingerprint = generator_fingerprint(&gen_ckpt)?;
-    let (_g_vs, g) = load_generator(&gen_ckpt, device)?;
-    drop(gen_ckpt);
+    let (fingerprint, _g_vs, g) = load_frozen_generator(&cfg.generator, device)?;
     let critic = cfg
         .critic
         .as_ref()
@@ -244,10 +240,7 @@ fn run_sampled(
 ) -> anyhow::Result<Outcome> {
     let ds: Dataset = cfg.dataset.open()?;
     crate::text::benchmark::check_vocabulary(&ds)?;
-    let gen_ckpt = Checkpoint::load(&cfg.generator)?;
-    let fingerprint = generator_fingerprint(&gen_ckpt)?;
-    let (_g_vs, g) = load_generator(&gen_ckpt, device)?;
-    drop(gen_ckpt);
+    let (fingerprint, _g_vs, g) = load_frozen_generator(&cfg.generator, device)?;
     let critic_path = cfg
         .critic
         .as_ref()

@@ -26,6 +26,22 @@ pub fn generator_fingerprint(ckpt: &Checkpoint) -> Result<String, CheckpointErro
     Ok(format!("{:x}", hasher.finalize()))
 }
 
+/// The frozen generator of a `pretrain-generator` checkpoint (its EMA weights, whose variable
+/// store must outlive it) and its fingerprint: what every styles and text job starts from.
+pub fn load_frozen_generator(
+    path: &Path,
+    device: tch::Device,
+) -> anyhow::Result<(
+    String,
+    tch::nn::VarStore,
+    crate::stylegan::generator::Generator,
+)> {
+    let ckpt = Checkpoint::load(path)?;
+    let fingerprint = generator_fingerprint(&ckpt)?;
+    let (vs, g) = crate::stylegan::pretrain::load_generator(&ckpt, device)?;
+    Ok((fingerprint, vs, g))
+}
+
 /// The styles of a set of images.
 pub struct Styles {
     /// `[N, num_ws, w_dim]` (num_ws = 1 unless inverted into W+).

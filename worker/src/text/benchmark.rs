@@ -221,13 +221,10 @@ pub fn run_benchmark(
         let idx: Option<Vec<usize>> = chunk.iter().map(|r| r.image).collect();
         let rows = Tensor::from_slice(&chunk.iter().map(|r| r.style_row).collect::<Vec<_>>())
             .to_device(device);
+        let w_rows = styles_w.index_select(0, &rows);
         let real = match &idx {
             Some(idx) => ds.load_images(idx, res)?.to_device(device),
-            None => crate::styles::render_styles(
-                g,
-                &styles_w.index_select(0, &rows).narrow(1, 0, 1),
-                0x5A3D ^ c as u64,
-            ),
+            None => crate::styles::render_styles(g, &w_rows.narrow(1, 0, 1), 0x5A3D ^ c as u64),
         };
         let masks = match &idx {
             Some(idx) => ds
@@ -236,7 +233,7 @@ pub fn run_benchmark(
             None => critic_parts(nets, &real)?,
         };
         let out = tch::no_grad(|| {
-            let w_src = styles_w.index_select(0, &rows).select(1, 0);
+            let w_src = w_rows.select(1, 0);
             let targets: Vec<&str> = chunk.iter().map(|r| r.target_caption.as_str()).collect();
             let sources: Vec<&str> = chunk.iter().map(|r| r.source_caption.as_str()).collect();
             edit_images(method, nets, &w_src, &real, &targets, Some(&sources))

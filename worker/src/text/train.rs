@@ -12,8 +12,8 @@ use crate::judge::fid::Gaussian;
 use crate::nn::adam::Adam;
 use crate::nn::checkpoint::{self, Checkpoint};
 use crate::nn::{named_vars, trainable_vars};
-use crate::stylegan::pretrain::{load_generator, real_features};
-use crate::styles::{generator_fingerprint, render_styles, Styles};
+use crate::stylegan::pretrain::real_features;
+use crate::styles::{load_frozen_generator, render_styles, Styles};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::collections::BTreeMap;
@@ -52,10 +52,7 @@ impl TextContext {
     ) -> anyhow::Result<TextContext> {
         let ds = cfg.dataset.open()?;
         check_vocabulary(&ds)?;
-        let gen_ckpt = Checkpoint::load(&cfg.generator)?;
-        let fingerprint = generator_fingerprint(&gen_ckpt)?;
-        let (g_vs, g) = load_generator(&gen_ckpt, device)?;
-        drop(gen_ckpt);
+        let (fingerprint, g_vs, g) = load_frozen_generator(&cfg.generator, device)?;
         let styles = Styles::load(&cfg.styles, &fingerprint)?;
         let styles_w = styles.w.to_device(device);
         let critic = crate::judge::train::load(&cfg.judge, "critic", device)?;

@@ -13,7 +13,7 @@ mod text;
 pub use invert::{InvertConfig, InvertMode};
 pub use judge::{JudgeConfig, JudgeNetConfig};
 pub use network::NetworkConfig;
-pub use pretrain::PretrainConfig;
+pub use pretrain::{AugmentConfig, PretrainConfig};
 pub use text::{EvaluateConfig, LossWeights, Method, ReconstructionTarget, TextConfig};
 
 use std::path::{Path, PathBuf};

@@ -60,6 +60,61 @@ pub struct PretrainConfig {
     /// Checkpoint every this many steps (and at the end).
     #[serde(default = "d_every")]
     pub checkpoint_every: i64,
+    /// Differentiable augmentation of every D input (`{translation: 0, cutout: 0}` is off).
+    #[serde(default)]
+    pub augment: AugmentConfig,
+    /// Mirror a random half of every real batch left-right.
+    #[serde(default = "d_true")]
+    pub xflip: bool,
+    /// Samples and test images for precision/recall, coverage and facing (0: skip them).
+    #[serde(default = "d_metric_images")]
+    pub metric_images: i64,
+}
+
+/// DiffAugment (Zhao et al. 2020) on every discriminator input. The defaults are the paper's
+/// choice for small datasets: translation by up to 1/8 of the side and a cutout of 1/2.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AugmentConfig {
+    /// Largest shift, as a fraction of the side (0: no translation).
+    #[serde(default = "d_translation")]
+    pub translation: f64,
+    /// Side of the zeroed square, as a fraction of the side (0: no cutout).
+    #[serde(default = "d_cutout")]
+    pub cutout: f64,
+    /// Random brightness, saturation and contrast.
+    #[serde(default)]
+    pub colour: bool,
+}
+
+impl Default for AugmentConfig {
+    fn default() -> Self {
+        AugmentConfig {
+            translation: d_translation(),
+            cutout: d_cutout(),
+            colour: false,
+        }
+    }
+}
+
+impl AugmentConfig {
+    /// Whether any op is on.
+    pub fn is_on(&self) -> bool {
+        self.translation > 0.0 || self.cutout > 0.0 || self.colour
+    }
+}
+
+fn d_translation() -> f64 {
+    0.125
+}
+fn d_cutout() -> f64 {
+    0.5
+}
+fn d_true() -> bool {
+    true
+}
+fn d_metric_images() -> i64 {
+    1000
 }
 
 fn d_batch() -> i64 {
@@ -123,6 +178,15 @@ impl PretrainConfig {
             check_range(n, v, 1, i64::MAX)?;
         }
         check_range("fid_images", self.fid_images, 2, 100_000)?;
+        check_range("augment.translation", self.augment.translation, 0.0, 0.5)?;
+        check_range("augment.cutout", self.augment.cutout, 0.0, 1.0)?;
+        check_range("metric_images", self.metric_images, 0, 100_000)?;
+        if (1..10).contains(&self.metric_images) {
+            return Err(format!(
+                "metric_images must be 0 (off) or at least 10, got {}",
+                self.metric_images
+            ));
+        }
         Ok(())
     }
 }

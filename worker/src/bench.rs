@@ -1,6 +1,5 @@
 //! `plume-worker bench`: performance tables. Numbers here, not in timed tests.
 
-use crate::job::DatasetSpec;
 use crate::nn::layers::flops;
 use crate::stylegan::pretrain::{Gan, PretrainConfig};
 use crate::stylegan::NetworkConfig;
@@ -64,78 +63,78 @@ pub fn generator(steps: usize, device: Device) -> anyhow::Result<String> {
     let _ = writeln!(out, "device {device:?}, {} threads; measured ceilings: sgemm {gemm:.1} GFLOP/s, 3x3 conv (64 ch, 32 px) {conv:.1} GFLOP/s", tch::get_num_threads());
     let _ = writeln!(
         out,
-        "{:>4} {:>5} {:>9} {:>10} {:>12} {:>10} {:>9} {:>13}",
-        "res", "batch", "step ms", "images/s", "GFLOP/step", "GFLOP/s", "peak MiB", "vs conv ceil"
+        "{:>4} {:>5} {:>7} {:>9} {:>10} {:>12} {:>10} {:>9} {:>13}",
+        "res",
+        "batch",
+        "augment",
+        "step ms",
+        "images/s",
+        "GFLOP/step",
+        "GFLOP/s",
+        "peak MiB",
+        "vs conv ceil"
     );
+    let batches: &[i64] = match device {
+        Device::Cpu => &[16, 32],
+        _ => &[32, 128],
+    };
     for res in [32u32, 64] {
-        for batch in [16i64, 32] {
-            let net = NetworkConfig {
-                resolution: res,
-                ..NetworkConfig::default()
-            };
-            let cfg = PretrainConfig {
-                dataset: DatasetSpec::SyntheticBirds {
-                    images: 1,
+        for &batch in batches {
+            for augment in [false, true] {
+                let net = NetworkConfig {
                     resolution: res,
-                    seed: 0,
-                },
-                network: net.clone(),
-                steps: 1,
-                batch,
-                lr: 0.0025,
-                seed: 1,
-                r1_gamma: 0.0,
-                r1_interval: 16,
-                pl_weight: 0.0,
-                pl_interval: 4,
-                style_mixing: 0.9,
-                ema_half_life_images: 2000.0,
-                ema_rampup: 0.05,
-                judge: None,
-                fid_images: 2,
-                eval_every: 1,
-                sample_every: 1,
-                checkpoint_every: 1,
-            };
-            reset_peak_rss();
-            let mut gan = Gan::new(&net, cfg.lr, 16, 4, false, 1, device);
-            let real = Tensor::randn([batch, 3, res as i64, res as i64], (Kind::Float, device))
-                .clamp(-1.0, 1.0);
-            let (fg, fd) = tch::no_grad(|| {
-                let z = Tensor::randn([batch, net.z_dim], (Kind::Float, device));
-                flops::start();
-                let img = gan.g.generate(&z, 1.0);
-                let fg = flops::stop();
-                flops::start();
-                let _ = gan.d.forward(&img);
-                (fg, flops::stop())
-            });
-            let step_flop = 4.0 * fg + 8.0 * fd;
-            let mut rng = ChaCha8Rng::seed_from_u64(1);
-            for s in 1..=2 {
-                gan.train_step(&cfg, s, &real, &mut rng);
+                    ..NetworkConfig::default()
+                };
+                // A plain step (no lazy regulariser), with or without DiffAugment on every D input.
+                let mut cfg: PretrainConfig = serde_yaml::from_str(&format!(
+                "dataset: {{kind: synthetic-birds, images: 1, resolution: {res}, seed: 0}}\nsteps: 1\nbatch: {batch}\nr1_gamma: 0"
+            ))?;
+                cfg.network = net.clone();
+                if !augment {
+                    cfg.augment.translation = 0.0;
+                    cfg.augment.cutout = 0.0;
+                }
+                reset_peak_rss();
+                let mut gan = Gan::new(&net, cfg.lr, 16, 4, false, 1, device);
+                let real = Tensor::randn([batch, 3, res as i64, res as i64], (Kind::Float, device))
+                    .clamp(-1.0, 1.0);
+                let (fg, fd) = tch::no_grad(|| {
+                    let z = Tensor::randn([batch, net.z_dim], (Kind::Float, device));
+                    flops::start();
+                    let img = gan.g.generate(&z, 1.0);
+                    let fg = flops::stop();
+                    flops::start();
+                    let _ = gan.d.forward(&img);
+                    (fg, flops::stop())
+                });
+                let step_flop = 4.0 * fg + 8.0 * fd;
+                let mut rng = ChaCha8Rng::seed_from_u64(1);
+                for s in 1..=2 {
+                    gan.train_step(&cfg, s, &real, &mut rng);
+                }
+                let t = Instant::now();
+                for s in 0..steps {
+                    gan.train_step(&cfg, 3 + s as i64, &real, &mut rng);
+                }
+                if let Device::Cuda(_) = device {
+                    tch::Cuda::synchronize(0);
+                }
+                let secs = t.elapsed().as_secs_f64() / steps as f64;
+                let gflops = step_flop / secs / 1e9;
+                let _ = writeln!(
+                    out,
+                    "{:>4} {:>5} {:>7} {:>9.1} {:>10.1} {:>12.2} {:>10.1} {:>9.0} {:>12.2}x",
+                    res,
+                    batch,
+                    if augment { "on" } else { "off" },
+                    secs * 1e3,
+                    batch as f64 / secs,
+                    step_flop / 1e9,
+                    gflops,
+                    peak_rss_mib(),
+                    conv / gflops
+                );
             }
-            let t = Instant::now();
-            for s in 0..steps {
-                gan.train_step(&cfg, 3 + s as i64, &real, &mut rng);
-            }
-            if let Device::Cuda(_) = device {
-                tch::Cuda::synchronize(0);
-            }
-            let secs = t.elapsed().as_secs_f64() / steps as f64;
-            let gflops = step_flop / secs / 1e9;
-            let _ = writeln!(
-                out,
-                "{:>4} {:>5} {:>9.1} {:>10.1} {:>12.2} {:>10.1} {:>9.0} {:>12.2}x",
-                res,
-                batch,
-                secs * 1e3,
-                batch as f64 / secs,
-                step_flop / 1e9,
-                gflops,
-                peak_rss_mib(),
-                conv / gflops
-            );
         }
     }
     Ok(out)

@@ -73,6 +73,11 @@ enum Command {
         #[arg(long, default_value = "auto")]
         device: String,
     },
+    /// Bring a published model into Plume's format.
+    Import {
+        #[command(subcommand)]
+        what: ImportCommand,
+    },
     /// Print performance tables.
     Bench {
         #[command(subcommand)]
@@ -108,6 +113,29 @@ enum DatasetCommand {
         #[arg(long, default_value_t = 36)]
         count: usize,
     },
+}
+
+#[derive(Subcommand)]
+enum ImportCommand {
+    /// A StyleGAN2 generator (`g_ema`, else `g`, else a bare state dict) -> a Plume generator
+    /// checkpoint that invert, train-text, evaluate and edit load like a trained one.
+    Stylegan2 {
+        /// The project whose checkpoint format FILE is in.
+        #[arg(long = "from", value_enum)]
+        format: ImportFormat,
+        /// A `.pt` (read through the venv's torch) or `.safetensors`.
+        file: PathBuf,
+        /// The Plume checkpoint to write (nothing is written on any error).
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+/// `--from` values.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ImportFormat {
+    /// rosinality/stylegan2-pytorch.
+    Rosinality,
 }
 
 #[derive(Subcommand)]
@@ -267,6 +295,28 @@ fn main() -> Result<()> {
                 out: &out,
             };
             println!("{}", plume_worker::text::edit::edit(&req, device)?);
+        }
+        Command::Import {
+            what: ImportCommand::Stylegan2 { format, file, out },
+        } => {
+            use plume_worker::stylegan::import::{import, SourceFormat};
+            let format = match format {
+                ImportFormat::Rosinality => SourceFormat::Rosinality,
+            };
+            let done = import(format, &file, &out)?;
+            let n = done.network;
+            println!(
+                "imported {} tensors: {} px, z {} -> w {} ({} mapping layers), channels {} at 4 px .. {} at {} px -> {}",
+                done.tensors,
+                n.resolution,
+                n.z_dim,
+                n.w_dim,
+                n.mapping_layers,
+                n.channels(4),
+                n.channels(n.resolution),
+                n.resolution,
+                out.display()
+            );
         }
         Command::Bench {
             what: BenchCommand::Text { device },

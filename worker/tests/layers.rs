@@ -14,13 +14,14 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
 /// The textbook per-sample modulated convolution: scale the weight by the sample's styles,
 /// demodulate, convolve that one sample.
 fn reference_modconv(conv: &ModulatedConv2d, x: &Tensor, styles: &Tensor, demod: bool) -> Tensor {
-    let [o, i, k, _] = conv.weight.size()[..] else {
+    let [_, o, i, k, _] = conv.weight.size()[..] else {
         unreachable!()
     };
+    let weight = conv.weight.squeeze_dim(0);
     let gain = 1.0 / ((i * k * k) as f64).sqrt();
     let outs: Vec<Tensor> = (0..x.size()[0])
         .map(|b| {
-            let mut w = &conv.weight * gain * styles.get(b).view([1, i, 1, 1]);
+            let mut w = &weight * gain * styles.get(b).view([1, i, 1, 1]);
             if demod {
                 let d = (w
                     .square()
@@ -43,7 +44,15 @@ fn grouped_and_batched_modconv_equal_the_per_sample_reference() {
     tch::manual_seed(0);
     let vs = VarStore::new(Device::Cpu);
     for (k, demod) in [(3, true), (1, false), (3, false)] {
-        let conv = ModulatedConv2d::new(vs.root() / format!("c{k}{demod}"), 12, 10, k, 16, demod);
+        let conv = ModulatedConv2d::new(
+            vs.root() / format!("c{k}{demod}"),
+            12,
+            10,
+            k,
+            16,
+            demod,
+            false,
+        );
         let x = Tensor::randn([5, 12, 9, 9], (Kind::Float, Device::Cpu));
         let w = Tensor::randn([5, 16], (Kind::Float, Device::Cpu));
         let styles = conv.styles(&w);
@@ -61,7 +70,7 @@ fn grouped_and_batched_modconv_equal_the_per_sample_reference() {
 fn demodulated_outputs_have_unit_variance() {
     tch::manual_seed(1);
     let vs = VarStore::new(Device::Cpu);
-    let conv = ModulatedConv2d::new(vs.root() / "c", 64, 64, 3, 32, true);
+    let conv = ModulatedConv2d::new(vs.root() / "c", 64, 64, 3, 32, true, false);
     let x = Tensor::randn([16, 64, 18, 18], (Kind::Float, Device::Cpu));
     // Styles far from 1, so demodulation has something to undo.
     let w = Tensor::randn([16, 32], (Kind::Float, Device::Cpu)) * 3.0;
@@ -71,7 +80,7 @@ fn demodulated_outputs_have_unit_variance() {
         assert!((var - 1.0).abs() < 0.05, "{imp:?}: variance {var}");
     }
     // Without demodulation the variance follows the styles instead.
-    let plain = ModulatedConv2d::new(vs.root() / "p", 64, 64, 3, 32, false);
+    let plain = ModulatedConv2d::new(vs.root() / "p", 64, 64, 3, 32, false, false);
     let var = plain
         .forward(&x, &w, ModConvImpl::Batched)
         .narrow(2, 1, 16)

@@ -13,7 +13,7 @@ use std::fs;
 use std::path::Path;
 
 /// Bumped whenever the renderer's output changes, so cached datasets are not reused.
-pub const RENDERER_VERSION: u32 = 2;
+pub const RENDERER_VERSION: u32 = 3;
 
 /// Captions per image, as in Reed et al.'s `text_c10`.
 pub const CAPTIONS_PER_IMAGE: usize = 10;

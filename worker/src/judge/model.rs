@@ -2,7 +2,7 @@
 //! where the dataset has masks, a part-segmentation head. Its pooled features also serve as
 //! the embedding for judge-FID, and its feature grid as M4's visual tokens.
 
-use crate::nn::layers::{upsample2, EqualConv2d, EqualLinear};
+use crate::nn::layers::{upsample2_bilinear, EqualConv2d, EqualLinear};
 use tch::nn::Path;
 use tch::{Kind, Tensor};
 
@@ -90,7 +90,7 @@ impl JudgeNet {
         // nearly linear, which is why the judge learns in a few hundred steps.
         let (features, part_logits) = match &self.seg {
             Some(seg) => {
-                let up = upsample2(&upsample2(&seg.reduce.forward(&grid)));
+                let up = upsample2_bilinear(&upsample2_bilinear(&seg.reduce.forward(&grid)));
                 let mid = seg.mid.forward(&Tensor::cat(&[up, f1.shallow_clone()], 1));
                 let logits = seg.out.forward(&mid);
                 let probs = logits.softmax(1, Kind::Float); // [B, K, H, W]

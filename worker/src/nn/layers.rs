@@ -150,28 +150,74 @@ impl EqualConv2d {
     }
 }
 
-/// How the modulated conv is computed; both give the same result (tested).
+/// How the modulated conv is computed; both give the same result (tested against the
+/// reference fixture).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ModConvImpl {
-    /// The textbook form: per-sample weights, one grouped conv with `groups = batch`.
+    /// The reference form (rosinality's fused path): per-sample weights, one grouped conv
+    /// with `groups = batch`.
     Grouped,
     /// Scale activations instead of weights: `conv(x * s, W) * d`. One dense conv for the
-    /// whole batch, which is several times faster on CPU; NVlabs uses it during training.
+    /// whole batch, several times faster on CPU; NVlabs and rosinality's non-fused path.
     Batched,
 }
 
-/// StyleGAN2's modulated convolution with optional demodulation.
+/// The normalised outer product of StyleGAN2's [1, 3, 3, 1] filter, times `gain`
+/// (`factor^2` when it follows an upsampling, so the zeros inserted do not dim the image).
+pub fn blur_kernel(gain: f64, device: tch::Device) -> Tensor {
+    let k = Tensor::from_slice(&[1f32, 3., 3., 1.]).to_device(device);
+    let k2 = k.unsqueeze(1).matmul(&k.unsqueeze(0));
+    &k2 / k2.sum(tch::Kind::Float) * gain
+}
+
+/// `upfirdn2d` as rosinality and NVlabs define it: insert `up - 1` zeros after every pixel,
+/// pad by `pad = (before, after)` on both axes, convolve each channel with `kernel`
+/// (`[kh, kw]`, flipped as a true convolution), keep every `down`-th pixel.
+pub fn upfirdn2d(x: &Tensor, kernel: &Tensor, up: i64, down: i64, pad: (i64, i64)) -> Tensor {
+    let [b, c, h, w] = x.size()[..] else {
+        panic!("upfirdn2d expects [B, C, H, W], got {:?}", x.size())
+    };
+    let mut y = x.reshape([b * c, 1, h, w]);
+    let (mut h, mut w) = (h, w);
+    if up > 1 {
+        y = y
+            .reshape([b * c, h, 1, w, 1])
+            .constant_pad_nd([0, up - 1, 0, 0, 0, up - 1])
+            .reshape([b * c, 1, h * up, w * up]);
+        h *= up;
+        w *= up;
+    }
+    y = y.constant_pad_nd([pad.0, pad.1, pad.0, pad.1]);
+    let [kh, kw] = kernel.size()[..] else {
+        panic!("upfirdn2d expects a 2-d kernel")
+    };
+    flops::add(
+        2.0 * ((b * c) * (h + pad.0 + pad.1) * (w + pad.0 + pad.1) * kh * kw) as f64
+            / (down * down) as f64,
+    );
+    let k = kernel.flip([0, 1]).view([1, 1, kh, kw]).to_kind(x.kind());
+    let y = y.conv2d(&k, None::<Tensor>, [down, down], [0, 0], [1, 1], 1);
+    let s = y.size();
+    y.reshape([b, c, s[2], s[3]])
+}
+
+/// StyleGAN2's modulated convolution with optional demodulation and optional 2x
+/// upsampling (transposed conv, then the [1, 3, 3, 1] blur), exactly as rosinality's
+/// `ModulatedConv2d` (variable names and shapes included, so its checkpoints load as they are).
 pub struct ModulatedConv2d {
-    /// `[out, in, k, k]`, N(0, 1).
+    /// `[1, out, in, k, k]`, N(0, 1).
     pub weight: Tensor,
     /// Affine map from w to the per-input-channel styles (bias initialised to 1).
     pub modulation: EqualLinear,
     weight_gain: f64,
     demodulate: bool,
+    /// The blur after the transposed conv, when upsampling (a constant, not a variable).
+    up_blur: Option<Tensor>,
 }
 
 impl ModulatedConv2d {
-    /// A modulated conv `in_ch -> out_ch` with a `k x k` kernel, styled from `w_dim`.
+    /// A modulated conv `in_ch -> out_ch` with a `k x k` kernel, styled from `w_dim`,
+    /// doubling the resolution when `up`.
     pub fn new<'a>(
         p: impl Borrow<Path<'a>>,
         in_ch: i64,
@@ -179,12 +225,13 @@ impl ModulatedConv2d {
         k: i64,
         w_dim: i64,
         demodulate: bool,
+        up: bool,
     ) -> Self {
         let p = p.borrow();
         ModulatedConv2d {
             weight: p.var(
                 "weight",
-                &[out_ch, in_ch, k, k],
+                &[1, out_ch, in_ch, k, k],
                 Init::Randn {
                     mean: 0.0,
                     stdev: 1.0,
@@ -193,6 +240,7 @@ impl ModulatedConv2d {
             modulation: EqualLinear::new(p / "modulation", w_dim, in_ch, 1.0, 1.0, false),
             weight_gain: 1.0 / ((in_ch * k * k) as f64).sqrt(),
             demodulate,
+            up_blur: up.then(|| blur_kernel(4.0, p.device())),
         }
     }
 
@@ -201,7 +249,7 @@ impl ModulatedConv2d {
         self.modulation.forward(w)
     }
 
-    /// `x: [B, in, H, W]`, `w: [B, w_dim]` -> `[B, out, H, W]`.
+    /// `x: [B, in, H, W]`, `w: [B, w_dim]` -> `[B, out, H, W]` (`2H, 2W` when upsampling).
     pub fn forward(&self, x: &Tensor, w: &Tensor, imp: ModConvImpl) -> Tensor {
         let styles = self.styles(w);
         self.forward_styles(x, &styles, imp)
@@ -209,16 +257,18 @@ impl ModulatedConv2d {
 
     /// The convolution for given styles `[B, in]`.
     pub fn forward_styles(&self, x: &Tensor, styles: &Tensor, imp: ModConvImpl) -> Tensor {
-        let [o, i, k, _] = self.weight.size()[..] else {
-            unreachable!("4-d weight")
+        let [_, o, i, k, _] = self.weight.size()[..] else {
+            unreachable!("5-d weight")
         };
         let [b, _, h, w] = x.size()[..] else {
             panic!("modulated conv expects [B, C, H, W], got {:?}", x.size())
         };
-        flops::add(2.0 * (b * h * w * o * i * k * k) as f64);
+        let up = self.up_blur.is_some();
+        let scale = if up { 4 } else { 1 };
+        flops::add(2.0 * (b * h * w * scale * o * i * k * k) as f64);
         let pad = k / 2;
-        let weight = &self.weight * self.weight_gain;
-        match imp {
+        let weight = self.weight.squeeze_dim(0) * self.weight_gain; // [out, in, k, k]
+        let y = match imp {
             ModConvImpl::Grouped => {
                 // [B, out, in, k, k]
                 let mut wgt = weight.unsqueeze(0) * styles.view([b, 1, i, 1, 1]);
@@ -230,25 +280,46 @@ impl ModulatedConv2d {
                         .rsqrt();
                     wgt *= d;
                 }
-                let y = x.reshape([1, b * i, h, w]).conv2d(
-                    &wgt.reshape([b * o, i, k, k]),
-                    None::<Tensor>,
-                    [1, 1],
-                    [pad, pad],
-                    [1, 1],
-                    b,
-                );
-                y.reshape([b, o, h, w])
+                let x = x.reshape([1, b * i, h, w]);
+                let y = if up {
+                    // Transposed conv wants [in, out, k, k] per group.
+                    x.conv_transpose2d(
+                        &wgt.transpose(1, 2).reshape([b * i, o, k, k]),
+                        None::<Tensor>,
+                        [2, 2],
+                        [0, 0],
+                        [0, 0],
+                        b,
+                        [1, 1],
+                    )
+                } else {
+                    x.conv2d(
+                        &wgt.reshape([b * o, i, k, k]),
+                        None::<Tensor>,
+                        [1, 1],
+                        [pad, pad],
+                        [1, 1],
+                        b,
+                    )
+                };
+                let s = y.size();
+                y.reshape([b, o, s[2], s[3]])
             }
             ModConvImpl::Batched => {
-                let y = (x * styles.view([b, i, 1, 1])).conv2d(
-                    &weight,
-                    None::<Tensor>,
-                    [1, 1],
-                    [pad, pad],
-                    [1, 1],
-                    1,
-                );
+                let xs = x * styles.view([b, i, 1, 1]);
+                let y = if up {
+                    xs.conv_transpose2d(
+                        &weight.transpose(0, 1),
+                        None::<Tensor>,
+                        [2, 2],
+                        [0, 0],
+                        [0, 0],
+                        1,
+                        [1, 1],
+                    )
+                } else {
+                    xs.conv2d(&weight, None::<Tensor>, [1, 1], [pad, pad], [1, 1], 1)
+                };
                 if self.demodulate {
                     // sum_{i,kh,kw} (W s)^2 = s^2 . sum_{kh,kw} W^2
                     let wsq = weight
@@ -260,19 +331,33 @@ impl ModulatedConv2d {
                     y
                 }
             }
+        };
+        match &self.up_blur {
+            // rosinality: p = (4 - 2) - (k - 1); pad = ((p + 1) / 2 + 1, p / 2 + 1).
+            Some(kernel) => {
+                let p = (4 - 2) - (k - 1);
+                upfirdn2d(
+                    &y,
+                    kernel,
+                    1,
+                    1,
+                    ((p + 1).div_euclid(2) + 1, p.div_euclid(2) + 1),
+                )
+            }
+            None => y,
         }
     }
 }
 
-/// Bilinear x2 upsampling: the separable [1, 3, 3, 1]/4 filter of StyleGAN2's upfirdn.
+/// StyleGAN2's 2x upsampling (toRGB skips): zero insertion and the [1, 3, 3, 1] filter.
 pub fn upsample2(x: &Tensor) -> Tensor {
-    let s = x.size();
-    x.upsample_bilinear2d([s[2] * 2, s[3] * 2], false, None, None)
+    upfirdn2d(x, &blur_kernel(4.0, x.device()), 2, 1, (2, 1))
 }
 
-/// 2x2 average-pool downsampling.
-pub fn downsample2(x: &Tensor) -> Tensor {
-    x.avg_pool2d([2, 2], [2, 2], [0, 0], false, true, None::<i64>)
+/// Bilinear x2 upsampling (the judge's segmentation head).
+pub fn upsample2_bilinear(x: &Tensor) -> Tensor {
+    let s = x.size();
+    x.upsample_bilinear2d([s[2] * 2, s[3] * 2], false, None, None)
 }
 
 /// Resizes square images `[B, C, H, H]` to `res` pixels (bilinear); a no-op at that size.

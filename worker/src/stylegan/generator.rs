@@ -1,12 +1,19 @@
 //! The StyleGAN2 generator: mapping network f: z -> w and synthesis network g: w+ -> image
-//! (constant 4x4 input, modulated/demodulated 3x3 convs, per-layer noise, skip toRGB).
+//! (constant 4x4 input, modulated/demodulated 3x3 convs with transposed-conv upsampling and
+//! the [1, 3, 3, 1] blur, per-layer noise, skip toRGB).
+//!
+//! It computes the same function as rosinality's `model.py` `Generator`, and its variables
+//! carry that module's `state_dict()` names and shapes (`style.1.weight`, `convs.0.conv.weight`,
+//! `noises.noise_0`, ...): a rosinality checkpoint loads by name (`import`), and
+//! `worker/tests/reference_parity.rs` checks the outputs against the reference fixture.
 
 use super::NetworkConfig;
 use crate::nn::layers::{lrelu, upsample2, EqualLinear, ModConvImpl, ModulatedConv2d};
 use tch::nn::{Init, Path};
 use tch::{Kind, Tensor};
 
-/// Mapping network: normalised z through `mapping_layers` FC layers with lr multiplier 0.01.
+/// Mapping network: PixelNorm(z) through `mapping_layers` FC layers with lr multiplier 0.01
+/// (rosinality's `style`; index 0 is the PixelNorm, so the layers are `style.1`, `style.2`, ...).
 pub struct Mapping {
     layers: Vec<EqualLinear>,
 }
@@ -16,7 +23,7 @@ impl Mapping {
         let layers = (0..cfg.mapping_layers)
             .map(|i| {
                 EqualLinear::new(
-                    p / format!("fc{i}"),
+                    p / format!("{}", i + 1),
                     if i == 0 { cfg.z_dim } else { cfg.w_dim },
                     cfg.w_dim,
                     0.01,
@@ -38,38 +45,44 @@ impl Mapping {
     }
 }
 
-/// Modulated conv + noise + bias + activation.
+/// Where the per-layer noise comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoiseMode {
+    /// Fresh N(0, 1) noise on every call (training; rosinality's `randomize_noise=True`).
+    Random,
+    /// The stored `noises.noise_i` buffers, so that G(w) is a function of w alone (every
+    /// frozen use: inversion, text training, edits, the benchmark).
+    Fixed,
+}
+
+/// Modulated conv + noise + bias + activation (rosinality's `StyledConv`).
 struct StyledConv {
     conv: ModulatedConv2d,
     noise_strength: Tensor,
     bias: Tensor,
-    up: bool,
 }
 
 impl StyledConv {
     fn new(p: &Path, in_ch: i64, out_ch: i64, w_dim: i64, up: bool) -> Self {
         StyledConv {
-            conv: ModulatedConv2d::new(p / "conv", in_ch, out_ch, 3, w_dim, true),
-            noise_strength: p.var("noise_strength", &[1], Init::Const(0.0)),
-            bias: p.var("bias", &[out_ch], Init::Const(0.0)),
-            up,
+            conv: ModulatedConv2d::new(p / "conv", in_ch, out_ch, 3, w_dim, true, up),
+            noise_strength: (p / "noise").var("weight", &[1], Init::Const(0.0)),
+            bias: (p / "activate").var("bias", &[out_ch], Init::Const(0.0)),
         }
     }
 
-    fn forward(&self, x: &Tensor, w: &Tensor, imp: ModConvImpl) -> Tensor {
-        let x = if self.up {
-            upsample2(x)
-        } else {
-            x.shallow_clone()
-        };
-        let y = self.conv.forward(&x, w, imp);
+    fn forward(&self, x: &Tensor, w: &Tensor, noise: Option<&Tensor>, imp: ModConvImpl) -> Tensor {
+        let y = self.conv.forward(x, w, imp);
         let s = y.size();
-        let noise = Tensor::randn([s[0], 1, s[2], s[3]], (Kind::Float, y.device()));
+        let noise = match noise {
+            Some(n) => n.shallow_clone(),
+            None => Tensor::randn([s[0], 1, s[2], s[3]], (Kind::Float, y.device())),
+        };
         lrelu(&(y + noise * &self.noise_strength + self.bias.view([1, -1, 1, 1])))
     }
 }
 
-/// 1x1 modulated conv to RGB, without demodulation.
+/// 1x1 modulated conv to RGB, without demodulation; adds the upsampled skip.
 struct ToRgb {
     conv: ModulatedConv2d,
     bias: Tensor,
@@ -78,13 +91,13 @@ struct ToRgb {
 impl ToRgb {
     fn new(p: &Path, in_ch: i64, w_dim: i64) -> Self {
         ToRgb {
-            conv: ModulatedConv2d::new(p / "conv", in_ch, 3, 1, w_dim, false),
-            bias: p.var("bias", &[3], Init::Const(0.0)),
+            conv: ModulatedConv2d::new(p / "conv", in_ch, 3, 1, w_dim, false, false),
+            bias: p.var("bias", &[1, 3, 1, 1], Init::Const(0.0)),
         }
     }
 
     fn forward(&self, x: &Tensor, w: &Tensor, skip: Option<&Tensor>, imp: ModConvImpl) -> Tensor {
-        let y = self.conv.forward(x, w, imp) + self.bias.view([1, 3, 1, 1]);
+        let y = self.conv.forward(x, w, imp) + &self.bias;
         match skip {
             Some(s) => y + upsample2(s),
             None => y,
@@ -92,15 +105,8 @@ impl ToRgb {
     }
 }
 
-/// One resolution doubling: upsampling conv, conv, toRGB.
-struct Block {
-    conv0: StyledConv,
-    conv1: StyledConv,
-    to_rgb: ToRgb,
-}
-
-/// The full generator. `w_avg` is the tracked mean of w (for truncation); it is a buffer,
-/// not a trained parameter.
+/// The full generator. `w_avg` is the tracked mean of w (for truncation); it and the noise
+/// buffers are stored but not trained.
 pub struct Generator {
     /// Sizes.
     pub cfg: NetworkConfig,
@@ -109,54 +115,82 @@ pub struct Generator {
     constant: Tensor,
     conv1: StyledConv,
     to_rgb1: ToRgb,
-    blocks: Vec<Block>,
+    /// Upsampling conv, conv, upsampling conv, conv, ... (rosinality's `convs`).
+    convs: Vec<StyledConv>,
+    /// One per resolution above 4 (rosinality's `to_rgbs`).
+    to_rgbs: Vec<ToRgb>,
+    /// `noises.noise_i`, one per styled conv, for [`NoiseMode::Fixed`].
+    noises: Vec<Tensor>,
     /// Running mean of w.
     pub w_avg: Tensor,
     /// Which modulated-conv implementation to run.
     pub modconv: ModConvImpl,
+    /// Random or stored noise.
+    pub noise: NoiseMode,
 }
 
 impl Generator {
-    /// Builds the generator's variables under `p`.
+    /// Builds the generator's variables under `p`, initialised as rosinality does.
     pub fn new(p: &Path, cfg: &NetworkConfig) -> Self {
         let c4 = cfg.channels(4);
-        let mut blocks = Vec::new();
+        let mut convs = Vec::new();
+        let mut to_rgbs = Vec::new();
         let mut in_ch = c4;
         for l in 3..=cfg.log2_res() {
-            let res = 1u32 << l;
-            let out = cfg.channels(res);
-            let bp = p / format!("b{res}");
-            blocks.push(Block {
-                conv0: StyledConv::new(&(&bp / "conv0"), in_ch, out, cfg.w_dim, true),
-                conv1: StyledConv::new(&(&bp / "conv1"), out, out, cfg.w_dim, false),
-                to_rgb: ToRgb::new(&(&bp / "torgb"), out, cfg.w_dim),
-            });
+            let out = cfg.channels(1 << l);
+            let i = convs.len();
+            convs.push(StyledConv::new(
+                &(p / "convs" / i),
+                in_ch,
+                out,
+                cfg.w_dim,
+                true,
+            ));
+            convs.push(StyledConv::new(
+                &(p / "convs" / (i + 1)),
+                out,
+                out,
+                cfg.w_dim,
+                false,
+            ));
+            to_rgbs.push(ToRgb::new(&(p / "to_rgbs" / to_rgbs.len()), out, cfg.w_dim));
             in_ch = out;
         }
-        let b4 = p / "b4";
+        // Buffers, not variables: drawn once at construction, never trained.
+        let noises = (0..convs.len() as i64 + 1)
+            .map(|i| {
+                let side = 1i64 << ((i + 5) / 2);
+                let t = (p / "noises").zeros_no_train(&format!("noise_{i}"), &[1, 1, side, side]);
+                let _ = tch::no_grad(|| t.shallow_clone().normal_(0.0, 1.0));
+                t
+            })
+            .collect::<Vec<_>>();
         let w_avg = p.zeros_no_train("w_avg", &[cfg.w_dim]);
         Generator {
             cfg: cfg.clone(),
-            mapping: Mapping::new(&(p / "mapping"), cfg),
-            constant: b4.var(
-                "const",
+            mapping: Mapping::new(&(p / "style"), cfg),
+            constant: (p / "input").var(
+                "input",
                 &[1, c4, 4, 4],
                 Init::Randn {
                     mean: 0.0,
                     stdev: 1.0,
                 },
             ),
-            conv1: StyledConv::new(&(&b4 / "conv1"), c4, c4, cfg.w_dim, false),
-            to_rgb1: ToRgb::new(&(&b4 / "torgb"), c4, cfg.w_dim),
-            blocks,
+            conv1: StyledConv::new(&(p / "conv1"), c4, c4, cfg.w_dim, false),
+            to_rgb1: ToRgb::new(&(p / "to_rgb1"), c4, cfg.w_dim),
+            convs,
+            to_rgbs,
+            noises,
             w_avg,
             modconv: ModConvImpl::Batched,
+            noise: NoiseMode::Random,
         }
     }
 
     /// How many w vectors the synthesis network consumes (W+ has this many copies).
     pub fn num_ws(&self) -> i64 {
-        2 * self.blocks.len() as i64 + 2
+        self.convs.len() as i64 + 2
     }
 
     /// Truncation towards `w_avg`: `w_avg + psi (w - w_avg)`.
@@ -171,15 +205,19 @@ impl Generator {
     pub fn synthesis(&self, ws: &Tensor) -> Tensor {
         let b = ws.size()[0];
         let w_at = |i: i64| ws.select(1, i);
+        let noise = |i: usize| match self.noise {
+            NoiseMode::Random => None,
+            NoiseMode::Fixed => Some(&self.noises[i]),
+        };
         let imp = self.modconv;
         let x = self.constant.expand([b, -1, -1, -1], false);
-        let mut x = self.conv1.forward(&x, &w_at(0), imp);
+        let mut x = self.conv1.forward(&x, &w_at(0), noise(0), imp);
         let mut rgb = self.to_rgb1.forward(&x, &w_at(1), None, imp);
-        for (i, blk) in self.blocks.iter().enumerate() {
+        for (i, to_rgb) in self.to_rgbs.iter().enumerate() {
             let k = 1 + 2 * i as i64;
-            x = blk.conv0.forward(&x, &w_at(k), imp);
-            x = blk.conv1.forward(&x, &w_at(k + 1), imp);
-            rgb = blk.to_rgb.forward(&x, &w_at(k + 2), Some(&rgb), imp);
+            x = self.convs[2 * i].forward(&x, &w_at(k), noise(2 * i + 1), imp);
+            x = self.convs[2 * i + 1].forward(&x, &w_at(k + 1), noise(2 * i + 2), imp);
+            rgb = to_rgb.forward(&x, &w_at(k + 2), Some(&rgb), imp);
         }
         rgb
     }
@@ -193,5 +231,18 @@ impl Generator {
     pub fn generate(&self, z: &Tensor, psi: f64) -> Tensor {
         let w = self.truncate(&self.mapping.forward(z), psi);
         self.synthesis(&self.broadcast(&w))
+    }
+
+    /// Style mixing as rosinality's `inject_index`: the first `inject` of the `num_ws`
+    /// latents from `w1`, the rest from `w2` (both `[B, w_dim]`).
+    pub fn mix(&self, w1: &Tensor, w2: &Tensor, inject: i64) -> Tensor {
+        let n = self.num_ws();
+        Tensor::cat(
+            &[
+                self.broadcast(w1).narrow(1, 0, inject),
+                self.broadcast(w2).narrow(1, inject, n - inject),
+            ],
+            1,
+        )
     }
 }

@@ -4,9 +4,11 @@
 //! hold everything needed to continue exactly (G, D, EMA, w_avg, Adam moments, pl_mean, step;
 //! the RNG needs no state because every step reseeds from `(seed, step)`).
 
+use super::augment;
 use super::discriminator::Discriminator;
 use super::generator::Generator;
 use super::loss;
+use super::metrics;
 use super::NetworkConfig;
 use crate::dataset::Partition;
 use crate::job::{step_seed, CancelToken, OpenDataset, Outcome, Reporter};
@@ -146,9 +148,7 @@ impl Gan {
         if mixing > 0.0 && rng.random_bool(mixing) {
             let cutoff = rng.random_range(1..self.g.num_ws());
             let z2 = Tensor::randn([b, self.net.z_dim], (Kind::Float, device));
-            let w2 = self.g.broadcast(&self.g.mapping.forward(&z2));
-            let keep = self.g.num_ws() - cutoff;
-            ws = Tensor::cat(&[ws.narrow(1, 0, cutoff), w2.narrow(1, cutoff, keep)], 1);
+            ws = self.g.mix(&w, &self.g.mapping.forward(&z2), cutoff);
         }
         (ws, w)
     }
@@ -169,9 +169,16 @@ impl Gan {
         // G: non-saturating loss through a frozen D.
         set_requires_grad(&self.d_params, false);
         set_requires_grad(&self.g_params, true);
+        let aug = |x: &Tensor| {
+            if cfg.augment.is_on() {
+                augment::diff_augment(x, &cfg.augment)
+            } else {
+                x.shallow_clone()
+            }
+        };
         let (ws, w) = self.sample_ws(b, cfg.style_mixing, rng, device);
         let fake = self.g.synthesis(&ws);
-        let fake_logits = self.d.forward(&fake);
+        let fake_logits = self.d.forward(&aug(&fake));
         let loss_g = loss::generator_loss(&fake_logits);
         self.g_opt.zero_grad();
         loss_g.backward();
@@ -200,8 +207,8 @@ impl Gan {
             let (ws, _) = self.sample_ws(b, cfg.style_mixing, rng, device);
             self.g.synthesis(&ws)
         });
-        let real_logits = self.d.forward(real);
-        let fake_logits = self.d.forward(&fake);
+        let real_logits = self.d.forward(&aug(real));
+        let fake_logits = self.d.forward(&aug(&fake));
         let loss_d = loss::discriminator_loss(&real_logits, &fake_logits);
         self.d_opt.zero_grad();
         loss_d.backward();
@@ -209,9 +216,15 @@ impl Gan {
         out.push(("gen/loss_d", loss_d.double_value(&[])));
         out.push(("gen/d_real", real_logits.mean(None).double_value(&[])));
         out.push(("gen/d_fake", fake_logits.mean(None).double_value(&[])));
+        // How far apart D holds reals and fakes: it grows without bound when D overfits.
+        out.push((
+            "gen/d_gap",
+            (real_logits.mean(None) - fake_logits.mean(None)).double_value(&[]),
+        ));
         if cfg.r1_gamma > 0.0 && step % cfg.r1_interval == 0 {
+            // The gradient is taken at the un-augmented reals, through the augmentation.
             let real = real.detach().set_requires_grad(true);
-            let logits = self.d.forward(&real);
+            let logits = self.d.forward(&aug(&real));
             let r1 = loss::r1_penalty(&real, &logits);
             self.d_opt.zero_grad();
             (&r1 * (cfg.r1_gamma / 2.0 * cfg.r1_interval as f64)).backward();
@@ -228,28 +241,60 @@ impl Gan {
     }
 }
 
-/// Generates `n` images with G_ema from a fixed seed, in batches, and embeds them with the judge.
-fn generated_features(
-    g: &Generator,
-    judge: &crate::judge::train::Trained,
-    n: i64,
-    seed: u64,
-    device: Device,
-) -> Tensor {
+/// Generates `n` images with `g` from a fixed seed, in batches, clamped to [-1, 1].
+fn generated_images(g: &Generator, n: i64, seed: u64, device: Device) -> Tensor {
     tch::no_grad(|| {
         tch::manual_seed(seed as i64);
-        let mut feats = Vec::new();
+        let mut images = Vec::new();
         let mut done = 0;
         while done < n {
             let b = 100.min(n - done);
             let z = Tensor::randn([b, g.cfg.z_dim], (Kind::Float, device));
-            let img = g.generate(&z, 1.0).clamp(-1.0, 1.0);
-            let img = resize_square(&img, judge.resolution);
-            feats.push(judge.net.forward(&img).embedding);
+            images.push(g.generate(&z, 1.0).clamp(-1.0, 1.0));
             done += b;
         }
-        Tensor::cat(&feats, 0)
+        Tensor::cat(&images, 0)
     })
+}
+
+/// The judge, and what it reads of the test images once per job.
+struct JudgeForMetrics {
+    net: crate::judge::train::Trained,
+    fid_reference: Gaussian,
+    test_reading: Option<metrics::Reading>,
+}
+
+/// Precision/recall, per-group coverage and top share, their summaries over the colour
+/// groups (`gen/colours_min`: the fewest colours any colour group shows; `gen/top_share_max`:
+/// the largest share one colour takes in any colour group) and the facing balance.
+fn generator_metrics(
+    fake: &metrics::Reading,
+    real: &metrics::Reading,
+    groups: &[crate::dataset::AttributeGroup],
+) -> Vec<(String, f64)> {
+    let (precision, recall) = metrics::precision_recall(&real.embedding, &fake.embedding);
+    let mut out = vec![
+        ("gen/precision".to_string(), precision),
+        ("gen/recall".to_string(), recall),
+    ];
+    let (mut colours_min, mut top_share_max) = (f64::INFINITY, 0f64);
+    for (g, group) in groups.iter().enumerate() {
+        let c = metrics::group_coverage(fake, g as i64, group.values.len());
+        out.push((format!("gen/coverage/{}", group.name), c.covered as f64));
+        out.push((format!("gen/top_share/{}", group.name), c.top_share));
+        if group.name.ends_with("_color") {
+            colours_min = colours_min.min(c.covered as f64);
+            top_share_max = top_share_max.max(c.top_share);
+        }
+    }
+    if colours_min.is_finite() {
+        out.push(("gen/colours_min".into(), colours_min));
+        out.push(("gen/top_share_max".into(), top_share_max));
+    }
+    if let Some(f) = metrics::facing_share(fake) {
+        out.push(("gen/facing_right".into(), f));
+    }
+    out
 }
 
 /// Embeds real images with the judge in batches.
@@ -300,8 +345,11 @@ pub fn load_generator(ckpt: &Checkpoint, device: Device) -> anyhow::Result<(VarS
     let net: NetworkConfig = serde_json::from_str(ckpt.meta("generator.network")?)?;
     let mut vs = VarStore::new(device);
     let g = Generator::new(&vs.root(), &net);
+    let mut g = g;
     ckpt.restore("G_ema.", &named_vars(&vs))?;
     vs.freeze();
+    // Frozen use: G(w) depends on w alone.
+    g.noise = super::generator::NoiseMode::Fixed;
     Ok((vs, g))
 }
 
@@ -326,13 +374,36 @@ pub fn run(
 
     let judge = match &cfg.judge {
         Some(p) => {
-            let j = crate::judge::train::load(p, "judge", device)?;
+            let net = crate::judge::train::load(p, "judge", device)?;
             let test = ds.partition(Partition::Test);
-            let real = Gaussian::fit(&real_features(
-                &j,
-                &ds.load_images(&test, res)?.to_device(device),
-            ));
-            Some((j, real))
+            let test_images = ds.load_images(&test, res)?.to_device(device);
+            let fid_reference = Gaussian::fit(&real_features(&net, &test_images));
+            let test_reading = (cfg.metric_images > 0).then(|| {
+                let n = cfg.metric_images.min(test_images.size()[0]);
+                metrics::read(&net, &test_images.narrow(0, 0, n))
+            });
+            if let Some(real) = &test_reading {
+                // The data as the judge reads it: what a perfect generator would score.
+                let summary: Vec<String> = generator_metrics(real, real, &ds.groups)
+                    .into_iter()
+                    .filter(|(k, _)| {
+                        k == "gen/colours_min"
+                            || k == "gen/top_share_max"
+                            || k == "gen/facing_right"
+                    })
+                    .map(|(k, v)| format!("{k} = {v:.3}"))
+                    .collect();
+                reporter.log(&format!(
+                    "test images as the judge reads them ({} images): {}",
+                    real.values.size()[0],
+                    summary.join(", ")
+                ));
+            }
+            Some(JudgeForMetrics {
+                net,
+                fid_reference,
+                test_reading,
+            })
         }
         None => None,
     };
@@ -374,19 +445,31 @@ pub fn run(
         reporter.checkpoint_written(step, &path)
     };
     let evaluate = |gan: &Gan, step: i64, reporter: &mut dyn Reporter| -> anyhow::Result<()> {
-        if let Some((j, real)) = &judge {
+        if let Some(judge) = &judge {
             let t = Instant::now();
-            let fake = Gaussian::fit(&generated_features(
-                &gan.g_ema,
-                j,
-                cfg.fid_images,
-                cfg.seed ^ 0xF1D,
-                device,
-            ));
-            let fid = frechet_distance(real, &fake);
-            reporter.metrics(step, &[("gen/judge_fid", fid)])?;
+            let n = cfg.fid_images.max(cfg.metric_images);
+            let fake = metrics::read(
+                &judge.net,
+                &generated_images(&gan.g_ema, n, cfg.seed ^ 0xF1D, device),
+            );
+            let fid = frechet_distance(
+                &judge.fid_reference,
+                &Gaussian::fit(&fake.embedding.narrow(0, 0, cfg.fid_images)),
+            );
+            let mut values = vec![("gen/judge_fid".to_string(), fid)];
+            if let Some(real) = &judge.test_reading {
+                values.extend(generator_metrics(&fake, real, &ds.groups));
+            }
+            let named: Vec<(&str, f64)> = values.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+            reporter.metrics(step, &named)?;
+            let shown: Vec<String> = values
+                .iter()
+                .filter(|(k, _)| !k.contains("/coverage/") && !k.contains("/top_share/"))
+                .map(|(k, v)| format!("{k} = {v:.4}"))
+                .collect();
             reporter.log(&format!(
-                "step {step}: gen/judge_fid = {fid:.4} ({:.1} s)",
+                "step {step}: {} ({:.1} s)",
+                shown.join(", "),
                 t.elapsed().as_secs_f64()
             ));
         }
@@ -410,6 +493,11 @@ pub fn run(
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let idx: Vec<i64> = (0..cfg.batch).map(|_| rng.random_range(0..n)).collect();
         let real = images.index_select(0, &Tensor::from_slice(&idx).to_device(device));
+        let real = if cfg.xflip {
+            augment::random_xflip(&real)
+        } else {
+            real
+        };
         let mut metrics = gan.train_step(cfg, step, &real, &mut rng);
         step += 1;
         if window.0.elapsed().as_secs_f64() >= 5.0 || step == cfg.steps {
@@ -424,6 +512,8 @@ pub fn run(
         }
         if step % cfg.sample_every == 0 || step == cfg.steps {
             reporter.artifact(step, "samples", &sample_grid(&gan.g_ema, device))?;
+            // The raw G beside the EMA: averaging can hide a G that hops between modes.
+            reporter.artifact(step, "samples_raw", &sample_grid(&gan.g, device))?;
         }
         if step % cfg.checkpoint_every == 0 || step == cfg.steps {
             save(&gan, step, reporter)?;

@@ -201,7 +201,7 @@ fn input_field(downstream: &str, upstream: &str) -> Option<&'static str> {
     match (downstream, upstream) {
         ("invert", "train-judge") => Some("critic"),
         (_, "train-judge") if downstream != "train-judge" => Some("judge"),
-        ("invert" | "train-text", "pretrain-generator") => Some("generator"),
+        ("invert" | "train-text", "pretrain-generator" | "import-generator") => Some("generator"),
         ("train-text", "invert") => Some("styles"),
         ("evaluate", "train-text") => Some("checkpoint"),
         _ => None,

@@ -455,3 +455,75 @@ async fn tls_is_served_when_configured() {
         "plain HTTP must not work against a TLS coordinator"
     );
 }
+
+/// A published generator instead of pretraining: an `import-generator` stage (the reference
+/// fixture, in rosinality's format) feeds `invert` (sampled styles, labelled by the critic)
+/// and a text method with its benchmark, through the coordinator like a trained generator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_experiment_starts_from_an_imported_generator() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().to_path_buf();
+    let pg = postgres(d.join("pg")).await;
+    let store = Store::connect(&pg.url, Duration::from_secs(4))
+        .await
+        .unwrap();
+    let port = free_port().unwrap();
+    let coord = coordinator(&pg.url, port, None, &d.join("coordinator.log"));
+    let url = format!("http://127.0.0.1:{port}");
+    wait_for("the coordinator", 30, || {
+        let url = url.clone();
+        async move { user_client(&url, USER).await.is_ok() }
+    })
+    .await;
+    let mut c = user_client(&url, USER).await.unwrap();
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../worker/tests/fixtures/stylegan2-reference/generator.safetensors")
+        .canonicalize()
+        .unwrap();
+    let yaml = format!(
+        "name: imported
+dataset: {{kind: synthetic-birds, images: 200, resolution: 32, seed: 3}}
+stages:
+  judge: {{job: train-judge, steps: 4, batch: 4, net: {{channels: [8, 8, 8], hidden: 16}}, checkpoint_every: 2}}
+  generator: {{job: import-generator, from: rosinality, path: {}}}
+  styles: {{job: invert, mode: sampled, needs: [generator, judge], limit: 100}}
+runs:
+  - {{name: m1, job: train-text, method: weighted, needs: [generator, styles, judge], steps: 2, batch: 4, max_tokens: 32, eval_every: 2, eval_edits: 8, checkpoint_every: 2}}
+objective: {{metric: eval/score, mode: max}}
+",
+        fixture.display()
+    );
+    let reply = c
+        .submit_experiment(pb::SubmitRequest {
+            yaml,
+            file_name: "imported.yaml".into(),
+            dry_run: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let exp = reply.experiment_id;
+    let w = worker(port, "w0", &d.join("w0"));
+    wait_for("the text run on the imported generator", 240, || async {
+        let (s, _, _, _) = state(&store, exp, "m1").await;
+        assert!(s != "failed", "m1 failed: see {}", d.display());
+        s == "succeeded"
+    })
+    .await;
+    for stage in ["generator", "styles"] {
+        assert_eq!(state(&store, exp, stage).await.0, "succeeded", "{stage}");
+    }
+    let generator_checkpoints: f64 = sqlx::query_scalar(
+        "SELECT count(*)::float8 FROM checkpoints c JOIN runs r ON r.id = c.run_id WHERE r.experiment_id = $1 AND r.name = 'generator'",
+    )
+    .bind(exp)
+    .fetch_one(&store.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        generator_checkpoints, 1.0,
+        "the imported generator is one registered checkpoint"
+    );
+    drop(w);
+    drop(coord);
+}

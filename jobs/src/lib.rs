@@ -4,12 +4,14 @@
 
 #![deny(missing_docs)]
 
+mod import;
 mod invert;
 mod judge;
 mod network;
 mod pretrain;
 mod text;
 
+pub use import::{GeneratorFormat, ImportGeneratorConfig};
 pub use invert::{InvertConfig, InvertMode};
 pub use judge::{JudgeConfig, JudgeNetConfig};
 pub use network::NetworkConfig;
@@ -69,15 +71,18 @@ pub enum JobSpec {
     TrainText(TextConfig),
     /// The edit benchmark on a `train-text` checkpoint.
     Evaluate(EvaluateConfig),
+    /// Bring a published StyleGAN2 in instead of pretraining one.
+    ImportGenerator(ImportGeneratorConfig),
 }
 
 /// Job kinds as written in YAML.
-pub const JOB_KINDS: [&str; 5] = [
+pub const JOB_KINDS: [&str; 6] = [
     "pretrain-generator",
     "train-judge",
     "invert",
     "train-text",
     "evaluate",
+    "import-generator",
 ];
 
 fn yaml_error(origin: &str, e: serde_yaml::Error) -> anyhow::Error {
@@ -97,6 +102,7 @@ impl JobSpec {
             JobSpec::Invert(_) => JOB_KINDS[2],
             JobSpec::TrainText(_) => JOB_KINDS[3],
             JobSpec::Evaluate(_) => JOB_KINDS[4],
+            JobSpec::ImportGenerator(_) => JOB_KINDS[5],
         }
     }
 
@@ -153,6 +159,9 @@ impl JobSpec {
             "train-text" => {
                 JobSpec::TrainText(serde_yaml::from_str(&body).map_err(|e| yaml_error(origin, e))?)
             }
+            "import-generator" => JobSpec::ImportGenerator(
+                serde_yaml::from_str(&body).map_err(|e| yaml_error(origin, e))?,
+            ),
             other => anyhow::bail!(
                 "{origin}{line_ref}: unknown job kind `{other}`, expected one of {}",
                 JOB_KINDS.join(", ")
@@ -187,6 +196,7 @@ impl JobSpec {
             JobSpec::Invert(c) => c.validate(),
             JobSpec::TrainText(c) => c.validate(),
             JobSpec::Evaluate(c) => c.validate(),
+            JobSpec::ImportGenerator(c) => c.validate(),
         }
     }
 }

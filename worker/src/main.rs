@@ -299,11 +299,11 @@ fn main() -> Result<()> {
         Command::Import {
             what: ImportCommand::Stylegan2 { format, file, out },
         } => {
-            use plume_worker::stylegan::import::{import, SourceFormat};
+            use plume_worker::stylegan::import::{import, GeneratorFormat};
             let format = match format {
-                ImportFormat::Rosinality => SourceFormat::Rosinality,
+                ImportFormat::Rosinality => GeneratorFormat::Rosinality,
             };
-            let done = import(format, &file, &out)?;
+            let done = import(format, &file, None, &out)?;
             let n = done.network;
             println!(
                 "imported {} tensors: {} px, z {} -> w {} ({} mapping layers), channels {} at 4 px .. {} at {} px -> {}",

@@ -120,6 +120,7 @@ pub fn run(
         JobSpec::Invert(c) => crate::styles::invert::run(c, resume, device, reporter, cancel),
         JobSpec::TrainText(c) => crate::text::train::run(c, resume, device, reporter, cancel),
         JobSpec::Evaluate(c) => crate::text::train::evaluate(c, device, reporter),
+        JobSpec::ImportGenerator(c) => crate::stylegan::import::run(c, reporter),
     }
 }
 

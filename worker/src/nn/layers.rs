@@ -177,13 +177,13 @@ pub fn upfirdn2d(x: &Tensor, kernel: &Tensor, up: i64, down: i64, pad: (i64, i64
     let [b, c, h, w] = x.size()[..] else {
         panic!("upfirdn2d expects [B, C, H, W], got {:?}", x.size())
     };
-    let mut y = x.reshape([b * c, 1, h, w]);
+    let mut y = x.shallow_clone();
     let (mut h, mut w) = (h, w);
     if up > 1 {
         y = y
-            .reshape([b * c, h, 1, w, 1])
+            .reshape([b, c, h, 1, w, 1])
             .constant_pad_nd([0, up - 1, 0, 0, 0, up - 1])
-            .reshape([b * c, 1, h * up, w * up]);
+            .reshape([b, c, h * up, w * up]);
         h *= up;
         w *= up;
     }
@@ -192,13 +192,17 @@ pub fn upfirdn2d(x: &Tensor, kernel: &Tensor, up: i64, down: i64, pad: (i64, i64
         panic!("upfirdn2d expects a 2-d kernel")
     };
     flops::add(
-        2.0 * ((b * c) * (h + pad.0 + pad.1) * (w + pad.0 + pad.1) * kh * kw) as f64
+        2.0 * (b * c * (h + pad.0 + pad.1) * (w + pad.0 + pad.1) * kh * kw) as f64
             / (down * down) as f64,
     );
-    let k = kernel.flip([0, 1]).view([1, 1, kh, kw]).to_kind(x.kind());
-    let y = y.conv2d(&k, None::<Tensor>, [down, down], [0, 0], [1, 1], 1);
-    let s = y.size();
-    y.reshape([b, c, s[2], s[3]])
+    // One depthwise conv (groups = channels): much faster on CPU than a conv over
+    // `[B*C, 1, H, W]`, which libtorch runs through its slow single-channel path.
+    let k = kernel
+        .flip([0, 1])
+        .to_kind(x.kind())
+        .view([1, 1, kh, kw])
+        .expand([c, 1, kh, kw], false);
+    y.conv2d(&k, None::<Tensor>, [down, down], [0, 0], [1, 1], c)
 }
 
 /// StyleGAN2's modulated convolution with optional demodulation and optional 2x
@@ -264,8 +268,8 @@ impl ModulatedConv2d {
             panic!("modulated conv expects [B, C, H, W], got {:?}", x.size())
         };
         let up = self.up_blur.is_some();
-        let scale = if up { 4 } else { 1 };
-        flops::add(2.0 * (b * h * w * scale * o * i * k * k) as f64);
+        // A transposed conv does the same multiply-adds per input pixel as a plain one.
+        flops::add(2.0 * (b * h * w * o * i * k * k) as f64);
         let pad = k / 2;
         let weight = self.weight.squeeze_dim(0) * self.weight_gain; // [out, in, k, k]
         let y = match imp {

@@ -60,13 +60,7 @@ pub enum ImportError {
     Write(#[from] checkpoint::CheckpointError),
 }
 
-/// Which project's format the input is in. One today; the enum names the question.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum SourceFormat {
-    /// rosinality/stylegan2-pytorch (`model.py` `Generator` state dict).
-    Rosinality,
-}
+pub use plume_jobs::{GeneratorFormat, ImportGeneratorConfig};
 
 /// The largest input read (a 1024 px StyleGAN2 with D and optimizer state is about 1 GB).
 pub const MAX_IMPORT_BYTES: u64 = 4 << 30;
@@ -297,10 +291,25 @@ pub struct Imported {
 /// Imports `input` into a Plume generator checkpoint at `out` (kind `pretrain-generator`,
 /// step 0, only the EMA generator: it cannot resume GAN training, which needs D). `w_avg` is
 /// estimated from 10 000 seeded samples of the mapping network.
-pub fn import(format: SourceFormat, input: &Path, out: &Path) -> Result<Imported, ImportError> {
-    let SourceFormat::Rosinality = format;
+/// With `resolution`, a generator of another size is refused.
+pub fn import(
+    format: GeneratorFormat,
+    input: &Path,
+    resolution: Option<u32>,
+    out: &Path,
+) -> Result<Imported, ImportError> {
+    let GeneratorFormat::Rosinality = format;
     let sd = read_state_dict(input)?;
     let network = infer_config(input, &sd)?;
+    if let Some(res) = resolution.filter(|&r| r != network.resolution) {
+        return Err(ImportError::UnsupportedConfig {
+            path: input.to_owned(),
+            message: format!(
+                "the generator draws {} px images, the dataset is {res} px",
+                network.resolution
+            ),
+        });
+    }
     let vs = VarStore::new(Device::Cpu);
     let g = Generator::new(&vs.root(), &network);
     load_into(input, &sd, &vs)?;
@@ -327,4 +336,29 @@ pub fn import(format: SourceFormat, input: &Path, out: &Path) -> Result<Imported
         network,
         tensors: tensors.len(),
     })
+}
+
+/// Runs `import-generator`: the import as a job, so an experiment can start from a published
+/// generator; its checkpoint is registered like a trained generator's.
+pub fn run(
+    cfg: &ImportGeneratorConfig,
+    reporter: &mut dyn crate::job::Reporter,
+) -> anyhow::Result<crate::job::Outcome> {
+    let resolution = match &cfg.dataset {
+        plume_jobs::DatasetSpec::SyntheticBirds { resolution, .. } => Some(*resolution),
+        // A CUB-layout directory has images of any size: every job resizes them.
+        plume_jobs::DatasetSpec::Cub { .. } => None,
+    };
+    let path = reporter.checkpoint_path(0)?;
+    let done = import(cfg.from, &cfg.path, resolution, &path)?;
+    reporter.log(&format!(
+        "imported {} ({} tensors, {} px, w_dim {})",
+        cfg.path.display(),
+        done.tensors,
+        done.network.resolution,
+        done.network.w_dim
+    ));
+    reporter.checkpoint_written(0, &path)?;
+    reporter.finish("import-generator finished");
+    Ok(crate::job::Outcome::Completed { step: 0 })
 }

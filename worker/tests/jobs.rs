@@ -47,7 +47,7 @@ fn losses(out: &Path) -> BTreeMap<i64, BTreeMap<String, f64>> {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
         let step = v["step"].as_i64().unwrap();
         for (k, val) in v.as_object().unwrap() {
-            if k.starts_with("gen/") && k != "gen/images_per_s" {
+            if k.starts_with("gen/") && k != "gen/images_per_s" && k != "gen/step_ms" {
                 let prev = by_step
                     .entry(step)
                     .or_default()

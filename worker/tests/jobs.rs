@@ -277,7 +277,7 @@ fn bad_jobs_and_checkpoints_get_clear_errors_and_change_nothing() {
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
     let mut tensors: Vec<(String, safetensors::tensor::TensorView)> = st.tensors();
-    let key = "G.b4.conv1.bias";
+    let key = "G.conv1.activate.bias";
     let idx = tensors
         .iter()
         .position(|(n, _)| n == key)

@@ -174,9 +174,18 @@ fn masks_match_the_drawn_part_colours() {
                             && x > 0
                             && y + 1 < n
                             && x + 1 < n
-                            && [i - n - 1, i - n, i - n + 1, i - 1, i + 1, i + n - 1, i + n, i + n + 1]
-                                .iter()
-                                .all(|&j| pic.parts[j] == part);
+                            && [
+                                i - n - 1,
+                                i - n,
+                                i - n + 1,
+                                i - 1,
+                                i + 1,
+                                i + n - 1,
+                                i + n,
+                                i + n + 1,
+                            ]
+                            .iter()
+                            .all(|&j| pic.parts[j] == part);
                         if !interior {
                             continue;
                         }

@@ -28,6 +28,44 @@ max_restarts: 2
 checkpoints: {keep: {best: 1, latest: 1}}
 ";
 
+/// A private Postgres under `d`, a store on it, a `plume serve` on a free port (log in
+/// `d/coordinator.log`) and a user client once it answers.
+struct Started {
+    pg: plume_coordinator::pg::PrivatePostgres,
+    store: Store,
+    port: u16,
+    log: std::path::PathBuf,
+    coord: Kill,
+    url: String,
+    c: plume_coordinator::client::UserClient,
+}
+
+async fn start(d: &std::path::Path) -> Started {
+    let pg = postgres(d.join("pg")).await;
+    let store = Store::connect(&pg.url, Duration::from_secs(4))
+        .await
+        .unwrap();
+    let port = free_port().unwrap();
+    let log = d.join("coordinator.log");
+    let coord = coordinator(&pg.url, port, None, &log);
+    let url = format!("http://127.0.0.1:{port}");
+    wait_for("the coordinator", 30, || {
+        let url = url.clone();
+        async move { user_client(&url, USER).await.is_ok() }
+    })
+    .await;
+    let c = user_client(&url, USER).await.unwrap();
+    Started {
+        pg,
+        store,
+        port,
+        log,
+        coord,
+        url,
+        c,
+    }
+}
+
 async fn state(store: &Store, exp: i64, run: &str) -> (String, i64, Option<i64>, i32) {
     sqlx::query_as("SELECT state, step, lease_worker, attempt FROM runs WHERE experiment_id = $1 AND name = $2")
         .bind(exp)
@@ -41,20 +79,15 @@ async fn state(store: &Store, exp: i64, run: &str) -> (String, i64, Option<i64>,
 async fn pipeline_survives_worker_and_coordinator_kills() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path().to_path_buf();
-    let pg = postgres(d.join("pg")).await;
-    let store = Store::connect(&pg.url, Duration::from_secs(4))
-        .await
-        .unwrap();
-    let port = free_port().unwrap();
-    let log = d.join("coordinator.log");
-    let mut coord = coordinator(&pg.url, port, None, &log);
-    let url = format!("http://127.0.0.1:{port}");
-    wait_for("the coordinator", 30, || {
-        let url = url.clone();
-        async move { user_client(&url, USER).await.is_ok() }
-    })
-    .await;
-    let mut c = user_client(&url, USER).await.unwrap();
+    let Started {
+        pg,
+        store,
+        port,
+        log,
+        mut coord,
+        url,
+        mut c,
+    } = start(&d).await;
 
     // Tokens: none, a wrong one, and a worker token on the user API are all refused.
     let mut no_token = pb::user_api_client::UserApiClient::connect(url.clone())
@@ -463,19 +496,13 @@ async fn tls_is_served_when_configured() {
 async fn an_experiment_starts_from_an_imported_generator() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path().to_path_buf();
-    let pg = postgres(d.join("pg")).await;
-    let store = Store::connect(&pg.url, Duration::from_secs(4))
-        .await
-        .unwrap();
-    let port = free_port().unwrap();
-    let coord = coordinator(&pg.url, port, None, &d.join("coordinator.log"));
-    let url = format!("http://127.0.0.1:{port}");
-    wait_for("the coordinator", 30, || {
-        let url = url.clone();
-        async move { user_client(&url, USER).await.is_ok() }
-    })
-    .await;
-    let mut c = user_client(&url, USER).await.unwrap();
+    let Started {
+        store,
+        port,
+        coord,
+        mut c,
+        ..
+    } = start(&d).await;
     let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../worker/tests/fixtures/stylegan2-reference/generator.safetensors")
         .canonicalize()

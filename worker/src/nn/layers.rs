@@ -287,15 +287,7 @@ impl ModulatedConv2d {
                 let x = x.reshape([1, b * i, h, w]);
                 let y = if up {
                     // Transposed conv wants [in, out, k, k] per group.
-                    x.conv_transpose2d(
-                        &wgt.transpose(1, 2).reshape([b * i, o, k, k]),
-                        None::<Tensor>,
-                        [2, 2],
-                        [0, 0],
-                        [0, 0],
-                        b,
-                        [1, 1],
-                    )
+                    conv_transpose_x2(&x, &wgt.transpose(1, 2).reshape([b * i, o, k, k]), b)
                 } else {
                     x.conv2d(
                         &wgt.reshape([b * o, i, k, k]),
@@ -312,15 +304,7 @@ impl ModulatedConv2d {
             ModConvImpl::Batched => {
                 let xs = x * styles.view([b, i, 1, 1]);
                 let y = if up {
-                    xs.conv_transpose2d(
-                        &weight.transpose(0, 1),
-                        None::<Tensor>,
-                        [2, 2],
-                        [0, 0],
-                        [0, 0],
-                        1,
-                        [1, 1],
-                    )
+                    conv_transpose_x2(&xs, &weight.transpose(0, 1), 1)
                 } else {
                     xs.conv2d(&weight, None::<Tensor>, [1, 1], [pad, pad], [1, 1], 1)
                 };
@@ -351,6 +335,20 @@ impl ModulatedConv2d {
             None => y,
         }
     }
+}
+
+/// The stride-2 transposed conv of an upsampling modulated conv (no padding: the blur after it
+/// crops back to exactly twice the size).
+fn conv_transpose_x2(x: &Tensor, weight: &Tensor, groups: i64) -> Tensor {
+    x.conv_transpose2d(
+        weight,
+        None::<Tensor>,
+        [2, 2],
+        [0, 0],
+        [0, 0],
+        groups,
+        [1, 1],
+    )
 }
 
 /// StyleGAN2's 2x upsampling (toRGB skips): zero insertion and the [1, 3, 3, 1] filter.

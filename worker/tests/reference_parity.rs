@@ -156,6 +156,41 @@ fn cli_import_writes_a_generator_checkpoint_and_refuses_bad_files() {
         assert!(gap < 0.05 * spread, "w_avg off by {gap} (w std {spread})");
     });
 
+    // A rosinality training checkpoint (`.pt` holding g, d, g_ema and argparse args) is read
+    // through the venv's torch and gives the same generator.
+    let venv = std::env::var("PLUME_VENV")
+        .unwrap_or_else(|_| format!("{}/../.venv", env!("CARGO_MANIFEST_DIR")));
+    let pt = tmp.path().join("550000.pt");
+    let made = std::process::Command::new(format!("{venv}/bin/python"))
+        .arg("-c")
+        .arg("import argparse, sys, torch; from safetensors.torch import load_file; g = load_file(sys.argv[1]); torch.save({'g': g, 'g_ema': g, 'd': {}, 'args': argparse.Namespace(size=32)}, sys.argv[2])")
+        .arg(fixture("generator.safetensors"))
+        .arg(&pt)
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let from_pt = tmp.path().join("from-pt.safetensors");
+    let o = common::worker()
+        .args(["import", "stylegan2", "--from", "rosinality"])
+        .arg(&pt)
+        .arg("--out")
+        .arg(&from_pt)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (_vs, g_pt) = load_generator(&Checkpoint::load(&from_pt).unwrap(), Device::Cpu).unwrap();
+    tch::no_grad(|| {
+        assert_close(
+            "img_w imported from .pt",
+            &g_pt.synthesis(&g_pt.broadcast(&c["w"])),
+            &c["img_w"],
+        )
+    });
+
     // Bad inputs: a clear error naming the problem, and no output file.
     let truncated = tmp.path().join("truncated.safetensors");
     let bytes = std::fs::read(fixture("generator.safetensors")).unwrap();

@@ -19,10 +19,12 @@ fn run_job(job_yaml: &str, dir: &Path, name: &str) -> Vec<serde_json::Value> {
 }
 
 /// The fewest colours (of 15) the judge must read in every colour group after the short run,
-/// and the largest share one colour may take. Measured (see experiments/results/
-/// 2026-11-27-generator.md).
+/// and the largest share one colour may take. Measured at 1000-1200 steps
+/// (experiments/results/2026-11-27-generator.md): the new regime 12-13 colours and top share
+/// 0.26-0.45 over four runs (seeds 1-3, two judges); the old regime 6-8 and 0.40-0.92 over
+/// three; an untrained generator 9-10 and 0.29-0.35.
 const COLOURS_MIN: f64 = 11.0;
-const TOP_SHARE_MAX: f64 = 0.5;
+const TOP_SHARE_MAX: f64 = 0.6;
 
 fn series(metrics: &[serde_json::Value], key: &str) -> Vec<(i64, f64)> {
     metrics
@@ -78,8 +80,17 @@ fn judge_is_accurate_and_a_short_pretraining_covers_the_colours() {
         top_share <= TOP_SHARE_MAX,
         "one colour takes {top_share:.3} of a colour group (at most {TOP_SHARE_MAX})"
     );
+    // Facing: new regime 0.40-0.53, old 0.17-0.66 (it settles on one side).
     assert!(
-        (0.2..=0.8).contains(&facing),
+        (0.25..=0.75).contains(&facing),
         "{facing:.3} of the birds face right"
+    );
+    // Judge-FID falls at least two-fold (new regime 3.2-8.3x over the same runs, old 1.7x at
+    // 1000 steps): a weak check, since FID also falls for blobs; coverage is the real one.
+    let fid = series(&gen, "gen/judge_fid");
+    let (untrained, trained) = (fid[0].1, fid.last().unwrap().1);
+    assert!(
+        trained * 2.0 <= untrained,
+        "judge-FID went from {untrained:.1} to {trained:.1}: not two-fold better"
     );
 }

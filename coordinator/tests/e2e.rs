@@ -496,12 +496,15 @@ async fn tls_is_served_when_configured() {
 async fn an_experiment_starts_from_an_imported_generator() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path().to_path_buf();
+    // Every field is bound: `..` would drop the private Postgres (and stop it) right here.
     let Started {
+        pg: _pg,
         store,
         port,
+        log: _,
         coord,
+        url: _,
         mut c,
-        ..
     } = start(&d).await;
     let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../worker/tests/fixtures/stylegan2-reference/generator.safetensors")
@@ -527,7 +530,12 @@ objective: {{metric: eval/score, mode: max}}
             dry_run: false,
         })
         .await
-        .unwrap()
+        .unwrap_or_else(|e| {
+            panic!(
+                "submit: {e:?}\ncoordinator log:\n{}",
+                std::fs::read_to_string(d.join("coordinator.log")).unwrap_or_default()
+            )
+        })
         .into_inner();
     let exp = reply.experiment_id;
     let w = worker(port, "w0", &d.join("w0"));

@@ -37,6 +37,17 @@ fn assert_close(name: &str, ours: &Tensor, reference: &Tensor) {
     assert!(err <= 1e-4, "{name}: max |diff| {err:e} > 1e-4");
 }
 
+/// `plume-worker import stylegan2 --from rosinality INPUT --out OUT`.
+fn import_cli(input: &Path, out: &Path) -> std::process::Output {
+    common::worker()
+        .args(["import", "stylegan2", "--from", "rosinality"])
+        .arg(input)
+        .arg("--out")
+        .arg(out)
+        .output()
+        .unwrap()
+}
+
 fn reference_generator() -> (VarStore, Generator) {
     let path = fixture("generator.safetensors");
     let sd = read_state_dict(&path).unwrap();
@@ -124,13 +135,7 @@ fn generator_and_discriminator_match_the_reference_outputs() {
 fn cli_import_writes_a_generator_checkpoint_and_refuses_bad_files() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("gen.safetensors");
-    let o = common::worker()
-        .args(["import", "stylegan2", "--from", "rosinality"])
-        .arg(fixture("generator.safetensors"))
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .unwrap();
+    let o = import_cli(&fixture("generator.safetensors"), &out);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let ckpt = Checkpoint::load(&out).unwrap();
     let (_vs, g) = load_generator(&ckpt, Device::Cpu).unwrap();
@@ -174,13 +179,7 @@ fn cli_import_writes_a_generator_checkpoint_and_refuses_bad_files() {
         String::from_utf8_lossy(&made.stderr)
     );
     let from_pt = tmp.path().join("from-pt.safetensors");
-    let o = common::worker()
-        .args(["import", "stylegan2", "--from", "rosinality"])
-        .arg(&pt)
-        .arg("--out")
-        .arg(&from_pt)
-        .output()
-        .unwrap();
+    let o = import_cli(&pt, &from_pt);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let (_vs, g_pt) = load_generator(&Checkpoint::load(&from_pt).unwrap(), Device::Cpu).unwrap();
     tch::no_grad(|| {
@@ -229,13 +228,7 @@ fn cli_import_writes_a_generator_checkpoint_and_refuses_bad_files() {
         ),
     ] {
         let out = tmp.path().join("bad.safetensors");
-        let o = common::worker()
-            .args(["import", "stylegan2", "--from", "rosinality"])
-            .arg(&input)
-            .arg("--out")
-            .arg(&out)
-            .output()
-            .unwrap();
+        let o = import_cli(&input, &out);
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(!o.status.success(), "{}: accepted", input.display());
         assert!(err.contains(needle), "{}: {err}", input.display());

@@ -24,6 +24,18 @@ pub struct Reading {
     pub facing_right: Option<Tensor>,
 }
 
+impl Reading {
+    /// The reading of the first `n` images (all of them if there are fewer).
+    pub fn first(&self, n: i64) -> Reading {
+        let n = n.min(self.values.size()[0]);
+        Reading {
+            embedding: self.embedding.narrow(0, 0, n),
+            values: self.values.narrow(0, 0, n),
+            facing_right: self.facing_right.as_ref().map(|f| f.narrow(0, 0, n)),
+        }
+    }
+}
+
 /// Runs the judge over `images` (`[N, 3, R, R]` in [-1, 1]) in batches.
 pub fn read(judge: &Trained, images: &Tensor) -> Reading {
     tch::no_grad(|| {

@@ -377,11 +377,10 @@ pub fn run(
             let net = crate::judge::train::load(p, "judge", device)?;
             let test = ds.partition(Partition::Test);
             let test_images = ds.load_images(&test, res)?.to_device(device);
-            let fid_reference = Gaussian::fit(&real_features(&net, &test_images));
-            let test_reading = (cfg.metric_images > 0).then(|| {
-                let n = cfg.metric_images.min(test_images.size()[0]);
-                metrics::read(&net, &test_images.narrow(0, 0, n))
-            });
+            // One pass of the judge over the test images serves FID and the other metrics.
+            let reading = metrics::read(&net, &test_images);
+            let fid_reference = Gaussian::fit(&reading.embedding);
+            let test_reading = (cfg.metric_images > 0).then(|| reading.first(cfg.metric_images));
             if let Some(real) = &test_reading {
                 // The data as the judge reads it: what a perfect generator would score.
                 let summary: Vec<String> = generator_metrics(real, real, &ds.groups)

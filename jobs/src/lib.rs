@@ -16,7 +16,10 @@ pub use invert::{InvertConfig, InvertMode};
 pub use judge::{JudgeConfig, JudgeNetConfig};
 pub use network::NetworkConfig;
 pub use pretrain::{AugmentConfig, PretrainConfig};
-pub use text::{EvaluateConfig, LossWeights, Method, ReconstructionTarget, TextConfig};
+pub use text::{
+    ContrastStyles, EditForm, EvaluateConfig, LossWeights, Method, PreservationGroups,
+    ReconstructionTarget, TextConfig,
+};
 
 use std::path::{Path, PathBuf};
 

@@ -16,6 +16,42 @@ pub enum Method {
     Contrastive,
     /// M4: VisualBERT-style single-stream encoder over caption + image grid; M3's losses.
     VisualGrounding,
+    /// M0: no BERT; one direction in W per attribute value (class means of labelled styles),
+    /// the value read from the caption with the dataset vocabulary. The ceiling of what the
+    /// generator can express.
+    LinearDirections,
+}
+
+/// How M1, M3 and M4 turn a caption's prediction into the edited style.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EditForm {
+    /// The seed's blend `v * p + (1 - v) * w_src`.
+    Blend,
+    /// `w_src + delta(h, w_src - w_avg)`, with `losses.delta` penalising |delta|^2: the edit
+    /// is anchored at the source by construction.
+    Residual,
+}
+
+/// Which attribute groups the preservation loss asks the edited image to show.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PreservationGroups {
+    /// Every group, all taken from the caption's bird (the seed's first recipe: it teaches
+    /// the heads to ignore the source and draw one average bird).
+    All,
+    /// The groups the caption mentions take the caption's values; the others the source's.
+    Mentioned,
+}
+
+/// What the contrastive loss compares predicted styles with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ContrastStyles {
+    /// Raw w, which share a large common component (every pair looks alike).
+    Raw,
+    /// w - w_avg.
+    Centred,
 }
 
 /// What `reconstruction` compares an edited image against (M3).
@@ -46,6 +82,14 @@ pub struct LossWeights {
     pub reconstruction: f64,
     /// ... plus this weight times the critic's feature distance.
     pub feature: f64,
+    /// Editing a bird with its own caption returns its style: |edit(w_i, c_i) - w_i|^2
+    /// (M1, M3, M4).
+    pub identity: f64,
+    /// Editing a bird with another caption keeps every pixel outside the parts of the groups
+    /// that change: L1 against G(w_src) there (M1, M3, M4).
+    pub unedited_region: f64,
+    /// `edit: residual`: |delta|^2 of the source edit.
+    pub delta: f64,
 }
 
 impl Default for LossWeights {
@@ -58,6 +102,9 @@ impl Default for LossWeights {
             preservation: 1.0,
             reconstruction: 1.0,
             feature: 0.1,
+            identity: 1.0,
+            unedited_region: 1.0,
+            delta: 0.1,
         }
     }
 }
@@ -85,6 +132,22 @@ pub struct TextConfig {
     /// M3's InfoNCE temperature.
     #[serde(default = "d_temperature")]
     pub temperature: f64,
+    /// How the edit moves the source style (M1, M3, M4).
+    #[serde(default = "d_edit")]
+    pub edit: EditForm,
+    /// Initial bias of the blend weights v: sigmoid(-3) = 0.05, so an untrained edit keeps
+    /// the source (0 is the seed's 0.5).
+    #[serde(default = "d_v_bias")]
+    pub v_bias: f64,
+    /// Which groups preservation asks for.
+    #[serde(default = "d_preservation_groups")]
+    pub preservation_groups: PreservationGroups,
+    /// Raw or centred styles in the contrastive loss.
+    #[serde(default = "d_contrast")]
+    pub contrast: ContrastStyles,
+    /// M0: the step sizes tried on the training split's edits (scored by the critic).
+    #[serde(default = "d_alphas")]
+    pub alphas: Vec<f64>,
     /// Freeze BERT's embeddings and this many lowest layers.
     #[serde(default)]
     pub freeze_layers: i64,
@@ -125,6 +188,21 @@ fn d_target() -> ReconstructionTarget {
 fn d_temperature() -> f64 {
     0.1
 }
+fn d_edit() -> EditForm {
+    EditForm::Blend
+}
+fn d_v_bias() -> f64 {
+    -3.0
+}
+fn d_preservation_groups() -> PreservationGroups {
+    PreservationGroups::Mentioned
+}
+fn d_contrast() -> ContrastStyles {
+    ContrastStyles::Centred
+}
+fn d_alphas() -> Vec<f64> {
+    vec![0.5, 1.0, 1.5, 2.0, 3.0]
+}
 fn d_max_tokens() -> usize {
     64
 }
@@ -152,6 +230,30 @@ impl TextConfig {
         check_range("lr_bert", self.lr_bert, 0.0, 1.0)?;
         check_range("lr_heads", self.lr_heads, 1e-8, 1.0)?;
         check_range("temperature", self.temperature, 1e-4, 100.0)?;
+        check_range("v_bias", self.v_bias, -20.0, 20.0)?;
+        if self.alphas.is_empty() || self.alphas.len() > 32 {
+            return Err(format!(
+                "alphas: give 1 to 32 step sizes, got {}",
+                self.alphas.len()
+            ));
+        }
+        for &a in &self.alphas {
+            check_range("alphas", a, 0.0, 100.0)?;
+        }
+        for (name, w) in [
+            ("image", self.losses.image),
+            ("style", self.losses.style),
+            ("sparsity", self.losses.sparsity),
+            ("contrastive", self.losses.contrastive),
+            ("preservation", self.losses.preservation),
+            ("reconstruction", self.losses.reconstruction),
+            ("feature", self.losses.feature),
+            ("identity", self.losses.identity),
+            ("unedited_region", self.losses.unedited_region),
+            ("delta", self.losses.delta),
+        ] {
+            check_range(&format!("losses.{name}"), w, 0.0, 1e6)?;
+        }
         check_range("freeze_layers", self.freeze_layers, 0, 1000)?;
         check_range("max_tokens", self.max_tokens, 2, 512)?;
         check_range("eval_every", self.eval_every, 1, i64::MAX)?;

@@ -205,8 +205,7 @@ fn method_steps(
     device: Device,
 ) -> anyhow::Result<String> {
     use crate::text::methods::{
-        loss_terms, total_loss, Example, LossWeights, Method, Nets, Recipe, ReconstructionTarget,
-        StyleHeads,
+        loss_terms, total_loss, EditSpec, Example, LossWeights, Method, Nets, Recipe, StyleHeads,
     };
     let net = NetworkConfig::default();
     let mut g_vs = tch::nn::VarStore::new(device);
@@ -225,6 +224,7 @@ fn method_steps(
     let images = Tensor::rand([b, 3, 32, 32], (Kind::Float, device)) * 2.0 - 1.0;
     let w = Tensor::randn([b, net.w_dim], (Kind::Float, device));
     let labels = Tensor::zeros([b, 7], (Kind::Int64, device));
+    let masks = Tensor::randint(10, [b, 32, 32], (Kind::Int64, device));
     let caps: Vec<&str> = captions
         .iter()
         .take(b as usize)
@@ -246,6 +246,7 @@ fn method_steps(
             enc.bert.config.hidden_size,
             net.w_dim,
             Some(&critic),
+            EditSpec::default(),
         )?;
         let nets = Nets {
             enc,
@@ -256,17 +257,13 @@ fn method_steps(
         let mut params = crate::nn::trainable_vars(&enc.vs);
         params.extend(crate::nn::trainable_vars(&heads.vs));
         let mut opt = crate::nn::adam::Adam::new(params, 1e-5, 0.9, 0.999, 1e-8);
-        let recipe = Recipe {
-            method,
-            weights: LossWeights::default(),
-            target: ReconstructionTarget::Input,
-            temperature: 0.1,
-        };
+        let recipe = Recipe::new(method, LossWeights::default());
         let ex = Example {
             images: &images,
             w: &w,
             captions: caps.clone(),
             labels: &labels,
+            masks: Some(&masks),
         };
         let mut step = || -> anyhow::Result<()> {
             let terms = loss_terms(&recipe, &nets, &ex)?;

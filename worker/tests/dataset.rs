@@ -368,3 +368,68 @@ fn refuses_to_render_over_a_non_empty_directory_or_at_odd_sizes() {
     .unwrap_err();
     assert!(err.to_string().contains("resolution"), "{err}");
 }
+
+/// The parser reads back exactly the groups a caption names: one, two and four groups, every
+/// phrasing, and nothing from a caption without attribute words.
+#[test]
+fn captions_name_exactly_the_groups_they_mention() {
+    use plume_worker::dataset::vocab::mentioned_values;
+    let groups = |c: &str| {
+        let mut g: Vec<(Group, usize)> = mentioned_values(c);
+        g.sort_by_key(|(g, _)| Group::ALL.iter().position(|h| h == g));
+        g
+    };
+    assert_eq!(
+        groups("a bird with red wings"),
+        vec![(Group::WingColour, 14)]
+    );
+    assert_eq!(
+        groups("this small bird has an olive crown"),
+        vec![(Group::CrownColour, 7), (Group::Size, 0)]
+    );
+    assert_eq!(
+        groups("this bird has a blue body, black wings, a white breast and a grey crown"),
+        vec![
+            (Group::BreastColour, 12),
+            (Group::WingColour, 11),
+            (Group::CrownColour, 5),
+            (Group::UpperpartsColour, 0),
+        ]
+    );
+    assert_eq!(
+        groups("a medium-sized bird with a long bill near the water"),
+        vec![
+            (Group::BillLength, 1),
+            (Group::Size, 1),
+            (Group::Background, 1)
+        ]
+    );
+    assert!(groups("a bird").is_empty());
+    // Every phrasing, filled with distinct values, reads back its slots' values.
+    let attrs = plume_worker::dataset::render::BirdAttributes {
+        breast: 1,
+        wing: 2,
+        crown: 3,
+        upper: 4,
+        bill: 2,
+        size: 2,
+        background: 3,
+    };
+    for p in PHRASINGS {
+        let c = plume_worker::dataset::synth::caption(p, &attrs);
+        let want: Vec<(Group, usize)> = [
+            ("{breast}", Group::BreastColour, 1),
+            ("{wing}", Group::WingColour, 2),
+            ("{crown}", Group::CrownColour, 3),
+            ("{upper}", Group::UpperpartsColour, 4),
+            ("{bill}", Group::BillLength, 2),
+            ("{size}", Group::Size, 2),
+            ("{bg}", Group::Background, 3),
+        ]
+        .into_iter()
+        .filter(|(slot, _, _)| p.contains(slot))
+        .map(|(_, g, v)| (g, v))
+        .collect();
+        assert_eq!(groups(&c), want, "{c}");
+    }
+}

@@ -6,16 +6,15 @@ use plume_worker::stylegan::generator::Generator;
 use plume_worker::stylegan::NetworkConfig;
 use plume_worker::text::bert::{default_model_dir, TextEncoder};
 use plume_worker::text::methods::{
-    grounding_map, loss_terms, predict, predict_grounded, total_loss, Example, LossWeights, Method,
-    Nets, Recipe, ReconstructionTarget, StyleHeads, GRID,
+    edit_targets, grounding_map, loss_terms, mentions, predict, predict_grounded, total_loss,
+    unedited_region, EditForm, EditSpec, Example, LossWeights, Method, Nets, Recipe,
+    ReconstructionTarget, StyleHeads, GRID,
 };
 
 fn recipe(method: Method, weights: LossWeights, target: ReconstructionTarget) -> Recipe {
     Recipe {
-        method,
-        weights,
         target,
-        temperature: 0.1,
+        ..Recipe::new(method, weights)
     }
 }
 use tch::nn::VarStore;
@@ -28,6 +27,7 @@ struct Fixture {
     images: Tensor,
     w: Tensor,
     labels: Tensor,
+    masks: Tensor,
 }
 
 fn fixture() -> Fixture {
@@ -70,6 +70,7 @@ fn fixture() -> Fixture {
         images: Tensor::rand([4, 3, 32, 32], (Kind::Float, Device::Cpu)) * 2.0 - 1.0,
         w: Tensor::randn([4, 32], (Kind::Float, Device::Cpu)),
         labels,
+        masks: Tensor::randint(10, [4, 32, 32], (Kind::Int64, Device::Cpu)),
     }
 }
 
@@ -92,28 +93,80 @@ fn encoder() -> TextEncoder {
 #[test]
 fn each_method_gives_finite_losses_and_trains_bert_and_heads_but_never_the_generator() {
     let f = fixture();
-    let expected: [(Method, &[&str]); 4] = [
-        (Method::Weighted, &["image", "style", "sparsity"]),
-        (Method::Reconstruction, &["image", "style"]),
+    let shared: &[&str] = &["preservation", "unedited_region"];
+    let expected: [(Method, EditForm, Vec<&str>); 7] = [
+        (
+            Method::Weighted,
+            EditForm::Blend,
+            [&["image", "style", "sparsity", "identity"][..], shared].concat(),
+        ),
+        (
+            Method::Weighted,
+            EditForm::Residual,
+            [&["image", "style", "identity"][..], shared, &["delta"]].concat(),
+        ),
+        (
+            Method::Reconstruction,
+            EditForm::Blend,
+            vec!["image", "style"],
+        ),
         (
             Method::Contrastive,
-            &["contrastive", "preservation", "reconstruction"],
+            EditForm::Blend,
+            [
+                &["contrastive", "identity"][..],
+                shared,
+                &["reconstruction"],
+            ]
+            .concat(),
+        ),
+        (
+            Method::Contrastive,
+            EditForm::Residual,
+            [
+                &["contrastive", "identity"][..],
+                shared,
+                &["delta", "reconstruction"],
+            ]
+            .concat(),
         ),
         (
             Method::VisualGrounding,
-            &["contrastive", "preservation", "reconstruction"],
+            EditForm::Blend,
+            [
+                &["contrastive", "identity"][..],
+                shared,
+                &["reconstruction"],
+            ]
+            .concat(),
+        ),
+        (
+            Method::VisualGrounding,
+            EditForm::Residual,
+            [
+                &["contrastive", "identity"][..],
+                shared,
+                &["delta", "reconstruction"],
+            ]
+            .concat(),
         ),
     ];
-    for (method, names) in expected {
+    for (method, form, names) in expected {
         let enc = encoder();
-        let heads = StyleHeads::for_method(method, Device::Cpu, 384, 32, Some(&f.critic)).unwrap();
-        let (p, v) = predict(&enc, &heads, &f.g, &CAPTIONS).unwrap();
-        assert_eq!((p.size(), v.size()), (vec![4, 32], vec![4, 32]));
+        let spec = EditSpec {
+            form,
+            ..EditSpec::default()
+        };
+        let heads =
+            StyleHeads::for_method(method, Device::Cpu, 384, 32, Some(&f.critic), spec).unwrap();
+        let pred = predict(&enc, &heads, &f.g, &CAPTIONS).unwrap();
+        assert_eq!((pred.p.size(), pred.v.size()), (vec![4, 32], vec![4, 32]));
         let ex = Example {
             images: &f.images,
             w: &f.w,
             captions: CAPTIONS.to_vec(),
             labels: &f.labels,
+            masks: Some(&f.masks),
         };
         let nets = Nets {
             enc: &enc,
@@ -129,8 +182,8 @@ fn each_method_gives_finite_losses_and_trains_bert_and_heads_but_never_the_gener
         .unwrap();
         assert_eq!(
             terms.iter().map(|t| t.0).collect::<Vec<_>>(),
-            names.to_vec(),
-            "{method:?}"
+            names,
+            "{method:?} {form:?}"
         );
         for (name, _, t) in &terms {
             assert!(
@@ -163,12 +216,24 @@ fn each_method_gives_finite_losses_and_trains_bert_and_heads_but_never_the_gener
         };
         assert!(
             grad_norm(&enc.vs, "encoder.layer.5.output.dense.weight") > 0.0,
-            "{method:?}: BERT gets no gradient"
+            "{method:?} {form:?}: BERT gets no gradient"
         );
+        // The head that makes the edit learns: the style head (blend, and M2, M3's
+        // contrast), the delta head (residual).
+        let head = match (method, form) {
+            (Method::Weighted, EditForm::Residual) => "d2.weight",
+            _ => "p2.weight",
+        };
         assert!(
-            grad_norm(&heads.vs, "p2.weight") > 0.0,
-            "{method:?}: the style head gets no gradient"
+            grad_norm(&heads.vs, head) > 0.0,
+            "{method:?} {form:?}: {head} gets no gradient"
         );
+        if form == EditForm::Residual && method != Method::Reconstruction {
+            assert!(
+                grad_norm(&heads.vs, "d2.weight") > 0.0,
+                "{method:?}: delta head"
+            );
+        }
         if method == Method::VisualGrounding {
             for key in ["visual.proj.weight", "visual.position", "visual.segment"] {
                 assert!(
@@ -178,6 +243,96 @@ fn each_method_gives_finite_losses_and_trains_bert_and_heads_but_never_the_gener
             }
         }
     }
+}
+
+/// Preservation asks for what the partner caption names and the source's values elsewhere;
+/// the unedited region is everything outside the parts of the groups that change.
+#[test]
+fn preservation_asks_only_for_the_mentioned_groups() {
+    let captions = [
+        "a bird with red wings",            // 1 group
+        "this small bird has a blue crown", // 2 groups
+        "this bird has a grey body, black wings, a white breast and a buff crown", // 4 groups
+    ];
+    let (named, values) = mentions(&captions, Device::Cpu);
+    let named = Vec::<bool>::try_from(named.to_kind(Kind::Bool).flatten(0, -1)).unwrap();
+    let at = |i: usize, g: usize| named[i * 7 + g];
+    assert_eq!((0..7).filter(|&g| at(0, g)).collect::<Vec<_>>(), vec![1]);
+    assert_eq!((0..7).filter(|&g| at(1, g)).collect::<Vec<_>>(), vec![2, 5]);
+    assert_eq!(
+        (0..7).filter(|&g| at(2, g)).collect::<Vec<_>>(),
+        vec![0, 1, 2, 3]
+    );
+    let source = Tensor::from_slice(&[
+        1i64, 2, 3, 4, 0, 1, 2, //
+        5, 6, 7, 8, 1, 2, 3, //
+        9, 10, 11, 12, 2, 0, 1,
+    ])
+    .view([3, 7]);
+    let (named_t, values_t) = mentions(&captions, Device::Cpu);
+    assert_eq!(values.size(), vec![3, 7]);
+    let wanted = edit_targets(&named_t, &values_t, &source);
+    assert_eq!(
+        Vec::<i64>::try_from(wanted.flatten(0, -1)).unwrap(),
+        vec![
+            1, 14, 3, 4, 0, 1, 2, // red wings; the rest the source's
+            5, 6, 0, 8, 1, 0, 3, // blue crown, small
+            12, 11, 13, 5, 2, 0, 1, // white breast, black wings, buff crown, grey body
+        ]
+    );
+    // Changing only the wings keeps every pixel but the wing's (part 3).
+    let masks = Tensor::from_slice(&[0i64, 1, 2, 3, 4, 5, 6, 7, 8, 9]).view([1, 1, 10]);
+    let wings = Tensor::from_slice(&[false, true, false, false, false, false, false]).view([1, 7]);
+    assert_eq!(
+        Vec::<f32>::try_from(unedited_region(&wings, &masks).flatten(0, -1)).unwrap(),
+        vec![1.0, 1.0, 1.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]
+    );
+    // Changing the crown and the background keeps only the other bird parts.
+    let two = Tensor::from_slice(&[false, false, true, false, false, false, true]).view([1, 7]);
+    assert_eq!(
+        Vec::<f32>::try_from(unedited_region(&two, &masks).flatten(0, -1)).unwrap(),
+        vec![0.0, 1.0, 1.0, 1.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0]
+    );
+}
+
+/// Untrained heads of the fixed recipe barely edit: the blend starts at v = sigmoid(-3), the
+/// residual at a delta near 0. The seed's v (bias 0) moves half-way to p at once.
+#[test]
+fn untrained_fixed_heads_keep_the_source() {
+    let f = fixture();
+    let enc = encoder();
+    for (spec, most) in [
+        (EditSpec::default(), 0.06),
+        (
+            EditSpec {
+                form: EditForm::Residual,
+                ..EditSpec::default()
+            },
+            0.05,
+        ),
+    ] {
+        let heads =
+            StyleHeads::for_method(Method::Weighted, Device::Cpu, 384, 32, None, spec).unwrap();
+        let pred = predict(&enc, &heads, &f.g, &CAPTIONS).unwrap();
+        let (w_hat, _) = heads.edit(&pred, &f.w, &f.g);
+        let moved = (&w_hat - &f.w).abs().max().double_value(&[])
+            / (&pred.p - &f.w).abs().max().double_value(&[]);
+        assert!(moved <= most, "{spec:?}: moved {moved} of the way");
+    }
+    let seed = StyleHeads::for_method(
+        Method::Weighted,
+        Device::Cpu,
+        384,
+        32,
+        None,
+        EditSpec {
+            form: EditForm::Blend,
+            v_bias: 0.0,
+        },
+    )
+    .unwrap();
+    let pred = predict(&enc, &seed, &f.g, &CAPTIONS).unwrap();
+    assert!((pred.v.mean(Kind::Float).double_value(&[]) - 0.5).abs() < 1e-6);
 }
 
 #[test]
@@ -190,6 +345,7 @@ fn m4_reads_the_image_and_grounds_the_changed_words() {
         384,
         32,
         Some(&f.critic),
+        EditSpec::default(),
     )
     .unwrap();
     let nets = Nets {
@@ -204,7 +360,7 @@ fn m4_reads_the_image_and_grounds_the_changed_words() {
     let t = pred.tokens[0].len() as i64;
     assert_eq!(pred.word_to_image.size(), vec![2, t, GRID * GRID]);
     // Same caption, different birds: the prediction depends on the image.
-    let diff = (pred.p.get(0) - pred.p.get(1))
+    let diff = (pred.pred.p.get(0) - pred.pred.p.get(1))
         .abs()
         .max()
         .double_value(&[]);
@@ -241,12 +397,13 @@ fn m4_reads_the_image_and_grounds_the_changed_words() {
 fn a_zero_weight_removes_its_term_and_m4_needs_a_critic() {
     let f = fixture();
     let enc = encoder();
-    let heads = StyleHeads::new(Device::Cpu, 384, 32, None);
+    let heads = StyleHeads::new(Device::Cpu, 384, 32, None, EditSpec::default());
     let ex = Example {
         images: &f.images,
         w: &f.w,
         captions: CAPTIONS.to_vec(),
         labels: &f.labels,
+        masks: Some(&f.masks),
     };
     let nets = Nets {
         enc: &enc,
@@ -256,6 +413,7 @@ fn a_zero_weight_removes_its_term_and_m4_needs_a_critic() {
     };
     let no_style = LossWeights {
         style: 0.0,
+        preservation: 0.0,
         ..LossWeights::default()
     };
     let terms = loss_terms(
@@ -270,7 +428,7 @@ fn a_zero_weight_removes_its_term_and_m4_needs_a_critic() {
     .unwrap();
     assert_eq!(
         terms.iter().map(|t| t.0).collect::<Vec<_>>(),
-        vec!["image", "sparsity"]
+        vec!["image", "sparsity", "identity", "unedited_region"]
     );
     // Without preservation and feature terms, M3 needs no critic at all.
     let no_critic = LossWeights {
@@ -290,7 +448,12 @@ fn a_zero_weight_removes_its_term_and_m4_needs_a_critic() {
     .unwrap();
     assert_eq!(
         terms.iter().map(|t| t.0).collect::<Vec<_>>(),
-        vec!["contrastive", "reconstruction"]
+        vec![
+            "contrastive",
+            "identity",
+            "unedited_region",
+            "reconstruction"
+        ]
     );
     let err = loss_terms(
         &recipe(
@@ -310,6 +473,8 @@ fn a_zero_weight_removes_its_term_and_m4_needs_a_critic() {
         contrastive: 0.0,
         preservation: 0.0,
         feature: 0.0,
+        identity: 0.0,
+        unedited_region: 0.0,
         ..LossWeights::default()
     };
     let r_in = loss_terms(

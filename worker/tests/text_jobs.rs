@@ -39,6 +39,13 @@ fn every_method_trains_and_is_benchmarked() {
             "losses: {preservation: 0}\n",
         ),
         ("m4", "visual-grounding", ""),
+        (
+            "m3-seed-recipe",
+            "contrastive",
+            "edit: blend\nv_bias: 0\npreservation_groups: all\ncontrast: raw\nlosses: {identity: 0, unedited_region: 0}\n",
+        ),
+        ("m1-residual", "weighted", "edit: residual\n"),
+        ("m0", "linear-directions", "alphas: [0.5, 2]\n"),
     ] {
         let out = worker(
             d,
@@ -50,24 +57,37 @@ fn every_method_trains_and_is_benchmarked() {
             .iter()
             .filter(|m| m.get("eval/score").is_some())
             .collect();
+        // M0 is fitted in one step (its step size chosen on the training split).
         assert_eq!(
             evals
                 .iter()
                 .map(|m| m["step"].as_i64().unwrap())
                 .collect::<Vec<_>>(),
-            vec![0, 3],
+            if name == "m0" { vec![1] } else { vec![0, 3] },
             "{name}: benchmark at start and end"
         );
+        let eval = evals[evals.len() - 1];
         for key in [
             "eval/edit_success",
             "eval/attr_preservation",
             "eval/region_preservation",
             "eval/score",
+            "eval/identity",
         ] {
-            let v = evals[1][key].as_f64().unwrap();
+            let v = eval[key].as_f64().unwrap();
             assert!((0.0..=1.0).contains(&v), "{name}: {key} = {v}");
         }
-        assert!(evals[1]["eval/realism"].as_f64().unwrap() >= 0.0);
+        assert!(eval["eval/realism"].as_f64().unwrap() >= 0.0);
+        if name == "m0" {
+            let alpha = metrics
+                .iter()
+                .find_map(|m| m.get("m0/alpha").and_then(|v| v.as_f64()))
+                .expect("M0 reports its step size");
+            assert!([0.5, 2.0].contains(&alpha), "alpha {alpha}");
+            assert!(out.join("artifacts/edits-00000001.png").is_file());
+            assert!(out.join("checkpoints/step-00000001.safetensors").is_file());
+            continue;
+        }
         let losses: Vec<&str> = metrics
             .iter()
             .flat_map(|m| m.as_object().unwrap().keys())
@@ -82,9 +102,17 @@ fn every_method_trains_and_is_benchmarked() {
             );
         }
         if name == "m1" {
-            assert!(losses.contains(&"loss/sparsity"));
+            for term in ["loss/sparsity", "loss/identity", "loss/preservation", "loss/unedited_region"] {
+                assert!(losses.contains(&term), "m1 lacks {term}");
+            }
         }
-        let grounding = evals[1].get("eval/grounding").and_then(|v| v.as_f64());
+        if name == "m1-residual" {
+            assert!(losses.contains(&"loss/delta") && !losses.contains(&"loss/sparsity"));
+        }
+        if name == "m3-seed-recipe" {
+            assert!(!losses.contains(&"loss/identity") && !losses.contains(&"loss/unedited_region"));
+        }
+        let grounding = eval.get("eval/grounding").and_then(|v| v.as_f64());
         if name == "m4" {
             let g = grounding.expect("M4 reports eval/grounding");
             assert!((0.0..=1.0).contains(&g), "grounding {g}");
@@ -170,6 +198,27 @@ fn every_method_trains_and_is_benchmarked() {
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(image::open(d.join("edit_m4.png")).is_ok());
+
+    // M0 edits from the command line with its fitted directions.
+    let m0 = d.join("m0/checkpoints/step-00000001.safetensors");
+    let o = worker_cmd()
+        .args([
+            "edit",
+            "--checkpoint",
+            m0.to_str().unwrap(),
+            "--image",
+            "17",
+            "--caption",
+            "a bird with red wings",
+            "--out",
+            d.join("edit_m0.png").to_str().unwrap(),
+            "--device",
+            "cpu",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(image::open(d.join("edit_m0.png")).is_ok());
 
     // `evaluate` re-scores a checkpoint on its own: the same requests and networks give the
     // same numbers as the evaluation inside training.

@@ -89,6 +89,21 @@ impl Group {
         }
     }
 
+    /// Part labels (of `PARTS`) whose pixels change when this group's value changes: the
+    /// rest of the image should not (the benchmark's region preservation, and the edit
+    /// losses' unedited region).
+    pub fn parts(self) -> &'static [i64] {
+        match self {
+            Group::BreastColour => &[2],
+            Group::WingColour => &[3],
+            Group::CrownColour => &[4],
+            Group::UpperpartsColour => &[1, 5, 7],
+            Group::BillLength => &[5, 6],
+            Group::Size => &[1, 2, 3, 4, 5, 6, 7, 8, 9],
+            Group::Background => &[0],
+        }
+    }
+
     /// The CUB names of the group's values (the part after `::`).
     pub fn values(self) -> Vec<&'static str> {
         match self {
@@ -156,4 +171,42 @@ pub fn group_of_part_word(word: &str) -> Option<Group> {
         "back" | "bird" | "body" => Some(Group::UpperpartsColour),
         _ => None,
     }
+}
+
+/// The attribute values a caption names, as `(group, value index)` in the order they appear:
+/// a colour word followed by its part word, a bill-length word followed by "bill", a size
+/// word, a background phrase. Groups a caption does not mention are absent, which is what
+/// lets an edit loss ask only for what the caption says (ml.md section 5, lesson 1).
+pub fn mentioned_values(caption: &str) -> Vec<(Group, usize)> {
+    let lower = caption.to_lowercase();
+    let words: Vec<&str> = lower
+        .split(|c: char| !(c.is_alphanumeric() || c == '-'))
+        .filter(|w| !w.is_empty())
+        .collect();
+    let mut out: Vec<(Group, usize)> = Vec::new();
+    let mut push = |group: Group, value: usize| {
+        if !out.iter().any(|(g, _)| *g == group) {
+            out.push((group, value));
+        }
+    };
+    for (i, word) in words.iter().enumerate() {
+        let next = words.get(i + 1).copied().unwrap_or("");
+        if let Some(c) = COLOURS.iter().position(|(name, _)| name == word) {
+            if let Some(group) = group_of_part_word(next) {
+                push(group, c);
+            }
+        } else if let Some(b) = BILL_LENGTHS.iter().position(|(_, w, _)| w == word) {
+            if next == "bill" {
+                push(Group::BillLength, b);
+            }
+        } else if let Some(s) = SIZES.iter().position(|(_, w, _)| w == word) {
+            push(Group::Size, s);
+        }
+    }
+    for (b, (_, phrase)) in BACKGROUNDS.iter().enumerate() {
+        if lower.contains(phrase) {
+            push(Group::Background, b);
+        }
+    }
+    out
 }

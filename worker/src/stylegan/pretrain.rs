@@ -382,18 +382,29 @@ pub fn run(
             let fid_reference = Gaussian::fit(&reading.embedding);
             let test_reading = (cfg.metric_images > 0).then(|| reading.first(cfg.metric_images));
             if let Some(real) = &test_reading {
-                // The data as the judge reads it: what a perfect generator would score.
-                let summary: Vec<String> = generator_metrics(real, real, &ds.groups)
-                    .into_iter()
-                    .filter(|(k, _)| {
-                        k == "gen/colours_min"
-                            || k == "gen/top_share_max"
-                            || k == "gen/facing_right"
-                    })
-                    .map(|(k, v)| format!("{k} = {v:.3}"))
-                    .collect();
+                // The data as the judge reads it: what a perfect generator would score. Its
+                // precision and recall are those of training images against the test images,
+                // the ceiling a generator's recall is measured against.
+                let train_reading =
+                    metrics::read(&net, &images.narrow(0, 0, real.values.size()[0].min(n)));
+                let (precision, recall) =
+                    metrics::precision_recall(&real.embedding, &train_reading.embedding);
+                let mut summary = vec![
+                    format!("gen/precision = {precision:.3}"),
+                    format!("gen/recall = {recall:.3}"),
+                ];
+                summary.extend(
+                    generator_metrics(real, real, &ds.groups)
+                        .into_iter()
+                        .filter(|(k, _)| {
+                            k == "gen/colours_min"
+                                || k == "gen/top_share_max"
+                                || k == "gen/facing_right"
+                        })
+                        .map(|(k, v)| format!("{k} = {v:.3}")),
+                );
                 reporter.log(&format!(
-                    "test images as the judge reads them ({} images): {}",
+                    "the data as the judge reads it ({} test images; precision and recall of as many training images against them): {}",
                     real.values.size()[0],
                     summary.join(", ")
                 ));

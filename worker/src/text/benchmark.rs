@@ -82,10 +82,10 @@ pub struct Source {
     pub values: Vec<usize>,
 }
 
-/// The sources of dataset mode: test images that have styles and full labels.
+/// The sources of dataset mode: images of `partition` that have styles and full labels.
 /// `style_rows[i]` is the styles row of dataset image i (or -1).
-pub fn dataset_sources(ds: &Dataset, style_rows: &[i64]) -> Vec<Source> {
-    ds.partition(Partition::Test)
+pub fn dataset_sources(ds: &Dataset, style_rows: &[i64], partition: Partition) -> Vec<Source> {
+    ds.partition(partition)
         .into_iter()
         .filter(|&i| {
             style_rows.get(i).is_some_and(|&r| r >= 0) && ds.labels[i].iter().all(|&v| v >= 0)
@@ -148,17 +148,6 @@ pub fn requests(
     Ok(out)
 }
 
-/// Part labels (of `PARTS`) that an edit of `group` may change.
-fn edited_parts(group: usize) -> &'static [i64] {
-    match group {
-        0 => &[2],
-        1 => &[3],
-        2 => &[4],
-        3 => &[1, 5, 7],
-        _ => &[],
-    }
-}
-
 /// Benchmark results.
 pub struct BenchmarkResult {
     /// `(metric name, value)` in report order.
@@ -176,10 +165,7 @@ fn harmonic(values: &[f64]) -> f64 {
 
 /// Part labels `[B, R, R]` (on the CPU) of generated images by the critic's segmentation
 /// head, at the images' resolution.
-fn critic_parts(nets: &Nets, images: &Tensor) -> anyhow::Result<Tensor> {
-    let critic = nets
-        .critic
-        .ok_or_else(|| anyhow::anyhow!("sampled sources need the critic's part segmentation"))?;
+pub fn critic_parts(critic: &Trained, images: &Tensor) -> anyhow::Result<Tensor> {
     let res = images.size()[2];
     tch::no_grad(|| {
         let logits = critic
@@ -202,7 +188,7 @@ pub fn run_benchmark(
     ds: &Dataset,
     styles_w: &Tensor,
     reqs: &[EditRequest],
-    test_features: &Gaussian,
+    test_features: Option<&Gaussian>,
 ) -> anyhow::Result<BenchmarkResult> {
     let g = nets.g;
     let res = g.cfg.resolution;
@@ -212,6 +198,7 @@ pub fn run_benchmark(
     let mut preserved_n = 0f64;
     let mut region = 0f64;
     let (mut pointed, mut pointed_n) = (0f64, 0f64);
+    let (mut identical, mut identical_n) = (0f64, 0f64);
     let mut edited_all = Vec::new();
     let mut gallery_rows: Vec<(Vec<Tensor>, String)> = Vec::new();
     let groups = ds.groups.len() as i64;
@@ -230,7 +217,12 @@ pub fn run_benchmark(
             Some(idx) => ds
                 .load_masks(idx, res)?
                 .ok_or_else(|| anyhow::anyhow!("the edit benchmark needs part masks"))?,
-            None => critic_parts(nets, &real)?,
+            None => critic_parts(
+                nets.critic.ok_or_else(|| {
+                    anyhow::anyhow!("sampled sources need the critic's part segmentation")
+                })?,
+                &real,
+            )?,
         };
         let out = tch::no_grad(|| {
             let w_src = w_rows.select(1, 0);
@@ -238,6 +230,34 @@ pub fn run_benchmark(
             let sources: Vec<&str> = chunk.iter().map(|r| r.source_caption.as_str()).collect();
             edit_images(method, nets, &w_src, &real, &targets, Some(&sources))
         })?;
+        // The no-op edit: the source's own caption as the target should change nothing.
+        let same = tch::no_grad(|| {
+            let sources: Vec<&str> = chunk.iter().map(|r| r.source_caption.as_str()).collect();
+            edit_images(
+                method,
+                nets,
+                &w_rows.select(1, 0),
+                &real,
+                &sources,
+                Some(&sources),
+            )
+        })?;
+        let read = |images: &Tensor| {
+            tch::no_grad(|| {
+                judge
+                    .net
+                    .predict(
+                        &judge
+                            .net
+                            .forward(&resize_square(images, judge.resolution))
+                            .attr_logits,
+                    )
+                    .to_device(tch::Device::Cpu)
+            })
+        };
+        let agree = read(&same.edited).eq_tensor(&read(&same.source));
+        identical += agree.sum(Kind::Float).double_value(&[]);
+        identical_n += agree.numel() as f64;
         let (edited, source) = (out.edited, out.source);
         let grounding = out.grounding.map(|m| m.to_device(tch::Device::Cpu));
         let (pe, ps) = tch::no_grad(|| {
@@ -278,10 +298,10 @@ pub fn run_benchmark(
             }
             let mask = masks.get(k64);
             let mut inside = mask.zeros_like().to_kind(Kind::Bool);
-            for &p in edited_parts(r.group) {
+            for &p in Group::ALL[r.group].parts() {
                 inside = inside.logical_or(&mask.eq(p));
             }
-            if let (Some(map), false) = (&grounding, edited_parts(r.group).is_empty()) {
+            if let (Some(map), false) = (&grounding, Group::ALL[r.group].parts().is_empty()) {
                 // Pointing game: the map's peak falls on a part the edit concerns.
                 let peak = map
                     .get(k64)
@@ -325,19 +345,22 @@ pub fn run_benchmark(
     let edit_success = success / n;
     let attr_preservation = preserved / preserved_n.max(1.0);
     let region_preservation = region / n;
-    let edited = Tensor::cat(&edited_all, 0);
-    let realism = frechet_distance(
-        test_features,
-        &Gaussian::fit(&real_features(judge, &edited)),
-    );
     let score = harmonic(&[edit_success, attr_preservation, region_preservation]);
     let mut metrics = vec![
         ("eval/edit_success", edit_success),
         ("eval/attr_preservation", attr_preservation),
         ("eval/region_preservation", region_preservation),
-        ("eval/realism", realism),
-        ("eval/score", score),
     ];
+    if let Some(test_features) = test_features {
+        let edited = Tensor::cat(&edited_all, 0);
+        let realism = frechet_distance(
+            test_features,
+            &Gaussian::fit(&real_features(judge, &edited)),
+        );
+        metrics.push(("eval/realism", realism));
+    }
+    metrics.push(("eval/score", score));
+    metrics.push(("eval/identity", identical / identical_n.max(1.0)));
     if method == Method::VisualGrounding && pointed_n > 0.0 {
         metrics.push(("eval/grounding", pointed / pointed_n));
     }

@@ -2,7 +2,7 @@
 //! A dataset image uses its stored style; a PNG from elsewhere is inverted first.
 
 use super::bert::TextEncoder;
-use super::methods::{edit_images, Method, Nets, StyleHeads};
+use super::methods::{edit_images, EditSpec, Method, Nets, StyleHeads};
 use super::train::TextConfig;
 use crate::job::OpenDataset;
 use crate::nn::checkpoint::Checkpoint;
@@ -57,6 +57,7 @@ pub fn edit(req: &EditRequest, device: Device) -> anyhow::Result<String> {
         enc.bert.config.hidden_size,
         g.cfg.w_dim,
         Some(&critic),
+        EditSpec::from(&cfg),
     )?;
     ckpt.restore("heads.", &named_vars(&heads.vs))?;
 

@@ -16,7 +16,11 @@ use crate::stylegan::generator::Generator;
 use tch::nn::{self, Module, VarStore};
 use tch::{Kind, Tensor};
 
-pub use plume_jobs::{LossWeights, Method, ReconstructionTarget};
+use crate::dataset::vocab::{mentioned_values, Group, PARTS};
+pub use plume_jobs::{
+    ContrastStyles, EditForm, LossWeights, Method, PreservationGroups, ReconstructionTarget,
+    TextConfig,
+};
 
 /// Side length of M4's grid of visual tokens (GRID x GRID tokens).
 pub const GRID: i64 = 4;
@@ -38,7 +42,75 @@ pub struct StyleHeads {
     p1: nn::Linear,
     p2: nn::Linear,
     v: nn::Linear,
+    /// `edit: residual`: delta(h, w_src - w_avg), two layers, the last starting near zero
+    /// so that an untrained edit returns about the source.
+    residual: Option<(nn::Linear, nn::Linear)>,
     visual: Option<VisualTokens>,
+    /// M0's fitted directions (not trained by gradients; stored with the heads).
+    pub directions: Option<Directions>,
+    /// How [`StyleHeads::edit`] moves a source style.
+    pub form: EditForm,
+}
+
+/// How the heads edit: the form of the edit and the initial bias of the blend weights v.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EditSpec {
+    /// Blend or residual.
+    pub form: EditForm,
+    /// Initial bias of v (sigmoid(-3) = 0.05: an untrained blend keeps the source).
+    pub v_bias: f64,
+}
+
+impl From<&TextConfig> for EditSpec {
+    fn from(cfg: &TextConfig) -> Self {
+        EditSpec {
+            form: cfg.edit,
+            v_bias: cfg.v_bias,
+        }
+    }
+}
+
+impl Default for EditSpec {
+    fn default() -> Self {
+        EditSpec {
+            form: EditForm::Blend,
+            v_bias: -3.0,
+        }
+    }
+}
+
+/// M0: the mean style of every attribute value, `[values of all groups, w_dim]` in
+/// `Group::ALL` order, and the step size chosen on the training split.
+pub struct Directions {
+    /// Class means of W.
+    pub means: Tensor,
+    /// Step size `[1]`.
+    pub alpha: Tensor,
+}
+
+impl Directions {
+    /// Row of `(group, value)` in `means`.
+    fn row(group: Group, value: usize) -> i64 {
+        let before: usize = Group::ALL
+            .iter()
+            .take_while(|g| **g != group)
+            .map(|g| g.values().len())
+            .sum();
+        (before + value) as i64
+    }
+
+    /// The mean style of `value` of `group`.
+    pub fn mean(&self, group: Group, value: usize) -> Tensor {
+        self.means.get(Self::row(group, value))
+    }
+
+    /// The mean over a group's values (each value weighted equally).
+    pub fn group_mean(&self, group: Group) -> Tensor {
+        let n = group.values().len() as i64;
+        self.means
+            .narrow(0, Self::row(group, 0), n)
+            .mean_dim(0, false, None)
+    }
 }
 
 impl StyleHeads {
@@ -49,6 +121,7 @@ impl StyleHeads {
         hidden: i64,
         w_dim: i64,
         visual_channels: Option<i64>,
+        spec: EditSpec,
     ) -> StyleHeads {
         let vs = VarStore::new(device);
         let root = vs.root();
@@ -77,23 +150,76 @@ impl StyleHeads {
         });
         let p1 = nn::linear(&root / "p1", hidden, 512, Default::default());
         let p2 = nn::linear(&root / "p2", 512, w_dim, Default::default());
-        // v starts near 0.5 everywhere, neither copying the source nor ignoring it.
+        // v starts at sigmoid(v_bias) everywhere, whatever the caption.
         let v = nn::linear(
             &root / "v",
             hidden,
             w_dim,
             nn::LinearConfig {
                 ws_init: nn::Init::Const(0.0),
-                ..Default::default()
+                bs_init: Some(nn::Init::Const(spec.v_bias)),
+                bias: true,
             },
         );
+        let residual = (spec.form == EditForm::Residual).then(|| {
+            (
+                nn::linear(&root / "d1", hidden + w_dim, 512, Default::default()),
+                nn::linear(
+                    &root / "d2",
+                    512,
+                    w_dim,
+                    // Small, not zero: gradients reach BERT from the first step.
+                    nn::LinearConfig {
+                        ws_init: nn::Init::Randn {
+                            mean: 0.0,
+                            stdev: 1e-3,
+                        },
+                        bs_init: Some(nn::Init::Const(0.0)),
+                        bias: true,
+                    },
+                ),
+            )
+        });
         StyleHeads {
             vs,
             p1,
             p2,
             v,
+            residual,
             visual,
+            directions: None,
+            form: spec.form,
         }
+    }
+
+    /// Adds M0's direction store (zeros until [`StyleHeads::set_directions`]).
+    fn with_directions(mut self, w_dim: i64) -> StyleHeads {
+        let values: usize = Group::ALL.iter().map(|g| g.values().len()).sum();
+        let root = self.vs.root() / "m0";
+        self.directions = Some(Directions {
+            means: root.zeros_no_train("means", &[values as i64, w_dim]),
+            alpha: root.zeros_no_train("alpha", &[1]),
+        });
+        self
+    }
+
+    /// M0: stores the fitted class means and step size.
+    pub fn set_directions(&self, means: &Tensor, alpha: f64) -> anyhow::Result<()> {
+        let d = self
+            .directions
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("these heads have no M0 directions"))?;
+        anyhow::ensure!(
+            means.size() == d.means.size(),
+            "M0 means: expected {:?}, got {:?}",
+            d.means.size(),
+            means.size()
+        );
+        tch::no_grad(|| {
+            d.means.shallow_clone().copy_(means);
+            let _ = d.alpha.shallow_clone().fill_(alpha);
+        });
+        Ok(())
     }
 
     /// Heads for `method` (M4 needs the critic to size its visual tokens).
@@ -103,6 +229,7 @@ impl StyleHeads {
         hidden: i64,
         w_dim: i64,
         critic: Option<&Trained>,
+        spec: EditSpec,
     ) -> anyhow::Result<StyleHeads> {
         let visual = match method {
             Method::VisualGrounding => Some(
@@ -117,7 +244,12 @@ impl StyleHeads {
             ),
             _ => None,
         };
-        Ok(StyleHeads::new(device, hidden, w_dim, visual))
+        let heads = StyleHeads::new(device, hidden, w_dim, visual, spec);
+        Ok(if method == Method::LinearDirections {
+            heads.with_directions(w_dim)
+        } else {
+            heads
+        })
     }
 
     fn heads(&self, pooled: &Tensor, g: &Generator) -> (Tensor, Tensor) {
@@ -125,29 +257,57 @@ impl StyleHeads {
         let v = self.v.forward(pooled).sigmoid();
         (p, v)
     }
+
+    /// The edited style for captions encoded as `pred` applied to `w_src`, and (residual
+    /// form) the step delta.
+    pub fn edit(
+        &self,
+        pred: &Prediction,
+        w_src: &Tensor,
+        g: &Generator,
+    ) -> (Tensor, Option<Tensor>) {
+        match &self.residual {
+            Some((d1, d2)) => {
+                let centred = w_src - g.w_avg.unsqueeze(0);
+                let x = Tensor::cat(&[pred.pooled.shallow_clone(), centred], 1);
+                let delta = d2.forward(&d1.forward(&x).leaky_relu());
+                (w_src + &delta, Some(delta))
+            }
+            None => (blend(&pred.p, &pred.v, w_src), None),
+        }
+    }
 }
 
-/// Predictions for a batch of captions: style p `[B, w_dim]` (offset from `w_avg`) and
-/// weights v in (0, 1) `[B, w_dim]`.
+/// What the heads read from a batch of captions: BERT's pooled output, the style p
+/// `[B, w_dim]` and the blend weights v in (0, 1) `[B, w_dim]`.
+pub struct Prediction {
+    /// BERT's pooled output, scaled to unit variance per dimension.
+    pub pooled: Tensor,
+    /// Predicted style.
+    pub p: Tensor,
+    /// Blend weights.
+    pub v: Tensor,
+}
+
+/// Predictions for a batch of captions.
 pub fn predict(
     enc: &TextEncoder,
     heads: &StyleHeads,
     g: &Generator,
     captions: &[&str],
-) -> anyhow::Result<(Tensor, Tensor)> {
+) -> anyhow::Result<Prediction> {
     let batch = enc.tokenize(captions)?;
     let out = enc.bert.forward(&batch.ids, &batch.mask);
     let pooled = mean_pool_normalised(&out.hidden, &batch.mask)
         * (enc.bert.config.hidden_size as f64).sqrt();
-    Ok(heads.heads(&pooled, g))
+    let (p, v) = heads.heads(&pooled, g);
+    Ok(Prediction { pooled, p, v })
 }
 
 /// M4's predictions for captions about source images `[B, 3, R, R]`.
 pub struct Grounded {
-    /// Style p `[B, w_dim]`.
-    pub p: Tensor,
-    /// Weights v `[B, w_dim]`.
-    pub v: Tensor,
+    /// What the heads read from the caption tokens' pooled output.
+    pub pred: Prediction,
     /// Last-layer attention of each caption token to each visual token, averaged over heads,
     /// `[B, T, GRID * GRID]`.
     pub word_to_image: Tensor,
@@ -199,14 +359,14 @@ pub fn predict_grounded(
     let pooled = mean_pool_normalised(&out.hidden.narrow(1, 0, t), &batch.mask)
         * (enc.bert.config.hidden_size as f64).sqrt();
     let (p, v) = heads.heads(&pooled, nets.g);
+    let pred = Prediction { pooled, p, v };
     let word_to_image = out
         .last_attention
         .mean_dim(1, false, None)
         .narrow(1, 0, t)
         .narrow(2, t, k);
     Ok(Grounded {
-        p,
-        v,
+        pred,
         word_to_image,
         tokens: batch.tokens,
     })
@@ -296,11 +456,45 @@ pub struct EditedImages {
     pub grounding: Option<Tensor>,
 }
 
+/// M0's edit: for every group the target caption names, step from the source's value (read
+/// from the source caption; the group's mean when it does not say) toward the named value,
+/// `w_src + alpha * (mean(named) - mean(source value))`.
+pub fn linear_edit(
+    directions: &Directions,
+    w_src: &Tensor,
+    targets: &[&str],
+    sources: Option<&[&str]>,
+) -> Tensor {
+    let alpha = directions.alpha.double_value(&[0]);
+    let steps: Vec<Tensor> = targets
+        .iter()
+        .enumerate()
+        .map(|(i, target)| {
+            let source_values = sources
+                .and_then(|s| s.get(i))
+                .map(|s| mentioned_values(s))
+                .unwrap_or_default();
+            let mut step = w_src.get(0).zeros_like();
+            for (group, value) in mentioned_values(target) {
+                let from = match source_values.iter().find(|(g, _)| *g == group) {
+                    Some(&(_, old)) if old == value => continue,
+                    Some(&(_, old)) => directions.mean(group, old),
+                    None => directions.group_mean(group),
+                };
+                step += directions.mean(group, value) - from;
+            }
+            step
+        })
+        .collect();
+    w_src + Tensor::stack(&steps, 0) * alpha
+}
+
 /// Edits source styles with target captions as each method defines it (used by the
 /// benchmark and by `plume-worker edit`, so both edit the same way). M2 moves `w_src` by the
-/// text direction `s(target) - s(source)`, so it needs the source captions; M1 and M3 blend
-/// `w_src` with the target caption's prediction; M4 does the same from caption + source image
-/// and, given source captions, keeps the edit inside the region its changed words attend to.
+/// text direction `s(target) - s(source)`, so it needs the source captions; M1 and M3 edit
+/// `w_src` with the target caption's prediction (blend or residual, as the heads were built);
+/// M4 does the same from caption + source image and, given source captions, keeps the edit
+/// inside the region its changed words attend to; M0 steps along its class-mean directions.
 /// Both renders use the same noise (seed 7) so that differences come from the style alone.
 pub fn edit_images(
     method: Method,
@@ -314,8 +508,8 @@ pub fn edit_images(
     let (w_hat, grounding) = match method {
         Method::Reconstruction => {
             let sources = sources.ok_or_else(|| anyhow::anyhow!("method reconstruction edits by the difference of two captions: a source caption is needed"))?;
-            let (s_t, _) = predict(nets.enc, nets.heads, g, targets)?;
-            let (s_s, _) = predict(nets.enc, nets.heads, g, sources)?;
+            let s_t = predict(nets.enc, nets.heads, g, targets)?.p;
+            let s_s = predict(nets.enc, nets.heads, g, sources)?.p;
             (w_src + s_t - s_s, None)
         }
         Method::VisualGrounding => {
@@ -324,11 +518,17 @@ pub fn edit_images(
                 Some(_) => Some(grounding_map(&pred, sources, g.cfg.resolution as i64)?),
                 None => None,
             };
-            (blend(&pred.p, &pred.v, w_src), map)
+            (nets.heads.edit(&pred.pred, w_src, g).0, map)
         }
-        _ => {
-            let (p, v) = predict(nets.enc, nets.heads, g, targets)?;
-            (blend(&p, &v, w_src), None)
+        Method::LinearDirections => {
+            let directions = nets.heads.directions.as_ref().ok_or_else(|| {
+                anyhow::anyhow!("these heads have no M0 directions (not a linear-directions model)")
+            })?;
+            (linear_edit(directions, w_src, targets, sources), None)
+        }
+        Method::Weighted | Method::Contrastive => {
+            let pred = predict(nets.enc, nets.heads, g, targets)?;
+            (nets.heads.edit(&pred, w_src, g).0, None)
         }
     };
     tch::manual_seed(7);
@@ -347,7 +547,8 @@ pub fn edit_images(
     })
 }
 
-/// One training batch: images, their true styles, one caption each, and attribute labels.
+/// One training batch: images, their true styles, one caption each, attribute labels and
+/// part masks.
 pub struct Example<'a> {
     /// `[B, 3, R, R]` in [-1, 1].
     pub images: &'a Tensor,
@@ -357,6 +558,8 @@ pub struct Example<'a> {
     pub captions: Vec<&'a str>,
     /// `[B, groups]` attribute value indices (-1 unlabelled).
     pub labels: &'a Tensor,
+    /// `[B, R, R]` part labels of `PARTS` (needed by `unedited_region`).
+    pub masks: Option<&'a Tensor>,
 }
 
 fn render(g: &Generator, w: &Tensor) -> Tensor {
@@ -374,6 +577,37 @@ pub struct Recipe {
     pub target: ReconstructionTarget,
     /// M3's InfoNCE temperature.
     pub temperature: f64,
+    /// Which groups preservation asks for.
+    pub preservation_groups: PreservationGroups,
+    /// Raw or centred styles in the contrastive loss.
+    pub contrast: ContrastStyles,
+}
+
+impl From<&TextConfig> for Recipe {
+    fn from(cfg: &TextConfig) -> Self {
+        Recipe {
+            method: cfg.method,
+            weights: cfg.losses.clone(),
+            target: cfg.reconstruction_target,
+            temperature: cfg.temperature,
+            preservation_groups: cfg.preservation_groups,
+            contrast: cfg.contrast,
+        }
+    }
+}
+
+impl Recipe {
+    /// The recipe of `method` with the fixed defaults (mentioned groups, centred styles).
+    pub fn new(method: Method, weights: LossWeights) -> Recipe {
+        Recipe {
+            method,
+            weights,
+            target: ReconstructionTarget::Input,
+            temperature: 0.1,
+            preservation_groups: PreservationGroups::Mentioned,
+            contrast: ContrastStyles::Centred,
+        }
+    }
 }
 
 /// The networks a recipe uses: the trained text side and the frozen image side.
@@ -388,8 +622,66 @@ pub struct Nets<'a> {
     pub critic: Option<&'a Trained>,
 }
 
+/// Per caption and attribute group (`Group::ALL` order, `[B, groups]`): whether the caption
+/// names the group, and the value it names (0 where it does not).
+pub fn mentions(captions: &[&str], device: tch::Device) -> (Tensor, Tensor) {
+    let groups = Group::ALL.len();
+    let mut named = vec![false; captions.len() * groups];
+    let mut values = vec![0i64; captions.len() * groups];
+    for (i, c) in captions.iter().enumerate() {
+        for (group, value) in mentioned_values(c) {
+            let g = Group::ALL
+                .iter()
+                .position(|h| *h == group)
+                .expect("a known group");
+            named[i * groups + g] = true;
+            values[i * groups + g] = value as i64;
+        }
+    }
+    let shape = [captions.len() as i64, groups as i64];
+    (
+        Tensor::from_slice(&named).view(shape).to_device(device),
+        Tensor::from_slice(&values).view(shape).to_device(device),
+    )
+}
+
+/// The labels an edit of a source (labels `source`) with a caption should show: the values
+/// the caption names where it names them, the source's elsewhere. `named` and `values` come
+/// from [`mentions`].
+pub fn edit_targets(named: &Tensor, values: &Tensor, source: &Tensor) -> Tensor {
+    values.where_self(named, source)
+}
+
+/// Per pixel `[B, R, R]` (1 = keep): outside the parts of the groups that `changed`
+/// (`[B, groups]` bool) alters, by part labels `masks` (`[B, R, R]`).
+pub fn unedited_region(changed: &Tensor, masks: &Tensor) -> Tensor {
+    let device = masks.device();
+    let parts = PARTS.len() as i64;
+    let mut membership = vec![0f32; Group::ALL.len() * parts as usize];
+    for (g, group) in Group::ALL.iter().enumerate() {
+        for &p in group.parts() {
+            membership[g * parts as usize + p as usize] = 1.0;
+        }
+    }
+    let membership = Tensor::from_slice(&membership)
+        .view([Group::ALL.len() as i64, parts])
+        .to_device(device);
+    let edited_parts = changed.to_kind(Kind::Float).matmul(&membership).gt(0.0); // [B, P]
+    let b = masks.size()[0];
+    let inside = edited_parts
+        .gather(1, &masks.view([b, -1]), false)
+        .view_as(masks);
+    inside.logical_not().to_kind(Kind::Float)
+}
+
 /// The loss terms of a recipe on one batch as `(name, weight, unweighted value)`, only those
 /// with weight > 0. The example's partner r is the previous example of the batch.
+///
+/// Besides each method's own terms (ml.md section 5), M1, M3 and M4 share the terms of
+/// editing a source with another caption (the partner's): `preservation` (the critic reads
+/// what the caption names, and by default the source's values elsewhere), `unedited_region`
+/// (pixels outside the changed parts stay), `delta` (residual form: small steps) and
+/// `identity` (a bird edited with its own caption keeps its style).
 pub fn loss_terms(
     recipe: &Recipe,
     nets: &Nets,
@@ -400,33 +692,31 @@ pub fn loss_terms(
         weights,
         target,
         temperature,
+        preservation_groups,
+        contrast,
     } = recipe;
     let (enc, heads, g, critic) = (nets.enc, nets.heads, nets.g, nets.critic);
     let b = ex.images.size()[0];
     anyhow::ensure!(b >= 2, "a batch needs at least 2 examples to form pairs");
     let roll = |t: &Tensor| t.roll([1], [0]);
     let mut terms: Vec<(&'static str, f64, Tensor)> = Vec::new();
+    let grounded = *method == Method::VisualGrounding;
+    // What each caption asks for: its own prediction (M1, M3) or, for M4, the caption read
+    // with another bird's image, so that predicting w_i means applying caption i to another
+    // bird (as an edit does).
+    let own = |images: &Tensor| -> anyhow::Result<Prediction> {
+        if grounded {
+            Ok(predict_grounded(nets, &ex.captions, images)?.pred)
+        } else {
+            predict(enc, heads, g, &ex.captions)
+        }
+    };
     match method {
-        Method::Weighted => {
-            let (p, v) = predict(enc, heads, g, &ex.captions)?;
-            let w_src = roll(ex.w);
-            let w_hat = blend(&p, &v, &w_src);
-            if weights.image > 0.0 {
-                terms.push((
-                    "image",
-                    weights.image,
-                    (render(g, &w_hat) - ex.images).abs().mean(None),
-                ));
-            }
-            if weights.style > 0.0 {
-                terms.push(("style", weights.style, (&w_hat - ex.w).square().mean(None)));
-            }
-            if weights.sparsity > 0.0 {
-                terms.push(("sparsity", weights.sparsity, v.mean(None)));
-            }
+        Method::LinearDirections => {
+            anyhow::bail!("method linear-directions is fitted, not trained by a loss")
         }
         Method::Reconstruction => {
-            let (s, _) = predict(enc, heads, g, &ex.captions)?;
+            let s = predict(enc, heads, g, &ex.captions)?.p;
             if weights.image > 0.0 {
                 terms.push((
                     "image",
@@ -437,81 +727,134 @@ pub fn loss_terms(
             if weights.style > 0.0 {
                 terms.push(("style", weights.style, (&s - ex.w).square().mean(None)));
             }
+            return Ok(terms);
+        }
+        Method::Weighted => {
+            // The seed's pair: an unrelated bird's style edited with caption i gives bird i.
+            let pred = own(ex.images)?;
+            let (w_hat, _) = heads.edit(&pred, &roll(ex.w), g);
+            if weights.image > 0.0 {
+                terms.push((
+                    "image",
+                    weights.image,
+                    (render(g, &w_hat) - ex.images).abs().mean(None),
+                ));
+            }
+            if weights.style > 0.0 {
+                terms.push(("style", weights.style, (&w_hat - ex.w).square().mean(None)));
+            }
+            if weights.sparsity > 0.0 && heads.form == EditForm::Blend {
+                terms.push(("sparsity", weights.sparsity, pred.v.mean(None)));
+            }
+            if weights.identity > 0.0 {
+                let (w_id, _) = heads.edit(&pred, ex.w, g);
+                terms.push((
+                    "identity",
+                    weights.identity,
+                    (w_id - ex.w).square().mean(None),
+                ));
+            }
         }
         Method::Contrastive | Method::VisualGrounding => {
-            let grounded = *method == Method::VisualGrounding;
-            // M4 reads an image with every caption: caption i with its partner's image, so
-            // that predicting w_i means applying caption i to another bird (as an edit does).
-            let partner_images = roll(ex.images);
-            let p = if grounded {
-                predict_grounded(nets, &ex.captions, &partner_images)?.p
-            } else {
-                predict(enc, heads, g, &ex.captions)?.0
-            };
+            let pred = own(&roll(ex.images))?;
             if weights.contrastive > 0.0 {
-                let a = &p
-                    / p.norm_scalaropt_dim(2, [1i64].as_slice(), true)
-                        .clamp_min(1e-8);
-                let wn = ex.w
-                    / ex.w
+                let centre = |t: &Tensor| match contrast {
+                    ContrastStyles::Raw => t.shallow_clone(),
+                    ContrastStyles::Centred => t - g.w_avg.unsqueeze(0),
+                };
+                let unit = |t: Tensor| {
+                    let n = t
                         .norm_scalaropt_dim(2, [1i64].as_slice(), true)
                         .clamp_min(1e-8);
-                let logits = a.matmul(&wn.tr()) / *temperature;
-                let diag = Tensor::arange(b, (Kind::Int64, p.device()));
+                    t / n
+                };
+                let logits = unit(centre(&pred.p)).matmul(&unit(centre(ex.w)).tr()) / *temperature;
+                let diag = Tensor::arange(b, (Kind::Int64, pred.p.device()));
                 terms.push((
                     "contrastive",
                     weights.contrastive,
                     logits.cross_entropy_for_logits(&diag),
                 ));
             }
-            let needs_edit = weights.preservation > 0.0 || weights.reconstruction > 0.0;
-            if needs_edit {
-                // Edit image i with its partner's caption.
-                let partner: Vec<&str> = (0..b as usize)
-                    .map(|i| ex.captions[(i + b as usize - 1) % b as usize])
-                    .collect();
-                let (p_r, v_r) = if grounded {
-                    let pred = predict_grounded(nets, &partner, ex.images)?;
-                    (pred.p, pred.v)
-                } else {
-                    predict(enc, heads, g, &partner)?
-                };
-                let w_hat = blend(&p_r, &v_r, ex.w);
-                let edited = render(g, &w_hat);
-                if weights.preservation > 0.0 {
-                    let c = critic.ok_or_else(|| {
-                        anyhow::anyhow!(
-                            "the preservation loss needs a critic (a train-judge checkpoint)"
-                        )
-                    })?;
-                    let out = c.net.forward(&resize_square(&edited, c.resolution));
-                    terms.push((
-                        "preservation",
-                        weights.preservation,
-                        c.net.attribute_loss(&out.attr_logits, &roll(ex.labels)),
-                    ));
-                }
-                if weights.reconstruction > 0.0 {
-                    let mut rec = (&edited - ex.images).abs().mean(None);
-                    if *target == ReconstructionTarget::Both {
-                        rec += (&edited - roll(ex.images)).abs().mean(None);
-                    }
-                    if weights.feature > 0.0 {
-                        let c = critic.ok_or_else(|| {
-                            anyhow::anyhow!(
-                                "the feature term needs a critic (a train-judge checkpoint)"
-                            )
-                        })?;
-                        let fe = c.net.forward(&resize_square(&edited, c.resolution)).grid;
-                        let fi = tch::no_grad(|| {
-                            c.net.forward(&resize_square(ex.images, c.resolution)).grid
-                        });
-                        rec += (fe - fi).square().mean(None) * weights.feature;
-                    }
-                    terms.push(("reconstruction", weights.reconstruction, rec));
-                }
+            if weights.identity > 0.0 {
+                // Caption i read with bird i's own image (M4) edits bird i into itself.
+                let pred = if grounded { own(ex.images)? } else { pred };
+                let (w_id, _) = heads.edit(&pred, ex.w, g);
+                terms.push((
+                    "identity",
+                    weights.identity,
+                    (w_id - ex.w).square().mean(None),
+                ));
             }
         }
+    }
+
+    // Edit image i with its partner's caption.
+    let rec_on = weights.reconstruction > 0.0
+        && matches!(method, Method::Contrastive | Method::VisualGrounding);
+    let needs_edit = weights.preservation > 0.0
+        || weights.unedited_region > 0.0
+        || rec_on
+        || (weights.delta > 0.0 && heads.form == EditForm::Residual);
+    if !needs_edit {
+        return Ok(terms);
+    }
+    let partner: Vec<&str> = (0..b as usize)
+        .map(|i| ex.captions[(i + b as usize - 1) % b as usize])
+        .collect();
+    let pred_r = if grounded {
+        predict_grounded(nets, &partner, ex.images)?.pred
+    } else {
+        predict(enc, heads, g, &partner)?
+    };
+    let (w_hat, delta) = heads.edit(&pred_r, ex.w, g);
+    let edited = render(g, &w_hat);
+    let (named, values) = mentions(&partner, ex.labels.device());
+    if weights.preservation > 0.0 {
+        let c = critic.ok_or_else(|| {
+            anyhow::anyhow!("the preservation loss needs a critic (a train-judge checkpoint)")
+        })?;
+        let wanted = match preservation_groups {
+            PreservationGroups::All => roll(ex.labels),
+            PreservationGroups::Mentioned => edit_targets(&named, &values, ex.labels),
+        };
+        let out = c.net.forward(&resize_square(&edited, c.resolution));
+        terms.push((
+            "preservation",
+            weights.preservation,
+            c.net.attribute_loss(&out.attr_logits, &wanted),
+        ));
+    }
+    if weights.unedited_region > 0.0 {
+        let masks = ex.masks.ok_or_else(|| {
+            anyhow::anyhow!("the unedited_region loss needs part masks of the training images")
+        })?;
+        // A group changes where the caption names a value other than the source's (an
+        // unlabelled source value counts as changed).
+        let changed = named.logical_and(&values.ne_tensor(ex.labels));
+        let keep = unedited_region(&changed, masks).unsqueeze(1);
+        let source = tch::no_grad(|| render(g, ex.w));
+        let l1 = ((&edited - source).abs() * &keep).sum(Kind::Float)
+            / (keep.sum(Kind::Float) * 3.0).clamp_min(1.0);
+        terms.push(("unedited_region", weights.unedited_region, l1));
+    }
+    if let (Some(delta), true) = (&delta, weights.delta > 0.0) {
+        terms.push(("delta", weights.delta, delta.square().mean(None)));
+    }
+    if rec_on {
+        let mut rec = (&edited - ex.images).abs().mean(None);
+        if *target == ReconstructionTarget::Both {
+            rec += (&edited - roll(ex.images)).abs().mean(None);
+        }
+        if weights.feature > 0.0 {
+            let c = critic.ok_or_else(|| {
+                anyhow::anyhow!("the feature term needs a critic (a train-judge checkpoint)")
+            })?;
+            let fe = c.net.forward(&resize_square(&edited, c.resolution)).grid;
+            let fi = tch::no_grad(|| c.net.forward(&resize_square(ex.images, c.resolution)).grid);
+            rec += (fe - fi).square().mean(None) * weights.feature;
+        }
+        terms.push(("reconstruction", weights.reconstruction, rec));
     }
     Ok(terms)
 }

@@ -2,10 +2,10 @@
 //! frozen generator, and runs the edit benchmark periodically (so eval curves exist).
 
 use super::benchmark::{
-    captions_of, check_vocabulary, dataset_sources, requests, run_benchmark, Source,
+    captions_of, check_vocabulary, critic_parts, dataset_sources, requests, run_benchmark, Source,
 };
 use super::bert::{default_model_dir, TextEncoder};
-use super::methods::{loss_terms, total_loss, Example, Method, Nets, Recipe, StyleHeads};
+use super::methods::{loss_terms, total_loss, EditSpec, Example, Method, Nets, Recipe, StyleHeads};
 use crate::dataset::Partition;
 use crate::job::{step_seed, CancelToken, OpenDataset, Outcome, Reporter};
 use crate::judge::fid::Gaussian;
@@ -71,6 +71,7 @@ impl TextContext {
             enc.bert.config.hidden_size,
             g.cfg.w_dim,
             Some(&critic),
+            EditSpec::from(cfg),
         )?;
         // Style row of every dataset image (-1 where the styles file has none).
         let mut style_rows = vec![-1i64; ds.images.len()];
@@ -97,7 +98,7 @@ impl TextContext {
             None => None,
         };
         let sources: Vec<Source> = match &sampled {
-            None => dataset_sources(&ds, &style_rows),
+            None => dataset_sources(&ds, &style_rows, Partition::Test),
             Some(labels) => (sampled_split(labels.len())..labels.len())
                 .map(|r| Source {
                     image: None,
@@ -153,7 +154,7 @@ impl TextContext {
             &self.ds,
             &self.styles_w,
             &self.reqs,
-            &self.test_features,
+            Some(&self.test_features),
         )?;
         reporter.metrics(step, &result.metrics)?;
         reporter.artifact(step, "edits", &result.gallery_png)?;
@@ -185,7 +186,9 @@ pub fn run(
     let style_rows = &ctx.style_rows;
     let mut bert_opt = Adam::new(trainable_vars(&enc.vs), cfg.lr_bert, 0.9, 0.999, 1e-8);
     let mut head_opt = Adam::new(trainable_vars(&heads.vs), cfg.lr_heads, 0.9, 0.999, 1e-8);
-    let (images, labels, w_train, train_captions) = match &ctx.sampled {
+    // Training examples, their part masks (drawn ones, or the critic's segmentation of G(w)),
+    // and the same examples as edit sources (M0 chooses its step size on them).
+    let (images, labels, w_train, train_captions, masks, train_sources) = match &ctx.sampled {
         None => {
             let train: Vec<usize> = ds
                 .partition(Partition::Train)
@@ -205,7 +208,11 @@ pub fn run(
             let w = ctx.styles_w.index_select(0, &rows).select(1, 0);
             let captions: Vec<Vec<String>> =
                 train.iter().map(|&i| ds.captions[i].clone()).collect();
-            (images, labels, w, captions)
+            let masks = ds
+                .load_masks(&train, g.cfg.resolution)?
+                .map(|m| m.to_device(device));
+            let sources = dataset_sources(ds, style_rows, Partition::Train);
+            (images, labels, w, captions, masks, sources)
         }
         // Sampled styles: the first 90% train (images G(w), captions from the templates of
         // the critic's labels); the rest are the benchmark's sources.
@@ -230,7 +237,29 @@ pub fn run(
                 .iter()
                 .map(|v| captions_of(v))
                 .collect();
-            (images, labels, w.select(1, 0), captions)
+            let masks = Tensor::cat(
+                &(0..n)
+                    .step_by(256)
+                    .map(|k| critic_parts(&ctx.critic, &images.narrow(0, k, 256.min(n - k))))
+                    .collect::<anyhow::Result<Vec<_>>>()?,
+                0,
+            )
+            .to_device(device);
+            let sources = (0..n as usize)
+                .map(|r| Source {
+                    image: None,
+                    style_row: r as i64,
+                    values: values[r].clone(),
+                })
+                .collect();
+            (
+                images,
+                labels,
+                w.select(1, 0),
+                captions,
+                Some(masks),
+                sources,
+            )
         }
     };
 
@@ -244,12 +273,7 @@ pub fn run(
         head_opt.restore(&ckpt, "heads.opt.")?;
         step = ckpt.step;
     }
-    let recipe = Recipe {
-        method: cfg.method,
-        weights: cfg.losses.clone(),
-        target: cfg.reconstruction_target,
-        temperature: cfg.temperature,
-    };
+    let recipe = Recipe::from(cfg);
     reporter.log(&format!("train-text {:?} on {device:?}: {} training examples with styles{}, {} edit requests, steps {step}..{}", cfg.method, train_captions.len(), if ctx.sampled.is_some() { " (sampled)" } else { "" }, ctx.reqs.len(), cfg.steps));
     let nets = ctx.nets();
     let evaluate =
@@ -271,6 +295,14 @@ pub fn run(
         checkpoint::save(&path, "train-text", step, &meta, &tensors)?;
         reporter.checkpoint_written(step, &path)
     };
+    if cfg.method == Method::LinearDirections {
+        // M0 is fitted in closed form, in one step (`steps` does not apply).
+        fit_linear_directions(&ctx, cfg, &w_train, &labels, &train_sources, reporter)?;
+        evaluate(1, reporter)?;
+        save(1, &bert_opt, &head_opt, reporter)?;
+        reporter.finish("linear-directions fitted");
+        return Ok(Outcome::Completed { step: 1 });
+    }
     if step == 0 {
         evaluate(0, reporter)?;
     }
@@ -298,11 +330,13 @@ pub fn run(
             w_train.index_select(0, &sel),
             labels.index_select(0, &sel),
         );
+        let m = masks.as_ref().map(|m| m.index_select(0, &sel));
         let ex = Example {
             images: &x,
             w: &w,
             captions,
             labels: &l,
+            masks: m.as_ref(),
         };
         let terms = loss_terms(&recipe, &nets, &ex)?;
         let total = total_loss(&terms).ok_or_else(|| {
@@ -366,6 +400,73 @@ pub fn evaluate(
     ctx.evaluate(text.method, ckpt.step, reporter)?;
     reporter.finish(&format!("evaluated step {}", ckpt.step));
     Ok(Outcome::Completed { step: ckpt.step })
+}
+
+/// M0: the class mean of the training styles for every attribute value (a value no training
+/// example has gets the overall mean, i.e. no direction), then the step size among
+/// `cfg.alphas` whose edits of the training split the critic scores best (harmonic mean of
+/// edit success and attribute preservation; the judge never sees this choice).
+fn fit_linear_directions(
+    ctx: &TextContext,
+    cfg: &TextConfig,
+    w: &Tensor,
+    labels: &Tensor,
+    sources: &[Source],
+    reporter: &mut dyn Reporter,
+) -> anyhow::Result<()> {
+    use crate::dataset::vocab::Group;
+    let overall = w.mean_dim(0, false, None);
+    let mut means = Vec::new();
+    for (g, group) in Group::ALL.iter().enumerate() {
+        let column = labels.select(1, g as i64);
+        for v in 0..group.values().len() {
+            let rows = column.eq(v as i64).nonzero().squeeze_dim(1);
+            means.push(if rows.size()[0] == 0 {
+                overall.shallow_clone()
+            } else {
+                w.index_select(0, &rows).mean_dim(0, false, None)
+            });
+        }
+    }
+    let means = Tensor::stack(&means, 0);
+    let reqs = requests(&ctx.ds, sources, cfg.eval_edits, cfg.seed ^ 0xA1FA)?;
+    let mut best = (f64::NEG_INFINITY, cfg.alphas[0]);
+    for &alpha in &cfg.alphas {
+        ctx.heads.set_directions(&means, alpha)?;
+        let result = run_benchmark(
+            Method::LinearDirections,
+            &ctx.nets(),
+            &ctx.critic,
+            &ctx.ds,
+            &ctx.styles_w,
+            &reqs,
+            None,
+        )?;
+        let get = |k: &str| {
+            result
+                .metrics
+                .iter()
+                .find(|(name, _)| *name == k)
+                .map_or(0.0, |(_, v)| *v)
+        };
+        let (success, preservation) = (get("eval/edit_success"), get("eval/attr_preservation"));
+        let score = if success > 0.0 && preservation > 0.0 {
+            2.0 / (1.0 / success + 1.0 / preservation)
+        } else {
+            0.0
+        };
+        reporter.log(&format!(
+            "linear-directions alpha {alpha}: on {} training-split edits the critic reads edit_success {success:.3}, attr_preservation {preservation:.3}",
+            reqs.len()
+        ));
+        if score > best.0 {
+            best = (score, alpha);
+        }
+    }
+    ctx.heads.set_directions(&means, best.1)?;
+    reporter.metrics(1, &[("m0/alpha", best.1)])?;
+    reporter.log(&format!("linear-directions: alpha {} chosen", best.1));
+    Ok(())
 }
 
 /// Rows of sampled styles that train; the rest (a tenth, at least one) are benchmark sources.

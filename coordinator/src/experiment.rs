@@ -14,12 +14,6 @@ use std::collections::{BTreeMap, HashMap};
 pub const MAX_EXPERIMENT_BYTES: usize = 256 * 1024;
 /// Most runs one experiment may expand into.
 pub const MAX_RUNS: usize = 2000;
-const METHODS: [&str; 4] = [
-    "weighted",
-    "reconstruction",
-    "contrastive",
-    "visual-grounding",
-];
 
 /// An experiment that failed validation.
 #[derive(Debug, thiserror::Error)]
@@ -372,14 +366,14 @@ pub fn parse(file: &str, src: &str) -> Result<Experiment, ExperimentError> {
             }
         }
         if let Some(Value::String(m)) = b.config.get("method") {
-            if !METHODS.contains(&m.as_str()) {
+            if !plume_jobs::Method::ALL.iter().any(|x| x.name() == m) {
                 return Err(ctx.err_at(
                     Some(b.name),
                     m,
                     format!(
                         "{}: unknown method {m:?}; expected one of {}",
                         b.name,
-                        METHODS.join(", ")
+                        plume_jobs::Method::ALL.map(|x| x.name()).join(", ")
                     ),
                 ));
             }

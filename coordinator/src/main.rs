@@ -952,7 +952,15 @@ async fn up(
                 coordinator: Some(endpoint.url.clone()),
                 token: Some(endpoint.user_token.clone()),
             };
-            follow(&conn, file).await
+            // A signal stops everything cleanly (workers, coordinator, private Postgres):
+            // the experiment stays in the store, and the next `plume up` resumes its runs.
+            tokio::select! {
+                r = follow(&conn, file) => r,
+                _ = wait_for_signal() => Err(anyhow::anyhow!(
+                    "interrupted; the experiment is kept in {} and `plume up` there resumes it",
+                    home.display()
+                )),
+            }
         }
         None => {
             eprintln!("ready; Ctrl-C stops everything");

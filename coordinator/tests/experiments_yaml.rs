@@ -248,3 +248,31 @@ fn bad_experiments_get_clear_located_errors() {
         assert!(text.len() < 2000, "case {i}: error too long");
     }
 }
+
+/// Every experiment the repository documents (`experiments/*.yaml`) parses, validates and
+/// expands, so a stale field fails the suite rather than a user's `plume up`.
+#[test]
+fn every_experiment_in_the_repository_parses() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../experiments");
+    let mut seen = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let src = std::fs::read_to_string(&path).unwrap();
+            let name = path.file_name().unwrap().to_string_lossy().to_string();
+            let e = parse(&name, &src).unwrap_or_else(|err| panic!("{name}: {err}"));
+            assert!(!e.runs.is_empty(), "{name}: no runs");
+            seen.push(name);
+        }
+    }
+    for must in [
+        "quickstart.yaml",
+        "methods-table.yaml",
+        "generator-sweep.yaml",
+    ] {
+        assert!(
+            seen.iter().any(|s| s == must),
+            "{must} missing from {seen:?}"
+        );
+    }
+}

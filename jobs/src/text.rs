@@ -22,6 +22,28 @@ pub enum Method {
     LinearDirections,
 }
 
+impl Method {
+    /// Every method, in the order of the methods table.
+    pub const ALL: [Method; 5] = [
+        Method::LinearDirections,
+        Method::Weighted,
+        Method::Reconstruction,
+        Method::Contrastive,
+        Method::VisualGrounding,
+    ];
+
+    /// The name a config gives (`method: ...`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Weighted => "weighted",
+            Method::Reconstruction => "reconstruction",
+            Method::Contrastive => "contrastive",
+            Method::VisualGrounding => "visual-grounding",
+            Method::LinearDirections => "linear-directions",
+        }
+    }
+}
+
 /// How M1, M3 and M4 turn a caption's prediction into the edited style.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -284,5 +306,18 @@ impl EvaluateConfig {
             check_range("edits", n, 2, 100_000)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Method;
+
+    #[test]
+    fn method_names_are_what_configs_parse() {
+        for m in Method::ALL {
+            let parsed: Method = serde_yaml::from_str(m.name()).unwrap();
+            assert_eq!(parsed, m);
+        }
     }
 }

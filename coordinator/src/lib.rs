@@ -12,4 +12,5 @@ pub mod experiment;
 pub mod pg;
 pub mod server;
 pub mod store;
+pub mod table;
 pub mod web;

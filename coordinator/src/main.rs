@@ -135,6 +135,23 @@ enum Cmd {
         #[command(flatten)]
         conn: Conn,
     },
+    /// A results table: one row per run, one column per metric (default: the objective and
+    /// every headline eval/ and gen/ metric)
+    Table {
+        /// Experiment id or name.
+        experiment: String,
+        /// Comma-separated metric names.
+        #[arg(long, value_delimiter = ',')]
+        metrics: Vec<String>,
+        /// Which value of each metric's history.
+        #[arg(long, value_enum, default_value = "last")]
+        stat: plume_coordinator::table::Stat,
+        /// Markdown, to paste into a results file.
+        #[arg(long)]
+        markdown: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// The best checkpoints of an experiment.
     Best {
         /// Experiment id or name.
@@ -411,6 +428,33 @@ async fn main() -> Result<()> {
             once,
             conn,
         } => watch(&conn, &experiment, run, metric, once).await,
+        Cmd::Table {
+            experiment,
+            metrics,
+            stat,
+            markdown,
+            conn,
+        } => {
+            let mut c = connect(&conn).await?;
+            let d = c
+                .get_experiment(pb::GetRequest { experiment })
+                .await
+                .map_err(grpc)?
+                .into_inner();
+            let metrics = if metrics.is_empty() {
+                plume_coordinator::table::default_metrics(&d)
+            } else {
+                metrics
+            };
+            if metrics.is_empty() {
+                bail!("no run of this experiment has reported an eval/ or gen/ metric yet; name some with --metrics");
+            }
+            print!(
+                "{}",
+                plume_coordinator::table::render(&d, &metrics, stat, markdown)
+            );
+            Ok(())
+        }
         Cmd::Best {
             experiment,
             metric,

@@ -291,6 +291,36 @@ async fn pipeline_survives_worker_and_coordinator_kills() {
         .unwrap();
     let parsed: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(parsed["checkpoints"][0]["checkpoint"], top.checkpoint_id);
+    // The results table: one row per text run, the objective as the first metric column.
+    let table = Command::new(bin("plume"))
+        .args([
+            "table",
+            "e2e",
+            "--markdown",
+            "--coordinator",
+            &url,
+            "--token",
+            USER,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        table.status.success(),
+        "{}",
+        String::from_utf8_lossy(&table.stderr)
+    );
+    let table = String::from_utf8_lossy(&table.stdout);
+    let header = table.lines().next().unwrap();
+    assert!(
+        header.starts_with("| run | state | step | eval/score |"),
+        "{table}"
+    );
+    for run in ["m1 ", "m3@"] {
+        assert!(
+            table.lines().any(|l| l.starts_with(&format!("| {run}"))),
+            "{run}: {table}"
+        );
+    }
 
     // Cancel: a long run stops within seconds and its worker takes the next run.
     let reply = c

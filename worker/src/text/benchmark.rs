@@ -150,8 +150,9 @@ pub fn requests(
 
 /// Benchmark results.
 pub struct BenchmarkResult {
-    /// `(metric name, value)` in report order.
-    pub metrics: Vec<(&'static str, f64)>,
+    /// `(metric name, value)` in report order: the headline metrics, then edit success per
+    /// edited group (`eval/edit_success/<group>`).
+    pub metrics: Vec<(String, f64)>,
     /// The edit gallery (source | reconstruction | edited, with the requested change).
     pub gallery_png: Vec<u8>,
 }
@@ -194,6 +195,7 @@ pub fn run_benchmark(
     let res = g.cfg.resolution;
     let device = styles_w.device();
     let mut success = 0f64;
+    let mut group_success = vec![(0f64, 0f64); Group::ALL.len()];
     let mut preserved = 0f64;
     let mut preserved_n = 0f64;
     let mut region = 0f64;
@@ -285,8 +287,10 @@ pub fn run_benchmark(
             / 2.0; // [B, R, R] in [0, 1]
         for (k, r) in chunk.iter().enumerate() {
             let k64 = k as i64;
+            group_success[r.group].1 += 1.0;
             if pe.int64_value(&[k64, r.group as i64]) == r.new_value as i64 {
                 success += 1.0;
+                group_success[r.group].0 += 1.0;
             }
             for h in 0..groups {
                 if h != r.group as i64 {
@@ -347,22 +351,24 @@ pub fn run_benchmark(
     let region_preservation = region / n;
     let score = harmonic(&[edit_success, attr_preservation, region_preservation]);
     let mut metrics = vec![
-        ("eval/edit_success", edit_success),
-        ("eval/attr_preservation", attr_preservation),
-        ("eval/region_preservation", region_preservation),
+        ("eval/edit_success".to_string(), edit_success),
+        ("eval/attr_preservation".to_string(), attr_preservation),
+        ("eval/region_preservation".to_string(), region_preservation),
     ];
     if let Some(test_features) = test_features {
         let edited = Tensor::cat(&edited_all, 0);
-        let realism = frechet_distance(
-            test_features,
-            &Gaussian::fit(&real_features(judge, &edited)),
-        );
-        metrics.push(("eval/realism", realism));
+        let realism = frechet_distance(test_features, &Gaussian::fit(&real_features(judge, &edited)));
+        metrics.push(("eval/realism".to_string(), realism));
     }
-    metrics.push(("eval/score", score));
-    metrics.push(("eval/identity", identical / identical_n.max(1.0)));
+    metrics.push(("eval/score".to_string(), score));
+    metrics.push(("eval/identity".to_string(), identical / identical_n.max(1.0)));
     if method == Method::VisualGrounding && pointed_n > 0.0 {
-        metrics.push(("eval/grounding", pointed / pointed_n));
+        metrics.push(("eval/grounding".to_string(), pointed / pointed_n));
+    }
+    for (group, (hit, n)) in Group::ALL.iter().zip(&group_success) {
+        if *n > 0.0 {
+            metrics.push((format!("eval/edit_success/{}", group.cub_name()), hit / n));
+        }
     }
     Ok(BenchmarkResult {
         metrics,

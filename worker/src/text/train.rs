@@ -156,7 +156,12 @@ impl TextContext {
             &self.reqs,
             Some(&self.test_features),
         )?;
-        reporter.metrics(step, &result.metrics)?;
+        let named: Vec<(&str, f64)> = result
+            .metrics
+            .iter()
+            .map(|(k, v)| (k.as_str(), *v))
+            .collect();
+        reporter.metrics(step, &named)?;
         reporter.artifact(step, "edits", &result.gallery_png)?;
         reporter.log(&format!(
             "step {step}: {}",
@@ -446,7 +451,7 @@ fn fit_linear_directions(
             result
                 .metrics
                 .iter()
-                .find(|(name, _)| *name == k)
+                .find(|(name, _)| name == k)
                 .map_or(0.0, |(_, v)| *v)
         };
         let (success, preservation) = (get("eval/edit_success"), get("eval/attr_preservation"));

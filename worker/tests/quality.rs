@@ -1,8 +1,10 @@
 //! The documented CPU configs reach their targets: the judge is >= 95% accurate on held-out
 //! synthetic birds, and a short StyleGAN2 pretraining in the new regime draws many colours in
 //! every colour group with none taking over (coverage, which a collapsed generator cannot fake
-//! the way it can improve judge-FID). One test, because the generator is scored by the judge
-//! trained first. Thresholds: see `COLOURS_MIN` and `TOP_SHARE_MAX`.
+//! the way it can improve judge-FID), and the linear-direction baseline M0 edits that
+//! generator's sampled styles better than chance and leaves a no-op edit alone. One test,
+//! because the generator is scored by the judge trained first and M0 needs both.
+//! Thresholds: see `COLOURS_MIN`, `TOP_SHARE_MAX` and `M0_EDIT_SUCCESS_MIN`.
 
 mod common;
 
@@ -25,6 +27,12 @@ fn run_job(job_yaml: &str, dir: &Path, name: &str) -> Vec<serde_json::Value> {
 /// three; an untrained generator 9-10 and 0.29-0.35.
 const COLOURS_MIN: f64 = 11.0;
 const TOP_SHARE_MAX: f64 = 0.6;
+
+/// M0's edit success on 200 requests that each change one colour (chance: 1/15 = 0.067).
+/// Measured: 0.235 on this test's 1200-step generator, 0.315 on the 7000-step
+/// generator-cpu.yaml one (experiments/results/2026-11-27-methods.md); 2x chance leaves room
+/// for another machine's trajectory.
+const M0_EDIT_SUCCESS_MIN: f64 = 0.13;
 
 fn series(metrics: &[serde_json::Value], key: &str) -> Vec<(i64, f64)> {
     metrics
@@ -92,5 +100,49 @@ fn judge_is_accurate_and_a_short_pretraining_covers_the_colours() {
     assert!(
         trained * 2.0 <= untrained,
         "judge-FID went from {untrained:.1} to {trained:.1}: not two-fold better"
+    );
+
+    // M0 on this generator's sampled styles (labelled by the critic).
+    let generator = tmp
+        .path()
+        .join("generator/checkpoints/step-00001200.safetensors");
+    let dataset = "{kind: synthetic-birds, images: 8000, resolution: 32, seed: 7}";
+    common::run_job(
+        tmp.path(),
+        "styles",
+        &format!(
+            "kind: invert\ndataset: {dataset}\ngenerator: {}\ncritic: {}\nmode: sampled\nlimit: 2000\nbatch: 200\nseed: 1\n",
+            generator.display(),
+            ckpt.display()
+        ),
+    );
+    let styles = tmp
+        .path()
+        .join("styles/checkpoints/step-00002000.safetensors");
+    let m0 = run_job(
+        &format!(
+            "kind: train-text\ndataset: {dataset}\ngenerator: {}\nstyles: {}\njudge: {}\nmethod: linear-directions\nsteps: 1\neval_edits: 200\n",
+            generator.display(),
+            styles.display(),
+            ckpt.display()
+        ),
+        tmp.path(),
+        "m0",
+    );
+    let eval = m0
+        .iter()
+        .find(|m| m.get("eval/edit_success").is_some())
+        .expect("M0 is benchmarked");
+    let success = eval["eval/edit_success"].as_f64().unwrap();
+    let identity = eval["eval/identity"].as_f64().unwrap();
+    eprintln!("M0: edit_success {success:.3}, identity {identity:.3}");
+    assert!(
+        success >= M0_EDIT_SUCCESS_MIN,
+        "M0 edit success {success:.3} < {M0_EDIT_SUCCESS_MIN} (chance 0.067)"
+    );
+    // The no-op edit (the source's own caption) changes nothing the judge can read.
+    assert_eq!(
+        identity, 1.0,
+        "M0 moved a bird asked for what it already is"
     );
 }

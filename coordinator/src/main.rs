@@ -411,12 +411,7 @@ async fn main() -> Result<()> {
             Ok(())
         }
         Cmd::Show { experiment, conn } => {
-            let mut c = connect(&conn).await?;
-            let d = c
-                .get_experiment(pb::GetRequest { experiment })
-                .await
-                .map_err(grpc)?
-                .into_inner();
+            let d = experiment_detail(&conn, experiment).await?;
             print_experiment(&d, true);
             print_storage(&d);
             Ok(())
@@ -435,12 +430,7 @@ async fn main() -> Result<()> {
             markdown,
             conn,
         } => {
-            let mut c = connect(&conn).await?;
-            let d = c
-                .get_experiment(pb::GetRequest { experiment })
-                .await
-                .map_err(grpc)?
-                .into_inner();
+            let d = experiment_detail(&conn, experiment).await?;
             let metrics = if metrics.is_empty() {
                 plume_coordinator::table::default_metrics(&d)
             } else {
@@ -1022,6 +1012,15 @@ async fn up(
     let _ = server.await;
     dashboard.abort();
     result
+}
+
+/// One experiment's runs, metrics and storage, as `show` and `table` print them.
+async fn experiment_detail(conn: &Conn, experiment: String) -> Result<pb::ExperimentDetail> {
+    let mut c = connect(conn).await?;
+    Ok(c.get_experiment(pb::GetRequest { experiment })
+        .await
+        .map_err(grpc)?
+        .into_inner())
 }
 
 /// Submits, prints progress until every run ended, then the best checkpoint.

@@ -131,12 +131,12 @@ fn every_method_trains_and_is_benchmarked() {
     // Editing for a person: a dataset image by id, a PNG from elsewhere (inverted first), and
     // bad inputs that must fail cleanly.
     let m1 = d.join("m1/checkpoints/step-00000003.safetensors");
-    let edit = |image: &str, caption: &str, out: &Path| {
+    let edit_with = |checkpoint: &Path, image: &str, caption: &str, out: &Path| {
         worker_cmd()
             .args([
                 "edit",
                 "--checkpoint",
-                m1.to_str().unwrap(),
+                checkpoint.to_str().unwrap(),
                 "--image",
                 image,
                 "--caption",
@@ -149,6 +149,7 @@ fn every_method_trains_and_is_benchmarked() {
             .output()
             .unwrap()
     };
+    let edit = |image: &str, caption: &str, out: &Path| edit_with(&m1, image, caption, out);
     let o = edit(
         "17",
         "this bird has a red breast and black wings",
@@ -180,43 +181,18 @@ fn every_method_trains_and_is_benchmarked() {
 
     // M4 edits a dataset image from the command line too (grounded, given its caption).
     let m4 = d.join("m4/checkpoints/step-00000003.safetensors");
-    let o = worker_cmd()
-        .args([
-            "edit",
-            "--checkpoint",
-            m4.to_str().unwrap(),
-            "--image",
-            "17",
-            "--caption",
-            "this bird has a red breast and black wings",
-            "--out",
-            d.join("edit_m4.png").to_str().unwrap(),
-            "--device",
-            "cpu",
-        ])
-        .output()
-        .unwrap();
+    let o = edit_with(
+        &m4,
+        "17",
+        "this bird has a red breast and black wings",
+        &d.join("edit_m4.png"),
+    );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(image::open(d.join("edit_m4.png")).is_ok());
 
     // M0 edits from the command line with its fitted directions.
     let m0 = d.join("m0/checkpoints/step-00000001.safetensors");
-    let o = worker_cmd()
-        .args([
-            "edit",
-            "--checkpoint",
-            m0.to_str().unwrap(),
-            "--image",
-            "17",
-            "--caption",
-            "a bird with red wings",
-            "--out",
-            d.join("edit_m0.png").to_str().unwrap(),
-            "--device",
-            "cpu",
-        ])
-        .output()
-        .unwrap();
+    let o = edit_with(&m0, "17", "a bird with red wings", &d.join("edit_m0.png"));
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(image::open(d.join("edit_m0.png")).is_ok());
 

@@ -157,7 +157,8 @@ pub struct BenchmarkResult {
     pub gallery_png: Vec<u8>,
 }
 
-fn harmonic(values: &[f64]) -> f64 {
+/// Harmonic mean (0 when any value is 0): high only when every value is.
+pub fn harmonic(values: &[f64]) -> f64 {
     if values.iter().any(|&v| v <= 0.0) {
         return 0.0;
     }
@@ -226,24 +227,15 @@ pub fn run_benchmark(
                 &real,
             )?,
         };
-        let out = tch::no_grad(|| {
-            let w_src = w_rows.select(1, 0);
-            let targets: Vec<&str> = chunk.iter().map(|r| r.target_caption.as_str()).collect();
-            let sources: Vec<&str> = chunk.iter().map(|r| r.source_caption.as_str()).collect();
-            edit_images(method, nets, &w_src, &real, &targets, Some(&sources))
-        })?;
+        let w_src = w_rows.select(1, 0);
+        let targets: Vec<&str> = chunk.iter().map(|r| r.target_caption.as_str()).collect();
+        let sources: Vec<&str> = chunk.iter().map(|r| r.source_caption.as_str()).collect();
+        let out =
+            tch::no_grad(|| edit_images(method, nets, &w_src, &real, &targets, Some(&sources)))?;
         // The no-op edit: the source's own caption as the target should change nothing.
-        let same = tch::no_grad(|| {
-            let sources: Vec<&str> = chunk.iter().map(|r| r.source_caption.as_str()).collect();
-            edit_images(
-                method,
-                nets,
-                &w_rows.select(1, 0),
-                &real,
-                &sources,
-                Some(&sources),
-            )
-        })?;
+        let same =
+            tch::no_grad(|| edit_images(method, nets, &w_src, &real, &sources, Some(&sources)))?;
+        // The judge's attribute values of images, on the CPU.
         let read = |images: &Tensor| {
             tch::no_grad(|| {
                 judge
@@ -257,29 +249,13 @@ pub fn run_benchmark(
                     .to_device(tch::Device::Cpu)
             })
         };
-        let agree = read(&same.edited).eq_tensor(&read(&same.source));
-        identical += agree.sum(Kind::Float).double_value(&[]);
-        identical_n += agree.numel() as f64;
         let (edited, source) = (out.edited, out.source);
         let grounding = out.grounding.map(|m| m.to_device(tch::Device::Cpu));
-        let (pe, ps) = tch::no_grad(|| {
-            let pe = judge.net.predict(
-                &judge
-                    .net
-                    .forward(&resize_square(&edited, judge.resolution))
-                    .attr_logits,
-            );
-            let ps = judge.net.predict(
-                &judge
-                    .net
-                    .forward(&resize_square(&source, judge.resolution))
-                    .attr_logits,
-            );
-            (
-                pe.to_device(tch::Device::Cpu),
-                ps.to_device(tch::Device::Cpu),
-            )
-        });
+        // Both edits render G(w_src) with the same noise, so one reading of it serves both.
+        let (pe, ps) = (read(&edited), read(&source));
+        let agree = read(&same.edited).eq_tensor(&ps);
+        identical += agree.sum(Kind::Float).double_value(&[]);
+        identical_n += agree.numel() as f64;
         let diff = (&edited - &source)
             .abs()
             .mean_dim(1, false, None)

@@ -2,7 +2,8 @@
 //! frozen generator, and runs the edit benchmark periodically (so eval curves exist).
 
 use super::benchmark::{
-    captions_of, check_vocabulary, critic_parts, dataset_sources, requests, run_benchmark, Source,
+    captions_of, check_vocabulary, critic_parts, dataset_sources, harmonic, requests,
+    run_benchmark, Source,
 };
 use super::bert::{default_model_dir, TextEncoder};
 use super::methods::{loss_terms, total_loss, EditSpec, Example, Method, Nets, Recipe, StyleHeads};
@@ -191,8 +192,14 @@ pub fn run(
     let style_rows = &ctx.style_rows;
     let mut bert_opt = Adam::new(trainable_vars(&enc.vs), cfg.lr_bert, 0.9, 0.999, 1e-8);
     let mut head_opt = Adam::new(trainable_vars(&heads.vs), cfg.lr_heads, 0.9, 0.999, 1e-8);
-    // Training examples, their part masks (drawn ones, or the critic's segmentation of G(w)),
-    // and the same examples as edit sources (M0 chooses its step size on them).
+    // Training examples, their part masks (drawn ones, or the critic's segmentation of G(w);
+    // only the unedited-region loss reads them), and the same examples as edit sources (M0
+    // chooses its step size on them).
+    let needs_masks = cfg.losses.unedited_region > 0.0
+        && matches!(
+            cfg.method,
+            Method::Weighted | Method::Contrastive | Method::VisualGrounding
+        );
     let (images, labels, w_train, train_captions, masks, train_sources) = match &ctx.sampled {
         None => {
             let train: Vec<usize> = ds
@@ -213,9 +220,12 @@ pub fn run(
             let w = ctx.styles_w.index_select(0, &rows).select(1, 0);
             let captions: Vec<Vec<String>> =
                 train.iter().map(|&i| ds.captions[i].clone()).collect();
-            let masks = ds
-                .load_masks(&train, g.cfg.resolution)?
-                .map(|m| m.to_device(device));
+            let masks = match needs_masks {
+                true => ds
+                    .load_masks(&train, g.cfg.resolution)?
+                    .map(|m| m.to_device(device)),
+                false => None,
+            };
             let sources = dataset_sources(ds, style_rows, Partition::Train);
             (images, labels, w, captions, masks, sources)
         }
@@ -242,14 +252,21 @@ pub fn run(
                 .iter()
                 .map(|v| captions_of(v))
                 .collect();
-            let masks = Tensor::cat(
-                &(0..n)
-                    .step_by(256)
-                    .map(|k| critic_parts(&ctx.critic, &images.narrow(0, k, 256.min(n - k))))
-                    .collect::<anyhow::Result<Vec<_>>>()?,
-                0,
-            )
-            .to_device(device);
+            let masks = match needs_masks {
+                true => Some(
+                    Tensor::cat(
+                        &(0..n)
+                            .step_by(256)
+                            .map(|k| {
+                                critic_parts(&ctx.critic, &images.narrow(0, k, 256.min(n - k)))
+                            })
+                            .collect::<anyhow::Result<Vec<_>>>()?,
+                        0,
+                    )
+                    .to_device(device),
+                ),
+                false => None,
+            };
             let sources = (0..n as usize)
                 .map(|r| Source {
                     image: None,
@@ -257,14 +274,7 @@ pub fn run(
                     values: values[r].clone(),
                 })
                 .collect();
-            (
-                images,
-                labels,
-                w.select(1, 0),
-                captions,
-                Some(masks),
-                sources,
-            )
+            (images, labels, w.select(1, 0), captions, masks, sources)
         }
     };
 
@@ -455,11 +465,7 @@ fn fit_linear_directions(
                 .map_or(0.0, |(_, v)| *v)
         };
         let (success, preservation) = (get("eval/edit_success"), get("eval/attr_preservation"));
-        let score = if success > 0.0 && preservation > 0.0 {
-            2.0 / (1.0 / success + 1.0 / preservation)
-        } else {
-            0.0
-        };
+        let score = harmonic(&[success, preservation]);
         reporter.log(&format!(
             "linear-directions alpha {alpha}: on {} training-split edits the critic reads edit_success {success:.3}, attr_preservation {preservation:.3}",
             reqs.len()

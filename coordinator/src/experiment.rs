@@ -125,7 +125,11 @@ pub struct Retention {
 impl Default for Retention {
     fn default() -> Self {
         Retention {
-            keep: Keep { best: 2, latest: 1 },
+            keep: Keep {
+                best: 2,
+                latest: 1,
+                final_state: false,
+            },
         }
     }
 }
@@ -140,6 +144,11 @@ pub struct Keep {
     /// By step (at least 1: downstream runs and resumes need the last one).
     #[serde(default = "one")]
     pub latest: u32,
+    /// Keep a finished run's resume state (optimizer moments) in its last checkpoint, so it
+    /// can later be continued exactly. Off by default: only a run that may still resume
+    /// needs it, and it is most of a checkpoint's bytes.
+    #[serde(default)]
+    pub final_state: bool,
 }
 
 fn one() -> u32 {

@@ -199,7 +199,7 @@ enum Cmd {
         /// Millions of metric points behind the `best` query.
         #[arg(long, default_value_t = 10)]
         points_millions: usize,
-        /// Only these benchmarks: all, coordinator or dashboard.
+        /// Only these benchmarks: all, coordinator, dashboard or storage.
         #[arg(long, default_value = "all")]
         suite: String,
     },
@@ -210,6 +210,10 @@ enum Cmd {
         /// Where to write it.
         #[arg(long)]
         out: PathBuf,
+        /// The whole file with its resume state (optimizer moments, a GAN's discriminator),
+        /// to continue training elsewhere; by default the weights alone.
+        #[arg(long)]
+        with_state: bool,
         #[command(flatten)]
         conn: Conn,
     },
@@ -517,7 +521,8 @@ async fn main() -> Result<()> {
                 "all" => Suite::All,
                 "coordinator" => Suite::Coordinator,
                 "dashboard" => Suite::Dashboard,
-                other => bail!("unknown suite {other:?} (all, coordinator or dashboard)"),
+                "storage" => Suite::Storage,
+                other => bail!("unknown suite {other:?} (all, coordinator, dashboard or storage)"),
             };
             print!(
                 "{}",
@@ -528,6 +533,7 @@ async fn main() -> Result<()> {
         Cmd::Download {
             checkpoint,
             out,
+            with_state,
             conn,
         } => {
             let mut c = connect(&conn).await?;
@@ -535,6 +541,7 @@ async fn main() -> Result<()> {
                 .download_checkpoint(pb::DownloadRequest {
                     checkpoint_id: checkpoint,
                     fence: None,
+                    with_state,
                 })
                 .await
                 .map_err(grpc)?
@@ -678,14 +685,46 @@ fn print_experiment(d: &pb::ExperimentDetail, attempts: bool) {
     }
 }
 
-/// The dedup line of `show`: what the checkpoints weigh as files versus what is stored.
+/// Megabytes, for storage lines.
+fn mb(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1e6)
+}
+
+/// The storage lines of `show`: what the checkpoints weigh as files (weights and resume
+/// state) against what is stored, then per run.
 fn print_storage(d: &pb::ExperimentDetail) {
-    if d.checkpoint_bytes > 0 {
+    if d.checkpoint_bytes == 0 {
+        return;
+    }
+    println!(
+        "checkpoints: {} as files ({} weights + {} resume state), {} stored (dedup saved {})",
+        mb(d.checkpoint_bytes),
+        mb(d.weight_bytes),
+        mb(d.state_bytes),
+        mb(d.stored_bytes),
+        mb(d.checkpoint_bytes.saturating_sub(d.stored_bytes)),
+    );
+    let runs: Vec<(&str, &pb::RunStorage)> = d
+        .runs
+        .iter()
+        .filter_map(|r| Some((r.name.as_str(), r.storage.as_ref()?)))
+        .filter(|(_, s)| s.checkpoints > 0)
+        .collect();
+    if runs.is_empty() {
+        return;
+    }
+    println!(
+        "  {:<44} {:>5} {:>11} {:>11} {:>13}",
+        "run", "ckpts", "weights", "state", "stored alone"
+    );
+    for (name, s) in runs {
         println!(
-            "checkpoints: {:.1} MB as files, {:.1} MB stored (dedup ratio {:.2}x)",
-            d.checkpoint_bytes as f64 / 1e6,
-            d.stored_bytes as f64 / 1e6,
-            d.checkpoint_bytes as f64 / (d.stored_bytes.max(1)) as f64
+            "  {:<44} {:>5} {:>11} {:>11} {:>13}",
+            name,
+            s.checkpoints,
+            mb(s.weight_bytes),
+            mb(s.state_bytes),
+            mb(s.own_stored_bytes)
         );
     }
 }

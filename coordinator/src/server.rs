@@ -511,7 +511,7 @@ impl WorkerApi for Coordinator {
         let r = req.into_inner();
         let (data, sha, step) = self
             .store
-            .checkpoint_bytes(r.checkpoint_id)
+            .checkpoint_bytes(r.checkpoint_id, r.with_state)
             .await
             .map_err(status)?;
         Ok(Response::new(Coordinator::download_stream(data, sha, step)))
@@ -681,17 +681,21 @@ impl Coordinator {
     /// One experiment with its runs, their metric summaries and attempts.
     pub async fn detail(&self, key: &str) -> Result<pb::ExperimentDetail, Status> {
         let (id, e) = self.experiment(key).await?;
+        let storage = self.store.storage(id).await.map_err(status)?;
         let mut runs = Vec::new();
         for r in self.store.runs(id).await.map_err(status)? {
-            runs.push(self.full_run_summary(&r).await?);
+            let mut s = self.full_run_summary(&r).await?;
+            s.storage = Some(run_storage(storage.runs.get(&r.id)));
+            runs.push(s);
         }
-        let (logical, stored) = self.store.dedup(Some(id)).await.map_err(status)?;
         Ok(pb::ExperimentDetail {
             summary: Some(experiment_summary(&e)),
             runs,
             yaml: e.yaml,
-            checkpoint_bytes: logical as u64,
-            stored_bytes: stored as u64,
+            checkpoint_bytes: (storage.weight_bytes + storage.state_bytes) as u64,
+            stored_bytes: storage.stored_bytes as u64,
+            weight_bytes: storage.weight_bytes as u64,
+            state_bytes: storage.state_bytes as u64,
         })
     }
 
@@ -705,10 +709,10 @@ impl Coordinator {
         let (id, e) = self.experiment(key).await?;
         let run_id = self.store.resolve_run(id, run).await.map_err(status)?;
         let row = self.store.run(id, run_id).await.map_err(status)?;
-        Ok((
-            self.full_run_summary(&row).await?,
-            experiment_summary(&e).objective,
-        ))
+        let mut summary = self.full_run_summary(&row).await?;
+        let storage = self.store.storage(id).await.map_err(status)?;
+        summary.storage = Some(run_storage(storage.runs.get(&run_id)));
+        Ok((summary, experiment_summary(&e).objective))
     }
 
     /// A run with its needs, metric summaries and attempts.
@@ -981,9 +985,10 @@ impl UserApi for Coordinator {
         &self,
         req: Request<pb::DownloadRequest>,
     ) -> Result<Response<Self::DownloadCheckpointStream>, Status> {
+        let r = req.into_inner();
         let (data, sha, step) = self
             .store
-            .checkpoint_bytes(req.into_inner().checkpoint_id)
+            .checkpoint_bytes(r.checkpoint_id, r.with_state)
             .await
             .map_err(status)?;
         Ok(Response::new(Coordinator::download_stream(data, sha, step)))
@@ -1014,4 +1019,15 @@ pub async fn serve(
         .await;
     reaper.abort();
     Ok(result?)
+}
+
+/// A run's checkpoint bytes for the API (zeros for a run without checkpoints).
+fn run_storage(s: Option<&crate::store::RunStorage>) -> pb::RunStorage {
+    let s = s.copied().unwrap_or_default();
+    pb::RunStorage {
+        checkpoints: s.checkpoints,
+        weight_bytes: s.weight_bytes as u64,
+        state_bytes: s.state_bytes as u64,
+        own_stored_bytes: s.own_stored_bytes as u64,
+    }
 }

@@ -275,6 +275,32 @@ async fn pipeline_survives_worker_and_coordinator_kills() {
         plume_coordinator::blobs::sha256_hex(&std::fs::read(&out).unwrap()),
         top.sha256
     );
+    // Every run succeeded, so no checkpoint keeps resume state: the workers declared it (the
+    // generator's D and optimizers, the text runs' Adam moments) and the store dropped it.
+    let (with_state, dropped): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE c.state_size > 0), count(*) FILTER (WHERE c.state_dropped) \
+         FROM checkpoints c JOIN runs r ON r.id = c.run_id WHERE r.experiment_id = $1",
+    )
+    .bind(exp)
+    .fetch_one(&store.pool)
+    .await
+    .unwrap();
+    assert_eq!(with_state, 0);
+    assert!(dropped > 0);
+    let o = Command::new(bin("plume"))
+        .args([
+            "download",
+            &top.checkpoint_id.to_string(),
+            "--with-state",
+            "--out",
+        ])
+        .arg(d.join("with-state.safetensors"))
+        .args(["--coordinator", &url, "--token", USER])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("holds weights only"), "{err}");
     let json = Command::new(bin("plume"))
         .args([
             "best",

@@ -262,11 +262,12 @@ async function experimentPage(exp) {
   const renderHead = () => {
     const s = detail.summary;
     const states = Object.entries(s.run_states || {}).map(([k, n]) => n + " " + k).join(", ");
-    const ratio = detail.stored_bytes > 0 ? (detail.checkpoint_bytes / detail.stored_bytes).toFixed(2) + "×" : "–";
+    const saved = Math.max(0, detail.checkpoint_bytes - detail.stored_bytes);
     put(head, 
       h("h1", {}, exp, " ", badge(s.state)),
       h("p", { class: "muted" }, "objective ", h("b", {}, s.objective), " · best ", s.has_best ? formatNumber(s.best_objective) : "–",
-        " · runs: ", states, " · checkpoints ", bytes(detail.checkpoint_bytes), " stored as ", bytes(detail.stored_bytes), " (", ratio, ")"),
+        " · runs: ", states, " · checkpoints ", bytes(detail.weight_bytes || 0), " weights + ", bytes(detail.state_bytes || 0),
+        " resume state, stored as ", bytes(detail.stored_bytes), " (dedup saved ", bytes(saved), ")"),
       h("div", { class: "toolbar" },
         s.state === "running" ? h("button", { class: "danger", onclick: async () => {
           if (!confirm("Cancel every unfinished run of " + exp + "?")) { return; }
@@ -445,7 +446,9 @@ async function runPage(exp, run) {
       h("h1", {}, run, " ", badge(r.state)),
       h("p", { class: "muted" }, r.job_kind, r.method ? " · " + r.method : "", params ? " · " + params : "",
         " · attempt ", r.attempt, (r.needs || []).length ? " · needs " : "",
-        (r.needs || []).map((n, i) => [i ? ", " : "", h("a", { href: "#/e/" + enc(exp) + "/r/" + enc(n) }, n)])),
+        (r.needs || []).map((n, i) => [i ? ", " : "", h("a", { href: "#/e/" + enc(exp) + "/r/" + enc(n) }, n)]),
+        r.storage && r.storage.checkpoints > 0 ? [" · ", r.storage.checkpoints, " checkpoints: ", bytes(r.storage.weight_bytes || 0), " weights + ",
+          bytes(r.storage.state_bytes || 0), " resume state, ", bytes(r.storage.own_stored_bytes || 0), " stored for this run alone"] : null),
       h("div", { class: "toolbar" }, progress(r.step, r.total_steps),
         h("a", { class: "button", href: "#/e/" + enc(exp) + "/compare?" + compareQuery([run], {}) }, "Compare with…"),
         ENDED.includes(r.state) ? null : h("button", { class: "danger", onclick: async () => {
@@ -465,11 +468,14 @@ async function runPage(exp, run) {
     const cols = [...shown].slice(0, 6);
     put(checkpointsBox, info.checkpoints.length === 0 ? h("p", { class: "muted" }, "No checkpoint yet.") :
       h("table", { class: "grid", id: "checkpoints" },
-        h("thead", {}, h("tr", {}, ["step", "attempt", ...cols, "size", "sha256", ""].map((c) => h("th", {}, c)))),
+        h("thead", {}, h("tr", {}, ["step", "attempt", ...cols, "weights", "resume state", "sha256", ""].map((c) => h("th", {}, c)))),
         h("tbody", {}, info.checkpoints.map((c) => h("tr", {}, h("td", { class: "num" }, c.step), h("td", { class: "num" }, c.attempt),
           cols.map((n) => h("td", { class: "num" }, c.metrics[n] === undefined ? "–" : formatNumber(c.metrics[n]))),
-          h("td", { class: "num" }, bytes(c.size)), h("td", { class: "mono small" }, c.sha256.slice(0, 12)),
-          h("td", {}, h("a", { href: "/api/checkpoints/" + c.id + "/file", download: "" }, "download")))))));
+          h("td", { class: "num" }, bytes(c.size - c.state_size)),
+          h("td", { class: "num" }, c.state_size > 0 ? bytes(c.state_size) : (c.state_dropped ? "dropped" : "–")),
+          h("td", { class: "mono small" }, c.sha256.slice(0, 12)),
+          h("td", {}, h("a", { href: "/api/checkpoints/" + c.id + "/file", download: "" }, "download"),
+            c.state_size > 0 ? [" · ", h("a", { href: "/api/checkpoints/" + c.id + "/file?with_state=true", download: "" }, "with state")] : null))))));
     renderGallery(info.artifacts);
   };
 

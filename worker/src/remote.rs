@@ -318,9 +318,14 @@ async fn download(
     c: &mut Client,
     fence: pb::Fence,
     id: i64,
+    with_state: bool,
     cache: &Path,
 ) -> anyhow::Result<PathBuf> {
-    let path = cache.join(format!("checkpoint-{id}.safetensors"));
+    let path = cache.join(if with_state {
+        format!("checkpoint-{id}.safetensors")
+    } else {
+        format!("checkpoint-{id}-weights.safetensors")
+    });
     if path.is_file() {
         return Ok(path);
     }
@@ -331,6 +336,7 @@ async fn download(
                 .download(pb::DownloadRequest {
                     checkpoint_id: id,
                     fence: Some(fence),
+                    with_state,
                 })
                 .await?
                 .into_inner();
@@ -431,7 +437,8 @@ fn start_job(opts: &RemoteOptions, shared: &Arc<Shared>, c: Client, a: pb::Assig
             let mut config: serde_yaml::Mapping = serde_yaml::from_str(&a.job_yaml)
                 .context("the coordinator sent a job that is not YAML")?;
             for input in &a.inputs {
-                let path = handle.block_on(download(&mut c, fence, input.checkpoint_id, &cache))?;
+                let path =
+                    handle.block_on(download(&mut c, fence, input.checkpoint_id, false, &cache))?;
                 config.insert(
                     serde_yaml::Value::String(input.field.clone()),
                     serde_yaml::Value::String(path.display().to_string()),
@@ -439,7 +446,7 @@ fn start_job(opts: &RemoteOptions, shared: &Arc<Shared>, c: Client, a: pb::Assig
             }
             let resume = if a.resume_checkpoint > 0 {
                 reporter.log(&format!("resuming from step {}", a.resume_step));
-                Some(handle.block_on(download(&mut c, fence, a.resume_checkpoint, &cache))?)
+                Some(handle.block_on(download(&mut c, fence, a.resume_checkpoint, true, &cache))?)
             } else {
                 None
             };

@@ -103,6 +103,8 @@ struct CheckpointJson {
     step: i64,
     attempt: i32,
     size: i64,
+    state_size: i64,
+    state_dropped: bool,
     sha256: String,
     objective: Option<f64>,
     created_unix: i64,
@@ -126,6 +128,8 @@ pub async fn run(
             step: k.step,
             attempt: k.attempt,
             size: k.size,
+            state_size: k.state_size,
+            state_dropped: k.state_dropped,
             sha256: k.sha256,
             objective: k.objective,
             created_unix: k.created,
@@ -285,13 +289,24 @@ fn safe_file_name(s: &str) -> String {
         .collect()
 }
 
-/// `GET /api/checkpoints/{id}/file`: the checkpoint's bytes, checked against its SHA-256.
+/// Query of `GET /api/checkpoints/{id}/file`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileQuery {
+    /// The whole file with its resume state (default: the weights alone).
+    #[serde(default)]
+    pub with_state: bool,
+}
+
+/// `GET /api/checkpoints/{id}/file[?with_state=true]`: the checkpoint's bytes (weights only
+/// by default), checked against its SHA-256.
 pub async fn checkpoint_file(
     State(c): State<Coordinator>,
     Path(id): Path<i64>,
+    ApiQuery(q): ApiQuery<FileQuery>,
 ) -> ApiResult<Response> {
     let (exp, run) = c.store().checkpoint_owner(id).await?;
-    let (data, sha, step) = c.store().checkpoint_bytes(id).await?;
+    let (data, sha, step) = c.store().checkpoint_bytes(id, q.with_state).await?;
     let name = safe_file_name(&format!("{exp}-{run}-step{step}.ckpt"));
     let mut res = Response::new(Body::from(data));
     let h = res.headers_mut();

@@ -199,6 +199,7 @@ pub fn run(
     if let Some(path) = resume {
         let ckpt = Checkpoint::load(path)?;
         ckpt.expect_kind("train-judge")?;
+        ckpt.expect_resume_state()?;
         for s in &mut sides {
             ckpt.restore(&format!("{}.", s.name), &named_vars(&s.vs))?;
             s.opt.restore(&ckpt, &format!("{}.opt.", s.name))?;
@@ -207,13 +208,13 @@ pub fn run(
     }
     reporter.log(&format!("train-judge on {device:?}: {} images, {} attribute groups, {} part labels, steps {start}..{}", ds.images.len(), groups.len(), parts, cfg.steps));
     let save = |sides: &[Side], step: i64, reporter: &mut dyn Reporter| -> anyhow::Result<()> {
-        let mut tensors = Vec::new();
+        let (mut weights, mut state) = (Vec::new(), Vec::new());
         for s in sides {
-            tensors.extend(checkpoint::prefixed(
+            weights.extend(checkpoint::prefixed(
                 &format!("{}.", s.name),
                 &named_vars(&s.vs),
             ));
-            tensors.extend(checkpoint::prefixed(
+            state.extend(checkpoint::prefixed(
                 &format!("{}.opt.", s.name),
                 &s.opt.state(),
             ));
@@ -229,7 +230,13 @@ pub fn run(
         meta.insert("judge.resolution".into(), res.to_string());
         meta.insert("job.config".into(), serde_json::to_string(cfg)?);
         let path = reporter.checkpoint_path(step)?;
-        checkpoint::save(&path, "train-judge", step, &meta, &tensors)?;
+        checkpoint::save(
+            &path,
+            "train-judge",
+            step,
+            &meta,
+            &checkpoint::Parts { weights, state },
+        )?;
         reporter.checkpoint_written(step, &path)
     };
     let evaluate = |sides: &[Side], step: i64, reporter: &mut dyn Reporter| -> anyhow::Result<()> {

@@ -106,13 +106,42 @@ fn to_view(t: &Tensor) -> F32View {
     F32View { shape, bytes }
 }
 
-/// Writes `tensors` and `meta` (plus `plume.kind` and `plume.step`) to `path` atomically.
+/// Metadata key listing (as a JSON array) the tensors that are resume state. The coordinator
+/// reads it to keep that state only where a resume needs it (a run's latest checkpoint) and
+/// to serve weights-only downloads; see `plume_coordinator::blobs::without_state`.
+pub const STATE_KEY: &str = "plume.state";
+
+/// Metadata key the coordinator sets on a checkpoint whose resume state it dropped.
+pub const STATE_DROPPED_KEY: &str = "plume.state_dropped";
+
+/// What a checkpoint holds, in two parts: the weights every later reader needs (`best`,
+/// downloads, downstream stages) and the state only an exact resume needs (optimizer moments,
+/// a GAN's discriminator and raw generator, counters).
+pub struct Parts {
+    /// Read by everyone.
+    pub weights: Vec<(String, Tensor)>,
+    /// Read only by a resume.
+    pub state: Vec<(String, Tensor)>,
+}
+
+impl Parts {
+    /// Weights alone (a job whose checkpoints need nothing more to resume).
+    pub fn weights(weights: Vec<(String, Tensor)>) -> Parts {
+        Parts {
+            weights,
+            state: Vec::new(),
+        }
+    }
+}
+
+/// Writes `parts` and `meta` (plus `plume.kind`, `plume.step` and the names of the state
+/// tensors under [`STATE_KEY`]) to `path` atomically.
 pub fn save(
     path: &Path,
     kind: &str,
     step: i64,
     meta: &BTreeMap<String, String>,
-    tensors: &[(String, Tensor)],
+    parts: &Parts,
 ) -> Result<(), CheckpointError> {
     let io = |e| CheckpointError::Io {
         path: path.to_owned(),
@@ -122,8 +151,15 @@ pub fn save(
         meta.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     info.insert("plume.kind".into(), kind.into());
     info.insert("plume.step".into(), step.to_string());
-    let views: Vec<(String, F32View)> = tensors
+    let state_names: Vec<&str> = parts.state.iter().map(|(n, _)| n.as_str()).collect();
+    info.insert(
+        STATE_KEY.into(),
+        serde_json::to_string(&state_names).expect("strings serialize"),
+    );
+    let views: Vec<(String, F32View)> = parts
+        .weights
         .iter()
+        .chain(&parts.state)
         .map(|(n, t)| (n.clone(), to_view(t)))
         .collect();
     let bytes =
@@ -233,6 +269,22 @@ impl Checkpoint {
         Ok(())
     }
 
+    /// Fails unless the checkpoint still carries its resume state: the coordinator keeps it
+    /// only in a run's latest checkpoint, and a weights-only file cannot continue exactly.
+    pub fn expect_resume_state(&self) -> Result<(), CheckpointError> {
+        if self.meta.contains_key(STATE_DROPPED_KEY) {
+            return Err(CheckpointError::Metadata {
+                path: self.path.clone(),
+                key: STATE_DROPPED_KEY.into(),
+                message: "this checkpoint holds weights only (its optimizer state was dropped), \
+                          so training cannot resume from it exactly; resume from the run's \
+                          latest checkpoint, or download with --with-state"
+                    .into(),
+            });
+        }
+        Ok(())
+    }
+
     /// A metadata entry, or an error naming it.
     pub fn meta(&self, key: &str) -> Result<&str, CheckpointError> {
         self.meta
@@ -297,6 +349,27 @@ impl Checkpoint {
         });
         Ok(())
     }
+}
+
+/// SHA-256 over named tensors (names, shapes and f32 bytes, in the given order): identifies
+/// weights a checkpoint depends on but does not store.
+pub fn fingerprint<'a>(named: impl IntoIterator<Item = (&'a str, &'a Tensor)>) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    for (name, t) in named {
+        hasher.update(name.as_bytes());
+        hasher.update(format!("{:?}", t.size()).as_bytes());
+        let t = t
+            .detach()
+            .to_device(tch::Device::Cpu)
+            .to_kind(Kind::Float)
+            .contiguous();
+        let n = t.numel();
+        let mut bytes = vec![0u8; n * 4];
+        t.copy_data_u8(&mut bytes, n);
+        hasher.update(&bytes);
+    }
+    format!("{:x}", hasher.finalize())
 }
 
 /// Named tensors under a prefix, ready for [`save`].

@@ -330,11 +330,11 @@ pub fn import(
         "generator.imported_from".into(),
         format!("rosinality:{}", input.display()),
     );
-    let tensors = checkpoint::prefixed("G_ema.", &named_vars(&vs));
-    checkpoint::save(out, "pretrain-generator", 0, &meta, &tensors)?;
+    let parts = checkpoint::Parts::weights(checkpoint::prefixed("G_ema.", &named_vars(&vs)));
+    checkpoint::save(out, "pretrain-generator", 0, &meta, &parts)?;
     Ok(Imported {
         network,
-        tensors: tensors.len(),
+        tensors: parts.weights.len(),
     })
 }
 

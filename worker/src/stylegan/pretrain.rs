@@ -110,17 +110,20 @@ impl Gan {
         }
     }
 
-    fn tensors(&self) -> Vec<(String, Tensor)> {
-        let mut t = checkpoint::prefixed("G.", &named_vars(&self.g_vs));
-        t.extend(checkpoint::prefixed("D.", &named_vars(&self.d_vs)));
-        t.extend(checkpoint::prefixed("G_ema.", &named_vars(&self.ema_vs)));
-        t.extend(checkpoint::prefixed("G.opt.", &self.g_opt.state()));
-        t.extend(checkpoint::prefixed("D.opt.", &self.d_opt.state()));
-        t.push(("pl_mean".into(), self.pl_mean.view([1])));
-        t
+    /// The EMA generator is what every later job reads; the trained G, D, their optimizers
+    /// and the path-length mean only serve a resume.
+    fn parts(&self) -> checkpoint::Parts {
+        let weights = checkpoint::prefixed("G_ema.", &named_vars(&self.ema_vs));
+        let mut state = checkpoint::prefixed("G.", &named_vars(&self.g_vs));
+        state.extend(checkpoint::prefixed("D.", &named_vars(&self.d_vs)));
+        state.extend(checkpoint::prefixed("G.opt.", &self.g_opt.state()));
+        state.extend(checkpoint::prefixed("D.opt.", &self.d_opt.state()));
+        state.push(("pl_mean".into(), self.pl_mean.view([1])));
+        checkpoint::Parts { weights, state }
     }
 
     fn restore(&mut self, ckpt: &Checkpoint) -> anyhow::Result<()> {
+        ckpt.expect_resume_state()?;
         ckpt.restore("G.", &named_vars(&self.g_vs))?;
         ckpt.restore("D.", &named_vars(&self.d_vs))?;
         ckpt.restore("G_ema.", &named_vars(&self.ema_vs))?;
@@ -451,7 +454,7 @@ pub fn run(
         meta.insert("generator.num_ws".into(), gan.g.num_ws().to_string());
         meta.insert("job.config".into(), serde_json::to_string(cfg)?);
         let path = reporter.checkpoint_path(step)?;
-        checkpoint::save(&path, "pretrain-generator", step, &meta, &gan.tensors())?;
+        checkpoint::save(&path, "pretrain-generator", step, &meta, &gan.parts())?;
         reporter.checkpoint_written(step, &path)
     };
     let evaluate = |gan: &Gan, step: i64, reporter: &mut dyn Reporter| -> anyhow::Result<()> {

@@ -182,11 +182,11 @@ pub fn run(
             "invert",
             done as i64,
             &meta,
-            &[
+            &checkpoint::Parts::weights(vec![
                 ("w".into(), w),
                 ("index".into(), index),
                 ("recon_error".into(), e),
-            ],
+            ]),
         )?;
         reporter.checkpoint_written(done as i64, &path)
     };
@@ -314,7 +314,7 @@ fn run_sampled(
         "invert",
         total as i64,
         &meta,
-        &[
+        &checkpoint::Parts::weights(vec![
             ("w".into(), w),
             (
                 "index".into(),
@@ -325,7 +325,7 @@ fn run_sampled(
                 Tensor::zeros([total as i64], (Kind::Float, device)),
             ),
             ("labels".into(), labels.to_kind(Kind::Float)),
-        ],
+        ]),
     )?;
     reporter.checkpoint_written(total as i64, &path)?;
     reporter.metrics(total as i64, &[("styles/recon_l1", 0.0)])?;

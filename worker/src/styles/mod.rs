@@ -5,7 +5,6 @@
 pub mod invert;
 
 use crate::nn::checkpoint::{Checkpoint, CheckpointError};
-use sha2::{Digest, Sha256};
 use std::path::Path;
 use tch::{Kind, Tensor};
 
@@ -13,17 +12,9 @@ use tch::{Kind, Tensor};
 /// `pretrain-generator` checkpoint: the identity of "the frozen generator".
 pub fn generator_fingerprint(ckpt: &Checkpoint) -> Result<String, CheckpointError> {
     ckpt.expect_kind("pretrain-generator")?;
-    let mut hasher = Sha256::new();
-    for (name, t) in ckpt.tensors_with_prefix("G_ema.") {
-        hasher.update(name.as_bytes());
-        hasher.update(format!("{:?}", t.size()).as_bytes());
-        let t = t.to_kind(Kind::Float).contiguous();
-        let n = t.numel();
-        let mut bytes = vec![0u8; n * 4];
-        t.copy_data_u8(&mut bytes, n);
-        hasher.update(&bytes);
-    }
-    Ok(format!("{:x}", hasher.finalize()))
+    Ok(crate::nn::checkpoint::fingerprint(
+        ckpt.tensors_with_prefix("G_ema."),
+    ))
 }
 
 /// The frozen generator of a `pretrain-generator` checkpoint (its EMA weights, whose variable

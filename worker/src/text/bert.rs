@@ -5,6 +5,7 @@
 //! Sentence embeddings follow sentence-transformers (mean pooling over real tokens, then L2
 //! normalisation), which is what all-MiniLM-L6-v2 was trained for.
 
+use crate::nn::checkpoint::Checkpoint;
 use std::path::{Path, PathBuf};
 use tch::nn::{self, Module, Path as VarPath, VarStore};
 use tch::{Device, Kind, Tensor};
@@ -414,6 +415,65 @@ impl TextEncoder {
                 let _ = t.set_requires_grad(false);
             }
         }
+    }
+}
+
+/// Metadata key of a text checkpoint: the fingerprint of the BERT weights it did not store
+/// (those training left at their pretrained values), checked against `text.bert_dir` on load.
+pub const UNSTORED_BERT_KEY: &str = "text.bert_unstored";
+
+impl TextEncoder {
+    /// The weights a checkpoint must store (`stored`: training changes them) and the
+    /// fingerprint of the rest, which the pretrained model at `text.bert_dir` supplies. A text
+    /// checkpoint so carries the trained layers alone, not the frozen embeddings and layers
+    /// that every run shares (most of BERT's bytes).
+    pub fn split_for_checkpoint(&self, stored: &[(String, Tensor)]) -> String {
+        let unstored: Vec<(String, Tensor)> = crate::nn::named_vars(&self.vs)
+            .into_iter()
+            .filter(|(n, _)| !stored.iter().any(|(m, _)| m == n))
+            .collect();
+        crate::nn::checkpoint::fingerprint(unstored.iter().map(|(n, t)| (n.as_str(), t)))
+    }
+
+    /// Restores the BERT weights a text checkpoint stored under `bert.` over the pretrained
+    /// ones loaded from its `text.bert_dir`, after checking every name and shape, and that the
+    /// weights it did not store are the ones it was trained with.
+    pub fn restore_from(&self, ckpt: &Checkpoint) -> anyhow::Result<()> {
+        let vars = crate::nn::named_vars(&self.vs);
+        let mut plan = Vec::new();
+        for (name, t) in &vars {
+            let key = format!("bert.{name}");
+            if ckpt.has(&key) {
+                plan.push((t, ckpt.tensor(&key, &t.size())?));
+            }
+        }
+        if let Some(expected) = ckpt.meta.get(UNSTORED_BERT_KEY) {
+            let unstored = vars
+                .iter()
+                .filter(|(n, _)| !ckpt.has(&format!("bert.{n}")))
+                .map(|(n, t)| (n.as_str(), t));
+            anyhow::ensure!(
+                &crate::nn::checkpoint::fingerprint(unstored) == expected,
+                "{}: the BERT weights at {} are not the ones this checkpoint was trained from",
+                ckpt.path.display(),
+                ckpt.meta("text.bert_dir")?
+            );
+        } else {
+            // Written before checkpoints left the frozen weights out: it stored all of them.
+            anyhow::ensure!(
+                plan.len() == vars.len(),
+                "{}: stores {} of BERT's {} tensors and no fingerprint of the rest",
+                ckpt.path.display(),
+                plan.len(),
+                vars.len()
+            );
+        }
+        tch::no_grad(|| {
+            for (dest, src) in plan {
+                dest.shallow_clone().copy_(&src.to_device(dest.device()));
+            }
+        });
+        Ok(())
     }
 }
 

@@ -49,7 +49,7 @@ pub fn edit(req: &EditRequest, device: Device) -> anyhow::Result<String> {
         device,
         cfg.max_tokens,
     )?;
-    ckpt.restore("bert.", &named_vars(&enc.vs))?;
+    enc.restore_from(&ckpt)?;
     let critic = crate::judge::train::load(&cfg.judge, "critic", device)?;
     let heads = StyleHeads::for_method(
         cfg.method,

@@ -5,7 +5,7 @@ use super::benchmark::{
     captions_of, check_vocabulary, critic_parts, dataset_sources, harmonic, requests,
     run_benchmark, Source,
 };
-use super::bert::{default_model_dir, TextEncoder};
+use super::bert::{default_model_dir, TextEncoder, UNSTORED_BERT_KEY};
 use super::methods::{loss_terms, total_loss, EditSpec, Example, Method, Nets, Recipe, StyleHeads};
 use crate::dataset::Partition;
 use crate::job::{step_seed, CancelToken, OpenDataset, Outcome, Reporter};
@@ -282,7 +282,8 @@ pub fn run(
     if let Some(path) = resume {
         let ckpt = Checkpoint::load(path)?;
         ckpt.expect_kind("train-text")?;
-        ckpt.restore("bert.", &named_vars(&enc.vs))?;
+        ckpt.expect_resume_state()?;
+        enc.restore_from(&ckpt)?;
         ckpt.restore("heads.", &named_vars(&heads.vs))?;
         bert_opt.restore(&ckpt, "bert.opt.")?;
         head_opt.restore(&ckpt, "heads.opt.")?;
@@ -293,21 +294,36 @@ pub fn run(
     let nets = ctx.nets();
     let evaluate =
         |step: i64, reporter: &mut dyn Reporter| ctx.evaluate(cfg.method, step, reporter);
+    // The BERT weights training changes (none for M0, which never steps BERT); checkpoints
+    // store only these, and the fingerprint of the rest, which `bert_dir` supplies.
+    let stored_bert = if cfg.method == Method::LinearDirections {
+        Vec::new()
+    } else {
+        trainable_vars(&enc.vs)
+    };
+    let unstored_bert = enc.split_for_checkpoint(&stored_bert);
     let save = |step: i64,
                 bert_opt: &Adam,
                 head_opt: &Adam,
                 reporter: &mut dyn Reporter|
      -> anyhow::Result<()> {
-        let mut tensors = checkpoint::prefixed("bert.", &named_vars(&enc.vs));
-        tensors.extend(checkpoint::prefixed("heads.", &named_vars(&heads.vs)));
-        tensors.extend(checkpoint::prefixed("bert.opt.", &bert_opt.state()));
-        tensors.extend(checkpoint::prefixed("heads.opt.", &head_opt.state()));
+        let mut weights = checkpoint::prefixed("bert.", &stored_bert);
+        weights.extend(checkpoint::prefixed("heads.", &named_vars(&heads.vs)));
+        let mut state = checkpoint::prefixed("bert.opt.", &bert_opt.state());
+        state.extend(checkpoint::prefixed("heads.opt.", &head_opt.state()));
         let mut meta = BTreeMap::new();
         meta.insert("text.generator".into(), fingerprint.clone());
         meta.insert("text.bert_dir".into(), bert_dir.display().to_string());
+        meta.insert(UNSTORED_BERT_KEY.into(), unstored_bert.clone());
         meta.insert("job.config".into(), serde_json::to_string(cfg)?);
         let path = reporter.checkpoint_path(step)?;
-        checkpoint::save(&path, "train-text", step, &meta, &tensors)?;
+        checkpoint::save(
+            &path,
+            "train-text",
+            step,
+            &meta,
+            &checkpoint::Parts { weights, state },
+        )?;
         reporter.checkpoint_written(step, &path)
     };
     if cfg.method == Method::LinearDirections {
@@ -403,7 +419,7 @@ pub fn evaluate(
         cfg.checkpoint.display(),
         text.generator.display()
     );
-    ckpt.restore("bert.", &named_vars(&ctx.enc.vs))?;
+    ctx.enc.restore_from(&ckpt)?;
     ckpt.restore("heads.", &named_vars(&ctx.heads.vs))?;
     reporter.log(&format!(
         "evaluate {:?} checkpoint {} (step {}) on {} edit requests",

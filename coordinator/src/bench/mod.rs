@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
+mod storage;
+
 const WORKER: &str = "bench-worker-token";
 const USER: &str = "bench-user-token";
 
@@ -91,6 +93,8 @@ pub enum Suite {
     Coordinator,
     /// The dashboard's API and page load on a 1 M-point curve.
     Dashboard,
+    /// Checkpoint storage: garbage collection at 10,000 checkpoints, a sweep's bytes.
+    Storage,
 }
 
 /// A coordinator on a private Postgres, serving gRPC and the dashboard, for the benchmarks.
@@ -148,11 +152,14 @@ async fn setup() -> anyhow::Result<Bench> {
 pub async fn run(sessions: usize, points_millions: usize, suite: Suite) -> anyhow::Result<String> {
     let mut b = setup().await?;
     let mut out = String::from("benchmark                                              result\n");
-    if suite != Suite::Dashboard {
+    if matches!(suite, Suite::All | Suite::Coordinator) {
         coordinator_suite(&mut b, &mut out, sessions, points_millions).await?;
     }
-    if suite != Suite::Coordinator {
+    if matches!(suite, Suite::All | Suite::Dashboard) {
         dashboard_suite(&mut b, &mut out).await?;
+    }
+    if matches!(suite, Suite::All | Suite::Storage) {
+        storage::suite(&b.store, &mut out, b.stamp).await?;
     }
     let _ = b.stop.send(());
     let _ = b.server.await;

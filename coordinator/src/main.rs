@@ -697,7 +697,7 @@ fn print_storage(d: &pb::ExperimentDetail) {
         return;
     }
     println!(
-        "checkpoints: {} as files ({} weights + {} resume state), {} stored (dedup saved {})",
+        "checkpoints: {} as files ({} weights + {} resume state), {} stored (dedup and encoding saved {})",
         mb(d.checkpoint_bytes),
         mb(d.weight_bytes),
         mb(d.state_bytes),

@@ -75,16 +75,31 @@ async fn chunk_present(store: &Store, bytes: &[u8]) -> bool {
         > 0
 }
 
-/// Every stored chunk is referenced by some checkpoint or artifact.
+/// Every stored chunk is referenced by some checkpoint or artifact, and `chunk_refs` (what
+/// garbage collection reads) lists exactly the checkpoints' chunks.
 async fn no_garbage(store: &Store) -> bool {
-    sqlx::query_scalar::<_, i64>(
+    let count = |sql: &'static str| async move {
+        sqlx::query_scalar::<_, i64>(sql)
+            .fetch_one(&store.pool)
+            .await
+            .unwrap()
+    };
+    let unreferenced = count(
         "SELECT count(*) FROM blob_chunks b WHERE NOT EXISTS (SELECT 1 FROM checkpoints c WHERE b.hash = ANY(c.chunks)) \
          AND NOT EXISTS (SELECT 1 FROM artifacts a WHERE b.hash = ANY(a.chunks))",
     )
-    .fetch_one(&store.pool)
-    .await
-    .unwrap()
-        == 0
+    .await;
+    let unlisted = count(
+        "SELECT count(*) FROM checkpoints c CROSS JOIN LATERAL unnest(c.chunks) AS u(h) \
+         WHERE NOT EXISTS (SELECT 1 FROM chunk_refs r WHERE r.hash = u.h AND r.checkpoint_id = c.id)",
+    )
+    .await;
+    let stale = count(
+        "SELECT count(*) FROM chunk_refs r JOIN checkpoints c ON c.id = r.checkpoint_id \
+         WHERE NOT r.hash = ANY(c.chunks)",
+    )
+    .await;
+    unreferenced == 0 && unlisted == 0 && stale == 0
 }
 
 async fn report(store: &Store, f: Fence, step: i64, score: f64) {

@@ -267,7 +267,7 @@ async function experimentPage(exp) {
       h("h1", {}, exp, " ", badge(s.state)),
       h("p", { class: "muted" }, "objective ", h("b", {}, s.objective), " · best ", s.has_best ? formatNumber(s.best_objective) : "–",
         " · runs: ", states, " · checkpoints ", bytes(detail.weight_bytes || 0), " weights + ", bytes(detail.state_bytes || 0),
-        " resume state, stored as ", bytes(detail.stored_bytes), " (dedup saved ", bytes(saved), ")"),
+        " resume state, stored as ", bytes(detail.stored_bytes), " (dedup and encoding saved ", bytes(saved), ")"),
       h("div", { class: "toolbar" },
         s.state === "running" ? h("button", { class: "danger", onclick: async () => {
           if (!confirm("Cancel every unfinished run of " + exp + "?")) { return; }

@@ -41,6 +41,20 @@ pub fn data_cache_dir() -> PathBuf {
     home.join(".cache").join("plume").join("datasets")
 }
 
+/// Where the set-up Python venv may be, most specific first: `$PLUME_VENV`, else `.venv`
+/// here, else `.venv` in the checkout the binary was built in (target/<profile>/ is two
+/// levels below it), so that a worker or CLI started in another directory still finds it.
+pub fn venv_dirs() -> Vec<PathBuf> {
+    if let Some(v) = std::env::var_os("PLUME_VENV") {
+        return vec![PathBuf::from(v)];
+    }
+    let mut dirs = vec![PathBuf::from(".venv")];
+    if let Ok(exe) = std::env::current_exe() {
+        dirs.extend(exe.ancestors().skip(1).take(4).map(|d| d.join(".venv")));
+    }
+    dirs
+}
+
 /// Opening a [`DatasetSpec`] needs the loader and renderer, which live here (the spec itself
 /// is in `plume-jobs`, where the coordinator can validate it without libtorch).
 pub trait OpenDataset {

@@ -106,8 +106,12 @@ pub fn read_state_dict(path: &Path) -> Result<HashMap<String, Tensor>, ImportErr
             .suffix(".safetensors")
             .tempfile()
             .map_err(|e| unreadable(e.to_string()))?;
-        let venv = std::env::var("PLUME_VENV").unwrap_or_else(|_| ".venv".into());
-        let python = Path::new(&venv).join("bin/python");
+        let venvs = crate::job::venv_dirs();
+        let python = venvs
+            .iter()
+            .map(|v| v.join("bin/python"))
+            .find(|p| p.is_file())
+            .unwrap_or_else(|| venvs[0].join("bin/python"));
         let out = std::process::Command::new(&python)
             .arg("-c")
             .arg(PT_TO_SAFETENSORS)

@@ -245,7 +245,7 @@ impl Gan {
 }
 
 /// Generates `n` images with `g` from a fixed seed, in batches, clamped to [-1, 1].
-fn generated_images(g: &Generator, n: i64, seed: u64, device: Device) -> Tensor {
+pub fn generated_images(g: &Generator, n: i64, seed: u64, device: Device) -> Tensor {
     tch::no_grad(|| {
         tch::manual_seed(seed as i64);
         let mut images = Vec::new();
@@ -270,7 +270,7 @@ struct JudgeForMetrics {
 /// Precision/recall, per-group coverage and top share, their summaries over the colour
 /// groups (`gen/colours_min`: the fewest colours any colour group shows; `gen/top_share_max`:
 /// the largest share one colour takes in any colour group) and the facing balance.
-fn generator_metrics(
+pub fn generator_metrics(
     fake: &metrics::Reading,
     real: &metrics::Reading,
     groups: &[crate::dataset::AttributeGroup],
@@ -321,7 +321,7 @@ pub fn real_features(judge: &crate::judge::train::Trained, images: &Tensor) -> T
 }
 
 /// The sample grid: 4 rows without truncation, 4 rows at psi = 0.7, from fixed z.
-fn sample_grid(g: &Generator, device: Device) -> Vec<u8> {
+pub fn sample_grid(g: &Generator, device: Device) -> Vec<u8> {
     tch::no_grad(|| {
         tch::manual_seed(20_240_601);
         let z = Tensor::randn([32, g.cfg.z_dim], (Kind::Float, device));

@@ -91,20 +91,7 @@ pub fn default_model_dir() -> Option<PathBuf> {
     if let Some(d) = std::env::var_os("PLUME_BERT_DIR") {
         return Some(PathBuf::from(d));
     }
-    // The set-up venv: $PLUME_VENV, else `.venv` here, else `.venv` in the checkout the
-    // binary was built in (target/<profile>/ is two levels below it), so that a `plume up`
-    // started in another directory still finds the weights.
-    let venvs: Vec<PathBuf> = match std::env::var_os("PLUME_VENV") {
-        Some(v) => vec![PathBuf::from(v)],
-        None => {
-            let mut v = vec![PathBuf::from(".venv")];
-            if let Ok(exe) = std::env::current_exe() {
-                v.extend(exe.ancestors().skip(1).take(4).map(|d| d.join(".venv")));
-            }
-            v
-        }
-    };
-    venvs.iter().find_map(|venv| {
+    crate::job::venv_dirs().iter().find_map(|venv| {
         std::fs::read_dir(venv.join("lib"))
             .ok()?
             .flatten()

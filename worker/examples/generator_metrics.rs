@@ -1,0 +1,44 @@
+//! Diagnostic: the generator metrics `pretrain-generator` reports (judge-FID, precision and
+//! recall, colour coverage, facing balance), for any `pretrain-generator` checkpoint, an
+//! imported one included (`plume-worker import stylegan2 --from rosinality g_ema.pt`), plus
+//! its sample grid. Lets a model trained elsewhere, e.g. by rosinality's own code, be scored
+//! exactly as Plume scores its own.
+//!
+//! `cargo run --release -p plume-worker --example generator_metrics -- GENERATOR JUDGE DATASET_DIR IMAGES OUT.png`
+
+use plume_worker::dataset::{Dataset, Partition};
+use plume_worker::judge::fid::{frechet_distance, Gaussian};
+use plume_worker::nn::checkpoint::Checkpoint;
+use plume_worker::stylegan::generator::NoiseMode;
+use plume_worker::stylegan::{metrics, pretrain};
+use std::path::PathBuf;
+use tch::Device;
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [generator, judge, dir, images, out] = &args[..] else {
+        anyhow::bail!("usage: generator_metrics GENERATOR JUDGE DATASET_DIR IMAGES OUT.png");
+    };
+    let n: i64 = images.parse()?;
+    let device = Device::Cpu;
+    let ckpt = Checkpoint::load(&PathBuf::from(generator))?;
+    let (_vs, mut g) = pretrain::load_generator(&ckpt, device)?;
+    // As during training: fresh noise per sample.
+    g.noise = NoiseMode::Random;
+    let judge = plume_worker::judge::train::load(&PathBuf::from(judge), "judge", device)?;
+    let ds = Dataset::open(&PathBuf::from(dir))?;
+    let res = g.cfg.resolution;
+    let test = ds.load_images(&ds.partition(Partition::Test), res)?;
+    let real = metrics::read(&judge, &test);
+    let reference = Gaussian::fit(&real.embedding);
+    let real = real.first(n);
+    let fake = metrics::read(&judge, &pretrain::generated_images(&g, n, 0xF1D, device));
+    let fid = frechet_distance(&reference, &Gaussian::fit(&fake.embedding));
+    println!("gen/judge_fid = {fid:.1}");
+    for (k, v) in pretrain::generator_metrics(&fake, &real, &ds.groups) {
+        println!("{k} = {v:.4}");
+    }
+    std::fs::write(out, pretrain::sample_grid(&g, device))?;
+    println!("wrote {out}");
+    Ok(())
+}

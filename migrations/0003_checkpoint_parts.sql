@@ -25,24 +25,19 @@ CREATE INDEX chunk_refs_artifact ON chunk_refs (artifact_id);
 INSERT INTO chunk_refs (hash, checkpoint_id) SELECT DISTINCT unnest(chunks), id FROM checkpoints;
 INSERT INTO chunk_refs (hash, artifact_id) SELECT DISTINCT unnest(chunks), id FROM artifacts;
 
-CREATE FUNCTION checkpoint_chunk_refs() RETURNS trigger AS $$
+-- One trigger function for both tables: a row's refs are rewritten from its `chunks`.
+CREATE FUNCTION sync_chunk_refs() RETURNS trigger AS $$
 BEGIN
-    IF TG_OP = 'UPDATE' THEN
+    IF TG_TABLE_NAME = 'checkpoints' THEN
         DELETE FROM chunk_refs WHERE checkpoint_id = NEW.id;
+        INSERT INTO chunk_refs (hash, checkpoint_id) SELECT DISTINCT unnest(NEW.chunks), NEW.id;
+    ELSE
+        DELETE FROM chunk_refs WHERE artifact_id = NEW.id;
+        INSERT INTO chunk_refs (hash, artifact_id) SELECT DISTINCT unnest(NEW.chunks), NEW.id;
     END IF;
-    INSERT INTO chunk_refs (hash, checkpoint_id) SELECT DISTINCT unnest(NEW.chunks), NEW.id;
     RETURN NULL;
 END $$ LANGUAGE plpgsql;
 CREATE TRIGGER checkpoints_chunk_refs AFTER INSERT OR UPDATE OF chunks ON checkpoints
-    FOR EACH ROW EXECUTE FUNCTION checkpoint_chunk_refs();
-
-CREATE FUNCTION artifact_chunk_refs() RETURNS trigger AS $$
-BEGIN
-    IF TG_OP = 'UPDATE' THEN
-        DELETE FROM chunk_refs WHERE artifact_id = NEW.id;
-    END IF;
-    INSERT INTO chunk_refs (hash, artifact_id) SELECT DISTINCT unnest(NEW.chunks), NEW.id;
-    RETURN NULL;
-END $$ LANGUAGE plpgsql;
+    FOR EACH ROW EXECUTE FUNCTION sync_chunk_refs();
 CREATE TRIGGER artifacts_chunk_refs AFTER INSERT OR UPDATE OF chunks ON artifacts
-    FOR EACH ROW EXECUTE FUNCTION artifact_chunk_refs();
+    FOR EACH ROW EXECUTE FUNCTION sync_chunk_refs();

@@ -305,33 +305,39 @@ pub fn without_state(
     }))
 }
 
+/// A safetensors file of F32 tensors `(name, little-endian bytes)` in this data order, with
+/// `plume.kind` and, when `state` is given, the resume-state list in its metadata: the
+/// checkpoints tests and benchmarks upload without libtorch.
+pub fn f32_checkpoint(kind: &str, tensors: &[(&str, Vec<u8>)], state: Option<&[&str]>) -> Vec<u8> {
+    let mut map = serde_json::Map::new();
+    let mut at = 0;
+    for (name, bytes) in tensors {
+        map.insert(
+            name.to_string(),
+            serde_json::json!({"dtype": "F32", "shape": [bytes.len() / 4], "data_offsets": [at, at + bytes.len()]}),
+        );
+        at += bytes.len();
+    }
+    let mut meta = serde_json::json!({"plume.kind": kind});
+    if let Some(state) = state {
+        meta[STATE_KEY] = serde_json::to_string(state).expect("strings").into();
+    }
+    map.insert("__metadata__".into(), meta);
+    let json = serde_json::to_vec(&map).expect("JSON");
+    let mut out = (json.len() as u64).to_le_bytes().to_vec();
+    out.extend(json);
+    for (_, bytes) in tensors {
+        out.extend(bytes);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// A safetensors file of F32 tensors `(name, bytes)` in this data order, with `state`
-    /// listed as resume state.
     fn file(tensors: &[(&str, Vec<u8>)], state: &[&str]) -> Vec<u8> {
-        let mut map = serde_json::Map::new();
-        let mut at = 0;
-        for (name, bytes) in tensors {
-            map.insert(
-                name.to_string(),
-                serde_json::json!({"dtype": "F32", "shape": [bytes.len() / 4], "data_offsets": [at, at + bytes.len()]}),
-            );
-            at += bytes.len();
-        }
-        map.insert(
-            "__metadata__".into(),
-            serde_json::json!({"plume.kind": "train-text", STATE_KEY: serde_json::to_string(state).unwrap()}),
-        );
-        let json = serde_json::to_vec(&map).unwrap();
-        let mut out = (json.len() as u64).to_le_bytes().to_vec();
-        out.extend(json);
-        for (_, bytes) in tensors {
-            out.extend(bytes);
-        }
-        out
+        f32_checkpoint("train-text", tensors, Some(state))
     }
 
     #[test]

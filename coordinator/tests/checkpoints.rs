@@ -11,42 +11,19 @@ use std::time::Duration;
 mod common;
 use common::postgres;
 
-/// A safetensors file of F32 tensors in this order; `state` names the resume-state ones.
-fn checkpoint_file(tensors: &[(&str, Vec<u8>)], state: &[&str]) -> Vec<u8> {
-    let mut map = serde_json::Map::new();
-    let mut at = 0;
-    for (name, bytes) in tensors {
-        map.insert(
-            name.to_string(),
-            serde_json::json!({"dtype": "F32", "shape": [bytes.len() / 4], "data_offsets": [at, at + bytes.len()]}),
-        );
-        at += bytes.len();
-    }
-    map.insert(
-        "__metadata__".into(),
-        serde_json::json!({"plume.kind": "train-text", blobs::STATE_KEY: serde_json::to_string(state).unwrap()}),
-    );
-    let json = serde_json::to_vec(&map).unwrap();
-    let mut out = (json.len() as u64).to_le_bytes().to_vec();
-    out.extend(json);
-    for (_, bytes) in tensors {
-        out.extend(bytes);
-    }
-    out
-}
-
 /// A text-like checkpoint at `step`: a frozen tensor shared by every step, trained weights and
 /// Adam moments that change each step (the moments span several chunks).
 fn text_checkpoint(step: u8) -> (Vec<u8>, Vec<u8>) {
     let state = vec![step; 2 * blobs::MAX_CHUNK + 400];
-    let file = checkpoint_file(
+    let file = blobs::f32_checkpoint(
+        "train-text",
         &[
             ("bert.frozen", vec![1u8; 4096]),
             ("bert.top", vec![step.wrapping_add(100); 8192]),
             ("bert.opt.top.m", state.clone()),
             ("bert.opt.steps", vec![step; 4]),
         ],
-        &["bert.opt.top.m", "bert.opt.steps"],
+        Some(&["bert.opt.top.m", "bert.opt.steps"]),
     );
     (file, state)
 }

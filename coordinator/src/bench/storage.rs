@@ -44,32 +44,6 @@ fn weights(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
-/// A safetensors file of `(name, bytes)` F32 tensors; `state` lists the resume-state ones
-/// in its metadata (`None`: a file that does not tell, as every file did before the split).
-fn safetensors(tensors: &[(&str, Vec<u8>)], state: Option<&[&str]>) -> Vec<u8> {
-    let mut map = serde_json::Map::new();
-    let mut at = 0;
-    for (name, bytes) in tensors {
-        map.insert(
-            name.to_string(),
-            serde_json::json!({"dtype": "F32", "shape": [bytes.len() / 4], "data_offsets": [at, at + bytes.len()]}),
-        );
-        at += bytes.len();
-    }
-    let mut meta = serde_json::json!({"plume.kind": "train-text"});
-    if let Some(state) = state {
-        meta[crate::blobs::STATE_KEY] = serde_json::to_string(state).expect("strings").into();
-    }
-    map.insert("__metadata__".into(), meta);
-    let json = serde_json::to_vec(&map).expect("JSON");
-    let mut out = (json.len() as u64).to_le_bytes().to_vec();
-    out.extend(json);
-    for (_, bytes) in tensors {
-        out.extend(bytes);
-    }
-    out
-}
-
 /// Runs the storage benchmarks on `store`, appending rows to `out`.
 pub async fn suite(store: &Store, out: &mut String, stamp: u64) -> anyhow::Result<()> {
     gc_bench(store, out, stamp).await?;
@@ -242,7 +216,11 @@ async fn sweep_bench(store: &Store, out: &mut String, stamp: u64) -> anyhow::Res
                 if !now {
                     tensors.insert(0, ("bert.frozen", frozen.clone()));
                 }
-                let file = safetensors(&tensors, now.then_some(&["bert.opt.trained"][..]));
+                let file = crate::blobs::f32_checkpoint(
+                    "train-text",
+                    &tensors,
+                    now.then_some(&["bert.opt.trained"][..]),
+                );
                 store.store_checkpoint(f, step, &file).await?;
             }
             store.finish(f, "succeeded", "done", STEPS).await?;

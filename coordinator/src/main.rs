@@ -178,6 +178,20 @@ enum Cmd {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Requeue failed runs (and with --cancelled, cancelled ones), or one run, with a fresh
+    /// restart budget; each resumes from its latest checkpoint.
+    Rerun {
+        /// Experiment id or name.
+        experiment: String,
+        /// Only this run (failed or cancelled).
+        #[arg(long)]
+        run: Option<String>,
+        /// Cancelled runs too.
+        #[arg(long)]
+        cancelled: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// Log lines of a run.
     Logs {
         /// Experiment id or name.
@@ -488,6 +502,33 @@ async fn main() -> Result<()> {
             }
             for n in r.cancelled {
                 println!("cancelled {n}");
+            }
+            Ok(())
+        }
+        Cmd::Rerun {
+            experiment,
+            run,
+            cancelled,
+            conn,
+        } => {
+            let mut c = connect(&conn).await?;
+            let r = c
+                .rerun(pb::RerunRequest {
+                    experiment,
+                    run: run.unwrap_or_default(),
+                    with_cancelled: cancelled,
+                })
+                .await
+                .map_err(grpc)?
+                .into_inner();
+            if r.requeued.is_empty() {
+                println!(
+                    "nothing to rerun: no run failed{}",
+                    if cancelled { " or was cancelled" } else { "" }
+                );
+            }
+            for n in r.requeued {
+                println!("requeued {n}");
             }
             Ok(())
         }

@@ -819,6 +819,28 @@ impl Coordinator {
         Ok(pb::CancelReply { cancelled })
     }
 
+    /// Requeues failed (and optionally cancelled) runs, or one named run.
+    pub async fn rerun_runs(
+        &self,
+        key: &str,
+        run: &str,
+        with_cancelled: bool,
+    ) -> Result<pb::RerunReply, Status> {
+        let id = self.store.resolve_experiment(key).await.map_err(status)?;
+        let run = (!run.is_empty()).then_some(run);
+        if let Some(name) = run {
+            self.store.resolve_run(id, name).await.map_err(status)?;
+        }
+        let requeued = self
+            .store
+            .rerun(id, run, with_cancelled)
+            .await
+            .map_err(status)?;
+        // Idle worker sessions look for work now rather than at their next poll.
+        self.work.notify_waiters();
+        Ok(pb::RerunReply { requeued })
+    }
+
     /// The last `tail` log lines of a run (0: 200; at most 100 000).
     pub async fn log_tail(&self, key: &str, run: &str, tail: u32) -> Result<pb::LogsReply, Status> {
         let id = self.store.resolve_experiment(key).await.map_err(status)?;
@@ -969,6 +991,17 @@ impl UserApi for Coordinator {
         let r = req.into_inner();
         Ok(Response::new(
             self.cancel_runs(&r.experiment, &r.run).await?,
+        ))
+    }
+
+    async fn rerun(
+        &self,
+        req: Request<pb::RerunRequest>,
+    ) -> Result<Response<pb::RerunReply>, Status> {
+        let r = req.into_inner();
+        Ok(Response::new(
+            self.rerun_runs(&r.experiment, &r.run, r.with_cancelled)
+                .await?,
         ))
     }
 

@@ -808,19 +808,19 @@ impl Store {
     pub async fn reap_expired(&self) -> Result<usize> {
         let mut tx = self.pool.begin().await?;
         let rows: Vec<(i64, i32, bool, i32)> = sqlx::query_as(
-            "SELECT r.id, r.attempt, r.cancel_requested, e.max_restarts FROM runs r \
+            "SELECT r.id, r.attempt - r.restart_base, r.cancel_requested, e.max_restarts FROM runs r \
              JOIN experiments e ON e.id = r.experiment_id \
              WHERE r.state = 'running' AND r.lease_expires < now() FOR UPDATE OF r SKIP LOCKED",
         )
         .fetch_all(&mut *tx)
         .await?;
         for &(run, attempt, cancel, max_restarts) in &rows {
+            // `attempt` counts from the last rerun; the attempt row is the run's latest.
             sqlx::query(
                 "UPDATE attempts SET state = 'lost', ended_at = now(), message = 'lease expired (worker died or was cut off)' \
-                 WHERE run_id = $1 AND attempt = $2",
+                 WHERE run_id = $1 AND attempt = (SELECT attempt FROM runs WHERE id = $1)",
             )
             .bind(run)
-            .bind(attempt)
             .execute(&mut *tx)
             .await?;
             let (state, msg) = if cancel {
@@ -831,14 +831,14 @@ impl Store {
             } else if attempt <= max_restarts {
                 (
                     "queued",
-                    format!(
-                        "attempt {attempt} lost; requeued (restart {attempt} of {max_restarts})"
-                    ),
+                    format!("an attempt was lost; requeued (restart {attempt} of {max_restarts})"),
                 )
             } else {
                 (
                     "failed",
-                    format!("attempt {attempt} lost and no restarts remain (max_restarts {max_restarts})"),
+                    format!(
+                        "an attempt was lost and no restarts remain (max_restarts {max_restarts})"
+                    ),
                 )
             };
             sqlx::query(
@@ -890,6 +890,74 @@ impl Store {
         }
         tx.commit().await?;
         Ok(rows.into_iter().map(|r| r.1).collect())
+    }
+
+    /// Requeues runs that ended without succeeding: the failed ones (and with
+    /// `with_cancelled` the cancelled ones too), or the one named `run`. Each gets a fresh
+    /// restart budget and resumes from its latest checkpoint; one whose upstream runs have not
+    /// all succeeded waits for them (rerun them too). Returns the names requeued.
+    pub async fn rerun(
+        &self,
+        experiment: i64,
+        run: Option<&str>,
+        with_cancelled: bool,
+    ) -> Result<Vec<String>> {
+        let mut tx = self.pool.begin().await?;
+        let rows: Vec<(i64, String, String)> = sqlx::query_as(
+            "SELECT id, name, state FROM runs WHERE experiment_id = $1 AND ($2::text IS NULL OR name = $2) \
+             ORDER BY id FOR UPDATE",
+        )
+        .bind(experiment)
+        .bind(run)
+        .fetch_all(&mut *tx)
+        .await?;
+        if let (Some(name), Some((_, _, state))) = (run, rows.first()) {
+            if state != "failed" && state != "cancelled" {
+                return Err(StoreError::Invalid(format!(
+                    "run {name} is {state}; only failed or cancelled runs can be rerun"
+                )));
+            }
+        }
+        let chosen: Vec<(i64, String)> = rows
+            .into_iter()
+            .filter(|(_, _, s)| {
+                s == "failed" || (s == "cancelled" && (with_cancelled || run.is_some()))
+            })
+            .map(|(id, name, _)| (id, name))
+            .collect();
+        for (id, _) in &chosen {
+            sqlx::query(
+                "UPDATE runs SET state = 'pending', error = NULL, cancel_requested = false, \
+                 restart_base = attempt WHERE id = $1",
+            )
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+            event(
+                &mut tx,
+                *id,
+                "rerun",
+                "rerun requested: a fresh restart budget",
+            )
+            .await?;
+        }
+        let ids: Vec<i64> = chosen.iter().map(|(id, _)| *id).collect();
+        sqlx::query(
+            "UPDATE runs r SET state = 'queued', queued_at = clock_timestamp() WHERE r.id = ANY($1) \
+             AND NOT EXISTS (SELECT 1 FROM run_deps d JOIN runs u ON u.id = d.upstream_id \
+                             WHERE d.run_id = r.id AND u.state <> 'succeeded')",
+        )
+        .bind(&ids)
+        .execute(&mut *tx)
+        .await?;
+        if !ids.is_empty() {
+            sqlx::query("UPDATE experiments SET state = 'running' WHERE id = $1")
+                .bind(experiment)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(chosen.into_iter().map(|(_, name)| name).collect())
     }
 
     /// An experiment id by id or name (the newest with that name).

@@ -467,6 +467,67 @@ async fn a_stale_attempt_cannot_write() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_run_reruns_with_a_fresh_restart_budget_from_its_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pg = postgres(tmp.path().join("pg")).await;
+    let store = Store::connect(&pg.url, Duration::from_secs(1))
+        .await
+        .unwrap();
+    let yaml = "name: r\ndataset: {kind: cub, path: x}\nstages:\n  judge: {job: train-judge, steps: 5}\n\
+                runs:\n  - {name: gen, job: pretrain-generator, needs: [judge], steps: 5}\nmax_restarts: 1\n";
+    let exp = plume_coordinator::experiment::parse("r.yaml", yaml).unwrap();
+    let (exp_id, _) = store.submit(&exp, "r.yaml", yaml).await.unwrap();
+    let kinds = vec!["train-judge".to_string(), "pretrain-generator".to_string()];
+    let w = store
+        .register_worker("w", serde_json::json!({}))
+        .await
+        .unwrap();
+    let judge_state = || async { state(&store, exp_id, "judge").await.0 };
+    // Attempt 1 writes a checkpoint, then its worker vanishes: requeued (restart 1 of 1).
+    let first = store.claim(w, &kinds).await.unwrap().unwrap();
+    let ckpt =
+        plume_coordinator::blobs::f32_checkpoint("train-judge", &[("w", vec![0u8; 16])], None);
+    let (ckpt_id, _) = store.store_checkpoint(first.fence, 3, &ckpt).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(store.reap_expired().await.unwrap(), 1);
+    assert_eq!(judge_state().await, "queued");
+    // Attempt 2 vanishes too: no restarts remain, so the judge fails and takes `gen` with it.
+    let second = store.claim(w, &kinds).await.unwrap().unwrap();
+    assert_eq!(second.resume, Some((ckpt_id, 3)));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(store.reap_expired().await.unwrap(), 1);
+    assert_eq!(judge_state().await, "failed");
+    assert_eq!(state(&store, exp_id, "gen").await.0, "failed");
+    // Rerun: both requeued, the judge queued, `gen` waiting for it.
+    let requeued = store.rerun(exp_id, None, false).await.unwrap();
+    assert_eq!(requeued, ["judge", "gen"]);
+    assert_eq!(judge_state().await, "queued");
+    assert_eq!(state(&store, exp_id, "gen").await.0, "pending");
+    // The judge resumes from its checkpoint, and has a fresh budget: one lost attempt is
+    // again a restart, not a failure.
+    let third = store.claim(w, &kinds).await.unwrap().unwrap();
+    assert_eq!(third.fence.attempt, 3);
+    assert_eq!(third.resume, Some((ckpt_id, 3)));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(store.reap_expired().await.unwrap(), 1);
+    assert_eq!(judge_state().await, "queued");
+    let fourth = store.claim(w, &kinds).await.unwrap().unwrap();
+    store
+        .finish(fourth.fence, "succeeded", "ok", 5)
+        .await
+        .unwrap();
+    // Its success releases `gen`, which gets the judge's checkpoint as its input.
+    let gen = store.claim(w, &kinds).await.unwrap().unwrap();
+    assert_eq!(gen.run_name, "gen");
+    assert_eq!(gen.inputs, [("judge".to_string(), ckpt_id)]);
+    // A run that did not fail is refused by name, with the reason.
+    match store.rerun(exp_id, Some("judge"), false).await {
+        Err(StoreError::Invalid(m)) => assert!(m.contains("only failed or cancelled"), "{m}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_is_served_when_configured() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path().to_path_buf();

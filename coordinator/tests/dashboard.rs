@@ -173,8 +173,15 @@ fn dashboard_in_headless_chromium() {
     );
     // A cookie alone cannot change anything without the anti-forgery header.
     let cookie = Some(("Cookie", "plume_token=user-token-for-tests"));
-    let (code, body) = http("POST", &api("/experiments/dash/cancel"), cookie, None);
-    assert_eq!(code, 403, "{body}");
+    for action in ["cancel", "rerun"] {
+        let (code, body) = http(
+            "POST",
+            &api(&format!("/experiments/dash/{action}")),
+            cookie,
+            None,
+        );
+        assert_eq!(code, 403, "{action}: {body}");
+    }
     let detail = http("GET", &api("/experiments/dash"), cookie, None).1;
     assert_eq!(detail["summary"]["state"], "running");
     assert!(detail["runs"]

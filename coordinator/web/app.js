@@ -274,6 +274,11 @@ async function experimentPage(exp) {
           await api(expPath(exp) + "/cancel", { method: "POST" });
           refresh();
         } }, "Cancel experiment") : null,
+        (s.run_states || {}).failed || (s.run_states || {}).cancelled ? h("button", { onclick: async () => {
+          if (!confirm("Requeue the failed and cancelled runs of " + exp + "? Each resumes from its latest checkpoint.")) { return; }
+          await api(expPath(exp) + "/rerun?cancelled=true", { method: "POST" });
+          refresh();
+        } }, "Rerun failed runs") : null,
         h("details", {}, h("summary", {}, "experiment YAML"), h("pre", {}, detail.yaml))));
   };
 

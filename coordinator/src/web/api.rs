@@ -69,6 +69,27 @@ pub async fn cancel(
     Ok(Json(json!(c.cancel_runs(&exp, &q.run).await?)))
 }
 
+/// Query of `POST /api/experiments/{exp}/rerun`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RerunQuery {
+    /// Only this run.
+    #[serde(default)]
+    pub run: String,
+    /// Cancelled runs too.
+    #[serde(default)]
+    pub cancelled: bool,
+}
+
+/// `POST /api/experiments/{exp}/rerun[?run=][&cancelled=true]`: requeues failed runs.
+pub async fn rerun(
+    State(c): State<Coordinator>,
+    Path(exp): Path<String>,
+    ApiQuery(q): ApiQuery<RerunQuery>,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(json!(c.rerun_runs(&exp, &q.run, q.cancelled).await?)))
+}
+
 /// Query of `GET /api/experiments/{exp}/best`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -110,6 +110,7 @@ pub fn router(coordinator: Coordinator) -> Router {
         .route("/experiments", get(api::experiments).post(api::submit))
         .route("/experiments/{exp}", get(api::experiment))
         .route("/experiments/{exp}/cancel", post(api::cancel))
+        .route("/experiments/{exp}/rerun", post(api::rerun))
         .route("/experiments/{exp}/best", get(api::best))
         .route("/experiments/{exp}/stream", get(stream::stream))
         .route("/experiments/{exp}/runs/{run}", get(api::run))

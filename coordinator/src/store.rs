@@ -647,24 +647,23 @@ impl Store {
         .fetch_one(&mut *tx)
         .await?;
         tx.commit().await?;
-        // A resume reads only the latest checkpoint: the older ones give up their state. In
-        // a transaction of its own, which takes the chunk lock exclusively before anything
-        // else (an upload holds it shared, and upgrading would deadlock two uploads).
-        let mut tx = self.pool.begin().await?;
-        chunk_lock(&mut tx, true).await?;
+        // A resume reads only the latest checkpoint: the older ones give up their state. Only
+        // when there is some (usually one older checkpoint), in a transaction of its own that
+        // takes the chunk lock exclusively before anything else (an upload holds it shared,
+        // and upgrading would deadlock two uploads); most uploads take no exclusive lock.
         let older: Vec<i64> = sqlx::query_scalar(
             "SELECT id FROM checkpoints WHERE run_id = $1 AND step < $2 AND state_size > 0",
         )
         .bind(f.run)
         .bind(step)
-        .fetch_all(&mut *tx)
+        .fetch_all(&self.pool)
         .await?;
-        let mut orphans = Vec::new();
-        for old in older {
-            orphans.extend(drop_state(&mut tx, old).await?);
+        if !older.is_empty() {
+            let mut tx = self.pool.begin().await?;
+            chunk_lock(&mut tx, true).await?;
+            drop_states(&mut tx, &older, Vec::new()).await?;
+            tx.commit().await?;
         }
-        collect_garbage(&mut tx, &orphans).await?;
-        tx.commit().await?;
         Ok((id, new_bytes))
     }
 
@@ -1874,7 +1873,7 @@ async fn retain(tx: &mut Tx<'_>, run: i64, succeeded: bool) -> Result<()> {
     .bind(run)
     .fetch_all(&mut **tx)
     .await?;
-    let mut orphans: Vec<Vec<u8>> = deleted.into_iter().flatten().collect();
+    let orphans: Vec<Vec<u8>> = deleted.into_iter().flatten().collect();
     let with_state: Vec<i64> = if succeeded {
         sqlx::query_scalar(
             "SELECT c.id FROM checkpoints c JOIN runs r ON r.id = c.run_id \
@@ -1891,7 +1890,14 @@ async fn retain(tx: &mut Tx<'_>, run: i64, succeeded: bool) -> Result<()> {
         return Ok(());
     }
     chunk_lock(tx, true).await?;
-    for id in with_state {
+    drop_states(tx, &with_state, orphans).await
+}
+
+/// Drops the resume state of checkpoints `ids`, then collects their freed chunks together
+/// with `orphans` (chunks the caller already unreferenced). The caller holds the chunk lock
+/// exclusively.
+async fn drop_states(tx: &mut Tx<'_>, ids: &[i64], mut orphans: Vec<Vec<u8>>) -> Result<()> {
+    for &id in ids {
         orphans.extend(drop_state(tx, id).await?);
     }
     collect_garbage(tx, &orphans).await?;

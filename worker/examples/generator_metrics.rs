@@ -7,10 +7,9 @@
 //! `cargo run --release -p plume-worker --example generator_metrics -- GENERATOR JUDGE DATASET_DIR IMAGES OUT.png`
 
 use plume_worker::dataset::{Dataset, Partition};
-use plume_worker::judge::fid::{frechet_distance, Gaussian};
 use plume_worker::nn::checkpoint::Checkpoint;
 use plume_worker::stylegan::generator::NoiseMode;
-use plume_worker::stylegan::{metrics, pretrain};
+use plume_worker::stylegan::pretrain;
 use std::path::PathBuf;
 use tch::Device;
 
@@ -27,15 +26,10 @@ fn main() -> anyhow::Result<()> {
     g.noise = NoiseMode::Random;
     let judge = plume_worker::judge::train::load(&PathBuf::from(judge), "judge", device)?;
     let ds = Dataset::open(&PathBuf::from(dir))?;
-    let res = g.cfg.resolution;
-    let test = ds.load_images(&ds.partition(Partition::Test), res)?;
-    let real = metrics::read(&judge, &test);
-    let reference = Gaussian::fit(&real.embedding);
-    let real = real.first(n);
-    let fake = metrics::read(&judge, &pretrain::generated_images(&g, n, 0xF1D, device));
-    let fid = frechet_distance(&reference, &Gaussian::fit(&fake.embedding));
-    println!("gen/judge_fid = {fid:.1}");
-    for (k, v) in pretrain::generator_metrics(&fake, &real, &ds.groups) {
+    let test = ds.load_images(&ds.partition(Partition::Test), g.cfg.resolution)?;
+    // Scored by the same code as `pretrain-generator` scores its own.
+    let judge = pretrain::JudgeForMetrics::new(judge, &test, n);
+    for (k, v) in judge.score(&g, n, n, 0xF1D, &ds.groups, device) {
         println!("{k} = {v:.4}");
     }
     std::fs::write(out, pretrain::sample_grid(&g, device))?;

@@ -261,10 +261,52 @@ pub fn generated_images(g: &Generator, n: i64, seed: u64, device: Device) -> Ten
 }
 
 /// The judge, and what it reads of the test images once per job.
-struct JudgeForMetrics {
+pub struct JudgeForMetrics {
     net: crate::judge::train::Trained,
     fid_reference: Gaussian,
     test_reading: Option<metrics::Reading>,
+}
+
+impl JudgeForMetrics {
+    /// Reads the test images once: all of them for FID, the first `metric_images` for the
+    /// other metrics (none when 0).
+    pub fn new(
+        net: crate::judge::train::Trained,
+        test_images: &Tensor,
+        metric_images: i64,
+    ) -> JudgeForMetrics {
+        let reading = metrics::read(&net, test_images);
+        JudgeForMetrics {
+            fid_reference: Gaussian::fit(&reading.embedding),
+            test_reading: (metric_images > 0).then(|| reading.first(metric_images)),
+            net,
+        }
+    }
+
+    /// Judge-FID over `fid_images` samples of `g` and [`generator_metrics`] over
+    /// `metric_images`, from fixed latents (`seed`): what `pretrain-generator` reports.
+    #[allow(clippy::too_many_arguments)]
+    pub fn score(
+        &self,
+        g: &Generator,
+        fid_images: i64,
+        metric_images: i64,
+        seed: u64,
+        groups: &[crate::dataset::AttributeGroup],
+        device: Device,
+    ) -> Vec<(String, f64)> {
+        let n = fid_images.max(metric_images);
+        let fake = metrics::read(&self.net, &generated_images(g, n, seed, device));
+        let fid = frechet_distance(
+            &self.fid_reference,
+            &Gaussian::fit(&fake.embedding.narrow(0, 0, fid_images)),
+        );
+        let mut values = vec![("gen/judge_fid".to_string(), fid)];
+        if let Some(real) = &self.test_reading {
+            values.extend(generator_metrics(&fake, real, groups));
+        }
+        values
+    }
 }
 
 /// Precision/recall, per-group coverage and top share, their summaries over the colour
@@ -381,15 +423,15 @@ pub fn run(
             let test = ds.partition(Partition::Test);
             let test_images = ds.load_images(&test, res)?.to_device(device);
             // One pass of the judge over the test images serves FID and the other metrics.
-            let reading = metrics::read(&net, &test_images);
-            let fid_reference = Gaussian::fit(&reading.embedding);
-            let test_reading = (cfg.metric_images > 0).then(|| reading.first(cfg.metric_images));
-            if let Some(real) = &test_reading {
+            let judge = JudgeForMetrics::new(net, &test_images, cfg.metric_images);
+            if let Some(real) = &judge.test_reading {
                 // The data as the judge reads it: what a perfect generator would score. Its
                 // precision and recall are those of training images against the test images,
                 // the ceiling a generator's recall is measured against.
-                let train_reading =
-                    metrics::read(&net, &images.narrow(0, 0, real.values.size()[0].min(n)));
+                let train_reading = metrics::read(
+                    &judge.net,
+                    &images.narrow(0, 0, real.values.size()[0].min(n)),
+                );
                 let (precision, recall) =
                     metrics::precision_recall(&real.embedding, &train_reading.embedding);
                 let mut summary = vec![
@@ -412,11 +454,7 @@ pub fn run(
                     summary.join(", ")
                 ));
             }
-            Some(JudgeForMetrics {
-                net,
-                fid_reference,
-                test_reading,
-            })
+            Some(judge)
         }
         None => None,
     };
@@ -460,19 +498,14 @@ pub fn run(
     let evaluate = |gan: &Gan, step: i64, reporter: &mut dyn Reporter| -> anyhow::Result<()> {
         if let Some(judge) = &judge {
             let t = Instant::now();
-            let n = cfg.fid_images.max(cfg.metric_images);
-            let fake = metrics::read(
-                &judge.net,
-                &generated_images(&gan.g_ema, n, cfg.seed ^ 0xF1D, device),
+            let values = judge.score(
+                &gan.g_ema,
+                cfg.fid_images,
+                cfg.metric_images,
+                cfg.seed ^ 0xF1D,
+                &ds.groups,
+                device,
             );
-            let fid = frechet_distance(
-                &judge.fid_reference,
-                &Gaussian::fit(&fake.embedding.narrow(0, 0, cfg.fid_images)),
-            );
-            let mut values = vec![("gen/judge_fid".to_string(), fid)];
-            if let Some(real) = &judge.test_reading {
-                values.extend(generator_metrics(&fake, real, &ds.groups));
-            }
             let named: Vec<(&str, f64)> = values.iter().map(|(k, v)| (k.as_str(), *v)).collect();
             reporter.metrics(step, &named)?;
             let shown: Vec<String> = values

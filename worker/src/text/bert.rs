@@ -410,11 +410,11 @@ impl TextEncoder {
 pub const UNSTORED_BERT_KEY: &str = "text.bert_unstored";
 
 impl TextEncoder {
-    /// The weights a checkpoint must store (`stored`: training changes them) and the
-    /// fingerprint of the rest, which the pretrained model at `text.bert_dir` supplies. A text
+    /// The fingerprint of the weights a checkpoint does not store (all but `stored`, the
+    /// ones training changes), which the pretrained model at `text.bert_dir` supplies. A text
     /// checkpoint so carries the trained layers alone, not the frozen embeddings and layers
     /// that every run shares (most of BERT's bytes).
-    pub fn split_for_checkpoint(&self, stored: &[(String, Tensor)]) -> String {
+    pub fn unstored_fingerprint(&self, stored: &[(String, Tensor)]) -> String {
         let unstored: Vec<(String, Tensor)> = crate::nn::named_vars(&self.vs)
             .into_iter()
             .filter(|(n, _)| !stored.iter().any(|(m, _)| m == n))

@@ -301,7 +301,7 @@ pub fn run(
     } else {
         trainable_vars(&enc.vs)
     };
-    let unstored_bert = enc.split_for_checkpoint(&stored_bert);
+    let unstored_bert = enc.unstored_fingerprint(&stored_bert);
     let save = |step: i64,
                 bert_opt: &Adam,
                 head_opt: &Adam,

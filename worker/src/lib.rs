@@ -6,7 +6,10 @@
 //! - [`judge`]: the critic and the judge (`train-judge`) and judge-FID;
 //! - [`styles`]: w_gt of the images (`invert`) and the styles file;
 //! - [`text`]: the BERT text encoder;
-//! - [`job`]: job specs, the [`job::Reporter`] seam and the local-directory reporter;
+//! - [`job`]: the seam every job kind uses ([`job::Reporter`], [`job::CancelToken`], the one
+//!   [`job::step_loop`]) and the local-directory reporter;
+//! - [`runner`]: dispatches a job spec to its kind;
+//! - [`venv`]: finding the set-up Python venv;
 //! - [`nn`]: layers, Adam with saveable state, checkpoint files;
 //! - [`picture`]: sample grids and contact sheets;
 //! - [`bench`]: `plume-worker bench`;
@@ -20,9 +23,11 @@ pub mod judge;
 pub mod nn;
 pub mod picture;
 pub mod remote;
+pub mod runner;
 pub mod stylegan;
 pub mod styles;
 pub mod text;
+pub mod venv;
 
 /// Parses a device name: `cpu`, `cuda`, `cuda:N`, or `auto` (CUDA if available).
 pub fn parse_device(s: &str) -> Result<tch::Device, String> {

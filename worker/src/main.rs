@@ -5,7 +5,8 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use plume_worker::dataset::synth::{write_dataset, SynthSpec};
 use plume_worker::dataset::{sheet, Dataset};
-use plume_worker::job::{self, CancelToken, JobSpec, LocalDirReporter, Outcome};
+use plume_worker::job::{CancelToken, LocalDirReporter, Outcome};
+use plume_worker::runner::{self, JobSpec};
 use std::path::PathBuf;
 
 /// Plume's worker: datasets, StyleGAN2 pretraining, judges, benchmarks.
@@ -257,7 +258,7 @@ fn main() -> Result<()> {
                 eprintln!("\ninterrupt: writing a final checkpoint (press Ctrl-C again to abort)");
                 handler_token.cancel();
             })?;
-            match job::run(&spec, resume.as_deref(), device, &mut reporter, &cancel)? {
+            match runner::run(&spec, resume.as_deref(), device, &mut reporter, &cancel)? {
                 Outcome::Completed { step } => {
                     println!("completed at step {step}; results in {}", out.display())
                 }

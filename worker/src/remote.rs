@@ -6,7 +6,8 @@
 //! each batch with an increasing `seq`, so a resend after a lost reply is not applied twice),
 //! retrying through coordinator restarts. The job keeps running while the coordinator is away.
 
-use crate::job::{self, CancelToken, JobSpec, Outcome, Reporter};
+use crate::job::{CancelToken, Outcome, Reporter};
+use crate::runner::{self, JobSpec};
 use anyhow::Context;
 use plume_proto::v1 as pb;
 use sha2::{Digest, Sha256};
@@ -108,7 +109,7 @@ async fn session_loop(opts: RemoteOptions, shared: Arc<Shared>) -> anyhow::Resul
     let mut worker_id: Option<i64> = None;
     let mut heartbeat = Duration::from_millis(1000);
     let mut backoff = Duration::from_millis(200);
-    let kinds: Vec<String> = job::JOB_KINDS.iter().map(|s| s.to_string()).collect();
+    let kinds: Vec<String> = runner::JOB_KINDS.iter().map(|s| s.to_string()).collect();
     loop {
         if shared.shutting_down.load(Ordering::SeqCst)
             && shared.running.lock().expect("lock").is_none()
@@ -452,7 +453,7 @@ fn start_job(opts: &RemoteOptions, shared: &Arc<Shared>, c: Client, a: pb::Assig
             };
             let text = serde_yaml::to_string(&config)?;
             let spec = JobSpec::from_yaml(&text, &format!("{}/{}", a.experiment, a.run_name))?;
-            job::run(&spec, resume.as_deref(), device, &mut reporter, &cancel)
+            runner::run(&spec, resume.as_deref(), device, &mut reporter, &cancel)
         })();
         use pb::finish_request::Outcome as O;
         let stopping = shared.shutting_down.load(Ordering::SeqCst);

@@ -1,6 +1,6 @@
 //! Every documented job file parses and validates (so the docs cannot rot silently).
 
-use plume_worker::job::JobSpec;
+use plume_worker::runner::JobSpec;
 
 #[test]
 fn every_job_file_in_experiments_parses() {

@@ -2,7 +2,7 @@
 
 mod common;
 
-use plume_worker::job::DatasetSpec;
+use plume_jobs::DatasetSpec;
 use plume_worker::nn::checkpoint::Checkpoint;
 use plume_worker::stylegan::generator::{Generator, NoiseMode};
 use plume_worker::stylegan::NetworkConfig;

@@ -19,11 +19,13 @@
 //!
 //! (CUB's own `parts/` folder holds keypoints, not masks, hence `part_masks/`.)
 
+pub mod cache;
 pub mod render;
 pub mod sheet;
 pub mod synth;
 pub mod vocab;
 
+pub use cache::{data_cache_dir, OpenDataset};
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};

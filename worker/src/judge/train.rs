@@ -2,11 +2,13 @@
 //! the judge's disjoint partition) side by side, and reports both on the test split.
 
 use super::model::{JudgeNet, JudgeNetConfig};
+use crate::dataset::OpenDataset;
 use crate::dataset::{Dataset, Partition};
-use crate::job::{step_seed, CancelToken, DatasetSpec, OpenDataset, Outcome, Reporter};
+use crate::job::{step_loop, Cadence, CancelToken, Outcome, Reporter, Task, TrainingJob};
 use crate::nn::adam::Adam;
 use crate::nn::checkpoint::{self, Checkpoint};
 use crate::nn::{named_vars, trainable_vars};
+use plume_jobs::DatasetSpec;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::collections::BTreeMap;
@@ -285,19 +287,47 @@ pub fn run(
         ));
         Ok(())
     };
-    let mut step = start;
-    while step < cfg.steps {
-        if cancel.is_cancelled() {
-            save(&sides, step, reporter)?;
-            reporter.finish(&format!("cancelled at step {step}"));
-            return Ok(Outcome::Cancelled { step });
-        }
-        let mut rng = ChaCha8Rng::seed_from_u64(step_seed(cfg.seed, step));
+    let mut job = JudgeTraining {
+        cfg,
+        device,
+        sides,
+        save: &save,
+        evaluate: &evaluate,
+    };
+    let cadence = Cadence {
+        name: "train-judge",
+        steps: cfg.steps,
+        stride: 1,
+        seed: cfg.seed,
+        every: vec![
+            (Task::Evaluate, cfg.eval_every),
+            (Task::Checkpoint, cfg.checkpoint_every),
+        ],
+        evaluate_at_start: false,
+    };
+    step_loop(&mut job, start, &cadence, reporter, cancel)
+}
+
+type SidesTask<'a> = &'a dyn Fn(&[Side], i64, &mut dyn Reporter) -> anyhow::Result<()>;
+
+/// `train-judge` as the step loop drives it.
+struct JudgeTraining<'a> {
+    cfg: &'a JudgeConfig,
+    device: Device,
+    sides: Vec<Side>,
+    save: SidesTask<'a>,
+    evaluate: SidesTask<'a>,
+}
+
+impl TrainingJob for JudgeTraining<'_> {
+    fn train_step(&mut self, step: i64, seed: u64) -> anyhow::Result<Vec<(String, f64)>> {
+        let (cfg, device) = (self.cfg, self.device);
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let mut losses = Vec::new();
         // Cosine decay to zero: a function of the step alone, so resuming is exact.
         let lr =
             cfg.lr * 0.5 * (1.0 + (std::f64::consts::PI * step as f64 / cfg.steps as f64).cos());
-        for s in &mut sides {
+        for s in &mut self.sides {
             s.opt.lr = lr;
             let n = s.images.size()[0];
             let idx: Vec<i64> = (0..cfg.batch).map(|_| rng.random_range(0..n)).collect();
@@ -324,17 +354,22 @@ pub fn run(
             s.opt.step();
             losses.push(loss.double_value(&[]));
         }
-        step += 1;
-        let pairs = [("critic/loss", losses[0]), ("judge/loss", losses[1])];
-        reporter.metrics(step, &pairs)?;
-        reporter.progress(step, cfg.steps, &pairs);
-        if step % cfg.eval_every == 0 || step == cfg.steps {
-            evaluate(&sides, step, reporter)?;
-        }
-        if step % cfg.checkpoint_every == 0 || step == cfg.steps {
-            save(&sides, step, reporter)?;
+        Ok(vec![
+            ("critic/loss".into(), losses[0]),
+            ("judge/loss".into(), losses[1]),
+        ])
+    }
+
+    fn run_task(
+        &mut self,
+        task: Task,
+        step: i64,
+        reporter: &mut dyn Reporter,
+    ) -> anyhow::Result<()> {
+        match task {
+            Task::Evaluate => (self.evaluate)(&self.sides, step, reporter),
+            Task::Checkpoint => (self.save)(&self.sides, step, reporter),
+            Task::Samples => Ok(()),
         }
     }
-    reporter.finish(&format!("train-judge finished at step {step}"));
-    Ok(Outcome::Completed { step })
 }

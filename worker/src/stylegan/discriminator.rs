@@ -141,12 +141,18 @@ impl Discriminator {
 
     /// `[B, 3, res, res] -> [B]` logits.
     pub fn forward(&self, img: &Tensor) -> Tensor {
+        self.forward_with_features(img).0
+    }
+
+    /// The logits and the features under them (`[B, channels(4)]`, after the first linear
+    /// layer), which an auxiliary head can read.
+    pub fn forward_with_features(&self, img: &Tensor) -> (Tensor, Tensor) {
         let mut x = self.from_rgb.forward(img);
         for b in &self.blocks {
             x = b.forward(&x);
         }
         let x = self.final_conv.forward(&self.minibatch_stddev(&x));
-        let x = self.fc.forward(&x.flatten(1, -1));
-        self.out.forward(&x).squeeze_dim(1)
+        let features = self.fc.forward(&x.flatten(1, -1));
+        (self.out.forward(&features).squeeze_dim(1), features)
     }
 }

@@ -106,7 +106,7 @@ pub fn read_state_dict(path: &Path) -> Result<HashMap<String, Tensor>, ImportErr
             .suffix(".safetensors")
             .tempfile()
             .map_err(|e| unreadable(e.to_string()))?;
-        let venvs = crate::job::venv_dirs();
+        let venvs = crate::venv::venv_dirs();
         let python = venvs
             .iter()
             .map(|v| v.join("bin/python"))

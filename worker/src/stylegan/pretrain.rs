@@ -10,8 +10,9 @@ use super::generator::Generator;
 use super::loss;
 use super::metrics;
 use super::NetworkConfig;
+use crate::dataset::OpenDataset;
 use crate::dataset::Partition;
-use crate::job::{step_seed, CancelToken, OpenDataset, Outcome, Reporter};
+use crate::job::{step_loop, Cadence, CancelToken, Outcome, Reporter, Task, Timing, TrainingJob};
 use crate::judge::fid::{frechet_distance, Gaussian};
 use crate::nn::adam::Adam;
 use crate::nn::checkpoint::{self, Checkpoint};
@@ -296,7 +297,18 @@ impl JudgeForMetrics {
         device: Device,
     ) -> Vec<(String, f64)> {
         let n = fid_images.max(metric_images);
-        let fake = metrics::read(&self.net, &generated_images(g, n, seed, device));
+        self.score_images(&generated_images(g, n, seed, device), fid_images, groups)
+    }
+
+    /// Judge-FID over the first `fid_images` of `fake` and [`generator_metrics`] over all of
+    /// them: the same scores for images from any source (a probe's other generator, say).
+    pub fn score_images(
+        &self,
+        fake: &Tensor,
+        fid_images: i64,
+        groups: &[crate::dataset::AttributeGroup],
+    ) -> Vec<(String, f64)> {
+        let fake = metrics::read(&self.net, fake);
         let fid = frechet_distance(
             &self.fid_reference,
             &Gaussian::fit(&fake.embedding.narrow(0, 0, fid_images)),
@@ -523,54 +535,89 @@ pub fn run(
     };
     // Only now, with every input checked, does the job write anything.
     reporter.log(&format!("pretrain-generator on {device:?}: {n} training images at {res} px, steps {step}..{} of batch {}", cfg.steps, cfg.batch));
-    if step == 0 {
-        evaluate(&gan, 0, reporter)?;
-    }
+    let cadence = Cadence {
+        name: "pretrain-generator",
+        steps: cfg.steps,
+        stride: 1,
+        seed: cfg.seed,
+        every: vec![
+            (Task::Evaluate, cfg.eval_every),
+            (Task::Samples, cfg.sample_every),
+            (Task::Checkpoint, cfg.checkpoint_every),
+        ],
+        evaluate_at_start: true,
+    };
+    let mut job = PretrainTraining {
+        cfg,
+        gan,
+        images,
+        save: &save,
+        evaluate: &evaluate,
+    };
+    step_loop(&mut job, step, &cadence, reporter, cancel)
+}
 
-    // Training time (steps and their reporting; not evaluations, samples or checkpoints) over
-    // windows of about 5 s: `gen/step_ms` compares with `plume-worker bench generator`.
-    let (mut train_time, mut train_steps, mut window) = (0f64, 0i64, Instant::now());
-    while step < cfg.steps {
-        let step_start = Instant::now();
-        if cancel.is_cancelled() {
-            save(&gan, step, reporter)?;
-            reporter.finish(&format!("cancelled at step {step}; checkpoint written"));
-            return Ok(Outcome::Cancelled { step });
-        }
-        let seed = step_seed(cfg.seed, step);
-        tch::manual_seed(seed as i64);
+type GanTask<'a> = &'a dyn Fn(&Gan, i64, &mut dyn Reporter) -> anyhow::Result<()>;
+
+/// `pretrain-generator` as the step loop drives it.
+struct PretrainTraining<'a> {
+    cfg: &'a PretrainConfig,
+    gan: Gan,
+    /// The training partition, on the device.
+    images: Tensor,
+    save: GanTask<'a>,
+    evaluate: GanTask<'a>,
+}
+
+impl TrainingJob for PretrainTraining<'_> {
+    fn train_step(&mut self, step: i64, seed: u64) -> anyhow::Result<Vec<(String, f64)>> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let idx: Vec<i64> = (0..cfg.batch).map(|_| rng.random_range(0..n)).collect();
-        let real = images.index_select(0, &Tensor::from_slice(&idx).to_device(device));
-        let real = if cfg.xflip {
+        let n = self.images.size()[0];
+        let idx: Vec<i64> = (0..self.cfg.batch)
+            .map(|_| rng.random_range(0..n))
+            .collect();
+        let real = self
+            .images
+            .index_select(0, &Tensor::from_slice(&idx).to_device(self.images.device()));
+        let real = if self.cfg.xflip {
             augment::random_xflip(&real)
         } else {
             real
         };
-        let mut metrics = gan.train_step(cfg, step, &real, &mut rng);
-        step += 1;
-        if train_steps > 0 && (window.elapsed().as_secs_f64() >= 5.0 || step == cfg.steps) {
-            let per_step = train_time / train_steps as f64;
-            metrics.push(("gen/step_ms", per_step * 1e3));
-            metrics.push(("gen/images_per_s", cfg.batch as f64 / per_step));
-            (train_time, train_steps, window) = (0.0, 0, Instant::now());
-        }
-        reporter.metrics(step, &metrics)?;
-        reporter.progress(step, cfg.steps, &metrics[..2.min(metrics.len())]);
-        train_time += step_start.elapsed().as_secs_f64();
-        train_steps += 1;
-        if step % cfg.eval_every == 0 || step == cfg.steps {
-            evaluate(&gan, step, reporter)?;
-        }
-        if step % cfg.sample_every == 0 || step == cfg.steps {
-            reporter.artifact(step, "samples", &sample_grid(&gan.g_ema, device))?;
-            // The raw G beside the EMA: averaging can hide a G that hops between modes.
-            reporter.artifact(step, "samples_raw", &sample_grid(&gan.g, device))?;
-        }
-        if step % cfg.checkpoint_every == 0 || step == cfg.steps {
-            save(&gan, step, reporter)?;
+        let metrics = self.gan.train_step(self.cfg, step, &real, &mut rng);
+        Ok(metrics
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect())
+    }
+
+    fn run_task(
+        &mut self,
+        task: Task,
+        step: i64,
+        reporter: &mut dyn Reporter,
+    ) -> anyhow::Result<()> {
+        match task {
+            Task::Evaluate => (self.evaluate)(&self.gan, step, reporter),
+            Task::Samples => {
+                let device = self.images.device();
+                reporter.artifact(step, "samples", &sample_grid(&self.gan.g_ema, device))?;
+                // The raw G beside the EMA: averaging can hide a G that hops between modes.
+                reporter.artifact(step, "samples_raw", &sample_grid(&self.gan.g, device))
+            }
+            Task::Checkpoint => (self.save)(&self.gan, step, reporter),
         }
     }
-    reporter.finish(&format!("pretrain-generator finished at step {step}"));
-    Ok(Outcome::Completed { step })
+
+    fn progress_shows(&self, metric: &str) -> bool {
+        metric == "gen/loss_g" || metric == "gen/loss_d"
+    }
+
+    fn timing(&self) -> Option<Timing> {
+        Some(Timing {
+            step_ms: "gen/step_ms",
+            items_per_s: "gen/images_per_s",
+            items_per_step: self.cfg.batch as f64,
+        })
+    }
 }

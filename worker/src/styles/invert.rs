@@ -13,10 +13,12 @@
 
 use super::{load_frozen_generator, render_styles};
 use crate::dataset::Dataset;
-use crate::job::{CancelToken, OpenDataset, Outcome, Reporter};
+use crate::dataset::OpenDataset;
+use crate::job::{step_loop, Cadence, CancelToken, Outcome, Reporter, Task, TrainingJob};
 use crate::nn::adam::Adam;
 use crate::nn::checkpoint::{self, Checkpoint};
 use crate::nn::layers::resize_square;
+use crate::stylegan::generator::Generator;
 use std::collections::BTreeMap;
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
@@ -190,42 +192,80 @@ pub fn run(
         )?;
         reporter.checkpoint_written(done as i64, &path)
     };
-    let mut batches = 0usize;
-    while done < total {
-        if cancel.is_cancelled() {
-            save(&ws, &errs, done, reporter)?;
-            reporter.finish(&format!("cancelled after {done} images"));
-            return Ok(Outcome::Cancelled { step: done as i64 });
-        }
-        let n = (cfg.batch as usize).min(total - done);
+    let cadence = Cadence {
+        name: "invert",
+        steps: total as i64,
+        stride: cfg.batch,
+        seed: cfg.seed,
+        every: vec![(Task::Checkpoint, cfg.checkpoint_every as i64)],
+        evaluate_at_start: false,
+    };
+    let mut job = Inversion {
+        cfg,
+        ds: &ds,
+        g: &g,
+        critic: critic.as_ref(),
+        total,
+        ws,
+        errs,
+        save: &save,
+    };
+    let outcome = step_loop(&mut job, done as i64, &cadence, reporter, cancel)?;
+    if let Outcome::Completed { .. } = outcome {
+        let all = Tensor::cat(&job.errs, 0);
+        reporter.log(&format!(
+            "reconstruction L1: mean {:.4}, max {:.4}",
+            all.mean(None).double_value(&[]),
+            all.max().double_value(&[])
+        ));
+    }
+    Ok(outcome)
+}
+
+type SaveStyles<'a> =
+    &'a dyn Fn(&[Tensor], &[Tensor], usize, &mut dyn Reporter) -> anyhow::Result<()>;
+
+/// `invert` as the step loop drives it: a step inverts the next batch of images, and the
+/// step count is the number of images done.
+struct Inversion<'a> {
+    cfg: &'a InvertConfig,
+    ds: &'a Dataset,
+    g: &'a Generator,
+    critic: Option<&'a crate::judge::train::Trained>,
+    total: usize,
+    /// Styles and reconstruction errors of the images done, batch by batch.
+    ws: Vec<Tensor>,
+    errs: Vec<Tensor>,
+    save: SaveStyles<'a>,
+}
+
+impl TrainingJob for Inversion<'_> {
+    fn train_step(&mut self, done: i64, seed: u64) -> anyhow::Result<Vec<(String, f64)>> {
+        let done = done as usize;
+        let n = (self.cfg.batch as usize).min(self.total - done);
         let idx: Vec<usize> = (done..done + n).collect();
-        let targets = ds.load_images(&idx, res)?.to_device(device);
-        let (w, err) = optimise_styles(
-            &g,
-            critic.as_ref(),
-            &targets,
-            cfg,
-            crate::job::step_seed(cfg.seed, done as i64),
-        );
+        let targets = self
+            .ds
+            .load_images(&idx, self.g.cfg.resolution)?
+            .to_device(self.g.w_avg.device());
+        let (w, err) = optimise_styles(self.g, self.critic, &targets, self.cfg, seed);
         let mean = err.mean(None).double_value(&[]);
-        ws.push(w);
-        errs.push(err);
-        done += n;
-        reporter.metrics(done as i64, &[("styles/recon_l1", mean)])?;
-        reporter.progress(done as i64, total as i64, &[("recon_l1", mean)]);
-        batches += 1;
-        if batches % cfg.checkpoint_every.max(1) == 0 || done == total {
-            save(&ws, &errs, done, reporter)?;
+        self.ws.push(w);
+        self.errs.push(err);
+        Ok(vec![("styles/recon_l1".into(), mean)])
+    }
+
+    fn run_task(
+        &mut self,
+        task: Task,
+        done: i64,
+        reporter: &mut dyn Reporter,
+    ) -> anyhow::Result<()> {
+        match task {
+            Task::Checkpoint => (self.save)(&self.ws, &self.errs, done as usize, reporter),
+            Task::Evaluate | Task::Samples => Ok(()),
         }
     }
-    let all = Tensor::cat(&errs, 0);
-    reporter.log(&format!(
-        "reconstruction L1: mean {:.4}, max {:.4}",
-        all.mean(None).double_value(&[]),
-        all.max().double_value(&[])
-    ));
-    reporter.finish(&format!("invert finished: {done} styles"));
-    Ok(Outcome::Completed { step: done as i64 })
 }
 
 /// `mode: sampled`: `limit` (default: the dataset's size) styles drawn from the mapping

@@ -91,7 +91,7 @@ pub fn default_model_dir() -> Option<PathBuf> {
     if let Some(d) = std::env::var_os("PLUME_BERT_DIR") {
         return Some(PathBuf::from(d));
     }
-    crate::job::venv_dirs().iter().find_map(|venv| {
+    crate::venv::venv_dirs().iter().find_map(|venv| {
         std::fs::read_dir(venv.join("lib"))
             .ok()?
             .flatten()

@@ -4,7 +4,7 @@
 use super::bert::TextEncoder;
 use super::methods::{edit_images, EditSpec, Method, Nets, StyleHeads};
 use super::train::TextConfig;
-use crate::job::OpenDataset;
+use crate::dataset::OpenDataset;
 use crate::nn::checkpoint::Checkpoint;
 use crate::nn::named_vars;
 use crate::picture::{tensor_to_rgb, Canvas, LINE_H};

@@ -7,8 +7,9 @@ use super::benchmark::{
 };
 use super::bert::{default_model_dir, TextEncoder, UNSTORED_BERT_KEY};
 use super::methods::{loss_terms, total_loss, EditSpec, Example, Method, Nets, Recipe, StyleHeads};
+use crate::dataset::OpenDataset;
 use crate::dataset::Partition;
-use crate::job::{step_seed, CancelToken, OpenDataset, Outcome, Reporter};
+use crate::job::{step_loop, Cadence, CancelToken, Outcome, Reporter, Task, TrainingJob};
 use crate::judge::fid::Gaussian;
 use crate::nn::adam::Adam;
 use crate::nn::checkpoint::{self, Checkpoint};
@@ -334,34 +335,74 @@ pub fn run(
         reporter.finish("linear-directions fitted");
         return Ok(Outcome::Completed { step: 1 });
     }
-    if step == 0 {
-        evaluate(0, reporter)?;
-    }
-    let n = train_captions.len() as i64;
-    while step < cfg.steps {
-        if cancel.is_cancelled() {
-            save(step, &bert_opt, &head_opt, reporter)?;
-            reporter.finish(&format!("cancelled at step {step}"));
-            return Ok(Outcome::Cancelled { step });
-        }
-        let seed = step_seed(cfg.seed, step);
-        tch::manual_seed(seed as i64);
+    let cadence = Cadence {
+        name: "train-text",
+        steps: cfg.steps,
+        stride: 1,
+        seed: cfg.seed,
+        every: vec![
+            (Task::Evaluate, cfg.eval_every),
+            (Task::Checkpoint, cfg.checkpoint_every),
+        ],
+        evaluate_at_start: true,
+    };
+    let mut job = TextTraining {
+        cfg,
+        recipe,
+        nets,
+        bert_opt,
+        head_opt,
+        train_captions: &train_captions,
+        images,
+        w_train,
+        labels,
+        masks,
+        save: &save,
+        evaluate: &evaluate,
+    };
+    step_loop(&mut job, step, &cadence, reporter, cancel)
+}
+
+/// Writes a checkpoint from the BERT and head optimizers' state.
+type SaveText<'a> = &'a dyn Fn(i64, &Adam, &Adam, &mut dyn Reporter) -> anyhow::Result<()>;
+
+/// `train-text` as the step loop drives it.
+struct TextTraining<'a> {
+    cfg: &'a TextConfig,
+    recipe: Recipe,
+    nets: Nets<'a>,
+    bert_opt: Adam,
+    head_opt: Adam,
+    /// Per training example: its captions, one drawn per step.
+    train_captions: &'a [Vec<String>],
+    images: Tensor,
+    w_train: Tensor,
+    labels: Tensor,
+    masks: Option<Tensor>,
+    save: SaveText<'a>,
+    evaluate: &'a dyn Fn(i64, &mut dyn Reporter) -> anyhow::Result<()>,
+}
+
+impl TrainingJob for TextTraining<'_> {
+    fn train_step(&mut self, _step: i64, seed: u64) -> anyhow::Result<Vec<(String, f64)>> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let idx: Vec<i64> = (0..cfg.batch).map(|_| rng.random_range(0..n)).collect();
+        let idx: Vec<i64> = (0..self.cfg.batch)
+            .map(|_| rng.random_range(0..self.train_captions.len() as i64))
+            .collect();
         let captions: Vec<&str> = idx
             .iter()
             .map(|&k| {
-                let c = &train_captions[k as usize];
+                let c = &self.train_captions[k as usize];
                 c[rng.random_range(0..c.len())].as_str()
             })
             .collect();
-        let sel = Tensor::from_slice(&idx).to_device(device);
+        let sel = Tensor::from_slice(&idx).to_device(self.images.device());
         let (x, w, l) = (
-            images.index_select(0, &sel),
-            w_train.index_select(0, &sel),
-            labels.index_select(0, &sel),
+            self.images.index_select(0, &sel),
+            self.w_train.index_select(0, &sel),
+            self.labels.index_select(0, &sel),
         );
-        let m = masks.as_ref().map(|m| m.index_select(0, &sel));
+        let m = self.masks.as_ref().map(|m| m.index_select(0, &sel));
         let ex = Example {
             images: &x,
             w: &w,
@@ -369,33 +410,39 @@ pub fn run(
             labels: &l,
             masks: m.as_ref(),
         };
-        let terms = loss_terms(&recipe, &nets, &ex)?;
+        let terms = loss_terms(&self.recipe, &self.nets, &ex)?;
         let total = total_loss(&terms).ok_or_else(|| {
             anyhow::anyhow!("every loss weight of this method is 0: nothing to train")
         })?;
-        bert_opt.zero_grad();
-        head_opt.zero_grad();
+        self.bert_opt.zero_grad();
+        self.head_opt.zero_grad();
         total.backward();
-        bert_opt.step();
-        head_opt.step();
-        step += 1;
+        self.bert_opt.step();
+        self.head_opt.step();
         let mut metrics: Vec<(String, f64)> = terms
             .iter()
             .map(|(k, _, t)| (format!("loss/{k}"), t.double_value(&[])))
             .collect();
         metrics.push(("loss/total".into(), total.double_value(&[])));
-        let pairs: Vec<(&str, f64)> = metrics.iter().map(|(k, v)| (k.as_str(), *v)).collect();
-        reporter.metrics(step, &pairs)?;
-        reporter.progress(step, cfg.steps, &pairs[pairs.len() - 1..]);
-        if step % cfg.eval_every == 0 || step == cfg.steps {
-            evaluate(step, reporter)?;
-        }
-        if step % cfg.checkpoint_every == 0 || step == cfg.steps {
-            save(step, &bert_opt, &head_opt, reporter)?;
+        Ok(metrics)
+    }
+
+    fn run_task(
+        &mut self,
+        task: Task,
+        step: i64,
+        reporter: &mut dyn Reporter,
+    ) -> anyhow::Result<()> {
+        match task {
+            Task::Evaluate => (self.evaluate)(step, reporter),
+            Task::Checkpoint => (self.save)(step, &self.bert_opt, &self.head_opt, reporter),
+            Task::Samples => Ok(()),
         }
     }
-    reporter.finish(&format!("train-text finished at step {step}"));
-    Ok(Outcome::Completed { step })
+
+    fn progress_shows(&self, metric: &str) -> bool {
+        metric == "loss/total"
+    }
 }
 
 /// Runs `evaluate`: loads the checkpoint's networks and reports the benchmark at its step.

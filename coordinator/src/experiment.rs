@@ -185,6 +185,11 @@ pub struct PlannedRun {
     pub total_steps: i64,
     /// `(config field, upstream run name)`.
     pub inputs: Vec<(String, String)>,
+    /// The job's `method` (train-text), if it has one.
+    pub method: Option<String>,
+    /// The ablation and sweep values the run was expanded with (`losses.preservation` ->
+    /// `1`), as its name shows them. Stored with the run, so nothing parses names.
+    pub params: BTreeMap<String, String>,
 }
 
 fn valid_name(s: &str) -> bool {
@@ -509,6 +514,14 @@ pub fn parse(file: &str, src: &str) -> Result<Experiment, ExperimentError> {
                     )
                 };
                 let total_steps = config.get("steps").and_then(Value::as_i64).unwrap_or(0);
+                let method = config
+                    .get("method")
+                    .and_then(Value::as_str)
+                    .map(String::from);
+                let params = overrides
+                    .iter()
+                    .map(|(k, v)| (k.clone(), short(v)))
+                    .collect();
                 let inputs = b
                     .needs
                     .iter()
@@ -562,6 +575,8 @@ pub fn parse(file: &str, src: &str) -> Result<Experiment, ExperimentError> {
                     config,
                     total_steps,
                     inputs,
+                    method,
+                    params,
                 });
                 if runs.len() > MAX_RUNS {
                     return Err(ctx.err_at(

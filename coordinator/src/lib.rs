@@ -11,6 +11,7 @@ pub mod downsample;
 pub mod experiment;
 pub mod pg;
 pub mod server;
+pub mod states;
 pub mod store;
 pub mod table;
 pub mod web;

@@ -7,6 +7,7 @@ use plume_coordinator::bench::Suite;
 use plume_coordinator::client::{home, user_client, Endpoint, UserClient};
 use plume_coordinator::pg::{free_port, PrivatePostgres};
 use plume_coordinator::server::{serve, Config, Coordinator, Limits};
+use plume_coordinator::states::{AttemptState, ExperimentState, RunState};
 use plume_coordinator::store::Store;
 use plume_proto::v1 as pb;
 use rand::Rng;
@@ -213,9 +214,9 @@ enum Cmd {
         /// Millions of metric points behind the `best` query.
         #[arg(long, default_value_t = 10)]
         points_millions: usize,
-        /// Only these benchmarks: all, coordinator, dashboard or storage.
-        #[arg(long, default_value = "all")]
-        suite: String,
+        /// Only these benchmarks.
+        #[arg(long, value_enum, default_value_t = Suite::All)]
+        suite: Suite,
     },
     /// Download a checkpoint by id.
     Download {
@@ -417,7 +418,7 @@ async fn main() -> Result<()> {
                     "{:>4}  {:<24} {:<10} {:<44} {:>10}",
                     e.id,
                     e.name,
-                    e.state,
+                    ExperimentState::name_of(e.state),
                     runs.join(", "),
                     if e.has_best {
                         format!("{:.4}", e.best_objective)
@@ -558,13 +559,6 @@ async fn main() -> Result<()> {
             points_millions,
             suite,
         } => {
-            let suite = match suite.as_str() {
-                "all" => Suite::All,
-                "coordinator" => Suite::Coordinator,
-                "dashboard" => Suite::Dashboard,
-                "storage" => Suite::Storage,
-                other => bail!("unknown suite {other:?} (all, coordinator, dashboard or storage)"),
-            };
             print!(
                 "{}",
                 plume_coordinator::bench::run(sessions, points_millions, suite).await?
@@ -667,7 +661,7 @@ async fn submit(conn: &Conn, file: &Path, dry_run: bool) -> Result<pb::SubmitRep
             "  {:<48} {:<19} {:<8} needs [{}]",
             r.name,
             r.job_kind,
-            r.state,
+            RunState::name_of(r.state),
             r.needs.join(", ")
         );
         if dry_run {
@@ -683,7 +677,10 @@ fn print_experiment(d: &pb::ExperimentDetail, attempts: bool) {
     let s = d.summary.clone().unwrap_or_default();
     println!(
         "experiment {} ({}): {}  objective {}",
-        s.id, s.name, s.state, s.objective
+        s.id,
+        s.name,
+        ExperimentState::name_of(s.state),
+        s.objective
     );
     for r in &d.runs {
         let progress = if r.total_steps > 0 {
@@ -707,7 +704,7 @@ fn print_experiment(d: &pb::ExperimentDetail, attempts: bool) {
             "  {:<44} {:<19} {:<10} attempt {:<2} {:>12}  {}",
             r.name,
             r.job_kind,
-            r.state,
+            RunState::name_of(r.state),
             r.attempt,
             progress,
             key.join(" ")
@@ -719,7 +716,11 @@ fn print_experiment(d: &pb::ExperimentDetail, attempts: bool) {
             for a in &r.attempts {
                 println!(
                     "      attempt {} on worker {}: {} (from step {}) {}",
-                    a.attempt, a.worker_id, a.state, a.resumed_from_step, a.message
+                    a.attempt,
+                    a.worker_id,
+                    AttemptState::name_of(a.state),
+                    a.resumed_from_step,
+                    a.message
                 );
             }
         }
@@ -907,10 +908,10 @@ async fn watch(
         .into_inner();
     // metric -> run -> curve
     let mut data: Charts = BTreeMap::new();
-    let mut states: BTreeMap<String, String> = BTreeMap::new();
+    let mut states: BTreeMap<String, RunState> = BTreeMap::new();
     let mut last_draw = Instant::now() - Duration::from_secs(10);
     let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let draw = |data: &Charts, states: &BTreeMap<String, String>| {
+    let draw = |data: &Charts, states: &BTreeMap<String, RunState>| {
         let mut out = String::new();
         if tty {
             out.push_str("\x1b[2J\x1b[H");
@@ -946,8 +947,8 @@ async fn watch(
         let _ = std::io::stdout().flush();
     };
     while let Some(u) = stream.message().await.map_err(grpc)? {
-        if !u.run_state.is_empty() {
-            states.insert(u.run.clone(), u.run_state.clone());
+        if let Ok(state) = RunState::try_from(u.run_state) {
+            states.insert(u.run.clone(), state);
         } else {
             let e = data.entry(u.name).or_default().entry(u.run).or_default();
             e.0.extend(u.steps);
@@ -1122,13 +1123,13 @@ async fn follow(conn: &Conn, file: &Path) -> Result<()> {
         let running: Vec<String> = d
             .runs
             .iter()
-            .filter(|r| r.state == "running")
+            .filter(|r| r.state == i32::from(RunState::Running))
             .map(|r| format!("{} {}/{}", r.name, r.step, r.total_steps))
             .collect();
         let done = d
             .runs
             .iter()
-            .filter(|r| matches!(r.state.as_str(), "succeeded" | "failed" | "cancelled"))
+            .filter(|r| RunState::try_from(r.state).is_ok_and(RunState::is_final))
             .count();
         let line = format!(
             "[{:>4}s] {done}/{} runs done; running: {}",
@@ -1144,7 +1145,8 @@ async fn follow(conn: &Conn, file: &Path) -> Result<()> {
             println!("{line}");
             last_line = line;
         }
-        if s.state != "running" {
+        let state = ExperimentState::try_from(s.state).map_err(|e| anyhow::anyhow!(e))?;
+        if state.is_final() {
             println!();
             print_experiment(&d, true);
             print_storage(&d);
@@ -1159,8 +1161,8 @@ async fn follow(conn: &Conn, file: &Path) -> Result<()> {
                 .into_inner();
             println!();
             print_best(&b, false);
-            if s.state != "succeeded" {
-                bail!("experiment {} ended {}", s.name, s.state);
+            if state != ExperimentState::Succeeded {
+                bail!("experiment {} ended {state}", s.name);
             }
             return Ok(());
         }

@@ -2,9 +2,11 @@
 //! cache what a worker said in its last heartbeat, so a restarted coordinator loses nothing.
 
 use crate::experiment::{self, Mode};
+use crate::states::{Outcome, RunState};
 use crate::store::{Fence, Series, Store, StoreError};
 use pb::user_api_server::{UserApi, UserApiServer};
 use pb::worker_api_server::{WorkerApi, WorkerApiServer};
+use pb::RunState as PbRunState;
 use plume_proto::v1 as pb;
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -520,13 +522,8 @@ impl WorkerApi for Coordinator {
     async fn finish(&self, req: Request<pb::FinishRequest>) -> Result<Response<pb::Ack>, Status> {
         let r = req.into_inner();
         let f = fence(r.fence)?;
-        let outcome = match pb::finish_request::Outcome::try_from(r.outcome) {
-            Ok(pb::finish_request::Outcome::Succeeded) => "succeeded",
-            Ok(pb::finish_request::Outcome::Failed) => "failed",
-            Ok(pb::finish_request::Outcome::Cancelled) => "cancelled",
-            Ok(pb::finish_request::Outcome::Released) => "released",
-            _ => return Err(Status::invalid_argument("unknown outcome")),
-        };
+        let outcome =
+            Outcome::try_from(r.outcome).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let message: String = r.message.chars().take(8192).collect();
         self.store
             .finish(f, outcome, &message, r.step)
@@ -556,16 +553,16 @@ pub fn planned_run(p: &crate::experiment::PlannedRun) -> pb::RunSummary {
         name: p.name.clone(),
         job_kind: p.job.clone(),
         state: if p.inputs.is_empty() {
-            "queued"
+            RunState::Queued
         } else {
-            "pending"
+            RunState::Pending
         }
         .into(),
         needs: p.inputs.iter().map(|i| i.1.clone()).collect(),
         config: p.config.clone(),
         total_steps: p.total_steps,
-        method: job_method(&p.config),
-        params: run_params(&p.name),
+        method: p.method.clone().unwrap_or_default(),
+        params: p.params.clone().into_iter().collect(),
         ..Default::default()
     }
 }
@@ -585,44 +582,29 @@ fn run_summary(r: &crate::store::RunRow) -> pb::RunSummary {
         id: r.id,
         name: r.name.clone(),
         job_kind: r.job_kind.clone(),
-        state: r.state.clone(),
+        state: r.state.into(),
         attempt: r.attempt,
         config: r.config.clone(),
         step: r.step,
         total_steps: r.total_steps,
         error: r.error.clone().unwrap_or_default(),
-        method: job_method(&r.config),
-        params: run_params(&r.name),
+        method: r.method.clone().unwrap_or_default(),
+        params: r.params.clone().into_iter().collect(),
         ..Default::default()
     }
-}
-
-/// The `method` field of a job's YAML, if any.
-fn job_method(config: &str) -> String {
-    serde_yaml::from_str::<serde_yaml::Value>(config)
-        .ok()
-        .and_then(|v| v.get("method").and_then(|m| m.as_str()).map(String::from))
-        .unwrap_or_default()
-}
-
-/// `{k: v}` from a run name `base@k=v,k2=v2` (the experiment's expansion names runs so).
-fn run_params(name: &str) -> std::collections::HashMap<String, String> {
-    let Some((_, tail)) = name.split_once('@') else {
-        return Default::default();
-    };
-    tail.split(',')
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
 }
 
 fn experiment_summary(e: &crate::store::ExperimentRow) -> pb::ExperimentSummary {
     pb::ExperimentSummary {
         id: e.id,
         name: e.name.clone(),
-        state: e.state.clone(),
+        state: e.state.into(),
         created_unix: e.created,
-        run_states: e.run_states.clone().into_iter().collect(),
+        run_states: e
+            .run_states
+            .iter()
+            .map(|(s, n)| (s.as_str().to_string(), *n))
+            .collect(),
         objective: format!("{} ({})", e.objective, e.mode),
         best_objective: e.best.unwrap_or(0.0),
         has_best: e.best.is_some(),
@@ -744,7 +726,7 @@ impl Coordinator {
                 .map(|a| pb::AttemptInfo {
                     attempt: a.attempt,
                     worker_id: a.worker,
-                    state: a.state,
+                    state: a.state.into(),
                     started_unix: a.started,
                     ended_unix: a.ended,
                     resumed_from_step: a.resumed_from_step,
@@ -912,7 +894,7 @@ impl UserApi for Coordinator {
             // The same per-run cursors and read as the dashboard's stream (`web::stream`).
             let mut cursors: BTreeMap<i64, i64> = runs.iter().map(|(id, _)| (*id, 0)).collect();
             let names: BTreeMap<i64, String> = runs.into_iter().collect();
-            let mut states: BTreeMap<i64, String> = BTreeMap::new();
+            let mut states: BTreeMap<i64, RunState> = BTreeMap::new();
             loop {
                 let pairs: Vec<(i64, i64)> = cursors.iter().map(|(r, c)| (*r, *c)).collect();
                 let Ok(chunks) = store.chunks_after(&pairs, WATCH_CHUNKS).await else {
@@ -936,7 +918,7 @@ impl UserApi for Coordinator {
                         name: metric,
                         steps: s.steps,
                         values: s.values,
-                        run_state: String::new(),
+                        run_state: PbRunState::Unspecified.into(),
                     };
                     if tx.send(Ok(u)).await.is_err() {
                         return;
@@ -950,14 +932,14 @@ impl UserApi for Coordinator {
                 };
                 let mut all_done = true;
                 for row in rows.iter().filter(|x| names.contains_key(&x.id)) {
-                    if !matches!(row.state.as_str(), "succeeded" | "failed" | "cancelled") {
+                    if !row.state.is_final() {
                         all_done = false;
                     }
                     if states.get(&row.id) != Some(&row.state) {
-                        states.insert(row.id, row.state.clone());
+                        states.insert(row.id, row.state);
                         let u = pb::MetricUpdate {
                             run: row.name.clone(),
-                            run_state: row.state.clone(),
+                            run_state: row.state.into(),
                             ..Default::default()
                         };
                         if tx.send(Ok(u)).await.is_err() {

@@ -4,6 +4,7 @@
 
 use crate::blobs;
 use crate::experiment::{Experiment, Mode};
+use crate::states::{AttemptState, ExperimentState, Outcome, RunState};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::Row;
 use std::collections::{BTreeMap, HashMap};
@@ -92,7 +93,7 @@ pub struct RunRow {
     /// Job kind.
     pub job_kind: String,
     /// State.
-    pub state: String,
+    pub state: RunState,
     /// Current attempt.
     pub attempt: i32,
     /// Job YAML.
@@ -103,6 +104,10 @@ pub struct RunRow {
     pub total_steps: i64,
     /// Failure message.
     pub error: Option<String>,
+    /// The job's `method`, if it has one.
+    pub method: Option<String>,
+    /// Its ablation and sweep values (written at expansion; names are never parsed).
+    pub params: BTreeMap<String, String>,
 }
 
 /// A run's state and progress.
@@ -113,7 +118,7 @@ pub struct RunProgress {
     /// Name.
     pub name: String,
     /// State.
-    pub state: String,
+    pub state: RunState,
     /// Current attempt.
     pub attempt: i32,
     /// Progress.
@@ -131,8 +136,8 @@ pub struct AttemptRow {
     pub attempt: i32,
     /// Worker.
     pub worker: i64,
-    /// running, succeeded, failed, cancelled or lost.
-    pub state: String,
+    /// How it went (so far).
+    pub state: AttemptState,
     /// Unix seconds.
     pub started: i64,
     /// Unix seconds (0 while running).
@@ -151,7 +156,7 @@ pub struct ExperimentRow {
     /// Name.
     pub name: String,
     /// State.
-    pub state: String,
+    pub state: ExperimentState,
     /// Unix seconds.
     pub created: i64,
     /// Objective metric.
@@ -161,7 +166,7 @@ pub struct ExperimentRow {
     /// The YAML as submitted.
     pub yaml: String,
     /// Runs per state.
-    pub run_states: BTreeMap<String, i64>,
+    pub run_states: BTreeMap<RunState, i64>,
     /// Best objective value over its checkpoints.
     pub best: Option<f64>,
 }
@@ -370,13 +375,13 @@ impl Store {
         let mut rows = Vec::new();
         for r in &exp.runs {
             let state = if r.inputs.is_empty() {
-                "queued"
+                RunState::Queued
             } else {
-                "pending"
+                RunState::Pending
             };
             let run_id: i64 = sqlx::query_scalar(
-                "INSERT INTO runs (experiment_id, name, job_kind, config, state, total_steps, queued_at) \
-                 VALUES ($1,$2,$3,$4,$5,$6, CASE WHEN $5 = 'queued' THEN clock_timestamp() END) RETURNING id",
+                "INSERT INTO runs (experiment_id, name, job_kind, config, state, total_steps, method, params, queued_at) \
+                 VALUES ($1,$2,$3,$4,$5,$6,$7,$8, CASE WHEN $5 = 'queued' THEN clock_timestamp() END) RETURNING id",
             )
             .bind(id)
             .bind(&r.name)
@@ -384,6 +389,8 @@ impl Store {
             .bind(&r.config)
             .bind(state)
             .bind(r.total_steps)
+            .bind(&r.method)
+            .bind(sqlx::types::Json(&r.params))
             .fetch_one(&mut *tx)
             .await?;
             for (field, up) in &r.inputs {
@@ -399,12 +406,14 @@ impl Store {
                 id: run_id,
                 name: r.name.clone(),
                 job_kind: r.job.clone(),
-                state: state.into(),
+                state,
                 attempt: 0,
                 config: r.config.clone(),
                 step: 0,
                 total_steps: r.total_steps,
                 error: None,
+                method: r.method.clone(),
+                params: r.params.clone(),
             });
         }
         sqlx::query(
@@ -748,10 +757,10 @@ impl Store {
 
     /// Ends an attempt. Success queues the runs whose needs are now all met; failure fails the
     /// runs that needed it; either way retention runs and the experiment's state is updated.
-    pub async fn finish(&self, f: Fence, outcome: &str, message: &str, step: i64) -> Result<()> {
+    pub async fn finish(&self, f: Fence, outcome: Outcome, message: &str, step: i64) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         lock_fence(&mut tx, f).await?;
-        if outcome == "released" {
+        let Some(state) = outcome.final_run_state() else {
             // Its worker is going away: the attempt counts as lost, the run goes straight
             // back to the queue and resumes from its latest checkpoint.
             sqlx::query(
@@ -772,17 +781,18 @@ impl Store {
             event(&mut tx, f.run, "released", message).await?;
             tx.commit().await?;
             return Ok(());
-        }
-        let state = match outcome {
-            "succeeded" | "failed" | "cancelled" => outcome,
-            other => return Err(StoreError::Invalid(format!("unknown outcome {other}"))),
+        };
+        let attempt_state = match state {
+            RunState::Succeeded => AttemptState::Succeeded,
+            RunState::Cancelled => AttemptState::Cancelled,
+            _ => AttemptState::Failed,
         };
         sqlx::query(
             "UPDATE attempts SET state = $3, ended_at = now(), message = $4 WHERE run_id = $1 AND attempt = $2",
         )
         .bind(f.run)
         .bind(f.attempt)
-        .bind(state)
+        .bind(attempt_state)
         .bind(message)
         .execute(&mut *tx)
         .await?;
@@ -796,7 +806,7 @@ impl Store {
         .bind(message)
         .execute(&mut *tx)
         .await?;
-        event(&mut tx, f.run, state, message).await?;
+        event(&mut tx, f.run, state.as_str(), message).await?;
         settle(&mut tx, f.run, state).await?;
         tx.commit().await?;
         Ok(())
@@ -824,17 +834,17 @@ impl Store {
             .await?;
             let (state, msg) = if cancel {
                 (
-                    "cancelled",
+                    RunState::Cancelled,
                     "cancelled while its worker was unreachable".to_string(),
                 )
             } else if attempt <= max_restarts {
                 (
-                    "queued",
+                    RunState::Queued,
                     format!("an attempt was lost; requeued (restart {attempt} of {max_restarts})"),
                 )
             } else {
                 (
-                    "failed",
+                    RunState::Failed,
                     format!(
                         "an attempt was lost and no restarts remain (max_restarts {max_restarts})"
                     ),
@@ -851,7 +861,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
             event(&mut tx, run, "lost", &msg).await?;
-            if state != "queued" {
+            if state.is_final() {
                 settle(&mut tx, run, state).await?;
             }
         }
@@ -863,7 +873,7 @@ impl Store {
     /// their worker's session. Returns the names affected.
     pub async fn cancel(&self, experiment: i64, run: Option<&str>) -> Result<Vec<String>> {
         let mut tx = self.pool.begin().await?;
-        let rows: Vec<(i64, String, String)> = sqlx::query_as(
+        let rows: Vec<(i64, String, RunState)> = sqlx::query_as(
             "SELECT id, name, state FROM runs WHERE experiment_id = $1 AND ($2::text IS NULL OR name = $2) \
              AND state IN ('pending', 'queued', 'running') ORDER BY id FOR UPDATE",
         )
@@ -872,7 +882,7 @@ impl Store {
         .fetch_all(&mut *tx)
         .await?;
         for (id, _, state) in &rows {
-            if state == "running" {
+            if *state == RunState::Running {
                 sqlx::query("UPDATE runs SET cancel_requested = true WHERE id = $1")
                     .bind(id)
                     .execute(&mut *tx)
@@ -884,7 +894,7 @@ impl Store {
                     .execute(&mut *tx)
                     .await?;
                 event(&mut tx, *id, "cancelled", "cancelled before it started").await?;
-                settle(&mut tx, *id, "cancelled").await?;
+                settle(&mut tx, *id, RunState::Cancelled).await?;
             }
         }
         tx.commit().await?;
@@ -902,7 +912,7 @@ impl Store {
         with_cancelled: bool,
     ) -> Result<Vec<String>> {
         let mut tx = self.pool.begin().await?;
-        let rows: Vec<(i64, String, String)> = sqlx::query_as(
+        let rows: Vec<(i64, String, RunState)> = sqlx::query_as(
             "SELECT id, name, state FROM runs WHERE experiment_id = $1 AND ($2::text IS NULL OR name = $2) \
              ORDER BY id FOR UPDATE",
         )
@@ -911,7 +921,7 @@ impl Store {
         .fetch_all(&mut *tx)
         .await?;
         if let (Some(name), Some((_, _, state))) = (run, rows.first()) {
-            if state != "failed" && state != "cancelled" {
+            if !matches!(state, RunState::Failed | RunState::Cancelled) {
                 return Err(StoreError::Invalid(format!(
                     "run {name} is {state}; only failed or cancelled runs can be rerun"
                 )));
@@ -920,7 +930,8 @@ impl Store {
         let chosen: Vec<(i64, String)> = rows
             .into_iter()
             .filter(|(_, _, s)| {
-                s == "failed" || (s == "cancelled" && (with_cancelled || run.is_some()))
+                *s == RunState::Failed
+                    || (*s == RunState::Cancelled && (with_cancelled || run.is_some()))
             })
             .map(|(id, name, _)| (id, name))
             .collect();
@@ -999,7 +1010,7 @@ impl Store {
         .bind(only)
         .fetch_all(&self.pool)
         .await?;
-        let counts: Vec<(i64, String, i64)> = sqlx::query_as(
+        let counts: Vec<(i64, RunState, i64)> = sqlx::query_as(
             "SELECT experiment_id, state, count(*) FROM runs WHERE ($1::int8 IS NULL OR experiment_id = $1) \
              GROUP BY experiment_id, state",
         )
@@ -1021,7 +1032,7 @@ impl Store {
                     run_states: counts
                         .iter()
                         .filter(|c| c.0 == id)
-                        .map(|c| (c.1.clone(), c.2))
+                        .map(|c| (c.1, c.2))
                         .collect(),
                     best: r.get("best"),
                 }
@@ -1044,8 +1055,8 @@ impl Store {
 
     async fn run_rows(&self, experiment: i64, only: Option<i64>) -> Result<Vec<RunRow>> {
         let rows = sqlx::query(
-            "SELECT id, name, job_kind, state, attempt, config, step, total_steps, error FROM runs \
-             WHERE experiment_id = $1 AND ($2::int8 IS NULL OR id = $2) ORDER BY id",
+            "SELECT id, name, job_kind, state, attempt, config, step, total_steps, error, method, params \
+             FROM runs WHERE experiment_id = $1 AND ($2::int8 IS NULL OR id = $2) ORDER BY id",
         )
         .bind(experiment)
         .bind(only)
@@ -1063,6 +1074,10 @@ impl Store {
                 step: r.get("step"),
                 total_steps: r.get("total_steps"),
                 error: r.get("error"),
+                method: r.get("method"),
+                params: r
+                    .get::<sqlx::types::Json<BTreeMap<String, String>>, _>("params")
+                    .0,
             })
             .collect())
     }
@@ -1813,8 +1828,8 @@ async fn store_chunks(
 
 /// After a run reaches a final state: queue dependants whose needs all succeeded (or fail
 /// them if this one did not), apply checkpoint retention, settle the experiment's state.
-async fn settle(tx: &mut Tx<'_>, run: i64, state: &str) -> Result<()> {
-    if state == "succeeded" {
+async fn settle(tx: &mut Tx<'_>, run: i64, state: RunState) -> Result<()> {
+    if state == RunState::Succeeded {
         sqlx::query(
             "UPDATE runs r SET state = 'queued', queued_at = clock_timestamp() WHERE r.state = 'pending' \
              AND r.id IN (SELECT run_id FROM run_deps WHERE upstream_id = $1) \
@@ -1840,7 +1855,7 @@ async fn settle(tx: &mut Tx<'_>, run: i64, state: &str) -> Result<()> {
         .execute(&mut **tx)
         .await?;
     }
-    retain(tx, run, state == "succeeded").await?;
+    retain(tx, run, state == RunState::Succeeded).await?;
     sqlx::query(
         "UPDATE experiments e SET state = CASE \
             WHEN EXISTS (SELECT 1 FROM runs WHERE experiment_id = e.id AND state = 'failed') THEN 'failed' \

@@ -2,6 +2,7 @@
 //! takes (a methods table, a sweep's grid). Plain text for the terminal, Markdown to paste
 //! into a results file.
 
+use crate::states::RunState;
 use plume_proto::v1 as pb;
 
 /// Which value of a metric's history a column shows.
@@ -76,7 +77,11 @@ pub fn render(d: &pb::ExperimentDetail, metrics: &[String], stat: Stat, markdown
         if cells.iter().all(String::is_empty) {
             continue;
         }
-        let mut row = vec![r.name.clone(), r.state.clone(), r.step.to_string()];
+        let mut row = vec![
+            r.name.clone(),
+            RunState::name_of(r.state).to_string(),
+            r.step.to_string(),
+        ];
         row.extend(cells);
         rows.push(row);
     }
@@ -153,14 +158,14 @@ mod tests {
             runs: vec![
                 pb::RunSummary {
                     name: "judge".into(),
-                    state: "succeeded".into(),
+                    state: RunState::Succeeded.into(),
                     step: 500,
                     metrics: vec![metric("judge/accuracy", 0.9, 0.1, 0.9)],
                     ..Default::default()
                 },
                 pb::RunSummary {
                     name: "m0".into(),
-                    state: "succeeded".into(),
+                    state: RunState::Succeeded.into(),
                     step: 1,
                     metrics: vec![
                         metric("eval/edit_success", 0.315, 0.315, 0.315),
@@ -171,7 +176,7 @@ mod tests {
                 },
                 pb::RunSummary {
                     name: "m3".into(),
-                    state: "running".into(),
+                    state: RunState::Running.into(),
                     step: 100,
                     metrics: vec![
                         metric("eval/score", 0.2, 0.1, 0.25),

@@ -4,6 +4,7 @@
 //! that nothing references, and never one that something does.
 
 use plume_coordinator::blobs;
+use plume_coordinator::states::Outcome;
 use plume_coordinator::store::{Fence, Series, Store, StoreError};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -158,7 +159,10 @@ async fn resume_state_lives_only_where_a_resume_needs_it() {
     let (file3, _) = text_checkpoint(3);
     report(&store, f, 3, 0.1).await;
     store.store_checkpoint(f, 3, &file3).await.unwrap();
-    store.finish(f, "succeeded", "done", 3).await.unwrap();
+    store
+        .finish(f, Outcome::Succeeded, "done", 3)
+        .await
+        .unwrap();
     let rows = store.checkpoints(f.run).await.unwrap();
     assert_eq!(rows.iter().map(|r| r.step).collect::<Vec<_>>(), [1, 3]);
     assert!(rows.iter().all(|r| r.state_size == 0 && r.state_dropped));
@@ -183,7 +187,10 @@ async fn resume_state_lives_only_where_a_resume_needs_it() {
     let f = store.claim(w, &kinds).await.unwrap().unwrap().fence;
     let (file4, _) = text_checkpoint(4);
     let (id4, _) = store.store_checkpoint(f, 1, &file4).await.unwrap();
-    store.finish(f, "succeeded", "done", 1).await.unwrap();
+    store
+        .finish(f, Outcome::Succeeded, "done", 1)
+        .await
+        .unwrap();
     assert_eq!(store.checkpoint_bytes(id4, true).await.unwrap().0, file4);
     assert!(no_garbage(&store).await);
 }

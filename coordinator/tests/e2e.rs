@@ -5,6 +5,7 @@
 
 use plume_coordinator::client::user_client;
 use plume_coordinator::pg::free_port;
+use plume_coordinator::states::{AttemptState, ExperimentState, Outcome, RunState};
 use plume_coordinator::store::{Fence, Series, Store, StoreError};
 use plume_proto::v1 as pb;
 use std::collections::BTreeMap;
@@ -66,7 +67,7 @@ async fn start(d: &std::path::Path) -> Started {
     }
 }
 
-async fn state(store: &Store, exp: i64, run: &str) -> (String, i64, Option<i64>, i32) {
+async fn state(store: &Store, exp: i64, run: &str) -> (RunState, i64, Option<i64>, i32) {
     sqlx::query_as("SELECT state, step, lease_worker, attempt FROM runs WHERE experiment_id = $1 AND name = $2")
         .bind(exp)
         .bind(run)
@@ -161,7 +162,7 @@ async fn pipeline_survives_worker_and_coordinator_kills() {
         .fetch_one(&store.pool)
         .await
         .unwrap();
-        s == "running" && ck > 0
+        s == RunState::Running && ck > 0
     })
     .await;
     let (_, _, holder, _) = state(&store, exp, "generator").await;
@@ -188,12 +189,12 @@ async fn pipeline_survives_worker_and_coordinator_kills() {
     coord = coordinator(&pg.url, port, None, &log);
 
     wait_for("the experiment to finish", 420, || async {
-        let s: String = sqlx::query_scalar("SELECT state FROM experiments WHERE id = $1")
+        let s: ExperimentState = sqlx::query_scalar("SELECT state FROM experiments WHERE id = $1")
             .bind(exp)
             .fetch_one(&store.pool)
             .await
             .unwrap();
-        s != "running"
+        s.is_final()
     })
     .await;
     let mut c = user_client(&url, USER).await.unwrap();
@@ -205,12 +206,21 @@ async fn pipeline_survives_worker_and_coordinator_kills() {
         .unwrap()
         .into_inner();
     for r in &detail.runs {
-        assert_eq!(r.state, "succeeded", "{}: {}", r.name, r.error);
+        assert_eq!(
+            RunState::try_from(r.state),
+            Ok(RunState::Succeeded),
+            "{}: {}",
+            r.name,
+            r.error
+        );
     }
     // The killed attempt is in the generator's history as lost; the next one resumed.
     let gen = detail.runs.iter().find(|r| r.name == "generator").unwrap();
     assert!(gen.attempts.len() >= 2, "{:?}", gen.attempts);
-    assert_eq!(gen.attempts[0].state, "lost");
+    assert_eq!(
+        AttemptState::try_from(gen.attempts[0].state),
+        Ok(AttemptState::Lost)
+    );
     assert!(gen.attempts[1].resumed_from_step > 0, "{:?}", gen.attempts);
     // Exactly one point per (metric, step) on the resumed curve, and all steps present.
     let gen_id = gen.id;
@@ -371,13 +381,13 @@ async fn pipeline_survives_worker_and_coordinator_kills() {
     .await
     .unwrap();
     wait_for("the cancel", 15, || async {
-        state(&store, long, "forever").await.0 == "cancelled"
+        state(&store, long, "forever").await.0 == RunState::Cancelled
     })
     .await;
     let took = asked.elapsed();
     assert!(took < Duration::from_secs(10), "cancel took {took:?}");
     wait_for("the next run", 60, || async {
-        state(&store, long, "after").await.0 == "succeeded"
+        state(&store, long, "after").await.0 == RunState::Succeeded
     })
     .await;
     drop(workers);
@@ -436,7 +446,7 @@ async fn a_stale_attempt_cannot_write() {
         Err(StoreError::Stale { .. })
     ));
     assert!(matches!(
-        store.finish(stale, "succeeded", "", 5).await,
+        store.finish(stale, Outcome::Succeeded, "", 5).await,
         Err(StoreError::Stale { .. })
     ));
     // The new attempt started from no checkpoint, so the old points are gone: one curve, no
@@ -446,22 +456,23 @@ async fn a_stale_attempt_cannot_write() {
     assert_eq!(curve.steps, vec![1, 2]);
     // A worker that shuts down releases its attempt: the run is queued again at once.
     store
-        .finish(second.fence, "released", "worker shutting down", 2)
+        .finish(second.fence, Outcome::Released, "worker shutting down", 2)
         .await
         .unwrap();
     let third = store.claim(w1, &kinds).await.unwrap().unwrap();
     assert_eq!(third.fence.attempt, 3);
     store
-        .finish(third.fence, "succeeded", "ok", 5)
+        .finish(third.fence, Outcome::Succeeded, "ok", 5)
         .await
         .unwrap();
     let attempts = store.attempts(second.fence.run).await.unwrap();
     assert_eq!(
-        attempts
-            .iter()
-            .map(|a| a.state.as_str())
-            .collect::<Vec<_>>(),
-        vec!["lost", "lost", "succeeded"]
+        attempts.iter().map(|a| a.state).collect::<Vec<_>>(),
+        vec![
+            AttemptState::Lost,
+            AttemptState::Lost,
+            AttemptState::Succeeded
+        ]
     );
     assert!(attempts[1].message.starts_with("released by its worker"));
 }
@@ -490,19 +501,19 @@ async fn a_failed_run_reruns_with_a_fresh_restart_budget_from_its_checkpoint() {
     let (ckpt_id, _) = store.store_checkpoint(first.fence, 3, &ckpt).await.unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(store.reap_expired().await.unwrap(), 1);
-    assert_eq!(judge_state().await, "queued");
+    assert_eq!(judge_state().await, RunState::Queued);
     // Attempt 2 vanishes too: no restarts remain, so the judge fails and takes `gen` with it.
     let second = store.claim(w, &kinds).await.unwrap().unwrap();
     assert_eq!(second.resume, Some((ckpt_id, 3)));
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(store.reap_expired().await.unwrap(), 1);
-    assert_eq!(judge_state().await, "failed");
-    assert_eq!(state(&store, exp_id, "gen").await.0, "failed");
+    assert_eq!(judge_state().await, RunState::Failed);
+    assert_eq!(state(&store, exp_id, "gen").await.0, RunState::Failed);
     // Rerun: both requeued, the judge queued, `gen` waiting for it.
     let requeued = store.rerun(exp_id, None, false).await.unwrap();
     assert_eq!(requeued, ["judge", "gen"]);
-    assert_eq!(judge_state().await, "queued");
-    assert_eq!(state(&store, exp_id, "gen").await.0, "pending");
+    assert_eq!(judge_state().await, RunState::Queued);
+    assert_eq!(state(&store, exp_id, "gen").await.0, RunState::Pending);
     // The judge resumes from its checkpoint, and has a fresh budget: one lost attempt is
     // again a restart, not a failure.
     let third = store.claim(w, &kinds).await.unwrap().unwrap();
@@ -510,10 +521,10 @@ async fn a_failed_run_reruns_with_a_fresh_restart_budget_from_its_checkpoint() {
     assert_eq!(third.resume, Some((ckpt_id, 3)));
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(store.reap_expired().await.unwrap(), 1);
-    assert_eq!(judge_state().await, "queued");
+    assert_eq!(judge_state().await, RunState::Queued);
     let fourth = store.claim(w, &kinds).await.unwrap().unwrap();
     store
-        .finish(fourth.fence, "succeeded", "ok", 5)
+        .finish(fourth.fence, Outcome::Succeeded, "ok", 5)
         .await
         .unwrap();
     // Its success releases `gen`, which gets the judge's checkpoint as its input.
@@ -658,12 +669,16 @@ objective: {{metric: eval/score, mode: max}}
     let w = worker(port, "w0", &d.join("w0"));
     wait_for("the text run on the imported generator", 240, || async {
         let (s, _, _, _) = state(&store, exp, "m1").await;
-        assert!(s != "failed", "m1 failed: see {}", d.display());
-        s == "succeeded"
+        assert!(s != RunState::Failed, "m1 failed: see {}", d.display());
+        s == RunState::Succeeded
     })
     .await;
     for stage in ["generator", "styles"] {
-        assert_eq!(state(&store, exp, stage).await.0, "succeeded", "{stage}");
+        assert_eq!(
+            state(&store, exp, stage).await.0,
+            RunState::Succeeded,
+            "{stage}"
+        );
     }
     let generator_checkpoints: f64 = sqlx::query_scalar(
         "SELECT count(*)::float8 FROM checkpoints c JOIN runs r ON r.id = c.run_id WHERE r.experiment_id = $1 AND r.name = 'generator'",

@@ -48,6 +48,16 @@ fn stages_ablations_and_inputs_expand_in_dependency_order() {
     assert_eq!(cfg["reconstruction_target"], "both");
     assert_eq!(cfg["dataset"]["kind"], "synthetic-birds");
     assert_eq!(m3.total_steps, 4);
+    // Its method and values are data, so no reader parses the name.
+    assert_eq!(m3.method.as_deref(), Some("contrastive"));
+    assert_eq!(
+        m3.params.iter().collect::<Vec<_>>(),
+        [
+            (&"losses.preservation".to_string(), &"0".to_string()),
+            (&"reconstruction_target".to_string(), &"both".to_string())
+        ]
+    );
+    assert!(styles.params.is_empty() && styles.method.is_none());
 }
 
 #[test]

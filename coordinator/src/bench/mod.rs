@@ -84,8 +84,8 @@ async fn leased_run(
     })
 }
 
-/// Which benchmarks `plume bench` runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which benchmarks `plume bench` runs (`--suite`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Suite {
     /// Everything.
     All,

@@ -2,6 +2,7 @@
 //! unreferenced chunks at 10,000 checkpoints, and the bytes a sweep of text runs stores with
 //! resume state kept only where a resume needs it, against keeping it everywhere.
 
+use crate::states::Outcome;
 use crate::store::{Fence, Series, Store};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -223,7 +224,7 @@ async fn sweep_bench(store: &Store, out: &mut String, stamp: u64) -> anyhow::Res
                 );
                 store.store_checkpoint(f, step, &file).await?;
             }
-            store.finish(f, "succeeded", "done", STEPS).await?;
+            store.finish(f, Outcome::Succeeded, "done", STEPS).await?;
         }
         let s = store.storage(exp).await?;
         let bytes = if now {

@@ -15,6 +15,7 @@
 
 use super::{ApiError, ApiQuery};
 use crate::server::Coordinator;
+use crate::states::RunState;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -120,7 +121,7 @@ pub async fn stream(
     let with_points = q.points.unwrap_or(true);
     let (tx, rx) = mpsc::channel::<Result<Event, Infallible>>(16);
     tokio::spawn(async move {
-        let mut seen: HashMap<i64, (String, i64, i64, i32)> = HashMap::new();
+        let mut seen: HashMap<i64, (RunState, i64, i64, i32)> = HashMap::new();
         loop {
             // Points first, so a `run` event saying "succeeded" follows the run's last points.
             let mut full = false;
@@ -161,10 +162,10 @@ pub async fn stream(
             };
             let mut all_ended = true;
             for r in rows.iter().filter(|r| names.contains_key(&r.id)) {
-                if !matches!(r.state.as_str(), "succeeded" | "failed" | "cancelled") {
+                if !r.state.is_final() {
                     all_ended = false;
                 }
-                let now = (r.state.clone(), r.step, r.total_steps, r.attempt);
+                let now = (r.state, r.step, r.total_steps, r.attempt);
                 if seen.get(&r.id) != Some(&now) {
                     let data = json!({"run": r.name, "state": r.state, "step": r.step,
                         "total_steps": r.total_steps, "attempt": r.attempt, "error": r.error});

@@ -9,6 +9,7 @@ pub mod browser;
 pub mod client;
 pub mod downsample;
 pub mod experiment;
+pub mod follow;
 pub mod pg;
 pub mod server;
 pub mod states;

@@ -2,6 +2,7 @@
 //! cache what a worker said in its last heartbeat, so a restarted coordinator loses nothing.
 
 use crate::experiment::{self, Mode};
+use crate::follow::{self, Follower};
 use crate::states::{Outcome, RunState};
 use crate::store::{Fence, Series, Store, StoreError};
 use pb::user_api_server::{UserApi, UserApiServer};
@@ -16,9 +17,6 @@ use tokio::sync::{mpsc, Notify};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
-
-/// Most metric chunks a watch reads at once (a long backlog arrives in pieces).
-const WATCH_CHUNKS: i64 = 2000;
 
 /// Limits on what clients may send.
 #[derive(Debug, Clone)]
@@ -891,20 +889,16 @@ impl UserApi for Coordinator {
         let store = self.store.clone();
         let wanted: Vec<String> = r.metrics;
         tokio::spawn(async move {
-            // The same per-run cursors and read as the dashboard's stream (`web::stream`).
-            let mut cursors: BTreeMap<i64, i64> = runs.iter().map(|(id, _)| (*id, 0)).collect();
+            let cursors = runs.iter().map(|(id, _)| (*id, 0)).collect();
+            let mut follower = Follower::new(store, exp, cursors, true);
             let names: BTreeMap<i64, String> = runs.into_iter().collect();
-            let mut states: BTreeMap<i64, RunState> = BTreeMap::new();
             loop {
-                let pairs: Vec<(i64, i64)> = cursors.iter().map(|(r, c)| (*r, *c)).collect();
-                let Ok(chunks) = store.chunks_after(&pairs, WATCH_CHUNKS).await else {
+                let Ok(look) = follower.look().await else {
                     return;
                 };
-                let full = chunks.len() as i64 == WATCH_CHUNKS;
-                // One update per run and metric per read, points in chunk order.
+                // One update per run and metric per look, points in chunk order.
                 let mut merged: BTreeMap<(i64, String), Series> = BTreeMap::new();
-                for ch in chunks {
-                    cursors.insert(ch.run, ch.id);
+                for ch in look.chunks {
                     if !wanted.is_empty() && !wanted.contains(&ch.name) {
                         continue;
                     }
@@ -912,45 +906,35 @@ impl UserApi for Coordinator {
                     m.steps.extend(ch.series.steps);
                     m.values.extend(ch.series.values);
                 }
-                for ((run, metric), s) in merged {
-                    let u = pb::MetricUpdate {
+                let points = merged
+                    .into_iter()
+                    .map(|((run, metric), s)| pb::MetricUpdate {
                         run: names[&run].clone(),
                         name: metric,
                         steps: s.steps,
                         values: s.values,
                         run_state: PbRunState::Unspecified.into(),
-                    };
+                    });
+                let states = look
+                    .changed
+                    .into_iter()
+                    .filter(|(_, state_changed)| *state_changed)
+                    .map(|(row, _)| pb::MetricUpdate {
+                        run: row.name,
+                        run_state: row.state.into(),
+                        ..Default::default()
+                    });
+                for u in points.chain(states) {
                     if tx.send(Ok(u)).await.is_err() {
                         return;
                     }
                 }
-                if full {
-                    continue;
-                }
-                let Ok(rows) = store.progress(exp).await else {
-                    return;
-                };
-                let mut all_done = true;
-                for row in rows.iter().filter(|x| names.contains_key(&x.id)) {
-                    if !row.state.is_final() {
-                        all_done = false;
-                    }
-                    if states.get(&row.id) != Some(&row.state) {
-                        states.insert(row.id, row.state);
-                        let u = pb::MetricUpdate {
-                            run: row.name.clone(),
-                            run_state: row.state.into(),
-                            ..Default::default()
-                        };
-                        if tx.send(Ok(u)).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-                if r.backlog_only || all_done {
+                if look.finished || (r.backlog_only && look.caught_up) {
                     return;
                 }
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                if look.caught_up {
+                    tokio::time::sleep(follow::POLL).await;
+                }
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))

@@ -232,6 +232,33 @@ async fn pipeline_survives_worker_and_coordinator_kills() {
         assert_eq!(steps.len(), curve.steps.len(), "{metric}: duplicate points");
         assert_eq!(steps, (1..=150).collect::<Vec<i64>>(), "{metric}: gaps");
     }
+    // `plume watch` (WatchMetrics) on the finished run: its whole backlog, every step (the
+    // resumed attempt re-reports the steps after its checkpoint), then its final state.
+    let mut watch = c
+        .watch_metrics(pb::WatchRequest {
+            experiment: "e2e".into(),
+            run: "generator".into(),
+            metrics: vec!["gen/loss_g".into()],
+            backlog_only: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let (mut watched, mut states) = (Vec::new(), Vec::new());
+    while let Some(u) = watch.message().await.unwrap() {
+        assert_eq!(u.run, "generator");
+        match RunState::try_from(u.run_state) {
+            Ok(state) => states.push(state),
+            Err(_) => {
+                assert_eq!(u.name, "gen/loss_g");
+                watched.extend(u.steps);
+            }
+        }
+    }
+    watched.sort();
+    watched.dedup();
+    assert_eq!(watched, (1..=150).collect::<Vec<i64>>());
+    assert_eq!(states, [RunState::Succeeded]);
     // `best` equals the argmax over the stored metrics at the kept checkpoints' steps.
     let best = c
         .best_checkpoints(pb::BestRequest {

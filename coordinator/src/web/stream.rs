@@ -14,8 +14,8 @@
 //! - `done`: every followed run has ended and every point was sent; the client should close.
 
 use super::{ApiError, ApiQuery};
+use crate::follow::{self, Follower};
 use crate::server::Coordinator;
-use crate::states::RunState;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -23,14 +23,8 @@ use serde::Deserialize;
 use serde_json::json;
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
-use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-
-/// How often a stream looks for new points and state changes.
-const POLL: Duration = Duration::from_millis(500);
-/// Most chunks read per look (a reconnect after a long absence catches up in pieces).
-const CHUNKS_PER_READ: i64 = 2000;
 
 /// Query of `GET /api/experiments/{exp}/stream`.
 #[derive(Debug, Deserialize)]
@@ -113,77 +107,57 @@ pub async fn stream(
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty());
     let given = parse_cursors(resume.unwrap_or(&q.after))?;
-    let mut cursors: BTreeMap<i64, i64> = runs
+    let cursors: BTreeMap<i64, i64> = runs
         .iter()
         .map(|(id, _)| (*id, given.get(id).copied().unwrap_or(0)))
         .collect();
     let names: HashMap<i64, String> = runs.into_iter().collect();
-    let with_points = q.points.unwrap_or(true);
+    let mut follower = Follower::new(store, exp, cursors, q.points.unwrap_or(true));
     let (tx, rx) = mpsc::channel::<Result<Event, Infallible>>(16);
     tokio::spawn(async move {
-        let mut seen: HashMap<i64, (RunState, i64, i64, i32)> = HashMap::new();
         loop {
-            // Points first, so a `run` event saying "succeeded" follows the run's last points.
-            let mut full = false;
-            if with_points {
-                let pairs: Vec<(i64, i64)> = cursors.iter().map(|(r, c)| (*r, *c)).collect();
-                let Ok(chunks) = store.chunks_after(&pairs, CHUNKS_PER_READ).await else {
-                    return;
-                };
-                full = chunks.len() as i64 == CHUNKS_PER_READ;
-                // One event per run and read, its metrics merged in chunk order.
-                let mut by_run: BTreeMap<i64, BTreeMap<String, serde_json::Value>> =
-                    BTreeMap::new();
-                for ch in chunks {
-                    cursors.insert(ch.run, ch.id);
-                    let m = by_run.entry(ch.run).or_default();
-                    let e = m
-                        .entry(ch.name)
-                        .or_insert_with(|| json!({"steps": [], "values": [], "times": []}));
-                    let n = ch.series.steps.len();
-                    extend(&mut e["steps"], ch.series.steps.iter().map(|s| json!(s)));
-                    extend(&mut e["values"], ch.series.values.iter().map(|v| json!(v)));
-                    extend(&mut e["times"], std::iter::repeat_n(json!(ch.time), n));
-                }
-                let id = format_cursors(&cursors);
-                for (run, metrics) in by_run {
-                    let data = json!({"run": names[&run], "metrics": metrics});
-                    let ev = Event::default()
-                        .event("points")
-                        .id(id.clone())
-                        .data(data.to_string());
-                    if tx.send(Ok(ev)).await.is_err() {
-                        return;
-                    }
-                }
-            }
-            let Ok(rows) = store.progress(exp).await else {
+            let Ok(look) = follower.look().await else {
                 return;
             };
-            let mut all_ended = true;
-            for r in rows.iter().filter(|r| names.contains_key(&r.id)) {
-                if !r.state.is_final() {
-                    all_ended = false;
-                }
-                let now = (r.state, r.step, r.total_steps, r.attempt);
-                if seen.get(&r.id) != Some(&now) {
-                    let data = json!({"run": r.name, "state": r.state, "step": r.step,
-                        "total_steps": r.total_steps, "attempt": r.attempt, "error": r.error});
-                    seen.insert(r.id, now);
-                    let ev = Event::default().event("run").data(data.to_string());
-                    if tx.send(Ok(ev)).await.is_err() {
-                        return;
-                    }
+            // Points first, so a `run` event saying "succeeded" follows the run's last points.
+            // One event per run and look, its metrics merged in chunk order.
+            let mut by_run: BTreeMap<i64, BTreeMap<String, serde_json::Value>> = BTreeMap::new();
+            for ch in look.chunks {
+                let m = by_run.entry(ch.run).or_default();
+                let e = m
+                    .entry(ch.name)
+                    .or_insert_with(|| json!({"steps": [], "values": [], "times": []}));
+                let n = ch.series.steps.len();
+                extend(&mut e["steps"], ch.series.steps.iter().map(|s| json!(s)));
+                extend(&mut e["values"], ch.series.values.iter().map(|v| json!(v)));
+                extend(&mut e["times"], std::iter::repeat_n(json!(ch.time), n));
+            }
+            let id = format_cursors(follower.cursors());
+            let points = by_run.into_iter().map(|(run, metrics)| {
+                let data = json!({"run": names[&run], "metrics": metrics});
+                Event::default()
+                    .event("points")
+                    .id(id.clone())
+                    .data(data.to_string())
+            });
+            let runs = look.changed.into_iter().map(|(r, _)| {
+                let data = json!({"run": r.name, "state": r.state, "step": r.step,
+                    "total_steps": r.total_steps, "attempt": r.attempt, "error": r.error});
+                Event::default().event("run").data(data.to_string())
+            });
+            for ev in points.chain(runs) {
+                if tx.send(Ok(ev)).await.is_err() {
+                    return;
                 }
             }
-            if all_ended && !full {
+            if look.finished {
                 let _ = tx.send(Ok(Event::default().event("done").data("{}"))).await;
                 return;
             }
-            if !full {
+            if look.caught_up {
                 tokio::select! {
                     _ = tx.closed() => return,
-                    _ = tokio::time::sleep(POLL) => {}
+                    _ = tokio::time::sleep(follow::POLL) => {}
                 }
             }
         }

@@ -381,7 +381,7 @@ impl Store {
             };
             let run_id: i64 = sqlx::query_scalar(
                 "INSERT INTO runs (experiment_id, name, job_kind, config, state, total_steps, method, params, queued_at) \
-                 VALUES ($1,$2,$3,$4,$5,$6,$7,$8, CASE WHEN $5 = 'queued' THEN clock_timestamp() END) RETURNING id",
+                 VALUES ($1,$2,$3,$4,$5,$6,$7,$8, CASE WHEN $5 = $9 THEN clock_timestamp() END) RETURNING id",
             )
             .bind(id)
             .bind(&r.name)
@@ -391,6 +391,7 @@ impl Store {
             .bind(r.total_steps)
             .bind(&r.method)
             .bind(sqlx::types::Json(&r.params))
+            .bind(RunState::Queued)
             .fetch_one(&mut *tx)
             .await?;
             for (field, up) in &r.inputs {
@@ -455,10 +456,11 @@ impl Store {
         let row = sqlx::query(
             "SELECT r.id, r.name, r.job_kind, r.config, r.attempt, e.name AS exp FROM runs r \
              JOIN experiments e ON e.id = r.experiment_id \
-             WHERE r.state = 'queued' AND r.job_kind = ANY($1) \
+             WHERE r.state = $2 AND r.job_kind = ANY($1) \
              ORDER BY r.queued_at, r.id LIMIT 1 FOR UPDATE OF r SKIP LOCKED",
         )
         .bind(job_kinds)
+        .bind(RunState::Queued)
         .fetch_optional(&mut *tx)
         .await?;
         let Some(row) = row else {
@@ -473,13 +475,14 @@ impl Store {
         .fetch_optional(&mut *tx)
         .await?;
         sqlx::query(
-            "UPDATE runs SET state = 'running', attempt = $2, lease_worker = $3, \
+            "UPDATE runs SET state = $5, attempt = $2, lease_worker = $3, \
              lease_expires = now() + make_interval(secs => $4) WHERE id = $1",
         )
         .bind(run)
         .bind(attempt)
         .bind(worker)
         .bind(self.lease_secs())
+        .bind(RunState::Running)
         .execute(&mut *tx)
         .await?;
         let from = resume.map_or(0, |r| r.1);
@@ -552,7 +555,7 @@ impl Store {
         let r: Option<bool> = sqlx::query_scalar(
             "UPDATE runs SET lease_expires = now() + make_interval(secs => $4), \
              step = GREATEST(step, $5), total_steps = CASE WHEN $6 > 0 THEN $6 ELSE total_steps END \
-             WHERE id = $1 AND attempt = $2 AND lease_worker = $3 AND state = 'running' \
+             WHERE id = $1 AND attempt = $2 AND lease_worker = $3 AND state = $7 \
              RETURNING cancel_requested",
         )
         .bind(f.run)
@@ -561,6 +564,7 @@ impl Store {
         .bind(self.lease_secs())
         .bind(step)
         .bind(total)
+        .bind(RunState::Running)
         .fetch_optional(&self.pool)
         .await?;
         r.ok_or(StoreError::Stale {
@@ -764,21 +768,23 @@ impl Store {
             // Its worker is going away: the attempt counts as lost, the run goes straight
             // back to the queue and resumes from its latest checkpoint.
             sqlx::query(
-                "UPDATE attempts SET state = 'lost', ended_at = now(), message = $3 WHERE run_id = $1 AND attempt = $2",
+                "UPDATE attempts SET state = $4, ended_at = now(), message = $3 WHERE run_id = $1 AND attempt = $2",
             )
             .bind(f.run)
             .bind(f.attempt)
             .bind(format!("released by its worker at step {step}: {message}"))
+            .bind(AttemptState::Lost)
             .execute(&mut *tx)
             .await?;
             sqlx::query(
-                "UPDATE runs SET state = 'queued', queued_at = clock_timestamp(), lease_worker = NULL, \
+                "UPDATE runs SET state = $2, queued_at = clock_timestamp(), lease_worker = NULL, \
                  lease_expires = NULL WHERE id = $1",
             )
             .bind(f.run)
+            .bind(RunState::Queued)
             .execute(&mut *tx)
             .await?;
-            event(&mut tx, f.run, "released", message).await?;
+            event(&mut tx, f.run, Outcome::Released.as_str(), message).await?;
             tx.commit().await?;
             return Ok(());
         };
@@ -798,12 +804,13 @@ impl Store {
         .await?;
         sqlx::query(
             "UPDATE runs SET state = $2, lease_worker = NULL, lease_expires = NULL, step = GREATEST(step, $3), \
-             error = CASE WHEN $2 = 'failed' THEN $4 ELSE error END WHERE id = $1",
+             error = CASE WHEN $2 = $5 THEN $4 ELSE error END WHERE id = $1",
         )
         .bind(f.run)
         .bind(state)
         .bind(step)
         .bind(message)
+        .bind(RunState::Failed)
         .execute(&mut *tx)
         .await?;
         event(&mut tx, f.run, state.as_str(), message).await?;
@@ -819,17 +826,19 @@ impl Store {
         let rows: Vec<(i64, i32, bool, i32)> = sqlx::query_as(
             "SELECT r.id, r.attempt - r.restart_base, r.cancel_requested, e.max_restarts FROM runs r \
              JOIN experiments e ON e.id = r.experiment_id \
-             WHERE r.state = 'running' AND r.lease_expires < now() FOR UPDATE OF r SKIP LOCKED",
+             WHERE r.state = $1 AND r.lease_expires < now() FOR UPDATE OF r SKIP LOCKED",
         )
+        .bind(RunState::Running)
         .fetch_all(&mut *tx)
         .await?;
         for &(run, attempt, cancel, max_restarts) in &rows {
             // `attempt` counts from the last rerun; the attempt row is the run's latest.
             sqlx::query(
-                "UPDATE attempts SET state = 'lost', ended_at = now(), message = 'lease expired (worker died or was cut off)' \
+                "UPDATE attempts SET state = $2, ended_at = now(), message = 'lease expired (worker died or was cut off)' \
                  WHERE run_id = $1 AND attempt = (SELECT attempt FROM runs WHERE id = $1)",
             )
             .bind(run)
+            .bind(AttemptState::Lost)
             .execute(&mut *tx)
             .await?;
             let (state, msg) = if cancel {
@@ -852,15 +861,17 @@ impl Store {
             };
             sqlx::query(
                 "UPDATE runs SET state = $2, lease_worker = NULL, lease_expires = NULL, \
-                 queued_at = CASE WHEN $2 = 'queued' THEN clock_timestamp() ELSE queued_at END, \
-                 error = CASE WHEN $2 = 'failed' THEN $3 ELSE error END WHERE id = $1",
+                 queued_at = CASE WHEN $2 = $4 THEN clock_timestamp() ELSE queued_at END, \
+                 error = CASE WHEN $2 = $5 THEN $3 ELSE error END WHERE id = $1",
             )
             .bind(run)
             .bind(state)
             .bind(&msg)
+            .bind(RunState::Queued)
+            .bind(RunState::Failed)
             .execute(&mut *tx)
             .await?;
-            event(&mut tx, run, "lost", &msg).await?;
+            event(&mut tx, run, AttemptState::Lost.as_str(), &msg).await?;
             if state.is_final() {
                 settle(&mut tx, run, state).await?;
             }
@@ -875,10 +886,11 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         let rows: Vec<(i64, String, RunState)> = sqlx::query_as(
             "SELECT id, name, state FROM runs WHERE experiment_id = $1 AND ($2::text IS NULL OR name = $2) \
-             AND state IN ('pending', 'queued', 'running') ORDER BY id FOR UPDATE",
+             AND state = ANY($3) ORDER BY id FOR UPDATE",
         )
         .bind(experiment)
         .bind(run)
+        .bind(unended_run_states())
         .fetch_all(&mut *tx)
         .await?;
         for (id, _, state) in &rows {
@@ -889,11 +901,13 @@ impl Store {
                     .await?;
                 event(&mut tx, *id, "cancel", "cancel requested").await?;
             } else {
-                sqlx::query("UPDATE runs SET state = 'cancelled' WHERE id = $1")
+                sqlx::query("UPDATE runs SET state = $2 WHERE id = $1")
                     .bind(id)
+                    .bind(RunState::Cancelled)
                     .execute(&mut *tx)
                     .await?;
-                event(&mut tx, *id, "cancelled", "cancelled before it started").await?;
+                let kind = RunState::Cancelled.as_str();
+                event(&mut tx, *id, kind, "cancelled before it started").await?;
                 settle(&mut tx, *id, RunState::Cancelled).await?;
             }
         }
@@ -937,10 +951,11 @@ impl Store {
             .collect();
         for (id, _) in &chosen {
             sqlx::query(
-                "UPDATE runs SET state = 'pending', error = NULL, cancel_requested = false, \
+                "UPDATE runs SET state = $2, error = NULL, cancel_requested = false, \
                  restart_base = attempt WHERE id = $1",
             )
             .bind(id)
+            .bind(RunState::Pending)
             .execute(&mut *tx)
             .await?;
             event(
@@ -953,16 +968,19 @@ impl Store {
         }
         let ids: Vec<i64> = chosen.iter().map(|(id, _)| *id).collect();
         sqlx::query(
-            "UPDATE runs r SET state = 'queued', queued_at = clock_timestamp() WHERE r.id = ANY($1) \
+            "UPDATE runs r SET state = $2, queued_at = clock_timestamp() WHERE r.id = ANY($1) \
              AND NOT EXISTS (SELECT 1 FROM run_deps d JOIN runs u ON u.id = d.upstream_id \
-                             WHERE d.run_id = r.id AND u.state <> 'succeeded')",
+                             WHERE d.run_id = r.id AND u.state <> $3)",
         )
         .bind(&ids)
+        .bind(RunState::Queued)
+        .bind(RunState::Succeeded)
         .execute(&mut *tx)
         .await?;
         if !ids.is_empty() {
-            sqlx::query("UPDATE experiments SET state = 'running' WHERE id = $1")
+            sqlx::query("UPDATE experiments SET state = $2 WHERE id = $1")
                 .bind(experiment)
+                .bind(ExperimentState::Running)
                 .execute(&mut *tx)
                 .await?;
         }
@@ -1528,15 +1546,25 @@ impl Store {
 
 type Tx<'a> = sqlx::Transaction<'a, sqlx::Postgres>;
 
+/// The names of the states a run has not ended in (for `state = ANY(...)`).
+fn unended_run_states() -> Vec<&'static str> {
+    RunState::ALL
+        .iter()
+        .filter(|s| !s.is_final())
+        .map(|s| s.as_str())
+        .collect()
+}
+
 /// Locks the run row if `f` still holds its lease; `Stale` otherwise.
 async fn lock_fence(tx: &mut Tx<'_>, f: Fence) -> Result<()> {
     let ok: Option<i64> = sqlx::query_scalar(
         "SELECT id FROM runs WHERE id = $1 AND attempt = $2 AND lease_worker = $3 \
-         AND state = 'running' AND lease_expires > now() FOR SHARE",
+         AND state = $4 AND lease_expires > now() FOR SHARE",
     )
     .bind(f.run)
     .bind(f.attempt)
     .bind(f.worker)
+    .bind(RunState::Running)
     .fetch_optional(&mut **tx)
     .await?;
     ok.map(|_| ()).ok_or(StoreError::Stale {
@@ -1831,12 +1859,15 @@ async fn store_chunks(
 async fn settle(tx: &mut Tx<'_>, run: i64, state: RunState) -> Result<()> {
     if state == RunState::Succeeded {
         sqlx::query(
-            "UPDATE runs r SET state = 'queued', queued_at = clock_timestamp() WHERE r.state = 'pending' \
+            "UPDATE runs r SET state = $2, queued_at = clock_timestamp() WHERE r.state = $3 \
              AND r.id IN (SELECT run_id FROM run_deps WHERE upstream_id = $1) \
              AND NOT EXISTS (SELECT 1 FROM run_deps d JOIN runs u ON u.id = d.upstream_id \
-                             WHERE d.run_id = r.id AND u.state <> 'succeeded')",
+                             WHERE d.run_id = r.id AND u.state <> $4)",
         )
         .bind(run)
+        .bind(RunState::Queued)
+        .bind(RunState::Pending)
+        .bind(RunState::Succeeded)
         .execute(&mut **tx)
         .await?;
     } else {
@@ -1848,23 +1879,31 @@ async fn settle(tx: &mut Tx<'_>, run: i64, state: RunState) -> Result<()> {
         sqlx::query(
             "WITH RECURSIVE down(id) AS (SELECT run_id FROM run_deps WHERE upstream_id = $1 \
              UNION SELECT d.run_id FROM run_deps d JOIN down ON d.upstream_id = down.id) \
-             UPDATE runs SET state = 'failed', error = $2 WHERE id IN (SELECT id FROM down) AND state = 'pending'",
+             UPDATE runs SET state = $3, error = $2 WHERE id IN (SELECT id FROM down) AND state = $4",
         )
         .bind(run)
         .bind(format!("upstream run {name} {state}"))
+        .bind(RunState::Failed)
+        .bind(RunState::Pending)
         .execute(&mut **tx)
         .await?;
     }
     retain(tx, run, state == RunState::Succeeded).await?;
     sqlx::query(
         "UPDATE experiments e SET state = CASE \
-            WHEN EXISTS (SELECT 1 FROM runs WHERE experiment_id = e.id AND state = 'failed') THEN 'failed' \
-            WHEN EXISTS (SELECT 1 FROM runs WHERE experiment_id = e.id AND state = 'cancelled') THEN 'cancelled' \
-            ELSE 'succeeded' END \
+            WHEN EXISTS (SELECT 1 FROM runs WHERE experiment_id = e.id AND state = $2) THEN $3 \
+            WHEN EXISTS (SELECT 1 FROM runs WHERE experiment_id = e.id AND state = $4) THEN $5 \
+            ELSE $6 END \
          WHERE e.id = (SELECT experiment_id FROM runs WHERE id = $1) \
-         AND NOT EXISTS (SELECT 1 FROM runs WHERE experiment_id = e.id AND state IN ('pending', 'queued', 'running'))",
+         AND NOT EXISTS (SELECT 1 FROM runs WHERE experiment_id = e.id AND state = ANY($7))",
     )
     .bind(run)
+    .bind(RunState::Failed)
+    .bind(ExperimentState::Failed)
+    .bind(RunState::Cancelled)
+    .bind(ExperimentState::Cancelled)
+    .bind(ExperimentState::Succeeded)
+    .bind(unended_run_states())
     .execute(&mut **tx)
     .await?;
     Ok(())

@@ -463,7 +463,9 @@ fn start_job(opts: &RemoteOptions, shared: &Arc<Shared>, c: Client, a: pb::Assig
             Ok(Outcome::Cancelled { step }) if stopping => {
                 Some((O::Released, "worker shutting down".to_string(), step))
             }
-            Ok(Outcome::Cancelled { step }) => Some((O::Cancelled, "cancelled".to_string(), step)),
+            Ok(Outcome::Cancelled { step }) => {
+                Some((O::Cancelled, format!("cancelled at step {step}"), step))
+            }
             Err(e) => Some((O::Failed, format!("{e:#}"), 0)),
         };
         if let Some((o, m, s)) = finish {

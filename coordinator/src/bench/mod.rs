@@ -378,8 +378,9 @@ async fn coordinator_suite(
         }
     }
     // Only the data matters here: keep these runs away from the dispatch benchmarks below.
-    sqlx::query("UPDATE runs SET state = 'cancelled' WHERE experiment_id = $1")
+    sqlx::query("UPDATE runs SET state = $2 WHERE experiment_id = $1")
         .bind(exp)
+        .bind(crate::states::RunState::Cancelled)
         .execute(&store.pool)
         .await?;
     sqlx::query("ANALYZE").execute(&store.pool).await?;

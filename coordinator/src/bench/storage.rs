@@ -158,8 +158,9 @@ async fn gc_bench(store: &Store, out: &mut String, stamp: u64) -> anyhow::Result
         "gc before (issue 15): scan of every chunk, same deletion size"
     );
     // Leave nothing behind for the next benchmarks.
-    sqlx::query("UPDATE runs SET state = 'cancelled' WHERE id = ANY($1)")
+    sqlx::query("UPDATE runs SET state = $2 WHERE id = ANY($1)")
         .bind(&run_ids)
+        .bind(crate::states::RunState::Cancelled)
         .execute(&store.pool)
         .await?;
     let all: Vec<i64> = sqlx::query_scalar("SELECT id FROM checkpoints WHERE run_id = ANY($1)")

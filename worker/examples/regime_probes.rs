@@ -16,7 +16,8 @@
 //!   `device`=cpu): the GAN regime plus an attribute head on D's features, trained on the
 //!   reals' labels, and a CatGAN term for G: each fake should read as one value per attribute
 //!   group (low conditional entropy) while the batch spreads over the values (high marginal
-//!   entropy). `lambda`=0 is the plain regime (the control); `beta1` sets Adam's first moment.
+//!   entropy). `lambda`=0 is the plain regime (the control); `beta1` sets Adam's first moment;
+//!   `ms` > 0 adds the mode-seeking term of MSGAN (Mao et al. 2019) with that weight.
 //! - `dcgan` (`batch`=64): a plain DCGAN (transposed convs with batch norm, Adam 2e-4 and
 //!   beta1 0.5), not a StyleGAN2: whether a simple GAN does better on these birds.
 
@@ -131,13 +132,14 @@ impl Averaging {
 /// loss on D's features of the reals.
 fn d_step(
     gan: &mut Gan,
+    d_params: &[(String, Tensor)],
     step: i64,
     real: &Tensor,
     gamma: f64,
     extra: &dyn Fn(&Tensor) -> Tensor,
 ) -> f64 {
     let aug = |x: &Tensor| augment::diff_augment(x, &AugmentConfig::default());
-    set_requires_grad(&trainable_vars(&gan.d_vs), true);
+    set_requires_grad(d_params, true);
     let (b, device) = (real.size()[0], real.device());
     let fake = tch::no_grad(|| {
         gan.g.generate(
@@ -262,9 +264,8 @@ fn vae(h: &Harness) -> anyhow::Result<()> {
         gan.g_opt.step();
         e_opt.step();
         if adversarial {
-            d_step(&mut gan, step, &real, 5.0, &|_| {
-                Tensor::zeros([], (Kind::Float, device))
-            });
+            let none = |_: &Tensor| Tensor::zeros([], (Kind::Float, device));
+            d_step(&mut gan, &d_params, step, &real, 5.0, &none);
         }
         averaging.update(&mut gan, step, b);
         if step % 100 == 0 {
@@ -286,6 +287,7 @@ fn aux(h: &Harness) -> anyhow::Result<()> {
     let lambda = h.opt("lambda", 1.0)?;
     let (lr, b) = (h.opt("lr", 0.0025)?, h.opt("batch", 16.0)? as i64);
     let (gamma, beta1) = (h.opt("gamma", 5.0)?, h.opt("beta1", 0.0)?);
+    let mode_seeking = h.opt("ms", 0.0)?;
     let (net, device) = (NetworkConfig::default(), h.device);
     let sizes: Vec<i64> = h.ds.groups.iter().map(|g| g.values.len() as i64).collect();
     let mut gan = Gan::new(&net, lr, 16, 4, false, 1, device);
@@ -320,11 +322,21 @@ fn aux(h: &Harness) -> anyhow::Result<()> {
         tch::manual_seed(1000 + step);
         let (real, labels) = h.batch(b);
         set_requires_grad(&d_params, false);
-        let fake = gan
-            .g
-            .generate(&Tensor::randn([b, net.z_dim], (Kind::Float, device)), 1.0);
+        let z = Tensor::randn([b, net.z_dim], (Kind::Float, device));
+        let fake = gan.g.generate(&z, 1.0);
         let (logits, features) = gan.d.forward_with_features(&aug(&fake));
         let mut lg = loss::generator_loss(&logits);
+        if mode_seeking > 0.0 {
+            // MSGAN: pairs (i, i + b/2) whose latents differ should differ as images.
+            let half = b / 2;
+            let image_gap = (fake.narrow(0, 0, half) - fake.narrow(0, half, half))
+                .abs()
+                .mean(None);
+            let latent_gap = (z.narrow(0, 0, half) - z.narrow(0, half, half))
+                .abs()
+                .mean(None);
+            lg += (latent_gap / (image_gap + 1e-5)) * mode_seeking;
+        }
         if lambda > 0.0 {
             for lp in groups(&features) {
                 let p = lp.exp();
@@ -345,7 +357,7 @@ fn aux(h: &Harness) -> anyhow::Result<()> {
             }
             ce
         };
-        let ld = d_step(&mut gan, step, &real, gamma, &head_loss);
+        let ld = d_step(&mut gan, &d_params, step, &real, gamma, &head_loss);
         a_opt.step();
         averaging.update(&mut gan, step, b);
         if step % 200 == 0 {

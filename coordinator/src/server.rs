@@ -581,6 +581,7 @@ fn run_summary(r: &crate::store::RunRow) -> pb::RunSummary {
         name: r.name.clone(),
         job_kind: r.job_kind.clone(),
         state: r.state.into(),
+        ended: r.state.is_final(),
         attempt: r.attempt,
         config: r.config.clone(),
         step: r.step,
@@ -606,6 +607,12 @@ fn experiment_summary(e: &crate::store::ExperimentRow) -> pb::ExperimentSummary 
         objective: format!("{} ({})", e.objective, e.mode),
         best_objective: e.best.unwrap_or(0.0),
         has_best: e.best.is_some(),
+        runs_ended: e
+            .run_states
+            .iter()
+            .filter(|(s, _)| s.is_final())
+            .map(|(_, n)| n)
+            .sum(),
     }
 }
 

@@ -277,18 +277,24 @@ async fn pipeline_survives_worker_and_coordinator_kills() {
     .fetch_all(&store.pool)
     .await
     .unwrap();
-    let mut argmax: Option<(f64, i64)> = None;
+    // The stored eval/score at each checkpoint's step; ties are possible (a tiny run can
+    // score the same at two steps), so `best` must name one of the maximal checkpoints.
+    let mut scores: BTreeMap<i64, f64> = BTreeMap::new();
     for (id, run, step) in rows {
         let curve = store.curve(run, "eval/score").await.unwrap();
         if let Some(i) = curve.steps.iter().position(|&s| s == step) {
-            let v = curve.values[i];
-            if argmax.is_none_or(|(bv, _)| v > bv) {
-                argmax = Some((v, id));
-            }
+            scores.insert(id, curve.values[i]);
         }
     }
-    let (v, id) = argmax.expect("some checkpoint has an eval/score");
-    assert_eq!(top.checkpoint_id, id);
+    let v = scores.values().copied().fold(f64::NEG_INFINITY, f64::max);
+    assert!(v.is_finite(), "some checkpoint has an eval/score");
+    assert_eq!(
+        scores.get(&top.checkpoint_id).copied(),
+        Some(v),
+        "best says {} at checkpoint {}; the stored curves' maximum is {v} ({scores:?})",
+        top.value,
+        top.checkpoint_id
+    );
     assert!((top.value - v).abs() < 1e-12);
     // Retention kept at most best 1 + latest 1 per finished run.
     let per_run: Vec<i64> = sqlx::query_scalar(

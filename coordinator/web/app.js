@@ -49,7 +49,6 @@ async function api(path, options) {
 const enc = encodeURIComponent;
 const expPath = (e) => "/experiments/" + enc(e);
 const runPath = (e, r) => expPath(e) + "/runs/" + enc(r);
-const ENDED = ["succeeded", "failed", "cancelled"];
 
 function badge(state) { return h("span", { class: "badge " + state }, state); }
 
@@ -160,7 +159,7 @@ async function experimentsPage() {
     put(body, ...(list.experiments || []).map((e) => {
       const states = e.run_states || {};
       const total = Object.values(states).reduce((a, b) => a + b, 0);
-      const done = ENDED.reduce((a, s) => a + (states[s] || 0), 0);
+      const done = e.runs_ended || 0;
       const text = Object.entries(states).map(([s, n]) => n + " " + s).join(", ");
       return h("tr", { "data-experiment": e.name },
         h("td", {}, h("a", { href: "#/e/" + enc(e.name) }, e.name), h("small", { class: "muted" }, " #" + e.id)),
@@ -456,7 +455,7 @@ async function runPage(exp, run) {
           bytes(r.storage.state_bytes || 0), " resume state, ", bytes(r.storage.own_stored_bytes || 0), " stored for this run alone"] : null),
       h("div", { class: "toolbar" }, progress(r.step, r.total_steps),
         h("a", { class: "button", href: "#/e/" + enc(exp) + "/compare?" + compareQuery([run], {}) }, "Compare with…"),
-        ENDED.includes(r.state) ? null : h("button", { class: "danger", onclick: async () => {
+        r.ended ? null : h("button", { class: "danger", onclick: async () => {
           if (!confirm("Cancel " + run + "?")) { return; }
           await api(expPath(exp) + "/cancel?run=" + enc(run), { method: "POST" });
         } }, "Cancel run"),
@@ -517,7 +516,7 @@ async function runPage(exp, run) {
   Object.keys(curves).sort(metricOrder).forEach((n) => drawCurve(n, false));
   if (Object.keys(curves).length === 0) { grid.appendChild(h("p", { class: "muted", id: "no-curves" }, "No metrics yet.")); }
   await loadLog();
-  if (ENDED.includes(info.run.state)) { return; }
+  if (info.run.ended) { return; }
   const dirty = new Set();
   const redraw = throttle(() => { for (const n of dirty) { drawCurve(n, false); } dirty.clear(); }, 250);
   const refresh = throttle(() => {
@@ -616,7 +615,7 @@ async function comparePage(exp, query) {
       if (c.curves[view.metric]) { curves[r] = c.curves[view.metric]; }
     }
     draw(false);
-    const live = detail.runs.filter((r) => view.runs.includes(r.name) && !ENDED.includes(r.state));
+    const live = detail.runs.filter((r) => view.runs.includes(r.name) && !r.ended);
     if (live.length === 0) { return; }
     const redraw = throttle(() => draw(false), 250);
     stream = follow(exp, { runs: live.map((r) => r.id).join(","), after: live.map((r) => r.id + ":" + cursors[r.id]).join(",") }, {
@@ -627,7 +626,7 @@ async function comparePage(exp, query) {
         mergePoints(curves[ev.run], p.steps, p.values, p.times);
         redraw();
       },
-      run: (ev) => { const r = detail.runs.find((x) => x.name === ev.run); if (r) { r.state = ev.state; } },
+      run: (ev) => { const r = detail.runs.find((x) => x.name === ev.run); if (r) { r.state = ev.state; r.ended = ev.ended; } },
     });
   }
   renderPicker();

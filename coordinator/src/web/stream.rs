@@ -8,7 +8,8 @@
 //!
 //! Events:
 //! - `points`: `{"run": name, "metrics": {metric: {"steps", "values", "times"}}}`.
-//! - `run`: `{"run", "state", "step", "total_steps", "attempt"}` when any of those changed.
+//! - `run`: `{"run", "state", "ended", "step", "total_steps", "attempt"}` when any of those
+//!   changed (`ended`: the state is final).
 //!   A new attempt that resumed from a checkpoint re-reports the steps after it; clients
 //!   replace their points from the first re-reported step on.
 //! - `done`: every followed run has ended and every point was sent; the client should close.
@@ -141,8 +142,9 @@ pub async fn stream(
                     .data(data.to_string())
             });
             let runs = look.changed.into_iter().map(|(r, _)| {
-                let data = json!({"run": r.name, "state": r.state, "step": r.step,
-                    "total_steps": r.total_steps, "attempt": r.attempt, "error": r.error});
+                let data = json!({"run": r.name, "state": r.state, "ended": r.state.is_final(),
+                    "step": r.step, "total_steps": r.total_steps, "attempt": r.attempt,
+                    "error": r.error});
                 Event::default().event("run").data(data.to_string())
             });
             for ev in points.chain(runs) {

@@ -1126,11 +1126,7 @@ async fn follow(conn: &Conn, file: &Path) -> Result<()> {
             .filter(|r| r.state == i32::from(RunState::Running))
             .map(|r| format!("{} {}/{}", r.name, r.step, r.total_steps))
             .collect();
-        let done = d
-            .runs
-            .iter()
-            .filter(|r| RunState::try_from(r.state).is_ok_and(RunState::is_final))
-            .count();
+        let done = d.runs.iter().filter(|r| r.ended).count();
         let line = format!(
             "[{:>4}s] {done}/{} runs done; running: {}",
             started.elapsed().as_secs(),

@@ -37,6 +37,21 @@ pub struct Cadence {
     pub evaluate_at_start: bool,
 }
 
+impl Cadence {
+    /// The cadence of a job whose steps are training steps (stride 1), with its tasks; no
+    /// evaluation before the first step unless the caller sets `evaluate_at_start`.
+    pub fn per_step(name: &'static str, steps: i64, seed: u64, every: Vec<(Task, i64)>) -> Self {
+        Cadence {
+            name,
+            steps,
+            stride: 1,
+            seed,
+            every,
+            evaluate_at_start: false,
+        }
+    }
+}
+
 /// Step timing reported as metrics: the mean time of the steps (and their reporting) over
 /// windows of about 5 s, tasks excluded, so that it compares with a benchmark's step time.
 #[derive(Debug, Clone, Copy)]
@@ -63,7 +78,7 @@ pub trait TrainingJob {
         reporter: &mut dyn Reporter,
     ) -> anyhow::Result<()>;
 
-    /// Which of a step's metrics the progress line shows (all when `None`).
+    /// Whether the progress line shows this metric of a step (by default every one).
     fn progress_shows(&self, metric: &str) -> bool {
         let _ = metric;
         true
@@ -84,6 +99,7 @@ pub fn step_loop(
     reporter: &mut dyn Reporter,
     cancel: &CancelToken,
 ) -> anyhow::Result<Outcome> {
+    let stride = cadence.stride.max(1);
     let mut step = start;
     if step == 0 && cadence.evaluate_at_start {
         job.run_task(Task::Evaluate, 0, reporter)?;
@@ -100,7 +116,7 @@ pub fn step_loop(
         let seed = step_seed(cadence.seed, step);
         tch::manual_seed(seed as i64);
         let mut metrics = job.train_step(step, seed)?;
-        step += cadence.stride.max(1).min(cadence.steps - step);
+        step += stride.min(cadence.steps - step);
         if let Some(t) = timing {
             if window_steps > 0 && (window.elapsed().as_secs_f64() >= 5.0 || step == cadence.steps)
             {
@@ -121,7 +137,7 @@ pub fn step_loop(
         window_time += started.elapsed().as_secs_f64();
         window_steps += 1;
         for &(task, every) in &cadence.every {
-            if step % (every.max(1) * cadence.stride.max(1)) == 0 || step == cadence.steps {
+            if step % (every.max(1) * stride) == 0 || step == cadence.steps {
                 job.run_task(task, step, reporter)?;
             }
         }

@@ -294,17 +294,15 @@ pub fn run(
         save: &save,
         evaluate: &evaluate,
     };
-    let cadence = Cadence {
-        name: "train-judge",
-        steps: cfg.steps,
-        stride: 1,
-        seed: cfg.seed,
-        every: vec![
+    let cadence = Cadence::per_step(
+        "train-judge",
+        cfg.steps,
+        cfg.seed,
+        vec![
             (Task::Evaluate, cfg.eval_every),
             (Task::Checkpoint, cfg.checkpoint_every),
         ],
-        evaluate_at_start: false,
-    };
+    );
     step_loop(&mut job, start, &cadence, reporter, cancel)
 }
 

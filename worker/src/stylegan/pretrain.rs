@@ -536,16 +536,17 @@ pub fn run(
     // Only now, with every input checked, does the job write anything.
     reporter.log(&format!("pretrain-generator on {device:?}: {n} training images at {res} px, steps {step}..{} of batch {}", cfg.steps, cfg.batch));
     let cadence = Cadence {
-        name: "pretrain-generator",
-        steps: cfg.steps,
-        stride: 1,
-        seed: cfg.seed,
-        every: vec![
-            (Task::Evaluate, cfg.eval_every),
-            (Task::Samples, cfg.sample_every),
-            (Task::Checkpoint, cfg.checkpoint_every),
-        ],
         evaluate_at_start: true,
+        ..Cadence::per_step(
+            "pretrain-generator",
+            cfg.steps,
+            cfg.seed,
+            vec![
+                (Task::Evaluate, cfg.eval_every),
+                (Task::Samples, cfg.sample_every),
+                (Task::Checkpoint, cfg.checkpoint_every),
+            ],
+        )
     };
     let mut job = PretrainTraining {
         cfg,

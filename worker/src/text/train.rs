@@ -336,15 +336,16 @@ pub fn run(
         return Ok(Outcome::Completed { step: 1 });
     }
     let cadence = Cadence {
-        name: "train-text",
-        steps: cfg.steps,
-        stride: 1,
-        seed: cfg.seed,
-        every: vec![
-            (Task::Evaluate, cfg.eval_every),
-            (Task::Checkpoint, cfg.checkpoint_every),
-        ],
         evaluate_at_start: true,
+        ..Cadence::per_step(
+            "train-text",
+            cfg.steps,
+            cfg.seed,
+            vec![
+                (Task::Evaluate, cfg.eval_every),
+                (Task::Checkpoint, cfg.checkpoint_every),
+            ],
+        )
     };
     let mut job = TextTraining {
         cfg,

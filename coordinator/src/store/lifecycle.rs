@@ -1,0 +1,550 @@
+//! How runs move through their states: submission, claims under a lease, heartbeats,
+//! finishing, expiry, cancellation and reruns. Every write about a running attempt is fenced.
+
+use super::checkpoints::retain;
+use super::metrics::truncate_after;
+use super::*;
+
+/// `(worker, run, attempt)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fence {
+    /// Worker id.
+    pub worker: i64,
+    /// Run id.
+    pub run: i64,
+    /// Attempt number.
+    pub attempt: i32,
+}
+
+/// Work handed to a worker.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    /// The new attempt's fence.
+    pub fence: Fence,
+    /// Experiment name.
+    pub experiment: String,
+    /// Run name.
+    pub run_name: String,
+    /// Job kind.
+    pub job_kind: String,
+    /// Job YAML.
+    pub config: String,
+    /// `(field, checkpoint id)` of upstream runs.
+    pub inputs: Vec<(String, i64)>,
+    /// Checkpoint to resume from and its step.
+    pub resume: Option<(i64, i64)>,
+}
+
+impl Store {
+    /// Stores a validated experiment: its runs (those without needs queued at once), their
+    /// dependencies and a submit event, in one transaction.
+    pub async fn submit(
+        &self,
+        exp: &Experiment,
+        file_name: &str,
+        yaml: &str,
+    ) -> Result<(i64, Vec<RunRow>)> {
+        let mut tx = self.pool.begin().await?;
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO experiments (name, file_name, yaml, objective_metric, objective_mode, \
+             max_restarts, keep_best, keep_latest, keep_final_state) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9) \
+             RETURNING id",
+        )
+        .bind(&exp.name)
+        .bind(file_name)
+        .bind(yaml)
+        .bind(&exp.objective.metric)
+        .bind(exp.objective.mode.as_str())
+        .bind(exp.max_restarts as i32)
+        .bind(exp.retention.keep.best as i32)
+        .bind(exp.retention.keep.latest as i32)
+        .bind(exp.retention.keep.final_state)
+        .fetch_one(&mut *tx)
+        .await?;
+        let mut ids: HashMap<&str, i64> = HashMap::new();
+        let mut rows = Vec::new();
+        for r in &exp.runs {
+            let state = if r.inputs.is_empty() {
+                RunState::Queued
+            } else {
+                RunState::Pending
+            };
+            let run_id: i64 = sqlx::query_scalar(
+                "INSERT INTO runs (experiment_id, name, job_kind, config, state, total_steps, method, params, queued_at) \
+                 VALUES ($1,$2,$3,$4,$5,$6,$7,$8, CASE WHEN $5 = $9 THEN clock_timestamp() END) RETURNING id",
+            )
+            .bind(id)
+            .bind(&r.name)
+            .bind(&r.job)
+            .bind(&r.config)
+            .bind(state)
+            .bind(r.total_steps)
+            .bind(&r.method)
+            .bind(sqlx::types::Json(&r.params))
+            .bind(RunState::Queued)
+            .fetch_one(&mut *tx)
+            .await?;
+            for (field, up) in &r.inputs {
+                sqlx::query("INSERT INTO run_deps (run_id, upstream_id, field) VALUES ($1,$2,$3)")
+                    .bind(run_id)
+                    .bind(ids[up.as_str()])
+                    .bind(field)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            ids.insert(r.name.as_str(), run_id);
+            rows.push(RunRow {
+                id: run_id,
+                name: r.name.clone(),
+                job_kind: r.job.clone(),
+                state,
+                attempt: 0,
+                config: r.config.clone(),
+                step: 0,
+                total_steps: r.total_steps,
+                error: None,
+                method: r.method.clone(),
+                params: r.params.clone(),
+            });
+        }
+        sqlx::query(
+            "INSERT INTO events (experiment_id, kind, message) VALUES ($1, 'submitted', $2)",
+        )
+        .bind(id)
+        .bind(format!("{} runs from {file_name}", exp.runs.len()))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok((id, rows))
+    }
+
+    /// Registers a worker (or refreshes one that reconnects with its id).
+    pub async fn register_worker(&self, name: &str, caps: serde_json::Value) -> Result<i64> {
+        Ok(sqlx::query_scalar(
+            "INSERT INTO workers (name, capabilities) VALUES ($1, $2) RETURNING id",
+        )
+        .bind(name)
+        .bind(caps)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    /// Whether a worker id exists (a reconnecting worker keeps its id).
+    pub async fn worker_exists(&self, id: i64) -> Result<bool> {
+        let n: Option<i64> =
+            sqlx::query_scalar("UPDATE workers SET last_seen = now() WHERE id = $1 RETURNING id")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(n.is_some())
+    }
+
+    /// Claims the oldest queued run this worker can run, as a new attempt holding a lease.
+    /// `FOR UPDATE SKIP LOCKED` lets any number of coordinators share the database.
+    pub async fn claim(&self, worker: i64, job_kinds: &[String]) -> Result<Option<Claim>> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(
+            "SELECT r.id, r.name, r.job_kind, r.config, r.attempt, e.name AS exp FROM runs r \
+             JOIN experiments e ON e.id = r.experiment_id \
+             WHERE r.state = $2 AND r.job_kind = ANY($1) \
+             ORDER BY r.queued_at, r.id LIMIT 1 FOR UPDATE OF r SKIP LOCKED",
+        )
+        .bind(job_kinds)
+        .bind(RunState::Queued)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let run: i64 = row.get("id");
+        let attempt: i32 = row.get::<i32, _>("attempt") + 1;
+        let resume: Option<(i64, i64)> = sqlx::query_as(
+            "SELECT id, step FROM checkpoints WHERE run_id = $1 ORDER BY step DESC LIMIT 1",
+        )
+        .bind(run)
+        .fetch_optional(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE runs SET state = $5, attempt = $2, lease_worker = $3, \
+             lease_expires = now() + make_interval(secs => $4) WHERE id = $1",
+        )
+        .bind(run)
+        .bind(attempt)
+        .bind(worker)
+        .bind(self.lease_secs())
+        .bind(RunState::Running)
+        .execute(&mut *tx)
+        .await?;
+        let from = resume.map_or(0, |r| r.1);
+        sqlx::query(
+            "INSERT INTO attempts (run_id, attempt, worker_id, resumed_from_step) VALUES ($1,$2,$3,$4)",
+        )
+        .bind(run)
+        .bind(attempt)
+        .bind(worker)
+        .bind(from)
+        .execute(&mut *tx)
+        .await?;
+        if attempt > 1 {
+            // The new attempt redoes everything after its checkpoint: cut the lost attempt's
+            // later points so the curve keeps one point per (metric, step).
+            truncate_after(&mut tx, run, from).await?;
+        }
+        let inputs: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT d.field, (SELECT c.id FROM checkpoints c WHERE c.run_id = d.upstream_id \
+             ORDER BY c.step DESC LIMIT 1) FROM run_deps d WHERE d.run_id = $1",
+        )
+        .bind(run)
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .map(|(f, c): (String, Option<i64>)| (f, c.unwrap_or(0)))
+        .collect();
+        if let Some((field, _)) = inputs.iter().find(|(_, c)| *c == 0) {
+            return Err(StoreError::Invalid(format!(
+                "run {run}: the upstream run for `{field}` left no checkpoint"
+            )));
+        }
+        event(
+            &mut tx,
+            run,
+            "started",
+            &format!(
+                "attempt {attempt} on worker {worker}{}",
+                if from > 0 {
+                    format!(", resuming from step {from}")
+                } else {
+                    String::new()
+                }
+            ),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Some(Claim {
+            fence: Fence {
+                worker,
+                run,
+                attempt,
+            },
+            experiment: row.get("exp"),
+            run_name: row.get("name"),
+            job_kind: row.get("job_kind"),
+            config: row.get("config"),
+            inputs,
+            resume,
+        }))
+    }
+
+    /// Renews the lease of a running attempt and records progress. Returns whether a cancel
+    /// was requested; `Stale` when the attempt lost its lease.
+    pub async fn heartbeat(&self, f: Fence, step: i64, total: i64) -> Result<bool> {
+        sqlx::query("UPDATE workers SET last_seen = now() WHERE id = $1")
+            .bind(f.worker)
+            .execute(&self.pool)
+            .await?;
+        let r: Option<bool> = sqlx::query_scalar(
+            "UPDATE runs SET lease_expires = now() + make_interval(secs => $4), \
+             step = GREATEST(step, $5), total_steps = CASE WHEN $6 > 0 THEN $6 ELSE total_steps END \
+             WHERE id = $1 AND attempt = $2 AND lease_worker = $3 AND state = $7 \
+             RETURNING cancel_requested",
+        )
+        .bind(f.run)
+        .bind(f.attempt)
+        .bind(f.worker)
+        .bind(self.lease_secs())
+        .bind(step)
+        .bind(total)
+        .bind(RunState::Running)
+        .fetch_optional(&self.pool)
+        .await?;
+        r.ok_or(StoreError::Stale {
+            run: f.run,
+            attempt: f.attempt,
+            worker: f.worker,
+        })
+    }
+
+    /// Ends an attempt. Success queues the runs whose needs are now all met; failure fails the
+    /// runs that needed it; either way retention runs and the experiment's state is updated.
+    pub async fn finish(&self, f: Fence, outcome: Outcome, message: &str, step: i64) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        lock_fence(&mut tx, f).await?;
+        let Some(state) = outcome.final_run_state() else {
+            // Its worker is going away: the attempt counts as lost, the run goes straight
+            // back to the queue and resumes from its latest checkpoint.
+            sqlx::query(
+                "UPDATE attempts SET state = $4, ended_at = now(), message = $3 WHERE run_id = $1 AND attempt = $2",
+            )
+            .bind(f.run)
+            .bind(f.attempt)
+            .bind(format!("released by its worker at step {step}: {message}"))
+            .bind(AttemptState::Lost)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "UPDATE runs SET state = $2, queued_at = clock_timestamp(), lease_worker = NULL, \
+                 lease_expires = NULL WHERE id = $1",
+            )
+            .bind(f.run)
+            .bind(RunState::Queued)
+            .execute(&mut *tx)
+            .await?;
+            event(&mut tx, f.run, Outcome::Released.as_str(), message).await?;
+            tx.commit().await?;
+            return Ok(());
+        };
+        let attempt_state = match state {
+            RunState::Succeeded => AttemptState::Succeeded,
+            RunState::Cancelled => AttemptState::Cancelled,
+            _ => AttemptState::Failed,
+        };
+        sqlx::query(
+            "UPDATE attempts SET state = $3, ended_at = now(), message = $4 WHERE run_id = $1 AND attempt = $2",
+        )
+        .bind(f.run)
+        .bind(f.attempt)
+        .bind(attempt_state)
+        .bind(message)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE runs SET state = $2, lease_worker = NULL, lease_expires = NULL, step = GREATEST(step, $3), \
+             error = CASE WHEN $2 = $5 THEN $4 ELSE error END WHERE id = $1",
+        )
+        .bind(f.run)
+        .bind(state)
+        .bind(step)
+        .bind(message)
+        .bind(RunState::Failed)
+        .execute(&mut *tx)
+        .await?;
+        event(&mut tx, f.run, state.as_str(), message).await?;
+        settle(&mut tx, f.run, state).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Attempts whose lease ran out: marked lost; the run is requeued while restarts remain
+    /// (a cancelled run becomes cancelled, an exhausted one failed). Returns how many.
+    pub async fn reap_expired(&self) -> Result<usize> {
+        let mut tx = self.pool.begin().await?;
+        let rows: Vec<(i64, i32, bool, i32)> = sqlx::query_as(
+            "SELECT r.id, r.attempt - r.restart_base, r.cancel_requested, e.max_restarts FROM runs r \
+             JOIN experiments e ON e.id = r.experiment_id \
+             WHERE r.state = $1 AND r.lease_expires < now() FOR UPDATE OF r SKIP LOCKED",
+        )
+        .bind(RunState::Running)
+        .fetch_all(&mut *tx)
+        .await?;
+        for &(run, attempt, cancel, max_restarts) in &rows {
+            // `attempt` counts from the last rerun; the attempt row is the run's latest.
+            sqlx::query(
+                "UPDATE attempts SET state = $2, ended_at = now(), message = 'lease expired (worker died or was cut off)' \
+                 WHERE run_id = $1 AND attempt = (SELECT attempt FROM runs WHERE id = $1)",
+            )
+            .bind(run)
+            .bind(AttemptState::Lost)
+            .execute(&mut *tx)
+            .await?;
+            let (state, msg) = if cancel {
+                (
+                    RunState::Cancelled,
+                    "cancelled while its worker was unreachable".to_string(),
+                )
+            } else if attempt <= max_restarts {
+                (
+                    RunState::Queued,
+                    format!("an attempt was lost; requeued (restart {attempt} of {max_restarts})"),
+                )
+            } else {
+                (
+                    RunState::Failed,
+                    format!(
+                        "an attempt was lost and no restarts remain (max_restarts {max_restarts})"
+                    ),
+                )
+            };
+            sqlx::query(
+                "UPDATE runs SET state = $2, lease_worker = NULL, lease_expires = NULL, \
+                 queued_at = CASE WHEN $2 = $4 THEN clock_timestamp() ELSE queued_at END, \
+                 error = CASE WHEN $2 = $5 THEN $3 ELSE error END WHERE id = $1",
+            )
+            .bind(run)
+            .bind(state)
+            .bind(&msg)
+            .bind(RunState::Queued)
+            .bind(RunState::Failed)
+            .execute(&mut *tx)
+            .await?;
+            event(&mut tx, run, AttemptState::Lost.as_str(), &msg).await?;
+            if state.is_final() {
+                settle(&mut tx, run, state).await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(rows.len())
+    }
+
+    /// Asks runs to stop: pending and queued ones stop at once, running ones are told through
+    /// their worker's session. Returns the names affected.
+    pub async fn cancel(&self, experiment: i64, run: Option<&str>) -> Result<Vec<String>> {
+        let mut tx = self.pool.begin().await?;
+        let rows: Vec<(i64, String, RunState)> = sqlx::query_as(
+            "SELECT id, name, state FROM runs WHERE experiment_id = $1 AND ($2::text IS NULL OR name = $2) \
+             AND state = ANY($3) ORDER BY id FOR UPDATE",
+        )
+        .bind(experiment)
+        .bind(run)
+        .bind(unended_run_states())
+        .fetch_all(&mut *tx)
+        .await?;
+        for (id, _, state) in &rows {
+            if *state == RunState::Running {
+                sqlx::query("UPDATE runs SET cancel_requested = true WHERE id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                event(&mut tx, *id, "cancel", "cancel requested").await?;
+            } else {
+                sqlx::query("UPDATE runs SET state = $2 WHERE id = $1")
+                    .bind(id)
+                    .bind(RunState::Cancelled)
+                    .execute(&mut *tx)
+                    .await?;
+                let kind = RunState::Cancelled.as_str();
+                event(&mut tx, *id, kind, "cancelled before it started").await?;
+                settle(&mut tx, *id, RunState::Cancelled).await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(rows.into_iter().map(|r| r.1).collect())
+    }
+
+    /// Requeues runs that ended without succeeding: the failed ones (and with
+    /// `with_cancelled` the cancelled ones too), or the one named `run`. Each gets a fresh
+    /// restart budget and resumes from its latest checkpoint; one whose upstream runs have not
+    /// all succeeded waits for them (rerun them too). Returns the names requeued.
+    pub async fn rerun(
+        &self,
+        experiment: i64,
+        run: Option<&str>,
+        with_cancelled: bool,
+    ) -> Result<Vec<String>> {
+        let mut tx = self.pool.begin().await?;
+        let rows: Vec<(i64, String, RunState)> = sqlx::query_as(
+            "SELECT id, name, state FROM runs WHERE experiment_id = $1 AND ($2::text IS NULL OR name = $2) \
+             ORDER BY id FOR UPDATE",
+        )
+        .bind(experiment)
+        .bind(run)
+        .fetch_all(&mut *tx)
+        .await?;
+        if let (Some(name), Some((_, _, state))) = (run, rows.first()) {
+            if !matches!(state, RunState::Failed | RunState::Cancelled) {
+                return Err(StoreError::Invalid(format!(
+                    "run {name} is {state}; only failed or cancelled runs can be rerun"
+                )));
+            }
+        }
+        let chosen: Vec<(i64, String)> = rows
+            .into_iter()
+            .filter(|(_, _, s)| {
+                *s == RunState::Failed
+                    || (*s == RunState::Cancelled && (with_cancelled || run.is_some()))
+            })
+            .map(|(id, name, _)| (id, name))
+            .collect();
+        for (id, _) in &chosen {
+            sqlx::query(
+                "UPDATE runs SET state = $2, error = NULL, cancel_requested = false, \
+                 restart_base = attempt WHERE id = $1",
+            )
+            .bind(id)
+            .bind(RunState::Pending)
+            .execute(&mut *tx)
+            .await?;
+            event(
+                &mut tx,
+                *id,
+                "rerun",
+                "rerun requested: a fresh restart budget",
+            )
+            .await?;
+        }
+        let ids: Vec<i64> = chosen.iter().map(|(id, _)| *id).collect();
+        sqlx::query(
+            "UPDATE runs r SET state = $2, queued_at = clock_timestamp() WHERE r.id = ANY($1) \
+             AND NOT EXISTS (SELECT 1 FROM run_deps d JOIN runs u ON u.id = d.upstream_id \
+                             WHERE d.run_id = r.id AND u.state <> $3)",
+        )
+        .bind(&ids)
+        .bind(RunState::Queued)
+        .bind(RunState::Succeeded)
+        .execute(&mut *tx)
+        .await?;
+        if !ids.is_empty() {
+            sqlx::query("UPDATE experiments SET state = $2 WHERE id = $1")
+                .bind(experiment)
+                .bind(ExperimentState::Running)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(chosen.into_iter().map(|(_, name)| name).collect())
+    }
+}
+
+/// After a run reaches a final state: queue dependants whose needs all succeeded (or fail
+/// them if this one did not), apply checkpoint retention, settle the experiment's state.
+pub(super) async fn settle(tx: &mut Tx<'_>, run: i64, state: RunState) -> Result<()> {
+    if state == RunState::Succeeded {
+        sqlx::query(
+            "UPDATE runs r SET state = $2, queued_at = clock_timestamp() WHERE r.state = $3 \
+             AND r.id IN (SELECT run_id FROM run_deps WHERE upstream_id = $1) \
+             AND NOT EXISTS (SELECT 1 FROM run_deps d JOIN runs u ON u.id = d.upstream_id \
+                             WHERE d.run_id = r.id AND u.state <> $4)",
+        )
+        .bind(run)
+        .bind(RunState::Queued)
+        .bind(RunState::Pending)
+        .bind(RunState::Succeeded)
+        .execute(&mut **tx)
+        .await?;
+    } else {
+        // Fail everything downstream, transitively.
+        let name: String = sqlx::query_scalar("SELECT name FROM runs WHERE id = $1")
+            .bind(run)
+            .fetch_one(&mut **tx)
+            .await?;
+        sqlx::query(
+            "WITH RECURSIVE down(id) AS (SELECT run_id FROM run_deps WHERE upstream_id = $1 \
+             UNION SELECT d.run_id FROM run_deps d JOIN down ON d.upstream_id = down.id) \
+             UPDATE runs SET state = $3, error = $2 WHERE id IN (SELECT id FROM down) AND state = $4",
+        )
+        .bind(run)
+        .bind(format!("upstream run {name} {state}"))
+        .bind(RunState::Failed)
+        .bind(RunState::Pending)
+        .execute(&mut **tx)
+        .await?;
+    }
+    retain(tx, run, state == RunState::Succeeded).await?;
+    sqlx::query(
+        "UPDATE experiments e SET state = CASE \
+            WHEN EXISTS (SELECT 1 FROM runs WHERE experiment_id = e.id AND state = $2) THEN $3 \
+            WHEN EXISTS (SELECT 1 FROM runs WHERE experiment_id = e.id AND state = $4) THEN $5 \
+            ELSE $6 END \
+         WHERE e.id = (SELECT experiment_id FROM runs WHERE id = $1) \
+         AND NOT EXISTS (SELECT 1 FROM runs WHERE experiment_id = e.id AND state = ANY($7))",
+    )
+    .bind(run)
+    .bind(RunState::Failed)
+    .bind(ExperimentState::Failed)
+    .bind(RunState::Cancelled)
+    .bind(ExperimentState::Cancelled)
+    .bind(ExperimentState::Succeeded)
+    .bind(unended_run_states())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,135 @@
+//! Everything the coordinator knows lives in Postgres; this module is the only place that
+//! speaks SQL. Every statement is parameterised. Writes about a run are fenced by
+//! `(worker, run, attempt)`: a stale attempt's write finds no matching lease and is refused.
+//!
+//! One file per family of queries, all methods of [`Store`]:
+//! - `lifecycle`: submission, claims, heartbeats, finishing, expiry, cancellation, reruns;
+//! - `metrics`: metric points and logs, summaries, curves, best checkpoint, live chunks;
+//! - `checkpoints`: checkpoint and artifact blobs, retention, storage, garbage collection;
+//! - `queries`: the read side of experiments and runs.
+//!
+//! This file holds what they share: the error type, the connection, and the fence lock.
+
+use crate::blobs;
+use crate::experiment::{Experiment, Mode};
+use crate::states::{AttemptState, ExperimentState, Outcome, RunState};
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::Row;
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+mod checkpoints;
+mod lifecycle;
+mod metrics;
+mod queries;
+
+pub use checkpoints::{ArtifactRow, CheckpointRow, RunStorage, Storage};
+pub use lifecycle::{Claim, Fence};
+pub use metrics::{MetricSummary, NewChunk, Ranked, Series, TimedCurves, TimedSeries};
+pub use queries::{AttemptRow, ExperimentRow, RunProgress, RunRow};
+
+/// Store errors that callers tell apart.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The attempt no longer holds the run's lease (lost, reassigned, finished or cancelled).
+    #[error("stale attempt: run {run} attempt {attempt} is not leased to worker {worker}")]
+    Stale {
+        /// Run id.
+        run: i64,
+        /// Attempt number.
+        attempt: i32,
+        /// Worker id.
+        worker: i64,
+    },
+    /// Something named does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// Invalid request.
+    #[error("{0}")]
+    Invalid(String),
+    /// Database failure.
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+}
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+/// The Postgres store.
+#[derive(Clone)]
+pub struct Store {
+    /// The connection pool.
+    pub pool: PgPool,
+    /// Lease length.
+    pub lease: Duration,
+}
+
+impl Store {
+    /// Connects and applies the migrations.
+    pub async fn connect(url: &str, lease: Duration) -> anyhow::Result<Store> {
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(url)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot connect to Postgres: {e}"))?;
+        sqlx::migrate!("../migrations").run(&pool).await?;
+        Ok(Store { pool, lease })
+    }
+
+    fn lease_secs(&self) -> f64 {
+        self.lease.as_secs_f64()
+    }
+}
+
+type Tx<'a> = sqlx::Transaction<'a, sqlx::Postgres>;
+
+/// The names of the states a run has not ended in (for `state = ANY(...)`).
+fn unended_run_states() -> Vec<&'static str> {
+    RunState::ALL
+        .iter()
+        .filter(|s| !s.is_final())
+        .map(|s| s.as_str())
+        .collect()
+}
+
+/// Locks the run row if `f` still holds its lease; `Stale` otherwise.
+async fn lock_fence(tx: &mut Tx<'_>, f: Fence) -> Result<()> {
+    let ok: Option<i64> = sqlx::query_scalar(
+        "SELECT id FROM runs WHERE id = $1 AND attempt = $2 AND lease_worker = $3 \
+         AND state = $4 AND lease_expires > now() FOR SHARE",
+    )
+    .bind(f.run)
+    .bind(f.attempt)
+    .bind(f.worker)
+    .bind(RunState::Running)
+    .fetch_optional(&mut **tx)
+    .await?;
+    ok.map(|_| ()).ok_or(StoreError::Stale {
+        run: f.run,
+        attempt: f.attempt,
+        worker: f.worker,
+    })
+}
+
+/// The objective metric of a run's experiment.
+async fn objective_metric(tx: &mut Tx<'_>, run: i64) -> Result<String> {
+    Ok(sqlx::query_scalar(
+        "SELECT e.objective_metric FROM runs r JOIN experiments e ON e.id = r.experiment_id WHERE r.id = $1",
+    )
+    .bind(run)
+    .fetch_one(&mut **tx)
+    .await?)
+}
+
+async fn event(tx: &mut Tx<'_>, run: i64, kind: &str, message: &str) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO events (experiment_id, run_id, kind, message) \
+         SELECT experiment_id, id, $2, $3 FROM runs WHERE id = $1",
+    )
+    .bind(run)
+    .bind(kind)
+    .bind(message)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,311 @@
+//! What users ask, answered once for both the gRPC `UserApi` and the dashboard's JSON API,
+//! and the conversions from store rows to API messages.
+
+use super::*;
+
+/// A planned (not yet stored) run as `submit --dry-run` shows it.
+pub fn planned_run(p: &crate::experiment::PlannedRun) -> pb::RunSummary {
+    pb::RunSummary {
+        name: p.name.clone(),
+        job_kind: p.job.clone(),
+        state: if p.inputs.is_empty() {
+            RunState::Queued
+        } else {
+            RunState::Pending
+        }
+        .into(),
+        needs: p.inputs.iter().map(|i| i.1.clone()).collect(),
+        config: p.config.clone(),
+        total_steps: p.total_steps,
+        method: p.method.clone().unwrap_or_default(),
+        params: p.params.clone().into_iter().collect(),
+        ..Default::default()
+    }
+}
+
+/// The reply of a dry run: the expanded runs, nothing stored.
+pub fn planned_reply(exp: &crate::experiment::Experiment) -> pb::SubmitReply {
+    pb::SubmitReply {
+        experiment_id: 0,
+        name: exp.name.clone(),
+        runs: exp.runs.iter().map(planned_run).collect(),
+    }
+}
+
+/// The run summaries of `submit` and `get`.
+pub(super) fn run_summary(r: &crate::store::RunRow) -> pb::RunSummary {
+    pb::RunSummary {
+        id: r.id,
+        name: r.name.clone(),
+        job_kind: r.job_kind.clone(),
+        state: r.state.into(),
+        ended: r.state.is_final(),
+        attempt: r.attempt,
+        config: r.config.clone(),
+        step: r.step,
+        total_steps: r.total_steps,
+        error: r.error.clone().unwrap_or_default(),
+        method: r.method.clone().unwrap_or_default(),
+        params: r.params.clone().into_iter().collect(),
+        ..Default::default()
+    }
+}
+
+pub(super) fn experiment_summary(e: &crate::store::ExperimentRow) -> pb::ExperimentSummary {
+    pb::ExperimentSummary {
+        id: e.id,
+        name: e.name.clone(),
+        state: e.state.into(),
+        created_unix: e.created,
+        run_states: e
+            .run_states
+            .iter()
+            .map(|(s, n)| (s.as_str().to_string(), *n))
+            .collect(),
+        objective: format!("{} ({})", e.objective, e.mode),
+        best_objective: e.best.unwrap_or(0.0),
+        has_best: e.best.is_some(),
+        runs_ended: e
+            .run_states
+            .iter()
+            .filter(|(s, _)| s.is_final())
+            .map(|(_, n)| n)
+            .sum(),
+    }
+}
+
+/// What users ask, answered once for both the gRPC `UserApi` and the dashboard's JSON API.
+impl Coordinator {
+    /// The store (the dashboard reads curves, checkpoints and pictures straight from it).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Whether `token` is the user token (constant time).
+    pub fn is_user_token(&self, token: &str) -> bool {
+        tokens_match(token, &self.cfg.user_token)
+    }
+
+    /// Validates an experiment YAML and, unless `dry_run`, stores it and its runs.
+    pub async fn submit(
+        &self,
+        file_name: &str,
+        yaml: &str,
+        dry_run: bool,
+    ) -> Result<pb::SubmitReply, Status> {
+        let file: String = file_name.chars().take(256).collect();
+        let exp =
+            experiment::parse(&file, yaml).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if dry_run {
+            return Ok(planned_reply(&exp));
+        }
+        let (id, runs) = self.store.submit(&exp, &file, yaml).await.map_err(status)?;
+        self.work.notify_waiters();
+        Ok(pb::SubmitReply {
+            experiment_id: id,
+            name: exp.name.clone(),
+            runs: runs
+                .iter()
+                .zip(&exp.runs)
+                .map(|(r, p)| pb::RunSummary {
+                    needs: planned_run(p).needs,
+                    ..run_summary(r)
+                })
+                .collect(),
+        })
+    }
+
+    /// Every experiment, newest first.
+    pub async fn list(&self) -> Result<pb::ListReply, Status> {
+        let rows = self.store.experiments(None).await.map_err(status)?;
+        Ok(pb::ListReply {
+            experiments: rows.iter().map(experiment_summary).collect(),
+        })
+    }
+
+    /// One experiment with its runs, their metric summaries and attempts.
+    pub async fn detail(&self, key: &str) -> Result<pb::ExperimentDetail, Status> {
+        let (id, e) = self.experiment(key).await?;
+        let storage = self.store.storage(id).await.map_err(status)?;
+        let mut runs = Vec::new();
+        for r in self.store.runs(id).await.map_err(status)? {
+            let mut s = self.full_run_summary(&r).await?;
+            s.storage = Some(run_storage(storage.runs.get(&r.id)));
+            runs.push(s);
+        }
+        Ok(pb::ExperimentDetail {
+            summary: Some(experiment_summary(&e)),
+            runs,
+            yaml: e.yaml,
+            checkpoint_bytes: (storage.weight_bytes + storage.state_bytes) as u64,
+            stored_bytes: storage.stored_bytes as u64,
+            weight_bytes: storage.weight_bytes as u64,
+            state_bytes: storage.state_bytes as u64,
+        })
+    }
+
+    /// One run as the experiment lists it, and its experiment's objective (`metric (mode)`):
+    /// what a run page needs, without reading the other runs.
+    pub async fn run_detail(
+        &self,
+        key: &str,
+        run: &str,
+    ) -> Result<(pb::RunSummary, String), Status> {
+        let (id, e) = self.experiment(key).await?;
+        let run_id = self.store.resolve_run(id, run).await.map_err(status)?;
+        let row = self.store.run(id, run_id).await.map_err(status)?;
+        let mut summary = self.full_run_summary(&row).await?;
+        let storage = self.store.storage(id).await.map_err(status)?;
+        summary.storage = Some(run_storage(storage.runs.get(&run_id)));
+        Ok((summary, experiment_summary(&e).objective))
+    }
+
+    /// A run with its needs, metric summaries and attempts.
+    pub(super) async fn full_run_summary(
+        &self,
+        r: &crate::store::RunRow,
+    ) -> Result<pb::RunSummary, Status> {
+        {
+            let mut s = run_summary(r);
+            s.needs = self.store.needs(r.id).await.map_err(status)?;
+            s.metrics = self
+                .store
+                .summaries(r.id)
+                .await
+                .map_err(status)?
+                .into_iter()
+                .map(|m| pb::MetricSummary {
+                    name: m.name,
+                    last: m.last,
+                    min: m.min,
+                    max: m.max,
+                    last_step: m.last_step,
+                    count: m.count,
+                })
+                .collect();
+            s.attempts = self
+                .store
+                .attempts(r.id)
+                .await
+                .map_err(status)?
+                .into_iter()
+                .map(|a| pb::AttemptInfo {
+                    attempt: a.attempt,
+                    worker_id: a.worker,
+                    state: a.state.into(),
+                    started_unix: a.started,
+                    ended_unix: a.ended,
+                    resumed_from_step: a.resumed_from_step,
+                    message: a.message,
+                })
+                .collect();
+            Ok(s)
+        }
+    }
+
+    /// The `top` checkpoints by `metric` (empty: the objective), with every metric at each.
+    pub async fn best(&self, key: &str, metric: &str, top: u32) -> Result<pb::BestReply, Status> {
+        let (id, e) = self.experiment(key).await?;
+        let metric = if metric.is_empty() {
+            e.objective.clone()
+        } else {
+            metric.to_string()
+        };
+        // Losses are minimised; for other metrics than the objective, guess by name.
+        let mode = if metric == e.objective {
+            if e.mode == "max" {
+                Mode::Max
+            } else {
+                Mode::Min
+            }
+        } else if metric.starts_with("loss")
+            || metric.contains("fid")
+            || metric.ends_with("realism")
+        {
+            Mode::Min
+        } else {
+            Mode::Max
+        };
+        let top = if top == 0 { 5 } else { top.min(1000) } as usize;
+        let ranked = self
+            .store
+            .best(id, &metric, mode, top)
+            .await
+            .map_err(status)?;
+        let mut out = Vec::new();
+        for c in ranked {
+            let metrics = self
+                .store
+                .metrics_at(c.run_id, c.step)
+                .await
+                .map_err(status)?;
+            out.push(pb::BestCheckpoint {
+                checkpoint_id: c.id,
+                run: c.run,
+                step: c.step,
+                value: c.value,
+                size: c.size as u64,
+                sha256: c.sha256,
+                metrics: metrics.into_iter().collect(),
+            });
+        }
+        Ok(pb::BestReply {
+            metric,
+            mode: mode.as_str().into(),
+            checkpoints: out,
+        })
+    }
+
+    /// Cancels an experiment's unfinished runs, or one run (`run` non-empty).
+    pub async fn cancel_runs(&self, key: &str, run: &str) -> Result<pb::CancelReply, Status> {
+        let id = self.store.resolve_experiment(key).await.map_err(status)?;
+        let run = (!run.is_empty()).then_some(run);
+        if let Some(name) = run {
+            self.store.resolve_run(id, name).await.map_err(status)?;
+        }
+        let cancelled = self.store.cancel(id, run).await.map_err(status)?;
+        Ok(pb::CancelReply { cancelled })
+    }
+
+    /// Requeues failed (and optionally cancelled) runs, or one named run.
+    pub async fn rerun_runs(
+        &self,
+        key: &str,
+        run: &str,
+        with_cancelled: bool,
+    ) -> Result<pb::RerunReply, Status> {
+        let id = self.store.resolve_experiment(key).await.map_err(status)?;
+        let run = (!run.is_empty()).then_some(run);
+        if let Some(name) = run {
+            self.store.resolve_run(id, name).await.map_err(status)?;
+        }
+        let requeued = self
+            .store
+            .rerun(id, run, with_cancelled)
+            .await
+            .map_err(status)?;
+        // Idle worker sessions look for work now rather than at their next poll.
+        self.work.notify_waiters();
+        Ok(pb::RerunReply { requeued })
+    }
+
+    /// The last `tail` log lines of a run (0: 200; at most 100 000).
+    pub async fn log_tail(&self, key: &str, run: &str, tail: u32) -> Result<pb::LogsReply, Status> {
+        let id = self.store.resolve_experiment(key).await.map_err(status)?;
+        let run = self.store.resolve_run(id, run).await.map_err(status)?;
+        let tail = if tail == 0 { 200 } else { tail.min(100_000) } as i64;
+        let lines = self.store.logs(run, tail).await.map_err(status)?;
+        Ok(pb::LogsReply { lines })
+    }
+}
+
+/// A run's checkpoint bytes for the API (zeros for a run without checkpoints).
+pub(super) fn run_storage(s: Option<&crate::store::RunStorage>) -> pb::RunStorage {
+    let s = s.copied().unwrap_or_default();
+    pb::RunStorage {
+        checkpoints: s.checkpoints,
+        weight_bytes: s.weight_bytes as u64,
+        state_bytes: s.state_bytes as u64,
+        own_stored_bytes: s.own_stored_bytes as u64,
+    }
+}

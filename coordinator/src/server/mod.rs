@@ -1,0 +1,314 @@
+//! The coordinator's gRPC services. It keeps no state that is not in Postgres: sessions only
+//! cache what a worker said in its last heartbeat, so a restarted coordinator loses nothing.
+//!
+//! - `worker_api`: the service workers call;
+//! - `user_api`: the service users call, over `answers`, which the dashboard's JSON API
+//!   shares;
+//! - this file: limits, config, authentication and what both services share.
+
+use crate::experiment::{self, Mode};
+use crate::follow::{self, Follower};
+use crate::states::{Outcome, RunState};
+use crate::store::{Fence, Series, Store, StoreError};
+use pb::user_api_server::{UserApi, UserApiServer};
+use pb::worker_api_server::{WorkerApi, WorkerApiServer};
+use pb::RunState as PbRunState;
+use plume_proto::v1 as pb;
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, Notify};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
+
+mod answers;
+mod user_api;
+mod worker_api;
+
+pub use answers::{planned_reply, planned_run};
+
+/// Limits on what clients may send.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest gRPC message.
+    pub max_message: usize,
+    /// Largest checkpoint upload.
+    pub max_checkpoint: u64,
+    /// Largest artifact upload.
+    pub max_artifact: u64,
+    /// Most points in one metric batch.
+    pub max_points: usize,
+    /// Most log lines in one batch.
+    pub max_log_lines: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message: 16 << 20,
+            max_checkpoint: 4 << 30,
+            max_artifact: 64 << 20,
+            max_points: 1 << 20,
+            max_log_lines: 10_000,
+        }
+    }
+}
+
+/// Coordinator settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Token workers present.
+    pub worker_token: String,
+    /// Token users (CLI, dashboard) present.
+    pub user_token: String,
+    /// Heartbeat period asked of workers.
+    pub heartbeat: Duration,
+    /// Size limits.
+    pub limits: Limits,
+}
+
+/// Shared state of both services.
+#[derive(Clone)]
+pub struct Coordinator {
+    store: Store,
+    cfg: Arc<Config>,
+    /// Woken when work may have become available (submit, finish, requeue).
+    work: Arc<Notify>,
+}
+
+pub(crate) fn status(e: StoreError) -> Status {
+    match e {
+        StoreError::Stale { .. } => Status::failed_precondition(e.to_string()),
+        StoreError::NotFound(m) => Status::not_found(m),
+        StoreError::Invalid(m) => Status::invalid_argument(m),
+        StoreError::Db(e) => Status::unavailable(format!("database: {e}")),
+    }
+}
+
+fn fence(f: Option<pb::Fence>) -> Result<Fence, Status> {
+    let f = f.ok_or_else(|| Status::invalid_argument("missing fence"))?;
+    Ok(Fence {
+        worker: f.worker_id,
+        run: f.run_id,
+        attempt: f.attempt,
+    })
+}
+
+/// Constant-time comparison of a request's bearer token.
+fn check_token(meta: &tonic::metadata::MetadataMap, expected: &str) -> Result<(), Status> {
+    let got = meta
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| Status::unauthenticated("missing bearer token"))?;
+    if !tokens_match(got, expected) {
+        return Err(Status::unauthenticated("invalid token for this service"));
+    }
+    Ok(())
+}
+
+/// Constant-time token comparison; an empty expected token matches nothing.
+pub(crate) fn tokens_match(got: &str, expected: &str) -> bool {
+    let (a, b) = (got.as_bytes(), expected.as_bytes());
+    let diff = a.len() ^ b.len()
+        | a.iter()
+            .zip(b.iter().cycle())
+            .fold(0usize, |d, (x, y)| d | (x ^ y) as usize);
+    diff == 0 && !b.is_empty()
+}
+
+impl Coordinator {
+    /// A coordinator over `store`.
+    pub fn new(store: Store, cfg: Config) -> Coordinator {
+        Coordinator {
+            store,
+            cfg: Arc::new(cfg),
+            work: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Both services, with token checks and message size limits.
+    pub fn services(
+        &self,
+    ) -> (
+        tonic::service::interceptor::InterceptedService<
+            WorkerApiServer<Coordinator>,
+            impl tonic::service::Interceptor + Clone,
+        >,
+        tonic::service::interceptor::InterceptedService<
+            UserApiServer<Coordinator>,
+            impl tonic::service::Interceptor + Clone,
+        >,
+    ) {
+        let max = self.cfg.limits.max_message;
+        let wt = self.cfg.worker_token.clone();
+        let ut = self.cfg.user_token.clone();
+        let worker = WorkerApiServer::new(self.clone())
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max);
+        let user = UserApiServer::new(self.clone())
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max);
+        (
+            tonic::service::interceptor::InterceptedService::new(worker, move |r: Request<()>| {
+                check_token(r.metadata(), &wt)?;
+                Ok(r)
+            }),
+            tonic::service::interceptor::InterceptedService::new(user, move |r: Request<()>| {
+                check_token(r.metadata(), &ut)?;
+                Ok(r)
+            }),
+        )
+    }
+
+    /// Requeues runs whose lease expired, every second, forever.
+    pub async fn reaper(self) {
+        let mut tick = tokio::time::interval(Duration::from_millis(1000));
+        loop {
+            tick.tick().await;
+            match self.store.reap_expired().await {
+                Ok(n) if n > 0 => {
+                    tracing::warn!("{n} attempt(s) lost (lease expired)");
+                    self.work.notify_waiters();
+                }
+                Ok(_) => {}
+                Err(e) => tracing::error!("reaper: {e}"),
+            }
+        }
+    }
+
+    /// An experiment's id and row, by id or name.
+    async fn experiment(&self, key: &str) -> Result<(i64, crate::store::ExperimentRow), Status> {
+        let id = self.store.resolve_experiment(key).await.map_err(status)?;
+        let row = self
+            .store
+            .experiments(Some(id))
+            .await
+            .map_err(status)?
+            .pop()
+            .ok_or_else(|| Status::not_found("experiment vanished"))?;
+        Ok((id, row))
+    }
+
+    async fn worker_kinds(&self, id: i64) -> Result<Vec<String>, Status> {
+        let caps: Option<serde_json::Value> =
+            sqlx::query_scalar("SELECT capabilities FROM workers WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.store.pool)
+                .await
+                .map_err(|e| status(e.into()))?;
+        let caps = caps.ok_or_else(|| Status::not_found("unknown worker; register again"))?;
+        Ok(caps["job_kinds"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    async fn collect_upload(
+        &self,
+        mut stream: Streaming<pb::UploadChunk>,
+        max: u64,
+    ) -> Result<(pb::UploadHeader, Vec<u8>), Status> {
+        let mut header: Option<pb::UploadHeader> = None;
+        let mut data = Vec::new();
+        while let Some(chunk) = stream.message().await? {
+            if let Some(h) = chunk.header {
+                if header.is_some() {
+                    return Err(Status::invalid_argument("header sent twice"));
+                }
+                if h.size > max {
+                    return Err(Status::resource_exhausted(format!(
+                        "upload of {} bytes exceeds the limit of {max}",
+                        h.size
+                    )));
+                }
+                data.reserve(h.size as usize);
+                header = Some(h);
+            }
+            let h = header
+                .as_ref()
+                .ok_or_else(|| Status::invalid_argument("the first chunk must carry the header"))?;
+            if (data.len() + chunk.data.len()) as u64 > h.size {
+                return Err(Status::invalid_argument(
+                    "more bytes than the header announced",
+                ));
+            }
+            data.extend_from_slice(&chunk.data);
+        }
+        let h = header.ok_or_else(|| Status::invalid_argument("empty upload"))?;
+        if data.len() as u64 != h.size {
+            return Err(Status::invalid_argument(format!(
+                "truncated upload: {} of {} bytes",
+                data.len(),
+                h.size
+            )));
+        }
+        if crate::blobs::sha256_hex(&data) != h.sha256 {
+            return Err(Status::invalid_argument("upload does not match its sha256"));
+        }
+        Ok((h, data))
+    }
+
+    fn download_stream(
+        data: Vec<u8>,
+        sha: String,
+        step: i64,
+    ) -> Pin<Box<dyn Stream<Item = Result<pb::DataChunk, Status>> + Send>> {
+        let total = data.len() as u64;
+        let chunks: Vec<Result<pb::DataChunk, Status>> = if data.is_empty() {
+            vec![Ok(pb::DataChunk {
+                data: Vec::new(),
+                total_size: 0,
+                sha256: sha,
+                step,
+            })]
+        } else {
+            data.chunks(1 << 20)
+                .enumerate()
+                .map(|(i, c)| {
+                    Ok(pb::DataChunk {
+                        data: c.to_vec(),
+                        total_size: if i == 0 { total } else { 0 },
+                        sha256: if i == 0 { sha.clone() } else { String::new() },
+                        step,
+                    })
+                })
+                .collect()
+        };
+        Box::pin(tokio_stream::iter(chunks))
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// Serves both services on `addr` until `shutdown` resolves; runs the lease reaper alongside.
+pub async fn serve(
+    coordinator: Coordinator,
+    listener: tokio::net::TcpListener,
+    tls: Option<tonic::transport::ServerTlsConfig>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let reaper = tokio::spawn(coordinator.clone().reaper());
+    let (worker, user) = coordinator.services();
+    let mut builder =
+        tonic::transport::Server::builder().http2_keepalive_interval(Some(Duration::from_secs(10)));
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    // Accepted sockets need no-delay set here: the builder's option covers only the listeners
+    // it binds itself. Without it a small reply waits ~40 ms for the peer's delayed ACK.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let result = builder
+        .add_service(worker)
+        .add_service(user)
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await;
+    reaper.abort();
+    Ok(result?)
+}

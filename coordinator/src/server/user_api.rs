@@ -1,0 +1,167 @@
+//! The user-facing gRPC service: a thin layer over [`Coordinator`]'s answers (`answers.rs`),
+//! plus the streams (metrics, checkpoint downloads) only gRPC serves.
+
+use super::*;
+
+#[tonic::async_trait]
+impl UserApi for Coordinator {
+    async fn submit_experiment(
+        &self,
+        req: Request<pb::SubmitRequest>,
+    ) -> Result<Response<pb::SubmitReply>, Status> {
+        let r = req.into_inner();
+        Ok(Response::new(
+            self.submit(&r.file_name, &r.yaml, r.dry_run).await?,
+        ))
+    }
+
+    async fn list_experiments(
+        &self,
+        _req: Request<pb::ListRequest>,
+    ) -> Result<Response<pb::ListReply>, Status> {
+        Ok(Response::new(self.list().await?))
+    }
+
+    async fn get_experiment(
+        &self,
+        req: Request<pb::GetRequest>,
+    ) -> Result<Response<pb::ExperimentDetail>, Status> {
+        Ok(Response::new(
+            self.detail(&req.into_inner().experiment).await?,
+        ))
+    }
+
+    type WatchMetricsStream = BoxStream<pb::MetricUpdate>;
+
+    async fn watch_metrics(
+        &self,
+        req: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchMetricsStream>, Status> {
+        let r = req.into_inner();
+        let exp = self
+            .store
+            .resolve_experiment(&r.experiment)
+            .await
+            .map_err(status)?;
+        let mut runs: Vec<(i64, String)> = self
+            .store
+            .runs(exp)
+            .await
+            .map_err(status)?
+            .into_iter()
+            .map(|x| (x.id, x.name))
+            .collect();
+        if !r.run.is_empty() {
+            runs.retain(|x| x.1 == r.run);
+            if runs.is_empty() {
+                return Err(Status::not_found(format!("no run {:?}", r.run)));
+            }
+        }
+        let (tx, rx) = mpsc::channel(64);
+        let store = self.store.clone();
+        let wanted: Vec<String> = r.metrics;
+        tokio::spawn(async move {
+            let cursors = runs.iter().map(|(id, _)| (*id, 0)).collect();
+            let mut follower = Follower::new(store, exp, cursors, true);
+            let names: BTreeMap<i64, String> = runs.into_iter().collect();
+            loop {
+                let Ok(look) = follower.look().await else {
+                    return;
+                };
+                // One update per run and metric per look, points in chunk order.
+                let mut merged: BTreeMap<(i64, String), Series> = BTreeMap::new();
+                for ch in look.chunks {
+                    if !wanted.is_empty() && !wanted.contains(&ch.name) {
+                        continue;
+                    }
+                    let m = merged.entry((ch.run, ch.name)).or_default();
+                    m.steps.extend(ch.series.steps);
+                    m.values.extend(ch.series.values);
+                }
+                let points = merged
+                    .into_iter()
+                    .map(|((run, metric), s)| pb::MetricUpdate {
+                        run: names[&run].clone(),
+                        name: metric,
+                        steps: s.steps,
+                        values: s.values,
+                        run_state: PbRunState::Unspecified.into(),
+                    });
+                let states = look
+                    .changed
+                    .into_iter()
+                    .filter(|(_, state_changed)| *state_changed)
+                    .map(|(row, _)| pb::MetricUpdate {
+                        run: row.name,
+                        run_state: row.state.into(),
+                        ..Default::default()
+                    });
+                for u in points.chain(states) {
+                    if tx.send(Ok(u)).await.is_err() {
+                        return;
+                    }
+                }
+                if look.finished || (r.backlog_only && look.caught_up) {
+                    return;
+                }
+                if look.caught_up {
+                    tokio::time::sleep(follow::POLL).await;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn best_checkpoints(
+        &self,
+        req: Request<pb::BestRequest>,
+    ) -> Result<Response<pb::BestReply>, Status> {
+        let r = req.into_inner();
+        Ok(Response::new(
+            self.best(&r.experiment, &r.metric, r.top).await?,
+        ))
+    }
+
+    async fn cancel(
+        &self,
+        req: Request<pb::CancelRequest>,
+    ) -> Result<Response<pb::CancelReply>, Status> {
+        let r = req.into_inner();
+        Ok(Response::new(
+            self.cancel_runs(&r.experiment, &r.run).await?,
+        ))
+    }
+
+    async fn rerun(
+        &self,
+        req: Request<pb::RerunRequest>,
+    ) -> Result<Response<pb::RerunReply>, Status> {
+        let r = req.into_inner();
+        Ok(Response::new(
+            self.rerun_runs(&r.experiment, &r.run, r.with_cancelled)
+                .await?,
+        ))
+    }
+
+    async fn logs(&self, req: Request<pb::LogsRequest>) -> Result<Response<pb::LogsReply>, Status> {
+        let r = req.into_inner();
+        Ok(Response::new(
+            self.log_tail(&r.experiment, &r.run, r.tail).await?,
+        ))
+    }
+
+    type DownloadCheckpointStream = BoxStream<pb::DataChunk>;
+
+    async fn download_checkpoint(
+        &self,
+        req: Request<pb::DownloadRequest>,
+    ) -> Result<Response<Self::DownloadCheckpointStream>, Status> {
+        let r = req.into_inner();
+        let (data, sha, step) = self
+            .store
+            .checkpoint_bytes(r.checkpoint_id, r.with_state)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(Coordinator::download_stream(data, sha, step)))
+    }
+}

@@ -1,0 +1,274 @@
+//! The worker-facing service: registration, the session stream (claims, heartbeats,
+//! cancellations), metric and log reports, checkpoint and artifact uploads, downloads and
+//! finishing. Every write is fenced by the attempt's `(worker, run, attempt)`.
+
+use super::*;
+
+#[tonic::async_trait]
+impl WorkerApi for Coordinator {
+    async fn register(
+        &self,
+        req: Request<pb::RegisterRequest>,
+    ) -> Result<Response<pb::RegisterReply>, Status> {
+        let r = req.into_inner();
+        let caps = r.capabilities.unwrap_or_default();
+        if r.name.len() > 256 || caps.job_kinds.len() > 64 {
+            return Err(Status::invalid_argument("registration too large"));
+        }
+        let json = serde_json::json!({
+            "devices": caps.devices,
+            "memory_bytes": caps.memory_bytes,
+            "version": caps.version,
+            "job_kinds": caps.job_kinds,
+            "hostname": caps.hostname,
+        });
+        let id = self
+            .store
+            .register_worker(&r.name, json)
+            .await
+            .map_err(status)?;
+        tracing::info!("worker {id} registered ({})", r.name);
+        Ok(Response::new(pb::RegisterReply {
+            worker_id: id,
+            heartbeat_ms: self.cfg.heartbeat.as_millis() as u32,
+            lease_ms: self.store.lease.as_millis() as u32,
+        }))
+    }
+
+    type SessionStream = BoxStream<pb::CoordinatorMessage>;
+
+    async fn session(
+        &self,
+        req: Request<Streaming<pb::WorkerMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let mut inbound = req.into_inner();
+        let worker = match inbound.message().await?.and_then(|m| m.kind) {
+            Some(pb::worker_message::Kind::Hello(h)) => h.worker_id,
+            _ => return Err(Status::invalid_argument("a session starts with Hello")),
+        };
+        if !self.store.worker_exists(worker).await.map_err(status)? {
+            return Err(Status::not_found("unknown worker; register again"));
+        }
+        let kinds = self.worker_kinds(worker).await?;
+        let (tx, rx) = mpsc::channel::<Result<pb::CoordinatorMessage, Status>>(16);
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut idle = false;
+            let mut running: Option<Fence> = None;
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            loop {
+                tokio::select! {
+                    msg = inbound.message() => match msg {
+                        Ok(Some(pb::WorkerMessage { kind: Some(pb::worker_message::Kind::Heartbeat(hb)) })) => {
+                            idle = hb.idle;
+                            running = hb.running.map(|f| Fence { worker, run: f.run_id, attempt: f.attempt });
+                            if let Some(f) = running {
+                                if f.worker != worker { continue; }
+                                match me.store.heartbeat(f, hb.step, hb.total_steps).await {
+                                    Ok(false) => {}
+                                    Ok(true) => {
+                                        let _ = tx.send(Ok(cancel_msg(f, "cancelled by user"))).await;
+                                    }
+                                    Err(StoreError::Stale { .. }) => {
+                                        let _ = tx.send(Ok(cancel_msg(f, "this attempt lost its lease; the run was reassigned"))).await;
+                                    }
+                                    Err(e) => tracing::error!("heartbeat: {e}"),
+                                }
+                            }
+                        }
+                        Ok(Some(_)) => {}
+                        Ok(None) | Err(_) => break,
+                    },
+                    _ = tick.tick() => {}
+                    _ = me.work.notified() => {}
+                }
+                if idle && running.is_none() {
+                    match me.store.claim(worker, &kinds).await {
+                        Ok(Some(c)) => {
+                            let msg = pb::CoordinatorMessage {
+                                kind: Some(pb::coordinator_message::Kind::Assign(pb::Assignment {
+                                    fence: Some(pb::Fence {
+                                        worker_id: c.fence.worker,
+                                        run_id: c.fence.run,
+                                        attempt: c.fence.attempt,
+                                    }),
+                                    experiment: c.experiment,
+                                    run_name: c.run_name,
+                                    job_kind: c.job_kind,
+                                    job_yaml: c.config,
+                                    inputs: c
+                                        .inputs
+                                        .into_iter()
+                                        .map(|(field, checkpoint_id)| pb::Input {
+                                            field,
+                                            checkpoint_id,
+                                        })
+                                        .collect(),
+                                    resume_checkpoint: c.resume.map_or(0, |r| r.0),
+                                    resume_step: c.resume.map_or(0, |r| r.1),
+                                })),
+                            };
+                            idle = false;
+                            running = Some(c.fence);
+                            if tx.send(Ok(msg)).await.is_err() {
+                                break;
+                            }
+                        }
+                        Ok(None) => {}
+                        Err(e) => tracing::error!("claim: {e}"),
+                    }
+                }
+            }
+            tracing::info!("worker {worker}: session closed");
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn report_metrics(
+        &self,
+        req: Request<pb::MetricBatch>,
+    ) -> Result<Response<pb::Ack>, Status> {
+        let b = req.into_inner();
+        let f = fence(b.fence)?;
+        let n = b.steps.len();
+        if n > self.cfg.limits.max_points {
+            return Err(Status::resource_exhausted(format!(
+                "{n} points in one batch; at most {}",
+                self.cfg.limits.max_points
+            )));
+        }
+        if b.values.len() != n
+            || b.name_index.len() != n
+            || (!b.times.is_empty() && b.times.len() != n)
+        {
+            return Err(Status::invalid_argument("metric columns differ in length"));
+        }
+        if b.names.iter().any(|s| s.is_empty() || s.len() > 128) {
+            return Err(Status::invalid_argument("metric names are 1 to 128 bytes"));
+        }
+        let mut series: BTreeMap<String, Series> = BTreeMap::new();
+        for i in 0..n {
+            let name = b
+                .names
+                .get(b.name_index[i] as usize)
+                .ok_or_else(|| Status::invalid_argument("name index out of range"))?;
+            let s = series.entry(name.clone()).or_default();
+            s.steps.push(b.steps[i]);
+            s.values.push(b.values[i]);
+        }
+        let applied = self
+            .store
+            .ingest(f, b.seq as i64, &series)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::Ack { applied }))
+    }
+
+    async fn report_logs(&self, req: Request<pb::LogBatch>) -> Result<Response<pb::Ack>, Status> {
+        let b = req.into_inner();
+        let f = fence(b.fence)?;
+        if b.lines.len() > self.cfg.limits.max_log_lines {
+            return Err(Status::resource_exhausted(
+                "too many log lines in one batch",
+            ));
+        }
+        let lines: Vec<String> = b
+            .lines
+            .into_iter()
+            .map(|l| l.chars().take(4096).collect())
+            .collect();
+        self.store.append_logs(f, &lines).await.map_err(status)?;
+        Ok(Response::new(pb::Ack { applied: true }))
+    }
+
+    async fn upload_checkpoint(
+        &self,
+        req: Request<Streaming<pb::UploadChunk>>,
+    ) -> Result<Response<pb::UploadReply>, Status> {
+        let (h, data) = self
+            .collect_upload(req.into_inner(), self.cfg.limits.max_checkpoint)
+            .await?;
+        let f = fence(h.fence)?;
+        let (id, stored) = self
+            .store
+            .store_checkpoint(f, h.step, &data)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::UploadReply {
+            id,
+            stored_bytes: stored,
+        }))
+    }
+
+    async fn upload_artifact(
+        &self,
+        req: Request<Streaming<pb::UploadChunk>>,
+    ) -> Result<Response<pb::UploadReply>, Status> {
+        let (h, data) = self
+            .collect_upload(req.into_inner(), self.cfg.limits.max_artifact)
+            .await?;
+        let f = fence(h.fence)?;
+        if h.name.is_empty()
+            || h.name.len() > 64
+            || !h
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(Status::invalid_argument(
+                "artifact names are 1 to 64 of [A-Za-z0-9_-]",
+            ));
+        }
+        let (id, stored) = self
+            .store
+            .store_artifact(f, h.step, &h.name, &data)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::UploadReply {
+            id,
+            stored_bytes: stored,
+        }))
+    }
+
+    type DownloadStream = BoxStream<pb::DataChunk>;
+
+    async fn download(
+        &self,
+        req: Request<pb::DownloadRequest>,
+    ) -> Result<Response<Self::DownloadStream>, Status> {
+        let r = req.into_inner();
+        let (data, sha, step) = self
+            .store
+            .checkpoint_bytes(r.checkpoint_id, r.with_state)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(Coordinator::download_stream(data, sha, step)))
+    }
+
+    async fn finish(&self, req: Request<pb::FinishRequest>) -> Result<Response<pb::Ack>, Status> {
+        let r = req.into_inner();
+        let f = fence(r.fence)?;
+        let outcome =
+            Outcome::try_from(r.outcome).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let message: String = r.message.chars().take(8192).collect();
+        self.store
+            .finish(f, outcome, &message, r.step)
+            .await
+            .map_err(status)?;
+        self.work.notify_waiters();
+        Ok(Response::new(pb::Ack { applied: true }))
+    }
+}
+
+fn cancel_msg(f: Fence, reason: &str) -> pb::CoordinatorMessage {
+    pb::CoordinatorMessage {
+        kind: Some(pb::coordinator_message::Kind::Cancel(pb::CancelRun {
+            fence: Some(pb::Fence {
+                worker_id: f.worker,
+                run_id: f.run,
+                attempt: f.attempt,
+            }),
+            reason: reason.into(),
+        })),
+    }
+}

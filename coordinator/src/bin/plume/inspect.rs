@@ -1,0 +1,305 @@
+//! Read-only views of experiments: `ls`, `show`, `table`, `best`.
+
+use super::*;
+
+/// Arguments of `plume ls`.
+#[derive(clap::Args)]
+pub struct LsArgs {
+    #[command(flatten)]
+    pub conn: Conn,
+}
+
+/// Arguments of `plume show`.
+#[derive(clap::Args)]
+pub struct ShowArgs {
+    /// Experiment id or name.
+    pub experiment: String,
+    #[command(flatten)]
+    pub conn: Conn,
+}
+
+/// Arguments of `plume table`.
+#[derive(clap::Args)]
+pub struct TableArgs {
+    /// Experiment id or name.
+    pub experiment: String,
+    /// Comma-separated metric names.
+    #[arg(long, value_delimiter = ',')]
+    pub metrics: Vec<String>,
+    /// Which value of each metric's history.
+    #[arg(long, value_enum, default_value = "last")]
+    pub stat: plume_coordinator::table::Stat,
+    /// Markdown, to paste into a results file.
+    #[arg(long)]
+    pub markdown: bool,
+    #[command(flatten)]
+    pub conn: Conn,
+}
+
+/// Arguments of `plume best`.
+#[derive(clap::Args)]
+pub struct BestArgs {
+    /// Experiment id or name.
+    pub experiment: String,
+    /// Rank by this metric (default: the experiment's objective).
+    #[arg(long)]
+    pub metric: Option<String>,
+    /// How many.
+    #[arg(long, default_value_t = 5)]
+    pub top: u32,
+    /// JSON output.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub conn: Conn,
+}
+
+/// `plume ls`.
+pub async fn ls_command(args: LsArgs) -> Result<()> {
+    let LsArgs { conn } = args;
+    let mut c = connect(&conn).await?;
+    let list = c
+        .list_experiments(pb::ListRequest {})
+        .await
+        .map_err(grpc)?
+        .into_inner();
+    println!(
+        "{:>4}  {:<24} {:<10} {:<44} {:>10}",
+        "id", "name", "state", "runs", "best"
+    );
+    for e in list.experiments {
+        let runs: Vec<String> = e
+            .run_states
+            .iter()
+            .map(|(k, v)| format!("{v} {k}"))
+            .collect();
+        println!(
+            "{:>4}  {:<24} {:<10} {:<44} {:>10}",
+            e.id,
+            e.name,
+            ExperimentState::name_of(e.state),
+            runs.join(", "),
+            if e.has_best {
+                format!("{:.4}", e.best_objective)
+            } else {
+                "-".into()
+            }
+        );
+    }
+    Ok(())
+}
+
+/// `plume show`.
+pub async fn show_command(args: ShowArgs) -> Result<()> {
+    let ShowArgs { experiment, conn } = args;
+    let d = experiment_detail(&conn, experiment).await?;
+    print_experiment(&d, true);
+    print_storage(&d);
+    Ok(())
+}
+
+/// `plume table`.
+pub async fn table_command(args: TableArgs) -> Result<()> {
+    let TableArgs {
+        experiment,
+        metrics,
+        stat,
+        markdown,
+        conn,
+    } = args;
+    let d = experiment_detail(&conn, experiment).await?;
+    let metrics = if metrics.is_empty() {
+        plume_coordinator::table::default_metrics(&d)
+    } else {
+        metrics
+    };
+    if metrics.is_empty() {
+        bail!("no run of this experiment has reported an eval/ or gen/ metric yet; name some with --metrics");
+    }
+    print!(
+        "{}",
+        plume_coordinator::table::render(&d, &metrics, stat, markdown)
+    );
+    Ok(())
+}
+
+/// `plume best`.
+pub async fn best_command(args: BestArgs) -> Result<()> {
+    let BestArgs {
+        experiment,
+        metric,
+        top,
+        json,
+        conn,
+    } = args;
+    let mut c = connect(&conn).await?;
+    let b = c
+        .best_checkpoints(pb::BestRequest {
+            experiment,
+            metric: metric.unwrap_or_default(),
+            top,
+        })
+        .await
+        .map_err(grpc)?
+        .into_inner();
+    print_best(&b, json);
+    Ok(())
+}
+
+pub(crate) fn print_experiment(d: &pb::ExperimentDetail, attempts: bool) {
+    let s = d.summary.clone().unwrap_or_default();
+    println!(
+        "experiment {} ({}): {}  objective {}",
+        s.id,
+        s.name,
+        ExperimentState::name_of(s.state),
+        s.objective
+    );
+    for r in &d.runs {
+        let progress = if r.total_steps > 0 {
+            format!("{}/{}", r.step, r.total_steps)
+        } else {
+            r.step.to_string()
+        };
+        let key: Vec<String> = r
+            .metrics
+            .iter()
+            // Headline metrics only: per-group breakdowns (eval/edit_success/<group>) would
+            // crowd them out.
+            .filter(|m| {
+                (m.name.starts_with("eval/") && m.name.matches('/').count() == 1)
+                    || m.name == "loss/total"
+            })
+            .take(4)
+            .map(|m| format!("{}={:.4}", m.name, m.last))
+            .collect();
+        println!(
+            "  {:<44} {:<19} {:<10} attempt {:<2} {:>12}  {}",
+            r.name,
+            r.job_kind,
+            RunState::name_of(r.state),
+            r.attempt,
+            progress,
+            key.join(" ")
+        );
+        if !r.error.is_empty() {
+            println!("      error: {}", r.error);
+        }
+        if attempts && r.attempts.len() > 1 {
+            for a in &r.attempts {
+                println!(
+                    "      attempt {} on worker {}: {} (from step {}) {}",
+                    a.attempt,
+                    a.worker_id,
+                    AttemptState::name_of(a.state),
+                    a.resumed_from_step,
+                    a.message
+                );
+            }
+        }
+    }
+}
+
+/// Megabytes, for storage lines.
+fn mb(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1e6)
+}
+
+/// The storage lines of `show`: what the checkpoints weigh as files (weights and resume
+/// state) against what is stored, then per run.
+pub(crate) fn print_storage(d: &pb::ExperimentDetail) {
+    if d.checkpoint_bytes == 0 {
+        return;
+    }
+    println!(
+        "checkpoints: {} as files ({} weights + {} resume state), {} stored (dedup and encoding saved {})",
+        mb(d.checkpoint_bytes),
+        mb(d.weight_bytes),
+        mb(d.state_bytes),
+        mb(d.stored_bytes),
+        mb(d.checkpoint_bytes.saturating_sub(d.stored_bytes)),
+    );
+    let runs: Vec<(&str, &pb::RunStorage)> = d
+        .runs
+        .iter()
+        .filter_map(|r| Some((r.name.as_str(), r.storage.as_ref()?)))
+        .filter(|(_, s)| s.checkpoints > 0)
+        .collect();
+    if runs.is_empty() {
+        return;
+    }
+    println!(
+        "  {:<44} {:>5} {:>11} {:>11} {:>13}",
+        "run", "ckpts", "weights", "state", "stored alone"
+    );
+    for (name, s) in runs {
+        println!(
+            "  {:<44} {:>5} {:>11} {:>11} {:>13}",
+            name,
+            s.checkpoints,
+            mb(s.weight_bytes),
+            mb(s.state_bytes),
+            mb(s.own_stored_bytes)
+        );
+    }
+}
+
+pub(crate) fn print_best(b: &pb::BestReply, json: bool) {
+    if json {
+        let v: Vec<serde_json::Value> = b
+            .checkpoints
+            .iter()
+            .map(|c| {
+                serde_json::json!({
+                    "checkpoint": c.checkpoint_id,
+                    "run": c.run,
+                    "step": c.step,
+                    "metric": b.metric,
+                    "value": c.value,
+                    "size": c.size,
+                    "sha256": c.sha256,
+                    "metrics": c.metrics.iter().collect::<BTreeMap<_, _>>(),
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "metric": b.metric, "mode": b.mode, "checkpoints": v
+            }))
+            .expect("serialisable")
+        );
+        return;
+    }
+    if b.checkpoints.is_empty() {
+        println!("no checkpoint has a value of {} yet", b.metric);
+        return;
+    }
+    println!("best by {} ({}):", b.metric, b.mode);
+    println!(
+        "  {:>10}  {:<44} {:>8} {:>10} {:>10}",
+        "checkpoint", "run", "step", "value", "MB"
+    );
+    for c in &b.checkpoints {
+        println!(
+            "  {:>10}  {:<44} {:>8} {:>10.4} {:>10.1}",
+            c.checkpoint_id,
+            c.run,
+            c.step,
+            c.value,
+            c.size as f64 / 1e6
+        );
+    }
+}
+
+/// One experiment's runs, metrics and storage, as `show` and `table` print them.
+pub(crate) async fn experiment_detail(
+    conn: &Conn,
+    experiment: String,
+) -> Result<pb::ExperimentDetail> {
+    let mut c = connect(conn).await?;
+    Ok(c.get_experiment(pb::GetRequest { experiment })
+        .await
+        .map_err(grpc)?
+        .into_inner())
+}

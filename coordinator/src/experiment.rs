@@ -548,17 +548,10 @@ pub fn parse(file: &str, src: &str) -> Result<Experiment, ExperimentError> {
                 }
                 let text = serde_yaml::to_string(&Value::Mapping(check))
                     .map_err(|e| ctx.err_at(Some(b.name), b.name, e.to_string()))?;
+                // The generated document's positions mean nothing to the user: point at the
+                // entry instead.
                 let spec = plume_jobs::JobSpec::from_yaml(&text, b.name).map_err(|e| {
-                    let msg = e.to_string();
-                    // Drop the generated document's line:col; point at the entry instead.
-                    let msg = msg
-                        .split_once(": ")
-                        .map_or(msg.as_str(), |(_, rest)| rest)
-                        .split(" at line ")
-                        .next()
-                        .unwrap_or_default()
-                        .to_string();
-                    ctx.err_at(Some(b.name), b.name, format!("{}: {msg}", b.name))
+                    ctx.err_at(Some(b.name), b.name, format!("{}: {}", b.name, e.detail()))
                 })?;
                 spec.validate().map_err(|m| {
                     ctx.err_at(

@@ -6,10 +6,7 @@
 use crate::states::RunState;
 use crate::store::{NewChunk, RunProgress, Store, StoreError};
 use std::collections::{BTreeMap, HashMap};
-use std::time::Duration;
 
-/// How often a caught-up follower looks for new points and state changes.
-pub const POLL: Duration = Duration::from_millis(500);
 /// Most chunks read per look (a reader far behind catches up in pieces).
 pub const CHUNKS_PER_READ: i64 = 2000;
 

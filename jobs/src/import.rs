@@ -27,9 +27,9 @@ pub struct ImportGeneratorConfig {
 
 impl ImportGeneratorConfig {
     /// Range checks (the file itself is read by the worker).
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if self.path.as_os_str().is_empty() {
-            return Err("path must name a file".into());
+            return Err(ConfigError::invalid("path", "path must name a file"));
         }
         Ok(())
     }

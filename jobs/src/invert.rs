@@ -78,18 +78,22 @@ fn d_feature_weight() -> f64 {
 
 impl InvertConfig {
     /// Range checks.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         check_range("steps", self.steps, 1, 100_000)?;
         check_range("batch", self.batch, 1, 4096)?;
         check_range("lr", self.lr, 1e-8, 10.0)?;
         check_range("feature_weight", self.feature_weight, 0.0, 1e4)?;
         if self.mode == InvertMode::Sampled && self.critic.is_none() {
-            return Err(
-                "mode: sampled needs `critic` (its attribute predictions label the samples)".into(),
-            );
+            return Err(ConfigError::invalid(
+                "critic",
+                "mode: sampled needs `critic` (its attribute predictions label the samples)",
+            ));
         }
         if self.mode == InvertMode::Sampled && self.w_plus {
-            return Err("mode: sampled draws one w per bird; w_plus applies to optimise".into());
+            return Err(ConfigError::invalid(
+                "w_plus",
+                "mode: sampled draws one w per bird; w_plus applies to optimise",
+            ));
         }
         Ok(())
     }

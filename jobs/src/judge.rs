@@ -67,7 +67,7 @@ fn default_every() -> i64 {
 
 impl JudgeConfig {
     /// Range checks.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         check_range("steps", self.steps, 1, 10_000_000)?;
         check_range("batch", self.batch, 1, 4096)?;
         check_range("lr", self.lr, 1e-8, 0.5)?;

@@ -4,6 +4,7 @@
 
 #![deny(missing_docs)]
 
+mod error;
 mod import;
 mod invert;
 mod judge;
@@ -11,6 +12,7 @@ mod network;
 mod pretrain;
 mod text;
 
+pub use error::{ConfigError, JobError};
 pub use import::{GeneratorFormat, ImportGeneratorConfig};
 pub use invert::{InvertConfig, InvertMode};
 pub use judge::{JudgeConfig, JudgeNetConfig};
@@ -26,16 +28,20 @@ use std::path::{Path, PathBuf};
 /// Largest job file we read.
 pub const MAX_JOB_FILE_BYTES: u64 = 1 << 20;
 
-/// `Err("NAME must be in LO..=HI, got V")` unless `lo <= value <= hi` (NaN fails): the one
-/// wording of every config range check.
+/// [`ConfigError::OutOfRange`] unless `lo <= value <= hi` (NaN fails): the one range check
+/// of every config.
 pub fn check_range<T: PartialOrd + std::fmt::Display>(
     name: &str,
     value: T,
     lo: T,
     hi: T,
-) -> Result<(), String> {
+) -> Result<(), ConfigError> {
     if !(value >= lo && value <= hi) {
-        return Err(format!("{name} must be in {lo}..={hi}, got {value}"));
+        return Err(ConfigError::OutOfRange {
+            field: name.into(),
+            range: format!("{lo}..={hi}"),
+            got: value.to_string(),
+        });
     }
     Ok(())
 }
@@ -88,12 +94,20 @@ pub const JOB_KINDS: [&str; 6] = [
     "import-generator",
 ];
 
-fn yaml_error(origin: &str, e: serde_yaml::Error) -> anyhow::Error {
-    let at = e
-        .location()
-        .map(|l| format!(":{}:{}", l.line(), l.column()))
-        .unwrap_or_default();
-    anyhow::anyhow!("{origin}{at}: {e}")
+fn yaml_error(origin: &str, e: serde_yaml::Error) -> JobError {
+    let location = e.location();
+    let message = e.to_string();
+    // serde_yaml ends its message with the position, which the error carries separately.
+    let message = match message.rfind(" at line ") {
+        Some(i) if location.is_some() => message[..i].to_string(),
+        _ => message,
+    };
+    JobError::Yaml {
+        origin: origin.into(),
+        line: location.as_ref().map(|l| l.line()),
+        column: location.as_ref().map(|l| l.column()),
+        message,
+    }
 }
 
 impl JobSpec {
@@ -114,18 +128,29 @@ impl JobSpec {
     /// serde's internally tagged enums buffer their input and lose line numbers, so the kind
     /// is read first and the rest is parsed straight into that kind's config, with the
     /// `kind:` line blanked out (same length) so every error keeps its line and column.
-    pub fn from_yaml(text: &str, origin: &str) -> anyhow::Result<JobSpec> {
+    pub fn from_yaml(text: &str, origin: &str) -> Result<JobSpec, JobError> {
         let value: serde_yaml::Value =
             serde_yaml::from_str(text).map_err(|e| yaml_error(origin, e))?;
         let kind_line = text.lines().position(|l| l.starts_with("kind:"));
-        let line_ref = kind_line.map(|i| format!(":{}", i + 1)).unwrap_or_default();
+        let kind_error = |line: Option<usize>, message: String| JobError::Kind {
+            origin: origin.into(),
+            line,
+            message,
+        };
         let kind = match value.get("kind") {
             Some(serde_yaml::Value::String(k)) => k.clone(),
-            Some(_) => anyhow::bail!(
-                "{origin}{line_ref}: `kind` must be a string, one of {}",
-                JOB_KINDS.join(", ")
-            ),
-            None => anyhow::bail!("{origin}: missing `kind` (one of {})", JOB_KINDS.join(", ")),
+            Some(_) => {
+                return Err(kind_error(
+                    kind_line.map(|i| i + 1),
+                    format!("`kind` must be a string, one of {}", JOB_KINDS.join(", ")),
+                ))
+            }
+            None => {
+                return Err(kind_error(
+                    None,
+                    format!("missing `kind` (one of {})", JOB_KINDS.join(", ")),
+                ))
+            }
         };
         let body = match kind_line {
             Some(i) => text
@@ -143,7 +168,7 @@ impl JobSpec {
             None => {
                 let mut map = value.as_mapping().cloned().unwrap_or_default();
                 map.remove("kind");
-                serde_yaml::to_string(&map)?
+                serde_yaml::to_string(&map).map_err(|e| yaml_error(origin, e))?
             }
         };
         let spec = match kind.as_str() {
@@ -165,34 +190,44 @@ impl JobSpec {
             "import-generator" => JobSpec::ImportGenerator(
                 serde_yaml::from_str(&body).map_err(|e| yaml_error(origin, e))?,
             ),
-            other => anyhow::bail!(
-                "{origin}{line_ref}: unknown job kind `{other}`, expected one of {}",
-                JOB_KINDS.join(", ")
-            ),
+            other => {
+                return Err(kind_error(
+                    kind_line.map(|i| i + 1),
+                    format!(
+                        "unknown job kind `{other}`, expected one of {}",
+                        JOB_KINDS.join(", ")
+                    ),
+                ))
+            }
         };
-        spec.validate()
-            .map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
+        spec.validate().map_err(|rule| JobError::Invalid {
+            origin: origin.into(),
+            rule,
+        })?;
         Ok(spec)
     }
 
     /// Reads and parses a job file.
-    pub fn from_file(path: &Path) -> anyhow::Result<JobSpec> {
-        let len = std::fs::metadata(path)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
-            .len();
-        anyhow::ensure!(
-            len <= MAX_JOB_FILE_BYTES,
-            "{}: {len} bytes is larger than the {MAX_JOB_FILE_BYTES}-byte limit for a job file",
-            path.display()
-        );
-        let bytes = std::fs::read(path)?;
-        let text = String::from_utf8(bytes)
-            .map_err(|_| anyhow::anyhow!("{}: not valid UTF-8", path.display()))?;
+    pub fn from_file(path: &Path) -> Result<JobSpec, JobError> {
+        let io = |source| JobError::Io {
+            path: path.into(),
+            source,
+        };
+        let len = std::fs::metadata(path).map_err(io)?.len();
+        if len > MAX_JOB_FILE_BYTES {
+            return Err(JobError::TooLarge {
+                path: path.into(),
+                len,
+                limit: MAX_JOB_FILE_BYTES,
+            });
+        }
+        let bytes = std::fs::read(path).map_err(io)?;
+        let text = String::from_utf8(bytes).map_err(|_| JobError::NotUtf8 { path: path.into() })?;
         JobSpec::from_yaml(&text, &path.display().to_string())
     }
 
     /// Checks value ranges that serde cannot.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         match self {
             JobSpec::PretrainGenerator(c) => c.validate(),
             JobSpec::TrainJudge(c) => c.validate(),

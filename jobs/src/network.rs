@@ -48,11 +48,14 @@ impl NetworkConfig {
     }
 
     /// Checks that the sizes make sense.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if !self.resolution.is_power_of_two() || !(8..=1024).contains(&self.resolution) {
-            return Err(format!(
-                "resolution must be a power of two in 8..=1024, got {}",
-                self.resolution
+            return Err(ConfigError::invalid(
+                "resolution",
+                format!(
+                    "resolution must be a power of two in 8..=1024, got {}",
+                    self.resolution
+                ),
             ));
         }
         for (name, v) in [

@@ -150,15 +150,19 @@ fn d_every() -> i64 {
 
 impl PretrainConfig {
     /// Range checks.
-    pub fn validate(&self) -> Result<(), String> {
-        self.network
-            .validate()
-            .map_err(|e| format!("network: {e}"))?;
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.network.validate().map_err(|e| ConfigError::In {
+            section: "network",
+            inner: Box::new(e),
+        })?;
         if let DatasetSpec::SyntheticBirds { resolution, .. } = &self.dataset {
             if *resolution != self.network.resolution {
-                return Err(format!(
-                    "network.resolution {} differs from the dataset's {resolution}",
-                    self.network.resolution
+                return Err(ConfigError::invalid(
+                    "network.resolution",
+                    format!(
+                        "network.resolution {} differs from the dataset's {resolution}",
+                        self.network.resolution
+                    ),
                 ));
             }
         }
@@ -182,9 +186,12 @@ impl PretrainConfig {
         check_range("augment.cutout", self.augment.cutout, 0.0, 1.0)?;
         check_range("metric_images", self.metric_images, 0, 100_000)?;
         if (1..10).contains(&self.metric_images) {
-            return Err(format!(
-                "metric_images must be 0 (off) or at least 10, got {}",
-                self.metric_images
+            return Err(ConfigError::invalid(
+                "metric_images",
+                format!(
+                    "metric_images must be 0 (off) or at least 10, got {}",
+                    self.metric_images
+                ),
             ));
         }
         Ok(())

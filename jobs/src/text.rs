@@ -246,7 +246,7 @@ fn d_edits() -> usize {
 
 impl TextConfig {
     /// Range checks.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         check_range("steps", self.steps, 1, 10_000_000)?;
         check_range("batch", self.batch, 2, 4096)?;
         check_range("lr_bert", self.lr_bert, 0.0, 1.0)?;
@@ -254,9 +254,9 @@ impl TextConfig {
         check_range("temperature", self.temperature, 1e-4, 100.0)?;
         check_range("v_bias", self.v_bias, -20.0, 20.0)?;
         if self.alphas.is_empty() || self.alphas.len() > 32 {
-            return Err(format!(
-                "alphas: give 1 to 32 step sizes, got {}",
-                self.alphas.len()
+            return Err(ConfigError::invalid(
+                "alphas",
+                format!("alphas: give 1 to 32 step sizes, got {}", self.alphas.len()),
             ));
         }
         for &a in &self.alphas {
@@ -301,7 +301,7 @@ pub struct EvaluateConfig {
 
 impl EvaluateConfig {
     /// Range checks.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if let Some(n) = self.edits {
             check_range("edits", n, 2, 100_000)?;
         }

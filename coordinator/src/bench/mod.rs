@@ -3,7 +3,7 @@
 
 use crate::client::{user_client, Auth};
 use crate::pg::PrivatePostgres;
-use crate::server::{serve, Config, Coordinator, Limits};
+use crate::server::{serve, Config, Coordinator, Intervals, Limits};
 use crate::store::Store;
 use plume_proto::v1 as pb;
 use std::fmt::Write as _;
@@ -119,7 +119,7 @@ async fn setup() -> anyhow::Result<Bench> {
         Config {
             worker_token: WORKER.into(),
             user_token: USER.into(),
-            heartbeat: Duration::from_millis(1000),
+            intervals: Intervals::default(),
             limits: Limits::default(),
         },
     );

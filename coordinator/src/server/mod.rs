@@ -4,10 +4,11 @@
 //! - `worker_api`: the service workers call;
 //! - `user_api`: the service users call, over `answers`, which the dashboard's JSON API
 //!   shares;
+//! - `rescuer`: requeues the runs of workers that went silent;
 //! - this file: limits, config, authentication and what both services share.
 
 use crate::experiment::{self, Mode};
-use crate::follow::{self, Follower};
+use crate::follow::Follower;
 use crate::states::{Outcome, RunState};
 use crate::store::{Fence, Series, Store, StoreError};
 use pb::user_api_server::{UserApi, UserApiServer};
@@ -24,6 +25,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 mod answers;
+mod rescuer;
 mod user_api;
 mod worker_api;
 
@@ -63,10 +65,37 @@ pub struct Config {
     pub worker_token: String,
     /// Token users (CLI, dashboard) present.
     pub user_token: String,
-    /// Heartbeat period asked of workers.
-    pub heartbeat: Duration,
+    /// Periods.
+    pub intervals: Intervals,
     /// Size limits.
     pub limits: Limits,
+}
+
+/// Every period the coordinator keeps, in one place as the size limits are.
+#[derive(Debug, Clone)]
+pub struct Intervals {
+    /// Heartbeat period asked of workers.
+    pub heartbeat: Duration,
+    /// How often the rescuer looks for expired leases.
+    pub rescue: Duration,
+    /// How often an idle worker's session looks for claimable work between wake-ups.
+    pub claim_poll: Duration,
+    /// How often a metric follower (gRPC `WatchMetrics`, the dashboard's SSE) polls.
+    pub follow_poll: Duration,
+    /// HTTP/2 keep-alive ping period.
+    pub keepalive: Duration,
+}
+
+impl Default for Intervals {
+    fn default() -> Self {
+        Intervals {
+            heartbeat: Duration::from_millis(1000),
+            rescue: Duration::from_millis(1000),
+            claim_poll: Duration::from_millis(500),
+            follow_poll: Duration::from_millis(500),
+            keepalive: Duration::from_secs(10),
+        }
+    }
 }
 
 /// Shared state of both services.
@@ -163,20 +192,9 @@ impl Coordinator {
         )
     }
 
-    /// Requeues runs whose lease expired, every second, forever.
-    pub async fn reaper(self) {
-        let mut tick = tokio::time::interval(Duration::from_millis(1000));
-        loop {
-            tick.tick().await;
-            match self.store.reap_expired().await {
-                Ok(n) if n > 0 => {
-                    tracing::warn!("{n} attempt(s) lost (lease expired)");
-                    self.work.notify_waiters();
-                }
-                Ok(_) => {}
-                Err(e) => tracing::error!("reaper: {e}"),
-            }
-        }
+    /// The periods it keeps.
+    pub fn intervals(&self) -> &Intervals {
+        &self.cfg.intervals
     }
 
     /// An experiment's id and row, by id or name.
@@ -287,17 +305,17 @@ impl Coordinator {
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
-/// Serves both services on `addr` until `shutdown` resolves; runs the lease reaper alongside.
+/// Serves both services on `addr` until `shutdown` resolves; runs the lease rescuer alongside.
 pub async fn serve(
     coordinator: Coordinator,
     listener: tokio::net::TcpListener,
     tls: Option<tonic::transport::ServerTlsConfig>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let reaper = tokio::spawn(coordinator.clone().reaper());
+    let rescuer = tokio::spawn(coordinator.clone().rescuer());
     let (worker, user) = coordinator.services();
-    let mut builder =
-        tonic::transport::Server::builder().http2_keepalive_interval(Some(Duration::from_secs(10)));
+    let mut builder = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(coordinator.cfg.intervals.keepalive));
     if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;
     }
@@ -309,6 +327,6 @@ pub async fn serve(
         .add_service(user)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
-    reaper.abort();
+    rescuer.abort();
     Ok(result?)
 }

@@ -59,6 +59,7 @@ impl UserApi for Coordinator {
         }
         let (tx, rx) = mpsc::channel(64);
         let store = self.store.clone();
+        let poll = self.cfg.intervals.follow_poll;
         let wanted: Vec<String> = r.metrics;
         tokio::spawn(async move {
             let cursors = runs.iter().map(|(id, _)| (*id, 0)).collect();
@@ -105,7 +106,7 @@ impl UserApi for Coordinator {
                     return;
                 }
                 if look.caught_up {
-                    tokio::time::sleep(follow::POLL).await;
+                    tokio::time::sleep(poll).await;
                 }
             }
         });

@@ -30,7 +30,7 @@ impl WorkerApi for Coordinator {
         tracing::info!("worker {id} registered ({})", r.name);
         Ok(Response::new(pb::RegisterReply {
             worker_id: id,
-            heartbeat_ms: self.cfg.heartbeat.as_millis() as u32,
+            heartbeat_ms: self.cfg.intervals.heartbeat.as_millis() as u32,
             lease_ms: self.store.lease.as_millis() as u32,
         }))
     }
@@ -55,7 +55,7 @@ impl WorkerApi for Coordinator {
         tokio::spawn(async move {
             let mut idle = false;
             let mut running: Option<Fence> = None;
-            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            let mut tick = tokio::time::interval(me.cfg.intervals.claim_poll);
             loop {
                 tokio::select! {
                     msg = inbound.message() => match msg {

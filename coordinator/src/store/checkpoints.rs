@@ -1,7 +1,7 @@
 //! Checkpoints and artifacts: content-addressed chunks, retention, storage accounting and
 //! garbage collection of chunks no checkpoint uses.
 
-use super::metrics::value_at;
+use super::curves::value_at;
 use super::*;
 
 /// A stored checkpoint of a run.

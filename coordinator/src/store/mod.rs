@@ -4,7 +4,9 @@
 //!
 //! One file per family of queries, all methods of [`Store`]:
 //! - `lifecycle`: submission, claims, heartbeats, finishing, expiry, cancellation, reruns;
-//! - `metrics`: metric points and logs, summaries, curves, best checkpoint, live chunks;
+//! - `metrics`: metric points and logs: ingestion, summaries, one curve, the log tail;
+//! - `curves`: reading metrics back: best checkpoints, values at a step, timed curves, live
+//!   chunks;
 //! - `checkpoints`: checkpoint and artifact blobs, retention, storage, garbage collection;
 //! - `queries`: the read side of experiments and runs.
 //!
@@ -19,13 +21,15 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 mod checkpoints;
+mod curves;
 mod lifecycle;
 mod metrics;
 mod queries;
 
 pub use checkpoints::{ArtifactRow, CheckpointRow, RunStorage, Storage};
+pub use curves::{NewChunk, Ranked, TimedCurves, TimedSeries};
 pub use lifecycle::{Claim, Fence};
-pub use metrics::{MetricSummary, NewChunk, Ranked, Series, TimedCurves, TimedSeries};
+pub use metrics::{MetricSummary, Series};
 pub use queries::{AttemptRow, ExperimentRow, RunProgress, RunRow};
 
 /// Store errors that callers tell apart.

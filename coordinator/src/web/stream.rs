@@ -15,7 +15,7 @@
 //! - `done`: every followed run has ended and every point was sent; the client should close.
 
 use super::{ApiError, ApiQuery};
-use crate::follow::{self, Follower};
+use crate::follow::Follower;
 use crate::server::Coordinator;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
@@ -78,6 +78,7 @@ pub async fn stream(
     headers: HeaderMap,
 ) -> Result<impl axum::response::IntoResponse, ApiError> {
     let store = c.store().clone();
+    let poll = c.intervals().follow_poll;
     let exp = store.resolve_experiment(&exp).await?;
     let mut runs: Vec<(i64, String)> = store
         .runs(exp)
@@ -159,7 +160,7 @@ pub async fn stream(
             if look.caught_up {
                 tokio::select! {
                     _ = tx.closed() => return,
-                    _ = tokio::time::sleep(follow::POLL) => {}
+                    _ = tokio::time::sleep(poll) => {}
                 }
             }
         }

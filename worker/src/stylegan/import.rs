@@ -213,7 +213,7 @@ pub fn infer_config(
             cfg.channels(*res)
         )));
     }
-    cfg.validate().map_err(unsupported)?;
+    cfg.validate().map_err(|e| unsupported(e.to_string()))?;
     Ok(cfg)
 }
 

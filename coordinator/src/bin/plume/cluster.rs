@@ -121,7 +121,7 @@ pub async fn serve_command(args: ServeArgs) -> Result<()> {
         Config {
             worker_token,
             user_token,
-            heartbeat: Duration::from_millis(1000),
+            intervals: Intervals::default(),
             limits: Limits::default(),
         },
     );
@@ -275,7 +275,7 @@ async fn up(
         Config {
             worker_token: endpoint.worker_token.clone(),
             user_token: endpoint.user_token.clone(),
-            heartbeat: Duration::from_millis(1000),
+            intervals: Intervals::default(),
             limits: Limits::default(),
         },
     );

@@ -6,7 +6,7 @@ use clap::{Parser, Subcommand};
 use plume_coordinator::bench::Suite;
 use plume_coordinator::client::{home, user_client, Endpoint, UserClient};
 use plume_coordinator::pg::{free_port, PrivatePostgres};
-use plume_coordinator::server::{serve, Config, Coordinator, Limits};
+use plume_coordinator::server::{serve, Config, Coordinator, Intervals, Limits};
 use plume_coordinator::states::{AttemptState, ExperimentState, RunState};
 use plume_coordinator::store::Store;
 use plume_proto::v1 as pb;

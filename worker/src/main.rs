@@ -7,7 +7,7 @@ use plume_worker::dataset::synth::{write_dataset, SynthSpec};
 use plume_worker::dataset::{sheet, Dataset};
 use plume_worker::job::{CancelToken, LocalDirReporter, Outcome};
 use plume_worker::runner::{self, JobSpec};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Plume's worker: datasets, StyleGAN2 pretraining, judges, benchmarks.
 #[derive(Parser)]
@@ -159,31 +159,9 @@ enum BenchCommand {
 }
 
 fn main() -> Result<()> {
-    let cli = Cli::parse();
-    let Some(command) = cli.command else {
-        let Some(coordinator) = cli.coordinator else {
-            anyhow::bail!("give a subcommand (see --help) or --coordinator URL --token T");
-        };
-        let token = cli
-            .token
-            .context("--token (or PLUME_WORKER_TOKEN) is needed with --coordinator")?;
-        let device = plume_worker::parse_device(&cli.device).map_err(anyhow::Error::msg)?;
-        let name = cli.name.unwrap_or_else(|| {
-            format!(
-                "{}-{}",
-                std::fs::read_to_string("/etc/hostname")
-                    .unwrap_or_default()
-                    .trim(),
-                std::process::id()
-            )
-        });
-        return plume_worker::remote::serve(plume_worker::remote::RemoteOptions {
-            coordinator,
-            token,
-            device,
-            name,
-            work_dir: cli.work_dir,
-        });
+    let mut cli = Cli::parse();
+    let Some(command) = cli.command.take() else {
+        return serve_remote(cli);
     };
     match command {
         Command::Dataset {
@@ -194,90 +172,29 @@ fn main() -> Result<()> {
                     resolution,
                     seed,
                 },
-        } => {
-            let spec = SynthSpec {
-                images,
-                resolution,
-                seed,
-            };
-            let t = std::time::Instant::now();
-            let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
-            write_dataset(&out, &spec, |done, total| {
-                if tty {
-                    eprint!("\rrendered {done}/{total}");
-                } else if done == total || done % 2000 == 0 {
-                    eprintln!("rendered {done}/{total}");
-                }
-            })?;
-            if tty {
-                eprintln!();
-            }
-            println!(
-                "wrote {images} images at {resolution} px to {} in {:.1} s",
-                out.display(),
-                t.elapsed().as_secs_f64()
-            );
-        }
+        } => synth_dataset(&out, images, resolution, seed),
         Command::Dataset {
-            command:
-                DatasetCommand::Show {
-                    dir,
-                    sheet: sheet_path,
-                    count,
-                },
-        } => {
-            let ds = Dataset::open(&dir)?;
-            print!("{}", sheet::summary(&ds));
-            let path = sheet_path.unwrap_or_else(|| dir.join("contact_sheet.png"));
-            sheet::contact_sheet(&ds, count, &path)?;
-            println!("contact sheet: {}", path.display());
-        }
+            command: DatasetCommand::Show { dir, sheet, count },
+        } => show_dataset(&dir, sheet, count),
         Command::Run {
             job,
             out,
             resume,
             device,
-        } => {
-            let spec = JobSpec::from_file(&job)?;
-            let device = plume_worker::parse_device(&device).map_err(anyhow::Error::msg)?;
-            if let Some(r) = &resume {
-                // Check the checkpoint before anything is written: a truncated or foreign file
-                // must leave the output directory untouched.
-                let ckpt = plume_worker::nn::checkpoint::Checkpoint::load(r)?;
-                ckpt.expect_kind(spec.kind())?;
-            }
-            let mut reporter = LocalDirReporter::create(&out)
-                .with_context(|| format!("creating {}", out.display()))?;
-            let cancel = CancelToken::default();
-            let handler_token = cancel.clone();
-            ctrlc::set_handler(move || {
-                if handler_token.is_cancelled() {
-                    eprintln!("\nsecond interrupt: exiting without a final checkpoint");
-                    std::process::exit(130);
-                }
-                eprintln!("\ninterrupt: writing a final checkpoint (press Ctrl-C again to abort)");
-                handler_token.cancel();
-            })?;
-            match runner::run(&spec, resume.as_deref(), device, &mut reporter, &cancel)? {
-                Outcome::Completed { step } => {
-                    println!("completed at step {step}; results in {}", out.display())
-                }
-                Outcome::Cancelled { step } => {
-                    println!(
-                        "cancelled at step {step}; resume with --resume {}",
-                        out.join("checkpoints")
-                            .join(format!("step-{step:08}.safetensors"))
-                            .display()
-                    );
-                    std::process::exit(130);
-                }
-            }
-        }
+        } => run_local(&job, &out, resume.as_deref(), &device),
         Command::Bench {
             what: BenchCommand::Generator { steps, device },
         } => {
             let device = plume_worker::parse_device(&device).map_err(anyhow::Error::msg)?;
             print!("{}", plume_worker::bench::generator(steps, device)?);
+            Ok(())
+        }
+        Command::Bench {
+            what: BenchCommand::Text { device },
+        } => {
+            let device = plume_worker::parse_device(&device).map_err(anyhow::Error::msg)?;
+            print!("{}", plume_worker::bench::text(device)?);
+            Ok(())
         }
         Command::Edit {
             checkpoint,
@@ -296,35 +213,136 @@ fn main() -> Result<()> {
                 out: &out,
             };
             println!("{}", plume_worker::text::edit::edit(&req, device)?);
+            Ok(())
         }
         Command::Import {
             what: ImportCommand::Stylegan2 { format, file, out },
-        } => {
-            use plume_worker::stylegan::import::{import, GeneratorFormat};
-            let format = match format {
-                ImportFormat::Rosinality => GeneratorFormat::Rosinality,
-            };
-            let done = import(format, &file, None, &out)?;
-            let n = done.network;
-            println!(
-                "imported {} tensors: {} px, z {} -> w {} ({} mapping layers), channels {} at 4 px .. {} at {} px -> {}",
-                done.tensors,
-                n.resolution,
-                n.z_dim,
-                n.w_dim,
-                n.mapping_layers,
-                n.channels(4),
-                n.channels(n.resolution),
-                n.resolution,
-                out.display()
-            );
+        } => import_stylegan2(format, &file, &out),
+    }
+}
+
+/// No subcommand: a worker serving a coordinator until told to stop.
+fn serve_remote(cli: Cli) -> Result<()> {
+    let Some(coordinator) = cli.coordinator else {
+        anyhow::bail!("give a subcommand (see --help) or --coordinator URL --token T");
+    };
+    let token = cli
+        .token
+        .context("--token (or PLUME_WORKER_TOKEN) is needed with --coordinator")?;
+    let device = plume_worker::parse_device(&cli.device).map_err(anyhow::Error::msg)?;
+    let name = cli.name.unwrap_or_else(|| {
+        format!(
+            "{}-{}",
+            std::fs::read_to_string("/etc/hostname")
+                .unwrap_or_default()
+                .trim(),
+            std::process::id()
+        )
+    });
+    plume_worker::remote::serve(plume_worker::remote::RemoteOptions {
+        coordinator,
+        token,
+        device,
+        name,
+        work_dir: cli.work_dir,
+    })
+}
+
+/// `dataset synth`: renders a synthetic-birds dataset, with progress.
+fn synth_dataset(out: &Path, images: u32, resolution: u32, seed: u64) -> Result<()> {
+    let spec = SynthSpec {
+        images,
+        resolution,
+        seed,
+    };
+    let t = std::time::Instant::now();
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    write_dataset(out, &spec, |done, total| {
+        if tty {
+            eprint!("\rrendered {done}/{total}");
+        } else if done == total || done % 2000 == 0 {
+            eprintln!("rendered {done}/{total}");
         }
-        Command::Bench {
-            what: BenchCommand::Text { device },
-        } => {
-            let device = plume_worker::parse_device(&device).map_err(anyhow::Error::msg)?;
-            print!("{}", plume_worker::bench::text(device)?);
+    })?;
+    if tty {
+        eprintln!();
+    }
+    println!(
+        "wrote {images} images at {resolution} px to {} in {:.1} s",
+        out.display(),
+        t.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// `dataset show`: a dataset's summary and contact sheet.
+fn show_dataset(dir: &Path, sheet_path: Option<PathBuf>, count: usize) -> Result<()> {
+    let ds = Dataset::open(dir)?;
+    print!("{}", sheet::summary(&ds));
+    let path = sheet_path.unwrap_or_else(|| dir.join("contact_sheet.png"));
+    sheet::contact_sheet(&ds, count, &path)?;
+    println!("contact sheet: {}", path.display());
+    Ok(())
+}
+
+/// `run`: one job to a local directory; Ctrl-C checkpoints and stops, a second one aborts.
+fn run_local(job: &Path, out: &Path, resume: Option<&Path>, device: &str) -> Result<()> {
+    let spec = JobSpec::from_file(job)?;
+    let device = plume_worker::parse_device(device).map_err(anyhow::Error::msg)?;
+    if let Some(r) = resume {
+        // Check the checkpoint before anything is written: a truncated or foreign file
+        // must leave the output directory untouched.
+        let ckpt = plume_worker::nn::checkpoint::Checkpoint::load(r)?;
+        ckpt.expect_kind(spec.kind())?;
+    }
+    let mut reporter =
+        LocalDirReporter::create(out).with_context(|| format!("creating {}", out.display()))?;
+    let cancel = CancelToken::default();
+    let handler_token = cancel.clone();
+    ctrlc::set_handler(move || {
+        if handler_token.is_cancelled() {
+            eprintln!("\nsecond interrupt: exiting without a final checkpoint");
+            std::process::exit(130);
+        }
+        eprintln!("\ninterrupt: writing a final checkpoint (press Ctrl-C again to abort)");
+        handler_token.cancel();
+    })?;
+    match runner::run(&spec, resume, device, &mut reporter, &cancel)? {
+        Outcome::Completed { step } => {
+            println!("completed at step {step}; results in {}", out.display());
+            Ok(())
+        }
+        Outcome::Cancelled { step } => {
+            println!(
+                "cancelled at step {step}; resume with --resume {}",
+                out.join("checkpoints")
+                    .join(format!("step-{step:08}.safetensors"))
+                    .display()
+            );
+            std::process::exit(130);
         }
     }
+}
+
+/// `import stylegan2`: a published generator as a Plume checkpoint.
+fn import_stylegan2(format: ImportFormat, file: &Path, out: &Path) -> Result<()> {
+    use plume_worker::stylegan::import::{import, GeneratorFormat};
+    let format = match format {
+        ImportFormat::Rosinality => GeneratorFormat::Rosinality,
+    };
+    let done = import(format, file, None, out)?;
+    let n = done.network;
+    println!(
+        "imported {} tensors: {} px, z {} -> w {} ({} mapping layers), channels {} at 4 px .. {} at {} px -> {}",
+        done.tensors,
+        n.resolution,
+        n.z_dim,
+        n.w_dim,
+        n.mapping_layers,
+        n.channels(4),
+        n.channels(n.resolution),
+        n.resolution,
+        out.display()
+    );
     Ok(())
 }

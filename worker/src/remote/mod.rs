@@ -5,6 +5,9 @@
 //! queues everything it reports; one sender task delivers the queue in order (metrics batched,
 //! each batch with an increasing `seq`, so a resend after a lost reply is not applied twice),
 //! retrying through coordinator restarts. The job keeps running while the coordinator is away.
+//!
+//! This file holds the session and the job thread; `reporter` the queue and its sender;
+//! `transfer` uploads, downloads and retries.
 
 use crate::job::{CancelToken, Outcome, Reporter};
 use crate::runner::{self, JobSpec};
@@ -20,6 +23,13 @@ use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
+
+mod reporter;
+mod transfer;
+
+pub use reporter::GrpcReporter;
+use reporter::*;
+use transfer::*;
 
 /// How to reach the coordinator and what this worker is.
 #[derive(Debug, Clone)]
@@ -257,142 +267,6 @@ async fn session_loop(opts: RemoteOptions, shared: Arc<Shared>) -> anyhow::Resul
     }
 }
 
-/// What the reporter hands to the sender task, delivered in order.
-enum Op {
-    Metrics(Vec<(String, i64, f64, f64)>),
-    Log(String),
-    Checkpoint(i64, PathBuf),
-    Artifact(i64, String, Vec<u8>),
-    Finish(pb::finish_request::Outcome, String, i64),
-}
-
-/// The reporter a remote job runs against: queues, never blocks on the network.
-pub struct GrpcReporter {
-    queue: mpsc::UnboundedSender<Op>,
-    dir: PathBuf,
-    started: Instant,
-    step: Arc<AtomicI64>,
-    total: Arc<AtomicI64>,
-}
-
-impl Reporter for GrpcReporter {
-    fn metrics(&mut self, step: i64, values: &[(&str, f64)]) -> anyhow::Result<()> {
-        let t = self.started.elapsed().as_secs_f64();
-        let points = values
-            .iter()
-            .map(|(k, v)| ((*k).to_string(), step, *v, t))
-            .collect();
-        let _ = self.queue.send(Op::Metrics(points));
-        Ok(())
-    }
-    fn checkpoint_path(&mut self, step: i64) -> anyhow::Result<PathBuf> {
-        let dir = self.dir.join("checkpoints");
-        std::fs::create_dir_all(&dir)?;
-        Ok(dir.join(format!("step-{step:08}.safetensors")))
-    }
-    fn checkpoint_written(&mut self, step: i64, path: &Path) -> anyhow::Result<()> {
-        let _ = self.queue.send(Op::Checkpoint(step, path.to_owned()));
-        Ok(())
-    }
-    fn artifact(&mut self, step: i64, name: &str, png: &[u8]) -> anyhow::Result<()> {
-        let _ = self
-            .queue
-            .send(Op::Artifact(step, name.to_owned(), png.to_vec()));
-        Ok(())
-    }
-    fn log(&mut self, line: &str) {
-        eprintln!("{line}");
-        let _ = self.queue.send(Op::Log(line.to_owned()));
-    }
-    fn progress(&mut self, step: i64, total: i64, _losses: &[(&str, f64)]) {
-        self.step.store(step, Ordering::Relaxed);
-        self.total.store(total, Ordering::Relaxed);
-    }
-    fn finish(&mut self, message: &str) {
-        self.log(message);
-    }
-}
-
-/// Downloads a checkpoint into the cache (once; verified by its SHA-256). A coordinator that
-/// goes away mid-download (restart) is waited for, as every other report is.
-async fn download(
-    c: &mut Client,
-    fence: pb::Fence,
-    id: i64,
-    with_state: bool,
-    cache: &Path,
-) -> anyhow::Result<PathBuf> {
-    let path = cache.join(if with_state {
-        format!("checkpoint-{id}.safetensors")
-    } else {
-        format!("checkpoint-{id}-weights.safetensors")
-    });
-    if path.is_file() {
-        return Ok(path);
-    }
-    let (data, sha) = retry("download", || {
-        let mut c = c.clone();
-        async move {
-            let mut stream = c
-                .download(pb::DownloadRequest {
-                    checkpoint_id: id,
-                    fence: Some(fence),
-                    with_state,
-                })
-                .await?
-                .into_inner();
-            let mut data = Vec::new();
-            let mut sha = String::new();
-            while let Some(chunk) = stream.message().await? {
-                if !chunk.sha256.is_empty() {
-                    sha = chunk.sha256;
-                }
-                data.extend_from_slice(&chunk.data);
-            }
-            Ok((data, sha))
-        }
-    })
-    .await
-    .map_err(|s| anyhow::anyhow!("downloading checkpoint {id}: {}", s.message()))?;
-    anyhow::ensure!(
-        format!("{:x}", Sha256::digest(&data)) == sha,
-        "checkpoint {id} arrived corrupt"
-    );
-    let tmp = path.with_extension("part");
-    std::fs::write(&tmp, &data)?;
-    std::fs::rename(&tmp, &path)?;
-    Ok(path)
-}
-
-/// Calls `f` until it succeeds; waits out an unreachable coordinator. `Stale` and other
-/// refusals end the retries.
-async fn retry<T, F, Fut>(what: &str, mut f: F) -> Result<T, Status>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, Status>>,
-{
-    let mut wait = Duration::from_millis(100);
-    loop {
-        match f().await {
-            Ok(v) => return Ok(v),
-            Err(s)
-                if matches!(
-                    s.code(),
-                    Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded
-                ) =>
-            {
-                eprintln!(
-                    "{what}: coordinator unavailable ({}); retrying",
-                    s.message()
-                );
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(3));
-            }
-            Err(s) => return Err(s),
-        }
-    }
-}
-
 fn start_job(opts: &RemoteOptions, shared: &Arc<Shared>, c: Client, a: pb::Assignment) {
     let Some(fence) = a.fence else {
         return;
@@ -478,184 +352,4 @@ fn start_job(opts: &RemoteOptions, shared: &Arc<Shared>, c: Client, a: pb::Assig
         let _ = std::fs::remove_dir_all(&dir);
         *shared.running.lock().expect("lock") = None;
     });
-}
-
-/// Delivers a job's reports in order; consecutive metric reports go out as one batch.
-async fn send_queue(
-    mut c: Client,
-    fence: pb::Fence,
-    mut rx: mpsc::UnboundedReceiver<Op>,
-    cancel: CancelToken,
-) {
-    let mut seq = 0u64;
-    let mut pending: Option<Op> = None;
-    let mut stale = false;
-    loop {
-        let op = match pending.take() {
-            Some(op) => op,
-            None => match rx.recv().await {
-                Some(op) => op,
-                None => return,
-            },
-        };
-        if stale {
-            continue; // drain: this attempt may no longer write
-        }
-        let result: Result<(), Status> = match op {
-            Op::Metrics(mut points) => {
-                let mut lines = Vec::new();
-                // Coalesce whatever is already queued behind it.
-                while points.len() < 50_000 {
-                    match rx.try_recv() {
-                        Ok(Op::Metrics(more)) => points.extend(more),
-                        Ok(Op::Log(l)) => lines.push(l),
-                        Ok(other) => {
-                            pending = Some(other);
-                            break;
-                        }
-                        Err(_) => break,
-                    }
-                }
-                seq += 1;
-                let mut names: Vec<String> = Vec::new();
-                let mut batch = pb::MetricBatch {
-                    fence: Some(fence),
-                    seq,
-                    ..Default::default()
-                };
-                for (name, step, value, t) in points {
-                    let i = match names.iter().position(|n| *n == name) {
-                        Some(i) => i,
-                        None => {
-                            names.push(name);
-                            names.len() - 1
-                        }
-                    };
-                    batch.name_index.push(i as u32);
-                    batch.steps.push(step);
-                    batch.values.push(value);
-                    batch.times.push(t);
-                }
-                batch.names = names;
-                let r = retry("metrics", || {
-                    let mut c = c.clone();
-                    let b = batch.clone();
-                    async move { c.report_metrics(b).await }
-                })
-                .await
-                .map(|_| ());
-                if r.is_ok() && !lines.is_empty() {
-                    send_logs(&mut c, fence, lines).await
-                } else {
-                    r
-                }
-            }
-            Op::Log(l) => {
-                let mut lines = vec![l];
-                while let Ok(op) = rx.try_recv() {
-                    match op {
-                        Op::Log(l) => lines.push(l),
-                        other => {
-                            pending = Some(other);
-                            break;
-                        }
-                    }
-                }
-                send_logs(&mut c, fence, lines).await
-            }
-            Op::Checkpoint(step, path) => match std::fs::read(&path) {
-                Ok(data) => upload(&mut c, fence, step, "", data, true).await,
-                Err(e) => {
-                    eprintln!("cannot read checkpoint {}: {e}", path.display());
-                    Ok(())
-                }
-            },
-            Op::Artifact(step, name, data) => upload(&mut c, fence, step, &name, data, false).await,
-            Op::Finish(outcome, message, step) => retry("finish", || {
-                let mut c = c.clone();
-                let m = message.clone();
-                async move {
-                    c.finish(pb::FinishRequest {
-                        fence: Some(fence),
-                        outcome: outcome as i32,
-                        message: m,
-                        step,
-                    })
-                    .await
-                }
-            })
-            .await
-            .map(|_| ()),
-        };
-        if let Err(s) = result {
-            if s.code() == Code::FailedPrecondition {
-                eprintln!(
-                    "run {} attempt {}: {}; stopping it",
-                    fence.run_id,
-                    fence.attempt,
-                    s.message()
-                );
-                stale = true;
-                cancel.cancel();
-            } else {
-                eprintln!("report refused: {}", s.message());
-            }
-        }
-    }
-}
-
-async fn send_logs(c: &mut Client, fence: pb::Fence, lines: Vec<String>) -> Result<(), Status> {
-    retry("logs", || {
-        let mut c = c.clone();
-        let lines = lines.clone();
-        async move {
-            c.report_logs(pb::LogBatch {
-                fence: Some(fence),
-                lines,
-            })
-            .await
-        }
-    })
-    .await
-    .map(|_| ())
-}
-
-async fn upload(
-    c: &mut Client,
-    fence: pb::Fence,
-    step: i64,
-    name: &str,
-    data: Vec<u8>,
-    checkpoint: bool,
-) -> Result<(), Status> {
-    let sha = format!("{:x}", Sha256::digest(&data));
-    let data = Arc::new(data);
-    retry("upload", || {
-        let mut c = c.clone();
-        let data = data.clone();
-        let header = pb::UploadHeader {
-            fence: Some(fence),
-            step,
-            name: name.to_owned(),
-            size: data.len() as u64,
-            sha256: sha.clone(),
-        };
-        async move {
-            let n = data.len().div_ceil(1 << 20).max(1);
-            let chunks: Vec<pb::UploadChunk> = (0..n)
-                .map(|i| pb::UploadChunk {
-                    header: (i == 0).then(|| header.clone()),
-                    data: data[(i << 20).min(data.len())..((i + 1) << 20).min(data.len())].to_vec(),
-                })
-                .collect();
-            let stream = tokio_stream::iter(chunks);
-            if checkpoint {
-                c.upload_checkpoint(stream).await
-            } else {
-                c.upload_artifact(stream).await
-            }
-        }
-    })
-    .await
-    .map(|_| ())
 }

@@ -9,7 +9,7 @@
 use plume_worker::dataset::{Dataset, Partition};
 use plume_worker::nn::checkpoint::Checkpoint;
 use plume_worker::stylegan::generator::NoiseMode;
-use plume_worker::stylegan::pretrain;
+use plume_worker::stylegan::{pretrain, scoring};
 use std::path::PathBuf;
 use tch::Device;
 
@@ -28,11 +28,11 @@ fn main() -> anyhow::Result<()> {
     let ds = Dataset::open(&PathBuf::from(dir))?;
     let test = ds.load_images(&ds.partition(Partition::Test), g.cfg.resolution)?;
     // Scored by the same code as `pretrain-generator` scores its own.
-    let judge = pretrain::JudgeForMetrics::new(judge, &test, n);
+    let judge = scoring::JudgeForMetrics::new(judge, &test, n);
     for (k, v) in judge.score(&g, n, n, 0xF1D, &ds.groups, device) {
         println!("{k} = {v:.4}");
     }
-    std::fs::write(out, pretrain::sample_grid(&g, device))?;
+    std::fs::write(out, scoring::sample_grid(&g, device))?;
     println!("wrote {out}");
     Ok(())
 }

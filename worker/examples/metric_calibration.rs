@@ -5,7 +5,7 @@
 //! `cargo run --release -p plume-worker --example metric_calibration -- JUDGE DATASET_DIR [OUT_DIR]`
 //! (with `OUT_DIR`, a grid of the first 32 images of each case).
 use plume_worker::dataset::{Dataset, Partition};
-use plume_worker::stylegan::pretrain;
+use plume_worker::stylegan::scoring;
 use std::path::PathBuf;
 use tch::{Device, Kind, Tensor};
 
@@ -45,7 +45,7 @@ fn main() -> anyhow::Result<()> {
     let test = ds.load_images(&ds.partition(Partition::Test), 32)?;
     let train = ds.load_images(&ds.partition(Partition::Train), 32)?;
     let n = 1000;
-    let judge = pretrain::JudgeForMetrics::new(judge, &test, n);
+    let judge = scoring::JudgeForMetrics::new(judge, &test, n);
     let reals = train.narrow(0, 0, n);
     let mean = reals.mean_dim([0i64].as_slice(), true, Kind::Float);
     let cases: Vec<(String, Tensor)> = vec![

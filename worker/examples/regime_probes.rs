@@ -36,7 +36,8 @@ use plume_worker::nn::adam::Adam;
 use plume_worker::nn::layers::lrelu;
 use plume_worker::nn::{named_vars, set_requires_grad, trainable_vars};
 use plume_worker::stylegan::generator::Generator;
-use plume_worker::stylegan::pretrain::{self, Gan, JudgeForMetrics};
+use plume_worker::stylegan::pretrain::Gan;
+use plume_worker::stylegan::scoring::{self, JudgeForMetrics};
 use plume_worker::stylegan::{augment, loss, NetworkConfig};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -97,7 +98,7 @@ impl Harness {
     fn report_generator(&self, step: i64, g: &Generator) -> anyhow::Result<()> {
         self.report(
             step,
-            &pretrain::generated_images(g, 1000, 0xF1D, self.device),
+            &scoring::generated_images(g, 1000, 0xF1D, self.device),
         )
     }
 }

@@ -9,5 +9,6 @@ pub mod import;
 pub mod loss;
 pub mod metrics;
 pub mod pretrain;
+pub mod scoring;
 
 pub use plume_jobs::NetworkConfig;

@@ -8,15 +8,13 @@ use super::augment;
 use super::discriminator::Discriminator;
 use super::generator::Generator;
 use super::loss;
-use super::metrics;
+use super::scoring::{sample_grid, JudgeForMetrics};
 use super::NetworkConfig;
 use crate::dataset::OpenDataset;
 use crate::dataset::Partition;
 use crate::job::{step_loop, Cadence, CancelToken, Outcome, Reporter, Task, Timing, TrainingJob};
-use crate::judge::fid::{frechet_distance, Gaussian};
 use crate::nn::adam::Adam;
 use crate::nn::checkpoint::{self, Checkpoint};
-use crate::nn::layers::resize_square;
 use crate::nn::{named_vars, set_requires_grad, shallow, trainable_vars};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -245,156 +243,6 @@ impl Gan {
     }
 }
 
-/// Generates `n` images with `g` from a fixed seed, in batches, clamped to [-1, 1].
-pub fn generated_images(g: &Generator, n: i64, seed: u64, device: Device) -> Tensor {
-    tch::no_grad(|| {
-        tch::manual_seed(seed as i64);
-        let mut images = Vec::new();
-        let mut done = 0;
-        while done < n {
-            let b = 100.min(n - done);
-            let z = Tensor::randn([b, g.cfg.z_dim], (Kind::Float, device));
-            images.push(g.generate(&z, 1.0).clamp(-1.0, 1.0));
-            done += b;
-        }
-        Tensor::cat(&images, 0)
-    })
-}
-
-/// The judge, and what it reads of the test images once per job.
-pub struct JudgeForMetrics {
-    net: crate::judge::train::Trained,
-    fid_reference: Gaussian,
-    test_reading: Option<metrics::Reading>,
-}
-
-impl JudgeForMetrics {
-    /// Reads the test images once: all of them for FID, the first `metric_images` for the
-    /// other metrics (none when 0).
-    pub fn new(
-        net: crate::judge::train::Trained,
-        test_images: &Tensor,
-        metric_images: i64,
-    ) -> JudgeForMetrics {
-        let reading = metrics::read(&net, test_images);
-        JudgeForMetrics {
-            fid_reference: Gaussian::fit(&reading.embedding),
-            test_reading: (metric_images > 0).then(|| reading.first(metric_images)),
-            net,
-        }
-    }
-
-    /// Judge-FID over `fid_images` samples of `g` and [`generator_metrics`] over
-    /// `metric_images`, from fixed latents (`seed`): what `pretrain-generator` reports.
-    #[allow(clippy::too_many_arguments)]
-    pub fn score(
-        &self,
-        g: &Generator,
-        fid_images: i64,
-        metric_images: i64,
-        seed: u64,
-        groups: &[crate::dataset::AttributeGroup],
-        device: Device,
-    ) -> Vec<(String, f64)> {
-        let n = fid_images.max(metric_images);
-        self.score_images(&generated_images(g, n, seed, device), fid_images, groups)
-    }
-
-    /// Judge-FID over the first `fid_images` of `fake` and [`generator_metrics`] over all of
-    /// them: the same scores for images from any source (a probe's other generator, say).
-    pub fn score_images(
-        &self,
-        fake: &Tensor,
-        fid_images: i64,
-        groups: &[crate::dataset::AttributeGroup],
-    ) -> Vec<(String, f64)> {
-        let fake = metrics::read(&self.net, fake);
-        let fid = frechet_distance(
-            &self.fid_reference,
-            &Gaussian::fit(&fake.embedding.narrow(0, 0, fid_images)),
-        );
-        let mut values = vec![("gen/judge_fid".to_string(), fid)];
-        if let Some(real) = &self.test_reading {
-            values.extend(generator_metrics(&fake, real, groups));
-        }
-        values
-    }
-}
-
-/// Precision/recall, per-group coverage and top share, their summaries over the colour
-/// groups (`gen/colours_min`: the fewest colours any colour group shows; `gen/top_share_max`:
-/// the largest share one colour takes in any colour group) and the facing balance.
-pub fn generator_metrics(
-    fake: &metrics::Reading,
-    real: &metrics::Reading,
-    groups: &[crate::dataset::AttributeGroup],
-) -> Vec<(String, f64)> {
-    let (precision, recall) = metrics::precision_recall(&real.embedding, &fake.embedding);
-    let mut out = vec![
-        ("gen/precision".to_string(), precision),
-        ("gen/recall".to_string(), recall),
-    ];
-    let (mut colours_min, mut top_share_max) = (f64::INFINITY, 0f64);
-    for (g, group) in groups.iter().enumerate() {
-        let c = metrics::group_coverage(fake, g as i64, group.values.len());
-        out.push((format!("gen/coverage/{}", group.name), c.covered as f64));
-        out.push((format!("gen/top_share/{}", group.name), c.top_share));
-        if group.name.ends_with("_color") {
-            colours_min = colours_min.min(c.covered as f64);
-            top_share_max = top_share_max.max(c.top_share);
-        }
-    }
-    if colours_min.is_finite() {
-        out.push(("gen/colours_min".into(), colours_min));
-        out.push(("gen/top_share_max".into(), top_share_max));
-    }
-    if let Some(f) = metrics::facing_share(fake) {
-        out.push(("gen/facing_right".into(), f));
-    }
-    out
-}
-
-/// Embeds real images with the judge in batches.
-pub fn real_features(judge: &crate::judge::train::Trained, images: &Tensor) -> Tensor {
-    tch::no_grad(|| {
-        let n = images.size()[0];
-        let feats: Vec<Tensor> = (0..n)
-            .step_by(256)
-            .map(|s| {
-                judge
-                    .net
-                    .forward(&resize_square(
-                        &images.narrow(0, s, 256.min(n - s)),
-                        judge.resolution,
-                    ))
-                    .embedding
-            })
-            .collect();
-        Tensor::cat(&feats, 0)
-    })
-}
-
-/// The sample grid: 4 rows without truncation, 4 rows at psi = 0.7, from fixed z.
-pub fn sample_grid(g: &Generator, device: Device) -> Vec<u8> {
-    tch::no_grad(|| {
-        tch::manual_seed(20_240_601);
-        let z = Tensor::randn([32, g.cfg.z_dim], (Kind::Float, device));
-        let a = g.generate(&z, 1.0);
-        let b = g.generate(&z, 0.7);
-        let all = Tensor::cat(&[a, b], 0).clamp(-1.0, 1.0);
-        let labels: Vec<String> = (0..8)
-            .map(|r| {
-                if r < 4 {
-                    "psi 1.0".to_string()
-                } else {
-                    "psi 0.7".to_string()
-                }
-            })
-            .collect();
-        crate::picture::image_grid(&all, 8, (128 / g.cfg.resolution).max(1), &labels).to_png()
-    })
-}
-
 /// Builds the frozen EMA generator from a loaded `pretrain-generator` checkpoint (callers
 /// keep the checkpoint to fingerprint it, so the file is read once).
 pub fn load_generator(ckpt: &Checkpoint, device: Device) -> anyhow::Result<(VarStore, Generator)> {
@@ -436,35 +284,8 @@ pub fn run(
             let test_images = ds.load_images(&test, res)?.to_device(device);
             // One pass of the judge over the test images serves FID and the other metrics.
             let judge = JudgeForMetrics::new(net, &test_images, cfg.metric_images);
-            if let Some(real) = &judge.test_reading {
-                // The data as the judge reads it: what a perfect generator would score. Its
-                // precision and recall are those of training images against the test images,
-                // the ceiling a generator's recall is measured against.
-                let train_reading = metrics::read(
-                    &judge.net,
-                    &images.narrow(0, 0, real.values.size()[0].min(n)),
-                );
-                let (precision, recall) =
-                    metrics::precision_recall(&real.embedding, &train_reading.embedding);
-                let mut summary = vec![
-                    format!("gen/precision = {precision:.3}"),
-                    format!("gen/recall = {recall:.3}"),
-                ];
-                summary.extend(
-                    generator_metrics(real, real, &ds.groups)
-                        .into_iter()
-                        .filter(|(k, _)| {
-                            k == "gen/colours_min"
-                                || k == "gen/top_share_max"
-                                || k == "gen/facing_right"
-                        })
-                        .map(|(k, v)| format!("{k} = {v:.3}")),
-                );
-                reporter.log(&format!(
-                    "the data as the judge reads it ({} test images; precision and recall of as many training images against them): {}",
-                    real.values.size()[0],
-                    summary.join(", ")
-                ));
+            if let Some(line) = judge.data_ceiling(&images, &ds.groups) {
+                reporter.log(&line);
             }
             Some(judge)
         }

@@ -12,7 +12,7 @@ use crate::judge::fid::{frechet_distance, Gaussian};
 use crate::judge::train::Trained;
 use crate::nn::layers::resize_square;
 use crate::picture::{tensor_to_rgb, Canvas, CHAR_W};
-use crate::stylegan::pretrain::real_features;
+use crate::stylegan::scoring::real_features;
 use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;

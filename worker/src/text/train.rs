@@ -14,7 +14,7 @@ use crate::judge::fid::Gaussian;
 use crate::nn::adam::Adam;
 use crate::nn::checkpoint::{self, Checkpoint};
 use crate::nn::{named_vars, trainable_vars};
-use crate::stylegan::pretrain::real_features;
+use crate::stylegan::scoring::real_features;
 use crate::styles::{load_frozen_generator, render_styles, Styles};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;

@@ -1,0 +1,152 @@
+//! `plume bench` (coordinator suite): many fake worker sessions claiming runs, for
+//! dispatch latency (submit to assignment) and claim throughput.
+
+use super::*;
+
+/// `n` fake workers on sessions; submits `runs` one-step runs (one experiment per run when
+/// `one_by_one`, measuring submit -> assignment); each worker finishes what it gets at once.
+/// Returns per-assignment latencies (ms) and claims/s.
+pub(super) async fn sessions_bench(
+    addr: &str,
+    user: &mut crate::client::UserClient,
+    n: usize,
+    runs: usize,
+    stamp: u64,
+    one_by_one: bool,
+) -> anyhow::Result<(Vec<f64>, f64)> {
+    use tokio::sync::mpsc;
+    let (got_tx, mut got_rx) = mpsc::unbounded_channel::<(Instant, f64)>();
+    let mut handles = Vec::new();
+    let beats = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let channels = n.div_ceil(25);
+    let mut clients = Vec::new();
+    for _ in 0..channels {
+        clients.push(worker_client(addr).await?);
+    }
+    for i in 0..n {
+        let mut c = clients[i % channels].clone();
+        let got = got_tx.clone();
+        let beats = beats.clone();
+        let id = register(&mut c, &format!("sim-{i}")).await?;
+        handles.push(tokio::spawn(async move {
+            let (tx, rx) = mpsc::channel(8);
+            let _ = tx
+                .send(pb::WorkerMessage {
+                    kind: Some(pb::worker_message::Kind::Hello(pb::Hello { worker_id: id })),
+                })
+                .await;
+            let idle = pb::WorkerMessage {
+                kind: Some(pb::worker_message::Kind::Heartbeat(pb::Heartbeat {
+                    idle: true,
+                    ..Default::default()
+                })),
+            };
+            let _ = tx.send(idle).await;
+            let mut idle_since = Instant::now();
+            // The first wait includes the time before anything was submitted: not counted.
+            let mut first = true;
+            let resp = match c
+                .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("bench: session {i} refused: {}", e.message());
+                    return;
+                }
+            };
+            let mut inbound = resp.into_inner();
+            let beat = {
+                let tx = tx.clone();
+
+                tokio::spawn(async move {
+                    loop {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        if tx.send(idle).await.is_err() {
+                            return;
+                        }
+                    }
+                })
+            };
+            beats.lock().expect("lock").push(beat.abort_handle());
+            loop {
+                let m = match inbound.message().await {
+                    Ok(Some(m)) => m,
+                    Ok(None) => break,
+                    Err(e) => {
+                        eprintln!("bench: session {i} ended: {}", e.message());
+                        break;
+                    }
+                };
+                if let Some(pb::coordinator_message::Kind::Assign(a)) = m.kind {
+                    let now = Instant::now();
+                    let wait = if first {
+                        f64::NAN
+                    } else {
+                        (now - idle_since).as_secs_f64() * 1e3
+                    };
+                    first = false;
+                    let _ = got.send((now, wait));
+                    let _ = c
+                        .finish(pb::FinishRequest {
+                            fence: a.fence,
+                            outcome: pb::finish_request::Outcome::Succeeded as i32,
+                            message: String::new(),
+                            step: 1,
+                        })
+                        .await;
+                    idle_since = Instant::now();
+                    let _ = tx.send(idle).await;
+                }
+            }
+            beat.abort();
+        }));
+    }
+    drop(got_tx);
+    // Let every session open and report idle.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut latencies = Vec::new();
+    let t0 = Instant::now();
+    if one_by_one {
+        for k in 0..runs {
+            let t = Instant::now();
+            user.submit_experiment(pb::SubmitRequest {
+                yaml: experiment_yaml(&format!("dispatch-{stamp}-{k}"), 1),
+                file_name: "bench.yaml".into(),
+                dry_run: false,
+            })
+            .await?;
+            let (at, _) = tokio::time::timeout(Duration::from_secs(10), got_rx.recv())
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no assignment"))?;
+            latencies.push((at - t).as_secs_f64() * 1e3);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    } else {
+        user.submit_experiment(pb::SubmitRequest {
+            yaml: experiment_yaml(&format!("swarm-{stamp}"), runs),
+            file_name: "bench.yaml".into(),
+            dry_run: false,
+        })
+        .await?;
+        for k in 0..runs {
+            if k % 100 == 0 {
+                eprintln!("bench: {k}/{runs} claimed");
+            }
+            let (_, wait) = tokio::time::timeout(Duration::from_secs(60), got_rx.recv())
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("sessions ended early"))?;
+            latencies.push(wait);
+        }
+    }
+    let rate = runs as f64 / t0.elapsed().as_secs_f64();
+    for h in handles {
+        h.abort();
+    }
+    for b in beats.lock().expect("lock").iter() {
+        b.abort();
+    }
+    // Let the coordinator see the sessions close before the next benchmark.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    Ok((latencies, rate))
+}

@@ -226,7 +226,7 @@ function stageGraph(exp, runs) {
     const t = mk("text", { x: p.x + 8, y: p.y + H / 2 + 4 });
     t.textContent = r.name.length > 24 ? r.name.slice(0, 23) + "…" : r.name;
     link.appendChild(t);
-    if (r.total_steps > 0 && r.state === "running") {
+    if (r.total_steps > 0 && r.step > 0 && !r.ended) {
       link.appendChild(mk("rect", { x: p.x, y: p.y + H - 3, width: W * Math.min(1, r.step / r.total_steps), height: 3, class: "node-progress" }));
     }
     svg.appendChild(link);
@@ -268,7 +268,7 @@ async function experimentPage(exp) {
         " · runs: ", states, " · checkpoints ", bytes(detail.weight_bytes || 0), " weights + ", bytes(detail.state_bytes || 0),
         " resume state, stored as ", bytes(detail.stored_bytes), " (dedup and encoding saved ", bytes(saved), ")"),
       h("div", { class: "toolbar" },
-        s.state === "running" ? h("button", { class: "danger", onclick: async () => {
+        detail.runs.some((r) => !r.ended) ? h("button", { class: "danger", onclick: async () => {
           if (!confirm("Cancel every unfinished run of " + exp + "?")) { return; }
           await api(expPath(exp) + "/cancel", { method: "POST" });
           refresh();
@@ -360,7 +360,7 @@ async function experimentPage(exp) {
   renderRuns();
   await renderBest();
   const later = throttle(() => { refresh().then(renderBest).catch(() => {}); }, 2000);
-  if (detail.summary.state === "running") {
+  if (detail.runs.some((r) => !r.ended)) {
     follow(exp, { points: "false" }, { run: later, done: later });
   }
 }

@@ -204,9 +204,8 @@ fn method_steps(
     captions: &[String],
     device: Device,
 ) -> anyhow::Result<String> {
-    use crate::text::methods::{
-        loss_terms, total_loss, EditSpec, Example, LossWeights, Method, Nets, Recipe, StyleHeads,
-    };
+    use crate::text::losses::{loss_terms, total_loss, Example, Recipe};
+    use crate::text::methods::{EditSpec, LossWeights, Method, Nets, StyleHeads};
     let net = NetworkConfig::default();
     let mut g_vs = tch::nn::VarStore::new(device);
     let g = crate::stylegan::generator::Generator::new(&g_vs.root(), &net);

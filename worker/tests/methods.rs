@@ -5,9 +5,11 @@ use plume_worker::judge::train::Trained;
 use plume_worker::stylegan::generator::Generator;
 use plume_worker::stylegan::NetworkConfig;
 use plume_worker::text::bert::{default_model_dir, TextEncoder};
+use plume_worker::text::losses::{
+    edit_targets, loss_terms, mentions, total_loss, unedited_region, Example, Recipe,
+};
 use plume_worker::text::methods::{
-    edit_targets, grounding_map, loss_terms, mentions, predict, predict_grounded, total_loss,
-    unedited_region, EditForm, EditSpec, Example, LossWeights, Method, Nets, Recipe,
+    grounding_map, predict, predict_grounded, EditForm, EditSpec, LossWeights, Method, Nets,
     ReconstructionTarget, StyleHeads, GRID,
 };
 

@@ -3,5 +3,6 @@
 pub mod benchmark;
 pub mod bert;
 pub mod edit;
+pub mod losses;
 pub mod methods;
 pub mod train;

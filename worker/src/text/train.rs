@@ -6,7 +6,8 @@ use super::benchmark::{
     run_benchmark, Source,
 };
 use super::bert::{default_model_dir, TextEncoder, UNSTORED_BERT_KEY};
-use super::methods::{loss_terms, total_loss, EditSpec, Example, Method, Nets, Recipe, StyleHeads};
+use super::losses::{loss_terms, total_loss, Example, Recipe};
+use super::methods::{EditSpec, Method, Nets, StyleHeads};
 use crate::dataset::OpenDataset;
 use crate::dataset::Partition;
 use crate::job::{step_loop, Cadence, CancelToken, Outcome, Reporter, Task, TrainingJob};

@@ -1,0 +1,170 @@
+//! Experiment YAML: parsing, validation and expansion into runs.
+//!
+//! An experiment names a dataset, shared `stages` (generator, judges, styles), `runs` (one
+//! per method, each possibly with `ablate`), an optional `sweep` over the runs, an `objective`,
+//! `max_restarts` and a checkpoint retention policy. Every error names the file, the line and
+//! column, and the form that was expected; nothing is stored for an experiment that fails.
+//!
+//! `file` reads and checks the file as written; `graph` checks its entries and their `needs`;
+//! `expand` turns them into runs.
+
+use indexmap::IndexMap;
+use rand::{Rng, SeedableRng};
+use serde_yaml::{Mapping, Value};
+use std::collections::{BTreeMap, HashMap};
+
+mod expand;
+mod file;
+mod graph;
+
+/// Largest experiment file accepted (checked before parsing).
+pub const MAX_EXPERIMENT_BYTES: usize = 256 * 1024;
+/// Most runs one experiment may expand into.
+pub const MAX_RUNS: usize = 2000;
+
+/// An experiment that failed validation.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}:{line}:{column}: {message}")]
+pub struct ExperimentError {
+    /// The file name given at submit.
+    pub file: String,
+    /// 1-based line (0 when the whole file is concerned).
+    pub line: usize,
+    /// 1-based column.
+    pub column: usize,
+    /// What is wrong and what was expected.
+    pub message: String,
+}
+
+/// What "best" means for this experiment.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Objective {
+    /// Metric name, e.g. `eval/score`.
+    pub metric: String,
+    /// `max` or `min`.
+    pub mode: Mode,
+}
+
+impl Default for Objective {
+    fn default() -> Self {
+        Objective {
+            metric: "eval/score".into(),
+            mode: Mode::Max,
+        }
+    }
+}
+
+/// Direction of the objective.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Larger is better.
+    Max,
+    /// Smaller is better.
+    Min,
+}
+
+impl Mode {
+    /// `"max"` or `"min"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Max => "max",
+            Mode::Min => "min",
+        }
+    }
+}
+
+/// Which checkpoints of a run are kept once it finishes.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retention {
+    /// Keep rules.
+    pub keep: Keep,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            keep: Keep {
+                best: 2,
+                latest: 1,
+                final_state: false,
+            },
+        }
+    }
+}
+
+/// Keep the `best` checkpoints by objective and the `latest` ones by step.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Keep {
+    /// By objective.
+    #[serde(default)]
+    pub best: u32,
+    /// By step (at least 1: downstream runs and resumes need the last one).
+    #[serde(default = "one")]
+    pub latest: u32,
+    /// Keep a finished run's resume state (optimizer moments) in its last checkpoint, so it
+    /// can later be continued exactly. Off by default: only a run that may still resume
+    /// needs it, and it is most of a checkpoint's bytes.
+    #[serde(default)]
+    pub final_state: bool,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// A validated, expanded experiment.
+#[derive(Debug, Clone)]
+pub struct Experiment {
+    /// Its name.
+    pub name: String,
+    /// The objective.
+    pub objective: Objective,
+    /// Restarts allowed per run after lost attempts.
+    pub max_restarts: u32,
+    /// Retention.
+    pub retention: Retention,
+    /// Runs in dependency order (every run comes after the runs it needs).
+    pub runs: Vec<PlannedRun>,
+}
+
+/// One run of an expanded experiment.
+#[derive(Debug, Clone)]
+pub struct PlannedRun {
+    /// Unique within the experiment: the stage key, the run name, or the run name with its
+    /// ablation and sweep values (`m3@losses.preservation=0`).
+    pub name: String,
+    /// Job kind.
+    pub job: String,
+    /// The job's YAML (kind, dataset and config; upstream checkpoints are filled in by the
+    /// worker from `inputs`).
+    pub config: String,
+    /// Total steps (from the config's `steps`, 0 if absent).
+    pub total_steps: i64,
+    /// `(config field, upstream run name)`.
+    pub inputs: Vec<(String, String)>,
+    /// The job's `method` (train-text), if it has one.
+    pub method: Option<String>,
+    /// The ablation and sweep values the run was expanded with (`losses.preservation` ->
+    /// `1`), as its name shows them. Stored with the run, so nothing parses names.
+    pub params: BTreeMap<String, String>,
+}
+
+/// Parses, validates and expands an experiment.
+pub fn parse(file: &str, src: &str) -> Result<Experiment, ExperimentError> {
+    let ctx = file::Ctx { file, src };
+    let parsed = file::read(&ctx)?;
+    let entries = graph::Entries::collect(&parsed, &ctx)?;
+    let order = entries.check_needs(&parsed, &ctx)?;
+    let runs = expand::plan(&parsed, &entries, &order, &ctx)?;
+    Ok(Experiment {
+        name: parsed.name,
+        objective: parsed.objective,
+        max_restarts: parsed.max_restarts,
+        retention: parsed.checkpoints,
+        runs,
+    })
+}

@@ -179,11 +179,20 @@ async fn coordinator_suite(
     sessions: usize,
     points_millions: usize,
 ) -> anyhow::Result<()> {
+    let mut w = worker_client(&b.addr).await?;
+    let wid = register(&mut w, "bench").await?;
+    ingest_bench(b, out, wid).await?;
+    curve_bench(b, out, &mut w, wid).await?;
+    best_bench(b, out, points_millions).await?;
+    dispatch_bench(b, out).await?;
+    claims_bench(b, out, sessions).await
+}
+
+/// Metric ingestion through gRPC into Postgres, at two batch sizes.
+async fn ingest_bench(b: &mut Bench, out: &mut String, wid: i64) -> anyhow::Result<()> {
     let (store, addr, stamp) = (&b.store, b.addr.clone(), b.stamp);
     let user = &mut b.user;
     // 1. Metric ingestion through gRPC into Postgres.
-    let mut w = worker_client(&addr).await?;
-    let wid = register(&mut w, "bench").await?;
     for (label, names, steps_per_batch, batches, concurrency) in [
         (
             "ingest: 1,000-point batches (10 metrics x 100 steps), 4 streams",
@@ -244,6 +253,18 @@ async fn coordinator_suite(
     }
 
     eprintln!("bench: ingestion done");
+    Ok(())
+}
+
+/// One run's 5,000-point curve: straight from the store, and through `WatchMetrics`.
+async fn curve_bench(
+    b: &mut Bench,
+    out: &mut String,
+    w: &mut WorkerClient,
+    wid: i64,
+) -> anyhow::Result<()> {
+    let (store, stamp) = (&b.store, b.stamp);
+    let user = &mut b.user;
     // 2. One run's 5,000-point curve (50 batches of 100 points), fetched through WatchMetrics.
     let fence = leased_run(user, store, wid, &format!("curve-{stamp}")).await?;
     for b in 0..50u64 {
@@ -304,6 +325,13 @@ async fn coordinator_suite(
     );
 
     eprintln!("bench: curve done");
+    Ok(())
+}
+
+/// `best` over 1,000 runs and `points_millions` million points.
+async fn best_bench(b: &mut Bench, out: &mut String, points_millions: usize) -> anyhow::Result<()> {
+    let (store, stamp) = (&b.store, b.stamp);
+    let user = &mut b.user;
     // 3. `best` over 1,000 runs and N million points (written straight into the tables).
     let best_name = format!("best-{stamp}");
     let runs = 1000usize;
@@ -413,6 +441,13 @@ async fn coordinator_suite(
     );
 
     eprintln!("bench: best done");
+    Ok(())
+}
+
+/// Dispatch latency: submit to assignment on an idle worker's session.
+async fn dispatch_bench(b: &mut Bench, out: &mut String) -> anyhow::Result<()> {
+    let (addr, stamp) = (b.addr.clone(), b.stamp);
+    let user = &mut b.user;
     // 4. Dispatch latency: submit -> assignment on an idle worker's session.
     let (latencies, _) = sessions_bench(&addr, user, 1, 30, stamp, true).await?;
     let mut l = latencies;
@@ -425,6 +460,13 @@ async fn coordinator_suite(
     );
 
     eprintln!("bench: dispatch done");
+    Ok(())
+}
+
+/// Many workers heart-beating and claiming.
+async fn claims_bench(b: &mut Bench, out: &mut String, sessions: usize) -> anyhow::Result<()> {
+    let (addr, stamp) = (b.addr.clone(), b.stamp);
+    let user = &mut b.user;
     // 5. Many workers heart-beating and claiming.
     let runs_total = sessions * 5;
     let (mut waits, claims_per_s) =

@@ -31,6 +31,8 @@ async fn a_silent_workers_run_is_requeued_when_its_lease_expires_and_not_before(
         .register_worker("silent", serde_json::json!({}))
         .await
         .unwrap();
+    // The lease starts inside `claim`: after `before_claim`, before `claimed_at`.
+    let before_claim = Instant::now();
     let claim = store
         .claim(worker, &["train-judge".to_string()])
         .await
@@ -63,9 +65,9 @@ async fn a_silent_workers_run_is_requeued_when_its_lease_expires_and_not_before(
         let r = run(store.clone()).await;
         if r.state == RunState::Queued {
             assert!(
-                claimed_at.elapsed() >= lease,
-                "requeued after {:?}, before the {lease:?} lease expired",
-                claimed_at.elapsed()
+                before_claim.elapsed() >= lease,
+                "requeued {:?} after the claim, before the {lease:?} lease expired",
+                before_claim.elapsed()
             );
             let attempts = store.attempts(r.id).await.unwrap();
             let first = attempts

@@ -43,16 +43,6 @@ impl ConfigError {
             message: message.into(),
         }
     }
-
-    /// The field at fault, with its section's prefix (`network.z_dim`).
-    pub fn field(&self) -> String {
-        match self {
-            ConfigError::OutOfRange { field, .. } | ConfigError::Invalid { field, .. } => {
-                field.clone()
-            }
-            ConfigError::In { section, inner } => format!("{section}.{}", inner.field()),
-        }
-    }
 }
 
 /// Why a job could not be read.

@@ -273,11 +273,17 @@ impl Coordinator {
         Ok((h, data))
     }
 
-    fn download_stream(
-        data: Vec<u8>,
-        sha: String,
-        step: i64,
-    ) -> Pin<Box<dyn Stream<Item = Result<pb::DataChunk, Status>> + Send>> {
+    /// A checkpoint's bytes as a stream of 1 MiB chunks, the first carrying the total size and
+    /// the sha256: what workers (inputs) and users (`plume download`) both receive.
+    async fn checkpoint_download(
+        &self,
+        r: pb::DownloadRequest,
+    ) -> Result<BoxStream<pb::DataChunk>, Status> {
+        let (data, sha, step) = self
+            .store
+            .checkpoint_bytes(r.checkpoint_id, r.with_state)
+            .await
+            .map_err(status)?;
         let total = data.len() as u64;
         let chunks: Vec<Result<pb::DataChunk, Status>> = if data.is_empty() {
             vec![Ok(pb::DataChunk {
@@ -299,7 +305,7 @@ impl Coordinator {
                 })
                 .collect()
         };
-        Box::pin(tokio_stream::iter(chunks))
+        Ok(Box::pin(tokio_stream::iter(chunks)))
     }
 }
 

@@ -157,12 +157,8 @@ impl UserApi for Coordinator {
         &self,
         req: Request<pb::DownloadRequest>,
     ) -> Result<Response<Self::DownloadCheckpointStream>, Status> {
-        let r = req.into_inner();
-        let (data, sha, step) = self
-            .store
-            .checkpoint_bytes(r.checkpoint_id, r.with_state)
-            .await
-            .map_err(status)?;
-        Ok(Response::new(Coordinator::download_stream(data, sha, step)))
+        Ok(Response::new(
+            self.checkpoint_download(req.into_inner()).await?,
+        ))
     }
 }

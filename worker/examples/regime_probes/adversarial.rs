@@ -37,13 +37,9 @@ pub(super) fn aux(h: &Harness) -> anyhow::Result<()> {
             .collect()
     };
     for step in 0..=h.steps {
-        if step % h.every == 0 {
-            h.report_generator(step, &gan.g_ema)?;
-        }
-        if step == h.steps {
+        if !h.begin_step(step, &gan.g_ema)? {
             break;
         }
-        tch::manual_seed(1000 + step);
         let (real, labels) = h.batch(b);
         set_requires_grad(&d_params, false);
         let z = Tensor::randn([b, net.z_dim], (Kind::Float, device));
@@ -129,14 +125,8 @@ pub(super) fn cond(h: &Harness) -> anyhow::Result<()> {
         net.channels(4),
         Default::default(),
     );
-    let g_embed_params: Vec<(String, Tensor)> = trainable_vars(&e_vs)
-        .into_iter()
-        .filter(|(n, _)| n.starts_with("g."))
-        .collect();
-    let d_proj_params: Vec<(String, Tensor)> = trainable_vars(&e_vs)
-        .into_iter()
-        .filter(|(n, _)| n.starts_with("d."))
-        .collect();
+    let g_embed_params = vars_under(&e_vs, "g.");
+    let d_proj_params = vars_under(&e_vs, "d.");
     let ema_embed: Vec<Tensor> = g_embed_params
         .iter()
         .map(|(_, t)| t.detach().copy())
@@ -229,7 +219,7 @@ pub(super) fn cond(h: &Harness) -> anyhow::Result<()> {
             gan.d_opt.step();
             dp_opt.step();
         }
-        averaging.update_ema_only(&mut gan, step, b);
+        averaging.update_ema_only(step, b);
         let beta = loss::ema_beta(b, (step + 1) * b, averaging.half_life, 0.05);
         tch::no_grad(|| {
             for ((_, t), e) in g_embed_params.iter().zip(&ema_embed) {
@@ -288,30 +278,17 @@ pub(super) fn agan(h: &Harness) -> anyhow::Result<()> {
         .add(nn::linear(&c / 1, 256, 256, Default::default()))
         .add_fn(lrelu)
         .add(nn::linear(&c / 2, 256, 1, Default::default()));
-    let all = trainable_vars(&e_vs);
-    let e_params: Vec<(String, Tensor)> = all
-        .iter()
-        .filter(|(n, _)| n.starts_with("e."))
-        .map(|(n, t)| (n.clone(), t.shallow_clone()))
-        .collect();
-    let c_params: Vec<(String, Tensor)> = all
-        .iter()
-        .filter(|(n, _)| n.starts_with("c."))
-        .map(|(n, t)| (n.clone(), t.shallow_clone()))
-        .collect();
+    let e_params = vars_under(&e_vs, "e.");
+    let c_params = vars_under(&e_vs, "c.");
     let mut e_opt = Adam::new(shallow(&e_params), lr, 0.0, 0.99, 1e-8);
     let mut c_opt = Adam::new(shallow(&c_params), lr, 0.0, 0.99, 1e-8);
     let d_params = trainable_vars(&gan.d_vs);
     let aug = |x: &Tensor| augment::diff_augment(x, &AugmentConfig::default());
     let unit = |z: &Tensor| z * (z.square().mean_dim(1, true, None) + 1e-8).rsqrt();
     for step in 0..=h.steps {
-        if step % h.every == 0 {
-            h.report_generator(step, &gan.g_ema)?;
-        }
-        if step == h.steps {
+        if !h.begin_step(step, &gan.g_ema)? {
             break;
         }
-        tch::manual_seed(1000 + step);
         let (real, _) = h.batch(b);
         // G and E.
         set_requires_grad(&d_params, false);

@@ -53,12 +53,34 @@ impl Harness {
         Ok(())
     }
 
+    /// The start of step `step` of a probe's loop: scores `g` on evaluation steps, reseeds
+    /// from the step, and says whether to train (false once the steps are done).
+    pub(super) fn begin_step(&self, step: i64, g: &Generator) -> anyhow::Result<bool> {
+        if step % self.every == 0 {
+            self.report_generator(step, g)?;
+        }
+        if step == self.steps {
+            return Ok(false);
+        }
+        tch::manual_seed(1000 + step);
+        Ok(true)
+    }
+
     pub(super) fn report_generator(&self, step: i64, g: &Generator) -> anyhow::Result<()> {
         self.report(
             step,
             &scoring::generated_images(g, 1000, 0xF1D, self.device),
         )
     }
+}
+
+/// The trainable variables of `vs` whose names start with `prefix` (one optimizer per part
+/// of a probe's extra networks).
+pub(super) fn vars_under(vs: &nn::VarStore, prefix: &str) -> Vec<(String, Tensor)> {
+    trainable_vars(vs)
+        .into_iter()
+        .filter(|(n, _)| n.starts_with(prefix))
+        .collect()
 }
 
 /// The EMA of G's weights and the tracked `w_avg`, as `pretrain-generator` keeps them.
@@ -83,13 +105,13 @@ impl Averaging {
     }
 
     /// The EMA of G's weights only (a conditional G tracks no unconditional `w_avg`).
-    pub(super) fn update_ema_only(&self, _gan: &mut Gan, step: i64, b: i64) {
+    pub(super) fn update_ema_only(&self, step: i64, b: i64) {
         let beta = loss::ema_beta(b, (step + 1) * b, self.half_life, 0.05);
         loss::ema_update(&self.ema_params, &self.g_params, beta);
     }
 
     pub(super) fn update(&self, gan: &mut Gan, step: i64, b: i64) {
-        self.update_ema_only(gan, step, b);
+        self.update_ema_only(step, b);
         tch::no_grad(|| {
             let z = Tensor::randn([64, gan.net.z_dim], (Kind::Float, gan.g.w_avg.device()));
             let m = gan.g.mapping.forward(&z).mean_dim(0, false, None);

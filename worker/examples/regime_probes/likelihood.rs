@@ -8,13 +8,9 @@ pub(super) fn imle(h: &Harness) -> anyhow::Result<()> {
     let mut gan = Gan::new(&net, lr, 16, 4, false, 1, h.device);
     let averaging = Averaging::new(&gan, 5000.0);
     for step in 0..=h.steps {
-        if step % h.every == 0 {
-            h.report_generator(step, &gan.g_ema)?;
-        }
-        if step == h.steps {
+        if !h.begin_step(step, &gan.g_ema)? {
             break;
         }
-        tch::manual_seed(1000 + step);
         let (real, _) = h.batch(b);
         let z_nearest = tch::no_grad(|| {
             let z = Tensor::randn([k * b, net.z_dim], (Kind::Float, h.device));
@@ -74,13 +70,9 @@ pub(super) fn vae(h: &Harness) -> anyhow::Result<()> {
     let d_params = trainable_vars(&gan.d_vs);
     let aug = |x: &Tensor| augment::diff_augment(x, &AugmentConfig::default());
     for step in 0..=h.steps {
-        if step % h.every == 0 {
-            h.report_generator(step, &gan.g_ema)?;
-        }
-        if step == h.steps {
+        if !h.begin_step(step, &gan.g_ema)? {
             break;
         }
-        tch::manual_seed(1000 + step);
         let (real, _) = h.batch(b);
         let stats = encoder.forward(&real);
         let mu = stats.narrow(1, 0, net.z_dim);

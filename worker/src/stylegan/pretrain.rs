@@ -249,8 +249,7 @@ pub fn load_generator(ckpt: &Checkpoint, device: Device) -> anyhow::Result<(VarS
     ckpt.expect_kind("pretrain-generator")?;
     let net: NetworkConfig = serde_json::from_str(ckpt.meta("generator.network")?)?;
     let mut vs = VarStore::new(device);
-    let g = Generator::new(&vs.root(), &net);
-    let mut g = g;
+    let mut g = Generator::new(&vs.root(), &net);
     ckpt.restore("G_ema.", &named_vars(&vs))?;
     vs.freeze();
     // Frozen use: G(w) depends on w alone.

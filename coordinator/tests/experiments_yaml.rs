@@ -42,7 +42,7 @@ fn stages_ablations_and_inputs_expand_in_dependency_order() {
         .iter()
         .find(|r| r.name == "m3@losses.preservation=0,reconstruction_target=both")
         .unwrap();
-    let cfg: serde_yaml::Value = serde_yaml::from_str(&m3.config).unwrap();
+    let cfg: plume_jobs::yaml::Value = plume_jobs::yaml::from_str(&m3.config).unwrap();
     assert_eq!(cfg["kind"], "train-text");
     assert_eq!(cfg["losses"]["preservation"], 0);
     assert_eq!(cfg["reconstruction_target"], "both");
@@ -84,7 +84,7 @@ fn sweeps_are_grids_or_seeded_random_draws() {
         .iter()
         .filter(|r| r.name.starts_with("m1@"))
         .map(|r| {
-            serde_yaml::from_str::<serde_yaml::Value>(&r.config).unwrap()["lr_heads"]
+            plume_jobs::yaml::from_str::<plume_jobs::yaml::Value>(&r.config).unwrap()["lr_heads"]
                 .as_f64()
                 .unwrap()
         })
@@ -98,86 +98,106 @@ fn sweeps_are_grids_or_seeded_random_draws() {
     );
 }
 
-/// Each case: the YAML, a fragment the error must contain, and the line it must name (0: any).
+/// Nine levels of nine aliases each (9^9 nodes if expanded), as mapping entries indented by
+/// `indent`.
+fn alias_bomb(indent: &str) -> String {
+    let mut text = format!("{indent}a0: &a0 [x, x, x, x, x, x, x, x, x]\n");
+    for i in 1..9 {
+        let items = vec![format!("*a{}", i - 1); 9].join(", ");
+        text += &format!("{indent}a{i}: &a{i} [{items}]\n");
+    }
+    text
+}
+
+/// Each case: the YAML, a fragment the error must contain, and the exact line and column the
+/// parser placed it at ((0, 0): the whole file).
 #[test]
 fn bad_experiments_get_clear_located_errors() {
     let billion_laughs = "name: lol\na: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]\ne: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]\nf: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]\ng: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f]\nh: &h [*g, *g, *g, *g, *g, *g, *g, *g, *g]\ndataset: {kind: cub, path: x}\nruns: []\n";
     let huge = format!("name: big\n# {}\n", "x".repeat(50 << 20));
-    let cases: Vec<(String, &str, usize)> = vec![
-        (GOOD.replace("runs:\n", "runs:\n  - {name: [oops\n"), "", 0),
+    let cases: Vec<(String, &str, (usize, usize))> = vec![
+        (
+            GOOD.replace("runs:\n", "runs:\n  - {name: [oops\n"),
+            "",
+            (10, 3),
+        ),
         (
             GOOD.replace("max_restarts: 3", "max_restart: 3"),
             "unknown field `max_restart`",
-            16,
+            (16, 1),
         ),
         (
             GOOD.replace("max_restarts: 3", "max_restarts: lots"),
-            "invalid type",
-            16,
+            "invalid u32",
+            (16, 15),
         ),
         (
             GOOD.replace("needs: [judge], steps: 4}", "needs: [styles], steps: 4}"),
             "cycle",
-            0,
+            (5, 48),
         ),
         (
             GOOD.replace("method: weighted", "method: telepathy"),
             "unknown method \"telepathy\"",
-            8,
+            (8, 33),
         ),
         (
             GOOD.replace("job: invert", "job: invertt"),
             "unknown job \"invertt\"",
-            6,
+            (6, 17),
         ),
         (
             GOOD.replace("needs: [generator, judge]", "needs: [generatr, judge]"),
             "not a stage or run",
-            6,
+            (6, 33),
         ),
         (
             GOOD.replace("objective:", "sweep: {lr_heads: []}\nobjective:"),
             "lists no values",
-            15,
+            (15, 9),
         ),
         (
             GOOD.replace("objective:", "sweep: {}\nobjective:"),
             "no parameters",
-            15,
+            (15, 8),
         ),
         (
             GOOD.replace("[0, 1], reconstruction_target", "[], reconstruction_target"),
             "lists no values",
-            0,
+            (14, 14),
         ),
         (
             GOOD.replace("name: m1,", "name: ../../etc/passwd,"),
             "not allowed",
-            8,
+            (8, 12),
         ),
         (
             GOOD.replace("name: methods", "name: \"a/b\""),
             "not allowed",
-            1,
+            (1, 7),
         ),
         (
             GOOD.replace("name: m1,", "name: judge,"),
             "defined twice",
-            0,
+            (8, 12),
         ),
         (
             GOOD.replace("mode: max", "mode: maximal"),
             "unknown variant",
-            15,
+            (15, 39),
         ),
-        (GOOD.replace("latest: 1", "latest: 0"), "at least 1", 0),
+        (
+            GOOD.replace("latest: 1", "latest: 0"),
+            "at least 1",
+            (17, 14),
+        ),
         (
             GOOD.replace(
                 "{job: train-judge, steps: 4}",
                 "{job: train-judge, kind: x}",
             ),
             "use `job:`",
-            0,
+            (4, 29),
         ),
         (
             GOOD.replace(
@@ -185,7 +205,7 @@ fn bad_experiments_get_clear_located_errors() {
                 "  - {name: ev, job: evaluate, needs: [m3]}\nobjective:",
             ),
             "several runs",
-            15,
+            (15, 39),
         ),
         (
             GOOD.replace(
@@ -193,7 +213,7 @@ fn bad_experiments_get_clear_located_errors() {
                 "needs: [m3], steps: 4}",
             ),
             "cannot use the output",
-            8,
+            (8, 59),
         ),
         (
             GOOD.replace(
@@ -201,7 +221,7 @@ fn bad_experiments_get_clear_located_errors() {
                 "sweep: {lr: {log_uniform: [1e-3, 1e-5]}, search: {random: 2}}\nobjective:",
             ),
             "low must be below high",
-            15,
+            (15, 9),
         ),
         (
             GOOD.replace(
@@ -209,7 +229,7 @@ fn bad_experiments_get_clear_located_errors() {
                 "sweep: {lr: {log_uniform: [1e-5, 1e-3]}}\nobjective:",
             ),
             "search: {random: N}",
-            15,
+            (15, 9),
         ),
         (
             GOOD.replace(
@@ -217,7 +237,7 @@ fn bad_experiments_get_clear_located_errors() {
                 "{job: train-judge, stpes: 4}",
             ),
             "judge: unknown field `stpes`",
-            4,
+            (4, 29),
         ),
         (
             GOOD.replace(
@@ -225,23 +245,39 @@ fn bad_experiments_get_clear_located_errors() {
                 "{job: train-judge, steps: -4}",
             ),
             "judge: steps must be in",
-            4,
+            (4, 29),
         ),
         (
             GOOD.replace(
                 "method: weighted, needs",
                 "method: weighted, lr_bert: fast, needs",
             ),
-            "m1: lr_bert: invalid type",
-            8,
+            "m1: lr_bert: invalid floating point",
+            (8, 51),
         ),
-        ("just a string".into(), "invalid type", 0),
-        ("".into(), "", 0),
-        (billion_laughs.into(), "", 0),
-        (huge, "at most", 0),
+        ("just a string".into(), "expected mapping", (1, 1)),
+        ("".into(), "", (1, 1)),
+        (billion_laughs.into(), "unknown field `a`", (2, 1)),
+        (
+            GOOD.replace(
+                "objective:",
+                &format!("run_defaults:\n{}objective:", alias_bomb("  ")),
+            ),
+            "at most 150000 nodes",
+            (21, 17),
+        ),
+        (
+            GOOD.replace(
+                "objective:",
+                &format!("sweep: {{lr: {}}}\nobjective:", "[".repeat(100_000)),
+            ),
+            "depth 32",
+            (15, 44),
+        ),
+        (huge, "at most", (0, 0)),
     ];
     assert!(cases.len() >= 15);
-    for (i, (yaml, fragment, line)) in cases.iter().enumerate() {
+    for (i, (yaml, fragment, at)) in cases.iter().enumerate() {
         let e = match parse("exp.yaml", yaml) {
             Ok(_) => panic!("case {i} was accepted"),
             Err(e) => e,
@@ -252,9 +288,7 @@ fn bad_experiments_get_clear_located_errors() {
             text.contains(fragment),
             "case {i}: {text:?} lacks {fragment:?}"
         );
-        if *line > 0 {
-            assert_eq!(e.line, *line, "case {i}: {text}");
-        }
+        assert_eq!((e.line, e.column), *at, "case {i}: {text}");
         assert!(text.len() < 2000, "case {i}: error too long");
     }
 }

@@ -11,6 +11,7 @@ mod judge;
 mod network;
 mod pretrain;
 mod text;
+pub mod yaml;
 
 pub use error::{ConfigError, JobError};
 pub use import::{GeneratorFormat, ImportGeneratorConfig};
@@ -94,20 +95,46 @@ pub const JOB_KINDS: [&str; 6] = [
     "import-generator",
 ];
 
-fn yaml_error(origin: &str, e: serde_yaml::Error) -> JobError {
-    let location = e.location();
-    let message = e.to_string();
-    // serde_yaml ends its message with the position, which the error carries separately.
-    let message = match message.rfind(" at line ") {
-        Some(i) if location.is_some() => message[..i].to_string(),
-        _ => message,
-    };
+fn yaml_error(origin: &str, e: yaml::YamlError) -> JobError {
+    let known = |n: usize| (n > 0).then_some(n);
     JobError::Yaml {
         origin: origin.into(),
-        line: location.as_ref().map(|l| l.line()),
-        column: location.as_ref().map(|l| l.column()),
-        message,
+        line: known(e.line),
+        column: known(e.column),
+        message: e.message,
     }
+}
+
+/// `text` without its top-level `kind:` line (blanked, so positions stay right), or, when
+/// `kind` is written inside a flow mapping, the document written again without it.
+fn without_kind(text: &str, kind_line: usize) -> Result<String, yaml::YamlError> {
+    let on_its_own_line = text
+        .lines()
+        .nth(kind_line.saturating_sub(1))
+        .is_some_and(|l| l.starts_with("kind:"));
+    if on_its_own_line {
+        let blanked: Vec<String> = text
+            .lines()
+            .enumerate()
+            .map(|(i, l)| {
+                if i + 1 == kind_line {
+                    " ".repeat(l.len())
+                } else {
+                    l.to_owned()
+                }
+            })
+            .collect();
+        return Ok(blanked.join("\n"));
+    }
+    let mut map: yaml::Mapping = yaml::from_str(text)?;
+    map.remove("kind");
+    yaml::to_string(&map)
+}
+
+/// Only the `kind:` of a job document (the other fields are skipped, not checked).
+#[derive(serde::Deserialize)]
+struct KindField {
+    kind: Option<yaml::Spanned<yaml::Value>>,
 }
 
 impl JobSpec {
@@ -125,74 +152,43 @@ impl JobSpec {
 
     /// Parses a job from YAML text; `origin` names the source in errors.
     ///
-    /// serde's internally tagged enums buffer their input and lose line numbers, so the kind
-    /// is read first and the rest is parsed straight into that kind's config, with the
-    /// `kind:` line blanked out (same length) so every error keeps its line and column.
+    /// serde's internally tagged enums buffer their input and lose positions, so the kind is
+    /// read first and the rest is parsed straight into that kind's config, with the `kind:`
+    /// line blanked out (same length) so every error keeps its line and column.
     pub fn from_yaml(text: &str, origin: &str) -> Result<JobSpec, JobError> {
-        let value: serde_yaml::Value =
-            serde_yaml::from_str(text).map_err(|e| yaml_error(origin, e))?;
-        let kind_line = text.lines().position(|l| l.starts_with("kind:"));
+        let KindField { kind } = yaml::from_str(text).map_err(|e| yaml_error(origin, e))?;
         let kind_error = |line: Option<usize>, message: String| JobError::Kind {
             origin: origin.into(),
             line,
             message,
         };
-        let kind = match value.get("kind") {
-            Some(serde_yaml::Value::String(k)) => k.clone(),
-            Some(_) => {
-                return Err(kind_error(
-                    kind_line.map(|i| i + 1),
-                    format!("`kind` must be a string, one of {}", JOB_KINDS.join(", ")),
-                ))
-            }
-            None => {
-                return Err(kind_error(
-                    None,
-                    format!("missing `kind` (one of {})", JOB_KINDS.join(", ")),
-                ))
-            }
+        let Some(kind) = kind else {
+            return Err(kind_error(
+                None,
+                format!("missing `kind` (one of {})", JOB_KINDS.join(", ")),
+            ));
         };
-        let body = match kind_line {
-            Some(i) => text
-                .lines()
-                .enumerate()
-                .map(|(j, l)| {
-                    if j == i {
-                        " ".repeat(l.len())
-                    } else {
-                        l.to_owned()
-                    }
-                })
-                .collect::<Vec<_>>()
-                .join("\n"),
-            None => {
-                let mut map = value.as_mapping().cloned().unwrap_or_default();
-                map.remove("kind");
-                serde_yaml::to_string(&map).map_err(|e| yaml_error(origin, e))?
-            }
+        let kind_line = kind.referenced.line() as usize;
+        let yaml::Value::String(name) = kind.value else {
+            return Err(kind_error(
+                Some(kind_line),
+                format!("`kind` must be a string, one of {}", JOB_KINDS.join(", ")),
+            ));
         };
-        let spec = match kind.as_str() {
-            "pretrain-generator" => JobSpec::PretrainGenerator(
-                serde_yaml::from_str(&body).map_err(|e| yaml_error(origin, e))?,
-            ),
-            "train-judge" => {
-                JobSpec::TrainJudge(serde_yaml::from_str(&body).map_err(|e| yaml_error(origin, e))?)
-            }
-            "invert" => {
-                JobSpec::Invert(serde_yaml::from_str(&body).map_err(|e| yaml_error(origin, e))?)
-            }
-            "evaluate" => {
-                JobSpec::Evaluate(serde_yaml::from_str(&body).map_err(|e| yaml_error(origin, e))?)
-            }
-            "train-text" => {
-                JobSpec::TrainText(serde_yaml::from_str(&body).map_err(|e| yaml_error(origin, e))?)
-            }
-            "import-generator" => JobSpec::ImportGenerator(
-                serde_yaml::from_str(&body).map_err(|e| yaml_error(origin, e))?,
-            ),
+        let body = without_kind(text, kind_line).map_err(|e| yaml_error(origin, e))?;
+        let parse = |what: fn(&str) -> Result<JobSpec, yaml::YamlError>| {
+            what(&body).map_err(|e| yaml_error(origin, e))
+        };
+        let spec = match name.as_str() {
+            "pretrain-generator" => parse(|b| yaml::from_str(b).map(JobSpec::PretrainGenerator))?,
+            "train-judge" => parse(|b| yaml::from_str(b).map(JobSpec::TrainJudge))?,
+            "invert" => parse(|b| yaml::from_str(b).map(JobSpec::Invert))?,
+            "evaluate" => parse(|b| yaml::from_str(b).map(JobSpec::Evaluate))?,
+            "train-text" => parse(|b| yaml::from_str(b).map(JobSpec::TrainText))?,
+            "import-generator" => parse(|b| yaml::from_str(b).map(JobSpec::ImportGenerator))?,
             other => {
                 return Err(kind_error(
-                    kind_line.map(|i| i + 1),
+                    Some(kind_line),
                     format!(
                         "unknown job kind `{other}`, expected one of {}",
                         JOB_KINDS.join(", ")

@@ -316,7 +316,7 @@ mod tests {
     #[test]
     fn method_names_are_what_configs_parse() {
         for m in Method::ALL {
-            let parsed: Method = serde_yaml::from_str(m.name()).unwrap();
+            let parsed: Method = crate::yaml::from_str(m.name()).unwrap();
             assert_eq!(parsed, m);
         }
     }

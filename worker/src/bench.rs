@@ -86,7 +86,7 @@ pub fn generator(steps: usize, device: Device) -> anyhow::Result<String> {
                     ..NetworkConfig::default()
                 };
                 // A plain step (no lazy regulariser), with or without DiffAugment on every D input.
-                let mut cfg: PretrainConfig = serde_yaml::from_str(&format!(
+                let mut cfg: PretrainConfig = plume_jobs::yaml::from_str(&format!(
                 "dataset: {{kind: synthetic-birds, images: 1, resolution: {res}, seed: 0}}\nsteps: 1\nbatch: {batch}\nr1_gamma: 0"
             ))?;
                 cfg.network = net.clone();

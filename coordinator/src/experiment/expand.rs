@@ -4,6 +4,17 @@
 use super::file::{Ctx, ExperimentFile};
 use super::graph::{input_field, Base, Entries};
 use super::*;
+use plume_jobs::yaml::{self, Location, Spanned};
+
+/// A value set on top of an entry's config: one ablation value or one sweep coordinate,
+/// with the place it came from for errors.
+#[derive(Debug, Clone)]
+pub(super) struct Override {
+    /// Dotted config path (`losses.preservation`).
+    pub(super) path: String,
+    pub(super) value: Value,
+    pub(super) at: Location,
+}
 
 /// The runs of the experiment, in dependency order.
 pub(super) fn plan(
@@ -12,33 +23,29 @@ pub(super) fn plan(
     order: &[usize],
     ctx: &Ctx,
 ) -> Result<Vec<PlannedRun>, ExperimentError> {
-    let bases = &entries.bases;
     let sweep_points = match &parsed.sweep {
-        Some(s) => expand_sweep(s).map_err(|m| ctx.err_at(None, "sweep", m))?,
+        Some(s) => super::sweep::points(s, ctx)?,
         None => vec![Vec::new()],
     };
-
+    let once = [Vec::new()];
     let mut runs = Vec::new();
     for &i in order {
-        let b = &bases[i];
-        let is_run = b.ablate.is_some();
-        let variants = match b.ablate {
-            Some(ab) => ablation_variants(ab),
-            None => vec![Vec::new()],
-        };
-        let points: &[Vec<(String, Value)>] = if is_run {
-            &sweep_points
+        let b = &entries.bases[i];
+        let (variants, points) = if b.is_run {
+            (
+                ablation_variants(b.entry.ablate.as_ref()),
+                &sweep_points[..],
+            )
         } else {
-            &[Vec::new()][..]
+            (vec![Vec::new()], &once[..])
         };
         for v in &variants {
             for p in points {
-                let overrides: Vec<(String, Value)> = v.iter().chain(p.iter()).cloned().collect();
+                let overrides: Vec<Override> = v.iter().chain(p.iter()).cloned().collect();
                 runs.push(plan_run(parsed, entries, b, &overrides, ctx)?);
                 if runs.len() > MAX_RUNS {
-                    return Err(ctx.err_at(
-                        None,
-                        "runs",
+                    return Err(ctx.err(
+                        &parsed.runs.referenced,
                         format!("the experiment expands into more than {MAX_RUNS} runs"),
                     ));
                 }
@@ -48,107 +55,167 @@ pub(super) fn plan(
     Ok(runs)
 }
 
-/// One run: the entry's config with the run defaults, its overrides (ablation and sweep
-/// values) set, checked as the worker will parse it.
+/// One run: the entry's config with the run defaults and its overrides, checked as the
+/// worker will parse it.
 fn plan_run(
     parsed: &ExperimentFile,
     entries: &Entries,
     b: &Base,
-    overrides: &[(String, Value)],
+    overrides: &[Override],
     ctx: &Ctx,
 ) -> Result<PlannedRun, ExperimentError> {
-    let is_run = b.ablate.is_some();
+    let config = assemble(parsed, b, overrides, ctx)?;
+    check_as_the_worker_will(&config, entries, b, overrides, ctx)?;
+    let name = if overrides.is_empty() {
+        b.name.to_string()
+    } else {
+        let values: Vec<String> = overrides
+            .iter()
+            .map(|o| format!("{}={}", o.path, short(&o.value)))
+            .collect();
+        format!("{}@{}", b.name, values.join(","))
+    };
+    let inputs = b
+        .needs()
+        .iter()
+        .map(|n| {
+            let up = entries.get(&n.value);
+            let field = input_field(b.job, up.job).expect("checked with the needs");
+            (field.to_string(), n.value.clone())
+        })
+        .collect();
+    Ok(PlannedRun {
+        name,
+        job: b.job.into(),
+        config: yaml::to_string(&Value::Object(config.clone()))
+            .map_err(|e| ctx.err(&b.at, e.message))?,
+        total_steps: config.get("steps").and_then(Value::as_i64).unwrap_or(0),
+        inputs,
+        method: config
+            .get("method")
+            .and_then(Value::as_str)
+            .map(String::from),
+        params: overrides
+            .iter()
+            .map(|o| (o.path.clone(), short(&o.value)))
+            .collect(),
+    })
+}
+
+/// The job's config: kind and dataset, the run defaults (runs only), the entry's own fields,
+/// then the overrides.
+fn assemble(
+    parsed: &ExperimentFile,
+    b: &Base,
+    overrides: &[Override],
+    ctx: &Ctx,
+) -> Result<Mapping, ExperimentError> {
     let mut config = Mapping::new();
     config.insert("kind".into(), Value::String(b.job.into()));
-    config.insert("dataset".into(), Value::Mapping(parsed.dataset.clone()));
-    if is_run {
+    config.insert(
+        "dataset".into(),
+        Value::Object(parsed.dataset.value.clone()),
+    );
+    if b.is_run {
         for (k, val) in &parsed.run_defaults {
             config.insert(k.clone(), val.clone());
         }
     }
-    for (k, val) in b.config {
+    for (k, val) in &b.entry.config {
         config.insert(k.clone(), val.clone());
     }
-    for (path, val) in overrides {
-        set_path(&mut config, path, val.clone())
-            .map_err(|m| ctx.err_at(Some(b.name), path, format!("{}: {m}", b.name)))?;
+    for o in overrides {
+        set_path(&mut config, &o.path, o.value.clone())
+            .map_err(|m| ctx.err(&o.at, format!("{}: {m}", b.name)))?;
     }
-    let name = if overrides.is_empty() {
-        b.name.to_string()
-    } else {
-        format!(
-            "{}@{}",
-            b.name,
-            overrides
-                .iter()
-                .map(|(k, v)| format!("{k}={}", short(v)))
-                .collect::<Vec<_>>()
-                .join(",")
-        )
-    };
-    let total_steps = config.get("steps").and_then(Value::as_i64).unwrap_or(0);
-    let method = config
-        .get("method")
-        .and_then(Value::as_str)
-        .map(String::from);
-    let params = overrides
-        .iter()
-        .map(|(k, v)| (k.clone(), short(v)))
-        .collect();
-    let inputs = b
-        .needs
-        .iter()
-        .map(|n| {
-            let up = entries.get(n);
-            (
-                input_field(b.job, up.job)
-                    .expect("checked above")
-                    .to_string(),
-                n.clone(),
-            )
-        })
-        .collect();
-    // The job's own fields are checked here, exactly as the worker will parse
-    // them, with the upstream checkpoints stood in for by placeholders.
+    Ok(config)
+}
+
+/// Parses the run's config exactly as the worker will (`JobSpec::from_yaml`, range checks
+/// included), with the upstream checkpoints stood in for by placeholders. An error points
+/// at the field the user wrote: the override that set it, else the entry's key, else the
+/// entry.
+fn check_as_the_worker_will(
+    config: &Mapping,
+    entries: &Entries,
+    b: &Base,
+    overrides: &[Override],
+    ctx: &Ctx,
+) -> Result<(), ExperimentError> {
     let mut check = config.clone();
-    for n in b.needs {
-        let up = entries.get(n);
-        let field = input_field(b.job, up.job).expect("checked above");
+    for n in b.needs() {
+        let up = entries.get(&n.value);
+        let field = input_field(b.job, up.job).expect("checked with the needs");
         check.insert(
-            Value::String(field.into()),
-            Value::String(format!("upstream-{n}.safetensors")),
+            field.into(),
+            Value::String(format!("upstream-{}.safetensors", n.value)),
         );
     }
-    let text = serde_yaml::to_string(&Value::Mapping(check))
-        .map_err(|e| ctx.err_at(Some(b.name), b.name, e.to_string()))?;
-    // The generated document's positions mean nothing to the user: point at the
-    // entry instead.
-    // `from_yaml` also checks the values' ranges (`JobSpec::validate`).
-    plume_jobs::JobSpec::from_yaml(&text, b.name)
-        .map_err(|e| ctx.err_at(Some(b.name), b.name, format!("{}: {}", b.name, e.detail())))?;
-    let config = serde_yaml::to_string(&Value::Mapping(config))
-        .map_err(|e| ctx.err_at(Some(b.name), b.name, e.to_string()))?;
-    Ok(PlannedRun {
-        name,
-        job: b.job.into(),
-        config,
-        total_steps,
-        inputs,
-        method,
-        params,
-    })
+    let text = yaml::to_string(&Value::Object(check)).map_err(|e| ctx.err(&b.at, e.message))?;
+    let Err(e) = plume_jobs::JobSpec::from_yaml(&text, b.name) else {
+        return Ok(());
+    };
+    let field = match &e {
+        // The generated document's positions mean nothing to the user; its top-level key
+        // at that line is the field they wrote.
+        plume_jobs::JobError::Yaml { line: Some(l), .. } => top_level_key_at(&text, *l),
+        plume_jobs::JobError::Invalid { rule, .. } => Some(top_field(rule)),
+        _ => None,
+    };
+    let detail = e.detail();
+    let message = match &field {
+        Some(f) if !detail.contains(f.as_str()) => format!("{}: {f}: {detail}", b.name),
+        _ => format!("{}: {detail}", b.name),
+    };
+    let at = field
+        .and_then(|f| {
+            let by_override = overrides
+                .iter()
+                .find(|o| o.path.split('.').next() == Some(f.as_str()));
+            by_override
+                .map(|o| o.at)
+                .or_else(|| b.entry.config_keys.get(&f).copied())
+        })
+        .unwrap_or(b.at);
+    Err(ctx.err(&at, message))
+}
+
+/// The top-level key of a YAML mapping written at or before `line`.
+fn top_level_key_at(text: &str, line: usize) -> Option<String> {
+    let keys: IndexMap<Spanned<String>, serde::de::IgnoredAny> = yaml::from_str(text).ok()?;
+    keys.keys()
+        .filter(|k| k.referenced.line() as usize <= line)
+        .max_by_key(|k| k.referenced.line())
+        .map(|k| k.value.clone())
+}
+
+/// The top-level config field a rule names (`losses` for `losses.preservation`).
+fn top_field(rule: &plume_jobs::ConfigError) -> String {
+    use plume_jobs::ConfigError;
+    match rule {
+        ConfigError::OutOfRange { field, .. } | ConfigError::Invalid { field, .. } => {
+            field.split('.').next().unwrap_or_default().to_string()
+        }
+        ConfigError::In { section, .. } => section.to_string(),
+    }
 }
 
 /// Every combination of a run's ablation values, in the order written.
-fn ablation_variants(ablate: &IndexMap<String, Vec<Value>>) -> Vec<Vec<(String, Value)>> {
-    let mut variants: Vec<Vec<(String, Value)>> = vec![Vec::new()];
-    for (path, values) in ablate {
+fn ablation_variants(
+    ablate: Option<&IndexMap<Spanned<String>, Spanned<Vec<Value>>>>,
+) -> Vec<Vec<Override>> {
+    let mut variants: Vec<Vec<Override>> = vec![Vec::new()];
+    for (path, values) in ablate.into_iter().flatten() {
         variants = variants
             .into_iter()
             .flat_map(|v| {
-                values.iter().map(move |x| {
+                values.value.iter().map(move |x| {
                     let mut v = v.clone();
-                    v.push((path.clone(), x.clone()));
+                    v.push(Override {
+                        path: path.value.clone(),
+                        value: x.clone(),
+                        at: path.referenced,
+                    });
                     v
                 })
             })
@@ -172,10 +239,7 @@ fn short(v: &Value) -> String {
             }
         }
         Value::Bool(b) => b.to_string(),
-        other => serde_yaml::to_string(other)
-            .unwrap_or_default()
-            .trim()
-            .to_string(),
+        other => other.to_string(),
     }
 }
 
@@ -190,142 +254,12 @@ fn set_path(map: &mut Mapping, path: &str, value: Value) -> Result<(), String> {
     let mut cur = map;
     for p in &parts[..parts.len() - 1] {
         let entry = cur
-            .entry(Value::String((*p).into()))
-            .or_insert_with(|| Value::Mapping(Mapping::new()));
+            .entry(p.to_string())
+            .or_insert_with(|| Value::Object(Mapping::new()));
         cur = entry
-            .as_mapping_mut()
+            .as_object_mut()
             .ok_or_else(|| format!("{path}: {p} is not a mapping"))?;
     }
-    cur.insert(Value::String(parts[parts.len() - 1].into()), value);
+    cur.insert(parts[parts.len() - 1].to_string(), value);
     Ok(())
-}
-
-/// Sweep points: a grid over lists, or `search: {random: N, seed: S}` drawing N points (lists
-/// uniformly, `uniform: [a, b]`, `log_uniform: [a, b]`, `int_uniform: [a, b]`).
-fn expand_sweep(sweep: &IndexMap<String, Value>) -> Result<Vec<Vec<(String, Value)>>, String> {
-    let mut random: Option<(u64, u64)> = None;
-    let mut params: Vec<(String, &Value)> = Vec::new();
-    for (k, v) in sweep {
-        if k == "search" {
-            let m = v
-                .as_mapping()
-                .ok_or("sweep.search must be {random: N, seed: S} or {grid: true}")?;
-            for (sk, sv) in m {
-                match sk.as_str() {
-                    Some("random") => {
-                        let n = sv
-                            .as_u64()
-                            .filter(|n| (1..=1000).contains(n))
-                            .ok_or("sweep.search.random must be a count from 1 to 1000")?;
-                        random = Some((n, random.map_or(0, |r| r.1)));
-                    }
-                    Some("seed") => {
-                        let s = sv.as_u64().ok_or("sweep.search.seed must be an integer")?;
-                        random = Some((random.map_or(0, |r| r.0), s));
-                    }
-                    Some("grid") => {}
-                    _ => return Err("sweep.search accepts random, seed or grid".into()),
-                }
-            }
-        } else {
-            params.push((k.clone(), v));
-        }
-    }
-    if params.is_empty() {
-        return Err("the sweep has no parameters".into());
-    }
-    enum Dist {
-        List(Vec<Value>),
-        Uniform(f64, f64),
-        LogUniform(f64, f64),
-        IntUniform(i64, i64),
-    }
-    let mut dists = Vec::new();
-    for (k, v) in &params {
-        let d = match v {
-            Value::Sequence(s) if s.is_empty() => {
-                return Err(format!("sweep.{k} lists no values"));
-            }
-            Value::Sequence(s) => Dist::List(s.clone()),
-            Value::Mapping(m) if m.len() == 1 => {
-                let (dk, dv) = m.iter().next().expect("one entry");
-                let pair = dv
-                    .as_sequence()
-                    .filter(|s| s.len() == 2)
-                    .and_then(|s| Some((s[0].as_f64()?, s[1].as_f64()?)))
-                    .ok_or(format!("sweep.{k}: expected [low, high]"))?;
-                if pair.0 >= pair.1 || pair.0.is_nan() || pair.1.is_nan() {
-                    return Err(format!("sweep.{k}: low must be below high"));
-                }
-                match dk.as_str() {
-                    Some("uniform") => Dist::Uniform(pair.0, pair.1),
-                    Some("log_uniform") if pair.0 > 0.0 => Dist::LogUniform(pair.0, pair.1),
-                    Some("log_uniform") => {
-                        return Err(format!("sweep.{k}: log_uniform needs positive bounds"))
-                    }
-                    Some("int_uniform") => Dist::IntUniform(pair.0 as i64, pair.1 as i64),
-                    _ => {
-                        return Err(format!(
-                            "sweep.{k}: expected a list of values or one of uniform, log_uniform, int_uniform"
-                        ))
-                    }
-                }
-            }
-            _ => {
-                return Err(format!(
-                    "sweep.{k}: expected a list of values or {{log_uniform: [low, high]}}"
-                ))
-            }
-        };
-        dists.push(d);
-    }
-    match random {
-        Some((0, _)) => Err("sweep.search needs random: N".into()),
-        Some((n, seed)) => {
-            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-            Ok((0..n)
-                .map(|_| {
-                    params
-                        .iter()
-                        .zip(&dists)
-                        .map(|((k, _), d)| {
-                            let v = match d {
-                                Dist::List(l) => l[rng.random_range(0..l.len())].clone(),
-                                Dist::Uniform(a, b) => Value::from(rng.random_range(*a..*b)),
-                                Dist::LogUniform(a, b) => {
-                                    Value::from(rng.random_range(a.ln()..b.ln()).exp())
-                                }
-                                Dist::IntUniform(a, b) => Value::from(rng.random_range(*a..=*b)),
-                            };
-                            (k.clone(), v)
-                        })
-                        .collect()
-                })
-                .collect())
-        }
-        None => {
-            let mut points: Vec<Vec<(String, Value)>> = vec![Vec::new()];
-            for ((k, _), d) in params.iter().zip(&dists) {
-                let Dist::List(values) = d else {
-                    return Err(format!(
-                        "sweep.{k} is a distribution; add search: {{random: N}} to draw from it"
-                    ));
-                };
-                points = points
-                    .into_iter()
-                    .flat_map(|p| {
-                        values.iter().map(move |v| {
-                            let mut p = p.clone();
-                            p.push((k.clone(), v.clone()));
-                            p
-                        })
-                    })
-                    .collect();
-                if points.len() > MAX_RUNS {
-                    return Err(format!("the sweep grid has more than {MAX_RUNS} points"));
-                }
-            }
-            Ok(points)
-        }
-    }
 }

@@ -2,23 +2,68 @@
 //! methods checked, and their `needs`: known, acyclic, of a kind the job can use, and on a
 //! single run.
 
-use super::file::{valid_name, Ctx, ExperimentFile, NAME_RULE};
+use super::file::{valid_name, Ctx, Entry, ExperimentFile, NAME_RULE};
 use super::*;
+use plume_jobs::yaml::{Location, Spanned};
 
 /// One stage or run entry, before expansion.
 pub(super) struct Base<'a> {
     pub(super) name: &'a str,
+    /// Where the name is written (a stage's key, a run's `name:` value).
+    pub(super) at: Location,
     pub(super) job: &'a str,
-    pub(super) needs: &'a [String],
-    pub(super) config: &'a Mapping,
-    /// `Some` for runs (which ablations and sweeps expand), `None` for stages.
-    pub(super) ablate: Option<&'a IndexMap<String, Vec<Value>>>,
+    pub(super) entry: &'a Entry,
+    /// Runs are expanded by their ablations and the sweep; stages run once.
+    pub(super) is_run: bool,
+}
+
+impl Base<'_> {
+    pub(super) fn needs(&self) -> &[Spanned<String>] {
+        &self.entry.needs
+    }
 }
 
 /// Every entry and where to find it by name.
 pub(super) struct Entries<'a> {
     pub(super) bases: Vec<Base<'a>>,
     pub(super) index: HashMap<&'a str, usize>,
+}
+
+/// A stage or run with what every entry must have: a name and a job.
+fn base<'a>(
+    name: &'a Spanned<String>,
+    entry: &'a Spanned<Entry>,
+    is_run: bool,
+    ctx: &Ctx,
+) -> Result<Base<'a>, ExperimentError> {
+    let Some(job) = &entry.value.job else {
+        return Err(ctx.err(
+            &entry.referenced,
+            format!(
+                "{}: needs `job:`, one of {}",
+                name.value,
+                plume_jobs::JOB_KINDS.join(", ")
+            ),
+        ));
+    };
+    if !plume_jobs::JOB_KINDS.contains(&job.value.as_str()) {
+        return Err(ctx.err(
+            &job.referenced,
+            format!(
+                "{}: unknown job {:?}; expected one of {}",
+                name.value,
+                job.value,
+                plume_jobs::JOB_KINDS.join(", ")
+            ),
+        ));
+    }
+    Ok(Base {
+        name: &name.value,
+        at: name.referenced,
+        job: &job.value,
+        entry: &entry.value,
+        is_run,
+    })
 }
 
 impl<'a> Entries<'a> {
@@ -29,87 +74,47 @@ impl<'a> Entries<'a> {
     ) -> Result<Entries<'a>, ExperimentError> {
         let mut bases: Vec<Base<'a>> = Vec::new();
         for (name, e) in &parsed.stages {
-            bases.push(Base {
-                name,
-                job: &e.job,
-                needs: &e.needs,
-                config: &e.config,
-                ablate: None,
-            });
+            if let Some(n) = &e.value.name {
+                return Err(ctx.err(
+                    &n.referenced,
+                    format!(
+                        "{}: a stage is named by its key; remove `name:`",
+                        name.value
+                    ),
+                ));
+            }
+            if let Some((path, _)) = e.value.ablate.as_ref().and_then(|a| a.first()) {
+                return Err(ctx.err(
+                    &path.referenced,
+                    format!("{}: only runs can ablate; move it to `runs:`", name.value),
+                ));
+            }
+            bases.push(base(name, e, false, ctx)?);
         }
-        for r in &parsed.runs {
-            bases.push(Base {
-                name: &r.name,
-                job: &r.job,
-                needs: &r.needs,
-                config: &r.config,
-                ablate: Some(&r.ablate),
-            });
+        for e in &parsed.runs.value {
+            let Some(name) = &e.value.name else {
+                return Err(ctx.err(&e.referenced, "every run needs a `name:`".into()));
+            };
+            bases.push(base(name, e, true, ctx)?);
         }
         let mut index: HashMap<&str, usize> = HashMap::new();
         for (i, b) in bases.iter().enumerate() {
             if !valid_name(b.name) {
-                return Err(ctx.err_at(
-                    None,
-                    b.name,
+                return Err(ctx.err(
+                    &b.at,
                     format!("name {:?} is not allowed: {NAME_RULE}", b.name),
                 ));
             }
             if index.insert(b.name, i).is_some() {
-                return Err(ctx.err_at(
-                    None,
-                    b.name,
+                return Err(ctx.err(
+                    &b.at,
                     format!(
                         "{:?} is defined twice; stage and run names must be unique",
                         b.name
                     ),
                 ));
             }
-            if !plume_jobs::JOB_KINDS.contains(&b.job) {
-                return Err(ctx.err_at(
-                    Some(b.name),
-                    b.job,
-                    format!(
-                        "{}: unknown job {:?}; expected one of {}",
-                        b.name,
-                        b.job,
-                        plume_jobs::JOB_KINDS.join(", ")
-                    ),
-                ));
-            }
-            for key in ["kind", "dataset"] {
-                if b.config.contains_key(key) && key == "kind" {
-                    return Err(ctx.err_at(
-                        Some(b.name),
-                        "kind",
-                        format!("{}: use `job:` for the job kind, not `kind:`", b.name),
-                    ));
-                }
-            }
-            if let Some(Value::String(m)) = b.config.get("method") {
-                if !plume_jobs::Method::ALL.iter().any(|x| x.name() == m) {
-                    return Err(ctx.err_at(
-                        Some(b.name),
-                        m,
-                        format!(
-                            "{}: unknown method {m:?}; expected one of {}",
-                            b.name,
-                            plume_jobs::Method::ALL.map(|x| x.name()).join(", ")
-                        ),
-                    ));
-                }
-            }
-            if let Some(ab) = b.ablate {
-                for (path, values) in ab {
-                    if values.is_empty() {
-                        return Err(ctx.err_at(
-                            Some(b.name),
-                            path,
-                            format!("{}: ablate.{path} lists no values", b.name),
-                        ));
-                    }
-                }
-            }
+            check_fields(b, ctx)?;
         }
         Ok(Entries { bases, index })
     }
@@ -128,53 +133,94 @@ impl<'a> Entries<'a> {
         let (bases, index) = (&self.bases, &self.index);
         // Needs: known names first, then no cycles, then a config field for each.
         for b in bases.iter() {
-            for n in b.needs {
-                if !index.contains_key(n.as_str()) {
-                    return Err(ctx.err_at(
-                        Some(b.name),
-                        n,
+            for n in b.needs() {
+                if !index.contains_key(n.value.as_str()) {
+                    return Err(ctx.err(
+                        &n.referenced,
                         format!(
-                            "{}: needs {n:?}, which is not a stage or run of this experiment",
-                            b.name
+                            "{}: needs {:?}, which is not a stage or run of this experiment",
+                            b.name, n.value
                         ),
                     ));
                 }
             }
         }
-        let order = topo_order(&bases.iter().map(|b| (b.name, b.needs)).collect::<Vec<_>>())
-            .map_err(|cycle| {
-                ctx.err_at(
-                    Some(&cycle[0]),
-                    "needs",
-                    format!("`needs` forms a cycle: {}", cycle.join(" -> ")),
-                )
-            })?;
+        let graph: Vec<(&str, Vec<&str>)> = bases
+            .iter()
+            .map(|b| (b.name, b.needs().iter().map(|n| n.value.as_str()).collect()))
+            .collect();
+        let order = topo_order(&graph).map_err(|cycle| {
+            // Point at the first `needs` along the cycle.
+            let first = self.get(&cycle[0]);
+            let at = first
+                .needs()
+                .iter()
+                .find(|n| n.value == cycle[1])
+                .map_or(first.at, |n| n.referenced);
+            ctx.err(
+                &at,
+                format!("`needs` forms a cycle: {}", cycle.join(" -> ")),
+            )
+        })?;
+        let swept = parsed.sweep.is_some();
         for b in bases.iter() {
-            for n in b.needs {
-                let up = self.get(n);
+            for n in b.needs() {
+                let up = self.get(&n.value);
                 if input_field(b.job, up.job).is_none() {
-                    return Err(ctx.err_at(
-                        Some(b.name),
-                        n,
+                    return Err(ctx.err(
+                        &n.referenced,
                         format!(
-                            "{}: a {} job cannot use the output of {n} (a {} job)",
-                            b.name, b.job, up.job
+                            "{}: a {} job cannot use the output of {} (a {} job)",
+                            b.name, b.job, n.value, up.job
                         ),
                     ));
                 }
-                if up.ablate.is_some_and(|a| !a.is_empty())
-                    || (parsed.sweep.is_some() && parsed.runs.iter().any(|r| r.name == *n))
-                {
-                    return Err(ctx.err_at(
-                    Some(b.name),
-                    n,
-                    format!("{}: needs {n:?}, which expands into several runs; depend on a single run or stage", b.name),
-                ));
+                let ablated = up.entry.ablate.as_ref().is_some_and(|a| !a.is_empty());
+                if ablated || (swept && up.is_run) {
+                    return Err(ctx.err(
+                        &n.referenced,
+                        format!(
+                            "{}: needs {:?}, which expands into several runs; depend on a single run or stage",
+                            b.name, n.value
+                        ),
+                    ));
                 }
             }
         }
         Ok(order)
     }
+}
+
+/// The checks of one entry's own fields that need no other entry.
+fn check_fields(b: &Base, ctx: &Ctx) -> Result<(), ExperimentError> {
+    let keys = &b.entry.config_keys;
+    if let Some(at) = keys.get("kind") {
+        return Err(ctx.err(
+            at,
+            format!("{}: use `job:` for the job kind, not `kind:`", b.name),
+        ));
+    }
+    if let Some(Value::String(m)) = b.entry.config.get("method") {
+        if !plume_jobs::Method::ALL.iter().any(|x| x.name() == m) {
+            return Err(ctx.err(
+                &keys["method"],
+                format!(
+                    "{}: unknown method {m:?}; expected one of {}",
+                    b.name,
+                    plume_jobs::Method::ALL.map(|x| x.name()).join(", ")
+                ),
+            ));
+        }
+    }
+    for (path, values) in b.entry.ablate.iter().flatten() {
+        if values.value.is_empty() {
+            return Err(ctx.err(
+                &path.referenced,
+                format!("{}: ablate.{} lists no values", b.name, path.value),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Config field an upstream run's checkpoint fills in a downstream job.
@@ -190,13 +236,13 @@ pub(super) fn input_field(downstream: &str, upstream: &str) -> Option<&'static s
 }
 
 /// Dependency order (Kahn's algorithm, stable); on a cycle, the names along it.
-fn topo_order(nodes: &[(&str, &[String])]) -> Result<Vec<usize>, Vec<String>> {
+fn topo_order(nodes: &[(&str, Vec<&str>)]) -> Result<Vec<usize>, Vec<String>> {
     let idx: BTreeMap<&str, usize> = nodes.iter().enumerate().map(|(i, n)| (n.0, i)).collect();
     let mut state = vec![0u8; nodes.len()]; // 0 new, 1 on stack, 2 done
     let mut order = Vec::new();
     fn visit(
         i: usize,
-        nodes: &[(&str, &[String])],
+        nodes: &[(&str, Vec<&str>)],
         idx: &BTreeMap<&str, usize>,
         state: &mut [u8],
         order: &mut Vec<usize>,
@@ -217,8 +263,8 @@ fn topo_order(nodes: &[(&str, &[String])]) -> Result<Vec<usize>, Vec<String>> {
         }
         state[i] = 1;
         stack.push(i);
-        for n in nodes[i].1 {
-            if let Some(&j) = idx.get(n.as_str()) {
+        for n in &nodes[i].1 {
+            if let Some(&j) = idx.get(n) {
                 visit(j, nodes, idx, state, order, stack)?;
             }
         }

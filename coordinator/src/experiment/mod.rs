@@ -5,17 +5,20 @@
 //! `max_restarts` and a checkpoint retention policy. Every error names the file, the line and
 //! column, and the form that was expected; nothing is stored for an experiment that fails.
 //!
-//! `file` reads and checks the file as written; `graph` checks its entries and their `needs`;
-//! `expand` turns them into runs.
+//! The stages, in order: `file` reads the file as written, every part with the place the
+//! YAML parser found it (so every error is placed by the parser, never by searching the
+//! text); `graph` checks the entries and their `needs`; `expand` (with `sweep`) turns them
+//! into runs, each checked exactly as the worker will parse it.
 
 use indexmap::IndexMap;
+use plume_jobs::yaml::{Mapping, Value};
 use rand::{Rng, SeedableRng};
-use serde_yaml::{Mapping, Value};
 use std::collections::{BTreeMap, HashMap};
 
 mod expand;
 mod file;
 mod graph;
+mod sweep;
 
 /// Largest experiment file accepted (checked before parsing).
 pub const MAX_EXPERIMENT_BYTES: usize = 256 * 1024;
@@ -155,16 +158,16 @@ pub struct PlannedRun {
 
 /// Parses, validates and expands an experiment.
 pub fn parse(file: &str, src: &str) -> Result<Experiment, ExperimentError> {
-    let ctx = file::Ctx { file, src };
-    let parsed = file::read(&ctx)?;
+    let ctx = file::Ctx { file };
+    let parsed = file::read(&ctx, src)?;
     let entries = graph::Entries::collect(&parsed, &ctx)?;
     let order = entries.check_needs(&parsed, &ctx)?;
     let runs = expand::plan(&parsed, &entries, &order, &ctx)?;
     Ok(Experiment {
-        name: parsed.name,
-        objective: parsed.objective,
+        name: parsed.name.value,
+        objective: parsed.objective.map(|o| o.value).unwrap_or_default(),
         max_restarts: parsed.max_restarts,
-        retention: parsed.checkpoints,
+        retention: parsed.checkpoints.map(|c| c.value).unwrap_or_default(),
         runs,
     })
 }

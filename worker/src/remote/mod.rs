@@ -12,6 +12,7 @@
 use crate::job::{CancelToken, Outcome, Reporter};
 use crate::runner::{self, JobSpec};
 use anyhow::Context;
+use plume_jobs::yaml;
 use plume_proto::v1 as pb;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -309,14 +310,14 @@ fn start_job(opts: &RemoteOptions, shared: &Arc<Shared>, c: Client, a: pb::Assig
             std::fs::create_dir_all(&cache)?;
             std::fs::create_dir_all(&dir)?;
             let mut c = c.clone();
-            let mut config: serde_yaml::Mapping = serde_yaml::from_str(&a.job_yaml)
+            let mut config: yaml::Mapping = yaml::from_str(&a.job_yaml)
                 .context("the coordinator sent a job that is not YAML")?;
             for input in &a.inputs {
                 let path =
                     handle.block_on(download(&mut c, fence, input.checkpoint_id, false, &cache))?;
                 config.insert(
-                    serde_yaml::Value::String(input.field.clone()),
-                    serde_yaml::Value::String(path.display().to_string()),
+                    input.field.clone(),
+                    yaml::Value::String(path.display().to_string()),
                 );
             }
             let resume = if a.resume_checkpoint > 0 {
@@ -325,7 +326,7 @@ fn start_job(opts: &RemoteOptions, shared: &Arc<Shared>, c: Client, a: pb::Assig
             } else {
                 None
             };
-            let text = serde_yaml::to_string(&config)?;
+            let text = yaml::to_string(&config)?;
             let spec = JobSpec::from_yaml(&text, &format!("{}/{}", a.experiment, a.run_name))?;
             runner::run(&spec, resume.as_deref(), device, &mut reporter, &cancel)
         })();

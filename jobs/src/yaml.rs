@@ -1,0 +1,197 @@
+//! The one YAML reader and writer of Plume: job files, experiment files and the run configs
+//! the coordinator stores all go through here.
+//!
+//! It wraps `serde-saphyr` (maintained, panic-free, with source spans) under budgets sized to
+//! Plume's own file limits, so that hostile input (deep nesting, alias bombs, huge scalars)
+//! is rejected by the parser before anything is built from it, in milliseconds.
+
+use serde::de::DeserializeOwned;
+use serde_saphyr::{Budget, MessageFormatter};
+
+/// A YAML value as Plume handles it dynamically (experiment configs, overrides): JSON's data
+/// model in written order, which is all a job config may use.
+pub type Value = serde_json::Value;
+/// A YAML mapping with string keys, in written order.
+pub type Mapping = serde_json::Map<String, Value>;
+/// A 1-based line and column in a YAML source.
+pub use serde_saphyr::Location;
+/// A value with the place it was written (`.referenced` is where it appears in the file).
+pub use serde_saphyr::Spanned;
+
+/// Nesting deeper than this is refused (an experiment needs about 6 levels).
+pub const MAX_DEPTH: usize = 32;
+/// Most parser nodes in one document: a 256 KiB experiment of one-character list items
+/// has about 130,000, so this refuses only inputs no experiment needs.
+pub const MAX_NODES: usize = 150_000;
+/// Most aliases (`*name`) in one document; they are rarely useful in configs.
+pub const MAX_ALIASES: usize = 64;
+
+/// A YAML text that could not be read as the expected shape.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{line}:{column}: {message}")]
+pub struct YamlError {
+    /// 1-based line (0 when the parser could not place it).
+    pub line: usize,
+    /// 1-based column (0 when the parser could not place it).
+    pub column: usize,
+    /// What is wrong, without the position.
+    pub message: String,
+}
+
+fn options() -> serde_saphyr::Options {
+    let mut budget = Budget::default();
+    budget.max_depth = MAX_DEPTH;
+    budget.flow_nesting_limit = MAX_DEPTH;
+    budget.max_nodes = MAX_NODES;
+    budget.max_events = 2 * MAX_NODES;
+    budget.max_aliases = MAX_ALIASES;
+    budget.max_anchors = MAX_ALIASES;
+    budget.max_documents = 1;
+    budget.max_total_scalar_bytes = 4 << 20;
+    budget.max_total_comment_bytes = 4 << 20;
+    serde_saphyr::options! {
+        budget: Some(budget),
+        with_snippet: false,
+    }
+}
+
+impl From<serde_saphyr::Error> for YamlError {
+    fn from(e: serde_saphyr::Error) -> Self {
+        let e = e.without_snippet();
+        let (line, column) = e
+            .location()
+            .map_or((0, 0), |l| (l.line() as usize, l.column() as usize));
+        // The formatter gives the message without the position, which is carried apart;
+        // control characters from hostile input are escaped, never echoed raw.
+        let message = serde_saphyr::DefaultMessageFormatter
+            .format_message(e)
+            .chars()
+            .flat_map(|c| {
+                let escaped = c.is_control().then(|| c.escape_default());
+                escaped
+                    .into_iter()
+                    .flatten()
+                    .chain((!c.is_control()).then_some(c))
+            })
+            .collect::<String>();
+        let message =
+            if message.starts_with("budget breached") || message.contains("recursion limit") {
+                format!(
+                    "{message}: larger or deeper than any Plume file needs once its aliases are \
+                 expanded (at most {MAX_NODES} nodes, depth {MAX_DEPTH}, {MAX_ALIASES} aliases)"
+                )
+            } else {
+                message
+            };
+        YamlError {
+            line,
+            column,
+            message,
+        }
+    }
+}
+
+/// Reads `text` as a `T`, within the budgets above.
+pub fn from_str<T: DeserializeOwned>(text: &str) -> Result<T, YamlError> {
+    Ok(serde_saphyr::from_str_with_options(text, options())?)
+}
+
+/// Writes `value` as YAML (block style, keys in their order).
+pub fn to_string<T: serde::Serialize>(value: &T) -> Result<String, YamlError> {
+    serde_saphyr::to_string(value).map_err(|e| YamlError {
+        line: 0,
+        column: 0,
+        message: e.to_string(),
+    })
+}
+
+/// 1-based `(line, column)` of a spanned value.
+pub fn position(at: &Location) -> (usize, usize) {
+    (at.line() as usize, at.column() as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    fn rejected_quickly(text: &str) -> YamlError {
+        let t = Instant::now();
+        let err = from_str::<Value>(text).expect_err("hostile input must be refused");
+        // Generous: the point is milliseconds, not the 50 s serde_yaml took on nesting.
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "took {:?}",
+            t.elapsed()
+        );
+        err
+    }
+
+    #[test]
+    fn deep_flow_nesting_is_refused_by_the_parser() {
+        let err = rejected_quickly(&"[".repeat(200_000));
+        assert!(
+            err.message.contains("recursion") || err.message.contains("Depth"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn deep_block_nesting_is_refused() {
+        let err = rejected_quickly(&"- ".repeat(100_000));
+        assert!(
+            err.message.contains("Depth") || err.message.contains("depth"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn alias_bombs_are_refused() {
+        let mut text = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..9 {
+            let p = i - 1;
+            text += &format!("a{i}: &a{i} [{}]\n", vec![format!("*a{p}"); 9].join(", "));
+        }
+        let err = rejected_quickly(&text);
+        assert!(err.line > 0, "{err}");
+    }
+
+    #[test]
+    fn errors_carry_the_parsers_own_position() {
+        #[derive(Debug, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct Shape {
+            name: String,
+            steps: u32,
+        }
+        let err = from_str::<Shape>("name: x\nstepz: 3\n").unwrap_err();
+        assert_eq!((err.line, err.column), (2, 1), "{err}");
+        assert!(err.message.contains("stepz"), "{err}");
+        let err = from_str::<Shape>("name: x\nsteps: lots\n").unwrap_err();
+        assert_eq!((err.line, err.column), (2, 8), "{err}");
+        let err = from_str::<Value>("a: .nan\n").unwrap_err();
+        assert_eq!(err.line, 1, "{err}");
+    }
+
+    #[test]
+    fn spans_point_at_values() {
+        #[derive(serde::Deserialize)]
+        struct Named {
+            name: Spanned<String>,
+        }
+        let n: Named = from_str("# comment\nname:   bird\n").unwrap();
+        assert_eq!(n.name.value, "bird");
+        assert_eq!(position(&n.name.referenced), (2, 9));
+    }
+
+    #[test]
+    fn values_round_trip_in_written_order() {
+        let text = "kind: train-text\nsteps: 10\nlr: 0.001\nlosses:\n  b: 1.0\n  a: [1, 2]\n";
+        let v: Value = from_str(text).unwrap();
+        let back = to_string(&v).unwrap();
+        let again: Value = from_str(&back).unwrap();
+        assert_eq!(v, again);
+        assert!(back.starts_with("kind: train-text\n"), "{back}");
+    }
+}

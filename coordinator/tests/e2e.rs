@@ -6,7 +6,7 @@
 use plume_coordinator::client::user_client;
 use plume_coordinator::pg::free_port;
 use plume_coordinator::states::{AttemptState, ExperimentState, Outcome, RunState};
-use plume_coordinator::store::{Fence, Series, Store, StoreError};
+use plume_coordinator::store::{Beat, Fence, Series, Store, StoreError};
 use plume_proto::v1 as pb;
 use std::collections::BTreeMap;
 
@@ -498,6 +498,12 @@ async fn a_stale_attempt_cannot_write() {
         .finish(third.fence, Outcome::Succeeded, "ok", 5)
         .await
         .unwrap();
+    // A heartbeat sent just before that Finish, arriving after it, finds a finished attempt,
+    // not a lost lease (the worker must not be told its finished run was reassigned).
+    assert_eq!(
+        store.heartbeat(third.fence, 5, 5).await.unwrap(),
+        Beat::Finished
+    );
     let attempts = store.attempts(second.fence.run).await.unwrap();
     assert_eq!(
         attempts.iter().map(|a| a.state).collect::<Vec<_>>(),

@@ -91,9 +91,120 @@ impl From<serde_saphyr::Error> for YamlError {
     }
 }
 
-/// Reads `text` as a `T`, within the budgets above.
+/// Reads `text` as a `T`, within the budgets above. A shape error names the field it is
+/// about (`network.channels: invalid u32`), since the parser's own message does not.
 pub fn from_str<T: DeserializeOwned>(text: &str) -> Result<T, YamlError> {
-    Ok(serde_saphyr::from_str_with_options(text, options())?)
+    serde_saphyr::from_str_with_options(text, options()).map_err(|e| {
+        let mut e = YamlError::from(e);
+        let mut path = key_path_at(text, e.line, e.column);
+        // "unknown field `x`" already names its leaf; the section it is in is what helps.
+        if path
+            .last()
+            .is_some_and(|leaf| e.message.contains(&format!("`{leaf}`")))
+        {
+            path.pop();
+        }
+        if !path.is_empty() {
+            e.message = format!("{}: {}", path.join("."), e.message);
+        }
+        e
+    })
+}
+
+/// A document's keys and items with their places; only read to name an error's field.
+enum Tree {
+    Map(Vec<(Spanned<String>, Spanned<Tree>)>),
+    Seq(Vec<Spanned<Tree>>),
+    Leaf,
+}
+
+impl<'de> serde::Deserialize<'de> for Tree {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct TreeVisitor;
+        impl<'de> serde::de::Visitor<'de> for TreeVisitor {
+            type Value = Tree;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any YAML node")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Tree, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(entry) = m.next_entry()? {
+                    entries.push(entry);
+                }
+                Ok(Tree::Map(entries))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut s: A) -> Result<Tree, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = s.next_element()? {
+                    items.push(item);
+                }
+                Ok(Tree::Seq(items))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Tree, E> {
+                Ok(Tree::Leaf)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Tree, E> {
+                Ok(Tree::Leaf)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Tree, E> {
+                Ok(Tree::Leaf)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Tree, E> {
+                Ok(Tree::Leaf)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Tree, E> {
+                Ok(Tree::Leaf)
+            }
+            fn visit_unit<E>(self) -> Result<Tree, E> {
+                Ok(Tree::Leaf)
+            }
+        }
+        d.deserialize_any(TreeVisitor)
+    }
+}
+
+/// The keys (and `[i]` items) leading to the node written at `line`:`column`: in each
+/// mapping or list, the last entry that starts at or before it. Empty when the text does
+/// not parse as YAML or the place is outside every entry.
+pub fn key_path_at(text: &str, line: usize, column: usize) -> Vec<String> {
+    let mut path = Vec::new();
+    if line == 0 {
+        return path;
+    }
+    let Ok(mut node) = serde_saphyr::from_str_with_options::<Tree>(text, options()) else {
+        return path;
+    };
+    let at = (line, column);
+    let starts_before = |l: &Location| position(l) <= at;
+    loop {
+        node = match node {
+            Tree::Map(entries) => match entries
+                .into_iter()
+                .rfind(|(k, _)| starts_before(&k.referenced))
+            {
+                Some((k, v)) => {
+                    path.push(k.value);
+                    v.value
+                }
+                None => break,
+            },
+            Tree::Seq(items) => {
+                match items
+                    .into_iter()
+                    .enumerate()
+                    .rfind(|(_, v)| starts_before(&v.referenced))
+                {
+                    Some((i, v)) => {
+                        path.push(format!("[{i}]"));
+                        v.value
+                    }
+                    None => break,
+                }
+            }
+            Tree::Leaf => break,
+        };
+    }
+    path
 }
 
 /// Writes `value` as YAML (block style, keys in their order).
@@ -170,8 +281,19 @@ mod tests {
         assert!(err.message.contains("stepz"), "{err}");
         let err = from_str::<Shape>("name: x\nsteps: lots\n").unwrap_err();
         assert_eq!((err.line, err.column), (2, 8), "{err}");
+        assert!(err.message.starts_with("steps: "), "{err}");
         let err = from_str::<Value>("a: .nan\n").unwrap_err();
         assert_eq!(err.line, 1, "{err}");
+    }
+
+    #[test]
+    fn key_paths_name_the_field_at_a_place() {
+        let text = "a: 1\nnet:\n  layers: [4, {width: x}]\n  depth: 2\nz: {q: 1}\n";
+        assert_eq!(key_path_at(text, 1, 4), ["a"]);
+        assert_eq!(key_path_at(text, 3, 22), ["net", "layers", "[1]", "width"]);
+        assert_eq!(key_path_at(text, 4, 10), ["net", "depth"]);
+        assert_eq!(key_path_at(text, 5, 8), ["z", "q"]);
+        assert!(key_path_at("[unclosed", 1, 2).is_empty());
     }
 
     #[test]

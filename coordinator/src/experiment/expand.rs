@@ -158,7 +158,13 @@ fn check_as_the_worker_will(
     let field = match &e {
         // The generated document's positions mean nothing to the user; its top-level key
         // at that line is the field they wrote.
-        plume_jobs::JobError::Yaml { line: Some(l), .. } => top_level_key_at(&text, *l),
+        plume_jobs::JobError::Yaml {
+            line: Some(l),
+            column,
+            ..
+        } => yaml::key_path_at(&text, *l, column.unwrap_or(1))
+            .into_iter()
+            .next(),
         plume_jobs::JobError::Invalid { rule, .. } => Some(top_field(rule)),
         _ => None,
     };
@@ -178,15 +184,6 @@ fn check_as_the_worker_will(
         })
         .unwrap_or(b.at);
     Err(ctx.err(&at, message))
-}
-
-/// The top-level key of a YAML mapping written at or before `line`.
-fn top_level_key_at(text: &str, line: usize) -> Option<String> {
-    let keys: IndexMap<Spanned<String>, serde::de::IgnoredAny> = yaml::from_str(text).ok()?;
-    keys.keys()
-        .filter(|k| k.referenced.line() as usize <= line)
-        .max_by_key(|k| k.referenced.line())
-        .map(|k| k.value.clone())
 }
 
 /// The top-level config field a rule names (`losses` for `losses.preservation`).

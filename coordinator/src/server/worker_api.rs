@@ -65,8 +65,8 @@ impl WorkerApi for Coordinator {
                             if let Some(f) = running {
                                 if f.worker != worker { continue; }
                                 match me.store.heartbeat(f, hb.step, hb.total_steps).await {
-                                    Ok(false) => {}
-                                    Ok(true) => {
+                                    Ok(Beat::Renewed { cancel_requested: false } | Beat::Finished) => {}
+                                    Ok(Beat::Renewed { cancel_requested: true }) => {
                                         let _ = tx.send(Ok(cancel_msg(f, "cancelled by user"))).await;
                                     }
                                     Err(StoreError::Stale { .. }) => {

@@ -16,6 +16,19 @@ pub struct Fence {
     pub attempt: i32,
 }
 
+/// What a heartbeat found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Beat {
+    /// The lease was renewed; whether the user asked to cancel the run.
+    Renewed {
+        /// A cancel was requested.
+        cancel_requested: bool,
+    },
+    /// The attempt already ended by its own worker's Finish (a heartbeat sent just before it
+    /// arrived after it): nothing to renew and nothing lost.
+    Finished,
+}
+
 /// Work handed to a worker.
 #[derive(Debug, Clone)]
 pub struct Claim {
@@ -235,9 +248,10 @@ impl Store {
         }))
     }
 
-    /// Renews the lease of a running attempt and records progress. Returns whether a cancel
-    /// was requested; `Stale` when the attempt lost its lease.
-    pub async fn heartbeat(&self, f: Fence, step: i64, total: i64) -> Result<bool> {
+    /// Renews the lease of a running attempt and records progress. `Stale` when the attempt
+    /// lost its lease (another attempt has the run, or the rescuer took it back); a heartbeat
+    /// that arrives after its own attempt finished is [`Beat::Finished`], not a lost lease.
+    pub async fn heartbeat(&self, f: Fence, step: i64, total: i64) -> Result<Beat> {
         sqlx::query("UPDATE workers SET last_seen = now() WHERE id = $1")
             .bind(f.worker)
             .execute(&self.pool)
@@ -257,11 +271,27 @@ impl Store {
         .bind(RunState::Running)
         .fetch_optional(&self.pool)
         .await?;
-        r.ok_or(StoreError::Stale {
-            run: f.run,
-            attempt: f.attempt,
-            worker: f.worker,
-        })
+        if let Some(cancel_requested) = r {
+            return Ok(Beat::Renewed { cancel_requested });
+        }
+        // The worker's heartbeat and its Finish race on separate streams: an attempt that
+        // ended by its own worker's hand is finished, whatever the heartbeat says.
+        let ended: Option<AttemptState> = sqlx::query_scalar(
+            "SELECT state FROM attempts WHERE run_id = $1 AND attempt = $2 AND worker_id = $3",
+        )
+        .bind(f.run)
+        .bind(f.attempt)
+        .bind(f.worker)
+        .fetch_optional(&self.pool)
+        .await?;
+        match ended {
+            Some(s) if s.is_final() && s != AttemptState::Lost => Ok(Beat::Finished),
+            _ => Err(StoreError::Stale {
+                run: f.run,
+                attempt: f.attempt,
+                worker: f.worker,
+            }),
+        }
     }
 
     /// Ends an attempt. Success queues the runs whose needs are now all met; failure fails the

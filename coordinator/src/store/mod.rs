@@ -28,7 +28,7 @@ mod queries;
 
 pub use checkpoints::{ArtifactRow, CheckpointRow, RunStorage, Storage};
 pub use curves::{NewChunk, Ranked, TimedCurves, TimedSeries};
-pub use lifecycle::{Claim, Fence};
+pub use lifecycle::{Beat, Claim, Fence};
 pub use metrics::{MetricSummary, Series};
 pub use queries::{AttemptRow, ExperimentRow, RunProgress, RunRow};
 

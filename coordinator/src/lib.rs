@@ -5,7 +5,6 @@
 
 pub mod bench;
 pub mod blobs;
-pub mod browser;
 pub mod client;
 pub mod downsample;
 pub mod experiment;

@@ -60,66 +60,71 @@ impl PrivatePostgres {
         let as_postgres = running_as_root();
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let dir = dir.canonicalize()?;
-        let data = dir.join("pgdata");
         if as_postgres {
-            // The server user must be able to reach its directory.
-            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
-            let mut a = dir.parent();
-            while let Some(p) = a {
-                let mode = std::fs::metadata(p)?.permissions().mode();
-                if mode & 0o001 == 0 {
-                    bail!("{} is not searchable by other users; the private Postgres (run as user postgres) cannot reach {}", p.display(), dir.display());
-                }
-                a = p.parent();
-            }
+            reachable_by_the_server_user(&dir)?;
         }
         let mut pg = PrivatePostgres {
             child: None,
-            data: data.clone(),
+            data: dir.join("pgdata"),
             bin,
             as_postgres,
             url: format!("postgres://postgres@127.0.0.1:{port}/plume"),
         };
-        if !data.join("PG_VERSION").is_file() {
-            std::fs::create_dir_all(&data)?;
-            if as_postgres {
-                chown_postgres(&data)?;
+        pg.initialise_or_stop_leftover()?;
+        pg.spawn_server(&dir, port)?;
+        pg.wait_and_create_database(&dir, port)?;
+        Ok(pg)
+    }
+
+    /// `initdb` on first use; otherwise stops a server a killed `plume up` left behind.
+    fn initialise_or_stop_leftover(&self) -> anyhow::Result<()> {
+        let data = &self.data;
+        if data.join("PG_VERSION").is_file() {
+            if data.join("postmaster.pid").exists() {
+                let _ = self
+                    .command("pg_ctl")
+                    .args(["stop", "-m", "fast", "-D"])
+                    .arg(data)
+                    .output();
             }
-            let out = pg
-                .command("initdb")
-                .args(["-D"])
-                .arg(&data)
-                .args([
-                    "-U",
-                    "postgres",
-                    "--auth=trust",
-                    "-E",
-                    "UTF8",
-                    "--no-instructions",
-                ])
-                .output()
-                .context("running initdb")?;
-            if !out.status.success() {
-                bail!("initdb failed: {}", String::from_utf8_lossy(&out.stderr));
-            }
-        } else if data.join("postmaster.pid").exists() {
-            // A server left behind by a killed `plume up`: stop it before starting ours.
-            let _ = pg
-                .command("pg_ctl")
-                .args(["stop", "-m", "fast", "-D"])
-                .arg(&data)
-                .output();
+            return Ok(());
         }
+        std::fs::create_dir_all(data)?;
+        if self.as_postgres {
+            chown_postgres(data)?;
+        }
+        let out = self
+            .command("initdb")
+            .args(["-D"])
+            .arg(data)
+            .args([
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-instructions",
+            ])
+            .output()
+            .context("running initdb")?;
+        if !out.status.success() {
+            bail!("initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    }
+
+    /// Starts `postgres` on 127.0.0.1:`port`, its socket and log under `dir`.
+    fn spawn_server(&mut self, dir: &Path, port: u16) -> anyhow::Result<()> {
         let sock = dir.join("sock");
         std::fs::create_dir_all(&sock)?;
-        if as_postgres {
+        if self.as_postgres {
             chown_postgres(&sock)?;
         }
         let log = std::fs::File::create(dir.join("postgres.log"))?;
-        let child = pg
+        let child = self
             .command("postgres")
             .arg("-D")
-            .arg(&data)
+            .arg(&self.data)
             .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1"])
             .arg("-c")
             .arg(format!("unix_socket_directories={}", sock.display()))
@@ -133,41 +138,23 @@ impl PrivatePostgres {
             .stderr(log)
             .spawn()
             .context("starting postgres")?;
-        pg.child = Some(child);
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Waits (30 s at most) until the server answers, then creates `plume` if it is missing.
+    fn wait_and_create_database(&mut self, dir: &Path, port: u16) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(30);
+        let log = dir.join("postgres.log");
         loop {
-            let out = pg
-                .command("psql")
-                .args([
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    &port.to_string(),
-                    "-U",
-                    "postgres",
-                    "-d",
-                    "postgres",
-                    "-tAc",
-                ])
-                .arg("SELECT 1 FROM pg_database WHERE datname = 'plume'")
-                .output()?;
+            let out = self.psql(
+                port,
+                "-tAc",
+                "SELECT 1 FROM pg_database WHERE datname = 'plume'",
+            )?;
             if out.status.success() {
                 if String::from_utf8_lossy(&out.stdout).trim() != "1" {
-                    let c = pg
-                        .command("psql")
-                        .args([
-                            "-h",
-                            "127.0.0.1",
-                            "-p",
-                            &port.to_string(),
-                            "-U",
-                            "postgres",
-                            "-d",
-                            "postgres",
-                            "-c",
-                            "CREATE DATABASE plume",
-                        ])
-                        .output()?;
+                    let c = self.psql(port, "-c", "CREATE DATABASE plume")?;
                     if !c.status.success() {
                         bail!(
                             "creating database plume: {}",
@@ -175,23 +162,46 @@ impl PrivatePostgres {
                         );
                     }
                 }
-                break;
+                return Ok(());
             }
-            if let Some(status) = pg.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                bail!(
-                    "postgres exited ({status}); see {}",
-                    dir.join("postgres.log").display()
-                );
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                bail!("postgres exited ({status}); see {}", log.display());
             }
             if Instant::now() > deadline {
                 bail!(
                     "postgres did not accept connections within 30 s; see {}",
-                    dir.join("postgres.log").display()
+                    log.display()
                 );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        Ok(pg)
+    }
+
+    /// `psql FLAG SQL` against the maintenance database.
+    fn psql(&self, port: u16, flag: &str, sql: &str) -> anyhow::Result<std::process::Output> {
+        let port = port.to_string();
+        let args = [
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+        ];
+        Ok(self.command("psql").args(args).args([flag, sql]).output()?)
+    }
+
+    /// [`PrivatePostgres::start`] on a free port, from async code: `initdb` and the server's
+    /// start block for seconds, so they run on the blocking pool, not a runtime thread.
+    pub async fn start_in_background(dir: PathBuf) -> anyhow::Result<PrivatePostgres> {
+        let port = free_port()?;
+        tokio::task::spawn_blocking(move || PrivatePostgres::start(&dir, port)).await?
     }
 
     /// Stops the server (fast shutdown: running transactions are rolled back, data is safe).
@@ -223,6 +233,20 @@ fn command(bin: &Path, program: &str, as_postgres: bool) -> Command {
     } else {
         Command::new(bin.join(program))
     }
+}
+
+/// The server runs as user `postgres`: it must be able to reach `dir` through every parent.
+fn reachable_by_the_server_user(dir: &Path) -> anyhow::Result<()> {
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+    let mut a = dir.parent();
+    while let Some(p) = a {
+        let mode = std::fs::metadata(p)?.permissions().mode();
+        if mode & 0o001 == 0 {
+            bail!("{} is not searchable by other users; the private Postgres (run as user postgres) cannot reach {}", p.display(), dir.display());
+        }
+        a = p.parent();
+    }
+    Ok(())
 }
 
 fn chown_postgres(p: &Path) -> anyhow::Result<()> {

@@ -9,8 +9,7 @@ use plume_coordinator::store::{Fence, Series, Store, StoreError};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-mod common;
-use common::postgres;
+use plume_coordinator::pg::PrivatePostgres;
 
 /// A text-like checkpoint at `step`: a frozen tensor shared by every step, trained weights and
 /// Adam moments that change each step (the moments span several chunks).
@@ -95,7 +94,9 @@ async fn report(store: &Store, f: Fence, step: i64, score: f64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resume_state_lives_only_where_a_resume_needs_it() {
     let tmp = tempfile::tempdir().unwrap();
-    let pg = postgres(tmp.path().join("pg")).await;
+    let pg = PrivatePostgres::start_in_background(tmp.path().join("pg"))
+        .await
+        .unwrap();
     let store = Store::connect(&pg.url, Duration::from_secs(30))
         .await
         .unwrap();

@@ -7,8 +7,7 @@ use plume_coordinator::states::{AttemptState, RunState};
 use plume_coordinator::store::Store;
 use std::time::{Duration, Instant};
 
-mod common;
-use common::postgres;
+use plume_coordinator::pg::PrivatePostgres;
 
 const YAML: &str = "name: rescue
 dataset: {kind: cub, path: x}
@@ -22,7 +21,9 @@ objective: {metric: eval/score, mode: max}
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_workers_run_is_requeued_when_its_lease_expires_and_not_before() {
     let tmp = tempfile::tempdir().unwrap();
-    let pg = postgres(tmp.path().join("pg")).await;
+    let pg = PrivatePostgres::start_in_background(tmp.path().join("pg"))
+        .await
+        .unwrap();
     let lease = Duration::from_secs(2);
     let store = Store::connect(&pg.url, lease).await.unwrap();
     let exp = plume_coordinator::experiment::parse("rescue.yaml", YAML).unwrap();

@@ -6,8 +6,7 @@ use plume_coordinator::store::Store;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-mod common;
-use common::postgres;
+use plume_coordinator::pg::PrivatePostgres;
 
 const YAML: &str = "name: params
 dataset: {kind: cub, path: x}
@@ -29,7 +28,9 @@ objective: {metric: eval/score, mode: max}
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runs_carry_their_method_and_values_and_old_runs_get_them_from_the_migration() {
     let tmp = tempfile::tempdir().unwrap();
-    let pg = postgres(tmp.path().join("pg")).await;
+    let pg = PrivatePostgres::start_in_background(tmp.path().join("pg"))
+        .await
+        .unwrap();
     let store = Store::connect(&pg.url, Duration::from_secs(30))
         .await
         .unwrap();

@@ -10,7 +10,7 @@
 use crate::experiment::{self, Mode};
 use crate::follow::Follower;
 use crate::states::{Outcome, RunState};
-use crate::store::{Beat, Fence, Series, Store, StoreError};
+use crate::store::{Beat, Claim, Fence, Series, Store, StoreError};
 use pb::user_api_server::{UserApi, UserApiServer};
 use pb::worker_api_server::{WorkerApi, WorkerApiServer};
 use pb::RunState as PbRunState;

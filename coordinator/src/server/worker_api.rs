@@ -85,31 +85,10 @@ impl WorkerApi for Coordinator {
                 if idle && running.is_none() {
                     match me.store.claim(worker, &kinds).await {
                         Ok(Some(c)) => {
-                            let msg = pb::CoordinatorMessage {
-                                kind: Some(pb::coordinator_message::Kind::Assign(pb::Assignment {
-                                    fence: Some(pb::Fence {
-                                        worker_id: c.fence.worker,
-                                        run_id: c.fence.run,
-                                        attempt: c.fence.attempt,
-                                    }),
-                                    experiment: c.experiment,
-                                    run_name: c.run_name,
-                                    job_kind: c.job_kind,
-                                    job_yaml: c.config,
-                                    inputs: c
-                                        .inputs
-                                        .into_iter()
-                                        .map(|(field, checkpoint_id)| pb::Input {
-                                            field,
-                                            checkpoint_id,
-                                        })
-                                        .collect(),
-                                    resume_checkpoint: c.resume.map_or(0, |r| r.0),
-                                    resume_step: c.resume.map_or(0, |r| r.1),
-                                })),
-                            };
+                            let fence = c.fence;
+                            let msg = assignment(c);
                             idle = false;
-                            running = Some(c.fence);
+                            running = Some(fence);
                             if tx.send(Ok(msg)).await.is_err() {
                                 break;
                             }
@@ -266,5 +245,33 @@ fn cancel_msg(f: Fence, reason: &str) -> pb::CoordinatorMessage {
             }),
             reason: reason.into(),
         })),
+    }
+}
+
+/// The message that hands a claimed run to its worker.
+fn assignment(c: Claim) -> pb::CoordinatorMessage {
+    let assignment = pb::Assignment {
+        fence: Some(pb::Fence {
+            worker_id: c.fence.worker,
+            run_id: c.fence.run,
+            attempt: c.fence.attempt,
+        }),
+        experiment: c.experiment,
+        run_name: c.run_name,
+        job_kind: c.job_kind,
+        job_yaml: c.config,
+        inputs: c
+            .inputs
+            .into_iter()
+            .map(|(field, checkpoint_id)| pb::Input {
+                field,
+                checkpoint_id,
+            })
+            .collect(),
+        resume_checkpoint: c.resume.map_or(0, |r| r.0),
+        resume_step: c.resume.map_or(0, |r| r.1),
+    };
+    pb::CoordinatorMessage {
+        kind: Some(pb::coordinator_message::Kind::Assign(assignment)),
     }
 }

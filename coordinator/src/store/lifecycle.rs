@@ -203,21 +203,7 @@ impl Store {
             // later points so the curve keeps one point per (metric, step).
             truncate_after(&mut tx, run, from).await?;
         }
-        let inputs: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT d.field, (SELECT c.id FROM checkpoints c WHERE c.run_id = d.upstream_id \
-             ORDER BY c.step DESC LIMIT 1) FROM run_deps d WHERE d.run_id = $1",
-        )
-        .bind(run)
-        .fetch_all(&mut *tx)
-        .await?
-        .into_iter()
-        .map(|(f, c): (String, Option<i64>)| (f, c.unwrap_or(0)))
-        .collect();
-        if let Some((field, _)) = inputs.iter().find(|(_, c)| *c == 0) {
-            return Err(StoreError::Invalid(format!(
-                "run {run}: the upstream run for `{field}` left no checkpoint"
-            )));
-        }
+        let inputs = upstream_checkpoints(&mut tx, run).await?;
         event(
             &mut tx,
             run,
@@ -577,4 +563,28 @@ pub(super) async fn settle(tx: &mut Tx<'_>, run: i64, state: RunState) -> Result
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+/// The latest checkpoint of each upstream run a run needs, by config field; an upstream run
+/// without one is an error (the run cannot start).
+async fn upstream_checkpoints(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    run: i64,
+) -> Result<Vec<(String, i64)>> {
+    let inputs: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT d.field, (SELECT c.id FROM checkpoints c WHERE c.run_id = d.upstream_id \
+         ORDER BY c.step DESC LIMIT 1) FROM run_deps d WHERE d.run_id = $1",
+    )
+    .bind(run)
+    .fetch_all(&mut **tx)
+    .await?
+    .into_iter()
+    .map(|(f, c): (String, Option<i64>)| (f, c.unwrap_or(0)))
+    .collect();
+    if let Some((field, _)) = inputs.iter().find(|(_, c)| *c == 0) {
+        return Err(StoreError::Invalid(format!(
+            "run {run}: the upstream run for `{field}` left no checkpoint"
+        )));
+    }
+    Ok(inputs)
 }

@@ -15,8 +15,9 @@
 //! - `done`: every followed run has ended and every point was sent; the client should close.
 
 use super::{ApiError, ApiQuery};
-use crate::follow::Follower;
+use crate::follow::{Follower, Look};
 use crate::server::Coordinator;
+use crate::store::Store;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -80,30 +81,7 @@ pub async fn stream(
     let store = c.store().clone();
     let poll = c.intervals().follow_poll;
     let exp = store.resolve_experiment(&exp).await?;
-    let mut runs: Vec<(i64, String)> = store
-        .runs(exp)
-        .await?
-        .into_iter()
-        .map(|r| (r.id, r.name))
-        .collect();
-    let wanted: Vec<i64> = q
-        .runs
-        .split(',')
-        .filter(|r| !r.is_empty())
-        .map(|r| {
-            r.parse::<i64>()
-                .map_err(|_| ApiError::bad_request(format!("runs: {r:?} is not a run id")))
-        })
-        .collect::<Result<_, _>>()?;
-    if !wanted.is_empty() {
-        if let Some(missing) = wanted.iter().find(|w| !runs.iter().any(|r| r.0 == **w)) {
-            return Err(ApiError {
-                code: axum::http::StatusCode::NOT_FOUND,
-                message: format!("no run with id {missing} in this experiment"),
-            });
-        }
-        runs.retain(|r| wanted.contains(&r.0));
-    }
+    let runs = selected_runs(&store, exp, &q.runs).await?;
     let resume = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -121,43 +99,19 @@ pub async fn stream(
             let Ok(look) = follower.look().await else {
                 return;
             };
-            // Points first, so a `run` event saying "succeeded" follows the run's last points.
-            // One event per run and look, its metrics merged in chunk order.
-            let mut by_run: BTreeMap<i64, BTreeMap<String, serde_json::Value>> = BTreeMap::new();
-            for ch in look.chunks {
-                let m = by_run.entry(ch.run).or_default();
-                let e = m
-                    .entry(ch.name)
-                    .or_insert_with(|| json!({"steps": [], "values": [], "times": []}));
-                let n = ch.series.steps.len();
-                extend(&mut e["steps"], ch.series.steps.iter().map(|s| json!(s)));
-                extend(&mut e["values"], ch.series.values.iter().map(|v| json!(v)));
-                extend(&mut e["times"], std::iter::repeat_n(json!(ch.time), n));
-            }
             let id = format_cursors(follower.cursors());
-            let points = by_run.into_iter().map(|(run, metrics)| {
-                let data = json!({"run": names[&run], "metrics": metrics});
-                Event::default()
-                    .event("points")
-                    .id(id.clone())
-                    .data(data.to_string())
-            });
-            let runs = look.changed.into_iter().map(|(r, _)| {
-                let data = json!({"run": r.name, "state": r.state, "ended": r.state.is_final(),
-                    "step": r.step, "total_steps": r.total_steps, "attempt": r.attempt,
-                    "error": r.error});
-                Event::default().event("run").data(data.to_string())
-            });
-            for ev in points.chain(runs) {
+            let finished = look.finished;
+            let caught_up = look.caught_up;
+            for ev in look_events(look, &names, &id) {
                 if tx.send(Ok(ev)).await.is_err() {
                     return;
                 }
             }
-            if look.finished {
+            if finished {
                 let _ = tx.send(Ok(Event::default().event("done").data("{}"))).await;
                 return;
             }
-            if look.caught_up {
+            if caught_up {
                 tokio::select! {
                     _ = tx.closed() => return,
                     _ = tokio::time::sleep(poll) => {}
@@ -166,6 +120,71 @@ pub async fn stream(
         }
     });
     Ok(Sse::new(ReceiverStream::new(rx)).keep_alive(KeepAlive::default()))
+}
+
+/// The experiment's runs, or those of `wanted_ids` (comma-separated run ids) when given.
+async fn selected_runs(
+    store: &Store,
+    exp: i64,
+    wanted_ids: &str,
+) -> Result<Vec<(i64, String)>, ApiError> {
+    let mut runs: Vec<(i64, String)> = store
+        .runs(exp)
+        .await?
+        .into_iter()
+        .map(|r| (r.id, r.name))
+        .collect();
+    let wanted: Vec<i64> = wanted_ids
+        .split(',')
+        .filter(|r| !r.is_empty())
+        .map(|r| {
+            r.parse::<i64>()
+                .map_err(|_| ApiError::bad_request(format!("runs: {r:?} is not a run id")))
+        })
+        .collect::<Result<_, _>>()?;
+    if !wanted.is_empty() {
+        if let Some(missing) = wanted.iter().find(|w| !runs.iter().any(|r| r.0 == **w)) {
+            return Err(ApiError {
+                code: axum::http::StatusCode::NOT_FOUND,
+                message: format!("no run with id {missing} in this experiment"),
+            });
+        }
+        runs.retain(|r| wanted.contains(&r.0));
+    }
+    Ok(runs)
+}
+
+/// One look's events: points first, so a `run` event saying "succeeded" follows the run's
+/// last points; one `points` event per run, its metrics merged in chunk order; then a `run`
+/// event per changed run.
+fn look_events(look: Look, names: &HashMap<i64, String>, id: &str) -> Vec<Event> {
+    // Points first, so a `run` event saying "succeeded" follows the run's last points.
+    // One event per run and look, its metrics merged in chunk order.
+    let mut by_run: BTreeMap<i64, BTreeMap<String, serde_json::Value>> = BTreeMap::new();
+    for ch in look.chunks {
+        let m = by_run.entry(ch.run).or_default();
+        let e = m
+            .entry(ch.name)
+            .or_insert_with(|| json!({"steps": [], "values": [], "times": []}));
+        let n = ch.series.steps.len();
+        extend(&mut e["steps"], ch.series.steps.iter().map(|s| json!(s)));
+        extend(&mut e["values"], ch.series.values.iter().map(|v| json!(v)));
+        extend(&mut e["times"], std::iter::repeat_n(json!(ch.time), n));
+    }
+    let points = by_run.into_iter().map(|(run, metrics)| {
+        let data = json!({"run": names[&run], "metrics": metrics});
+        Event::default()
+            .event("points")
+            .id(id)
+            .data(data.to_string())
+    });
+    let runs = look.changed.into_iter().map(|(r, _)| {
+        let data = json!({"run": r.name, "state": r.state, "ended": r.state.is_final(),
+            "step": r.step, "total_steps": r.total_steps, "attempt": r.attempt,
+            "error": r.error});
+        Event::default().event("run").data(data.to_string())
+    });
+    points.chain(runs).collect()
 }
 
 fn extend(array: &mut serde_json::Value, items: impl Iterator<Item = serde_json::Value>) {

@@ -136,9 +136,8 @@ struct Side {
     vs: VarStore,
     net: JudgeNet,
     opt: Adam,
-    images: Tensor,
-    labels: Tensor,
-    masks: Option<Tensor>,
+    /// Its training partition.
+    data: Labelled,
 }
 
 /// Mirrors (left-right) the samples of `x: [B, C, H, W]` where `flip` is true.
@@ -158,43 +157,29 @@ pub fn run(
     cancel: &CancelToken,
 ) -> anyhow::Result<Outcome> {
     let ds: Dataset = cfg.dataset.open()?;
-    let res = match (&cfg.dataset, cfg.resolution) {
+    let resolution = match (&cfg.dataset, cfg.resolution) {
         (_, Some(r)) => r,
         (DatasetSpec::SyntheticBirds { resolution, .. }, None) => *resolution,
         (DatasetSpec::Cub { .. }, None) => 64,
     };
-    let groups: Vec<i64> = ds.groups.iter().map(|g| g.values.len() as i64).collect();
+    let group_sizes: Vec<i64> = ds.groups.iter().map(|g| g.values.len() as i64).collect();
     let parts = ds.mask_classes() as i64;
-    let load_part = |p: Partition| -> anyhow::Result<(Tensor, Tensor, Option<Tensor>)> {
-        let idx = ds.partition(p);
-        anyhow::ensure!(
-            !idx.is_empty(),
-            "the {p:?} partition of the dataset is empty"
-        );
-        Ok((
-            ds.load_images(&idx, res)?.to_device(device),
-            ds.label_tensor(&idx).to_device(device),
-            ds.load_masks(&idx, res)?.map(|m| m.to_device(device)),
-        ))
-    };
-    let (test_images, test_labels, test_masks) = load_part(Partition::Test)?;
+    let load = |p: Partition| Labelled::load(&ds, p, resolution, device);
+    let test = load(Partition::Test)?;
     tch::manual_seed(cfg.seed as i64);
     let mut sides = Vec::new();
     for (name, part) in [
         ("critic", Partition::Train),
         ("judge", Partition::JudgeTrain),
     ] {
-        let (vs, net) = build(device, &cfg.net, &groups, parts);
+        let (vs, net) = build(device, &cfg.net, &group_sizes, parts);
         let opt = Adam::new(trainable_vars(&vs), cfg.lr, 0.9, 0.999, 1e-8);
-        let (images, labels, masks) = load_part(part)?;
         sides.push(Side {
             name,
             vs,
             net,
             opt,
-            images,
-            labels,
-            masks,
+            data: load(part)?,
         });
     }
     let mut start = 0;
@@ -208,91 +193,16 @@ pub fn run(
         }
         start = ckpt.step;
     }
-    reporter.log(&format!("train-judge on {device:?}: {} images, {} attribute groups, {} part labels, steps {start}..{}", ds.images.len(), groups.len(), parts, cfg.steps));
-    let save = |sides: &[Side], step: i64, reporter: &mut dyn Reporter| -> anyhow::Result<()> {
-        let (mut weights, mut state) = (Vec::new(), Vec::new());
-        for s in sides {
-            weights.extend(checkpoint::prefixed(
-                &format!("{}.", s.name),
-                &named_vars(&s.vs),
-            ));
-            state.extend(checkpoint::prefixed(
-                &format!("{}.opt.", s.name),
-                &s.opt.state(),
-            ));
-        }
-        let mut meta = BTreeMap::new();
-        meta.insert("judge.net".into(), serde_json::to_string(&cfg.net)?);
-        meta.insert("judge.group_sizes".into(), serde_json::to_string(&groups)?);
-        meta.insert(
-            "judge.group_names".into(),
-            serde_json::to_string(&ds.groups.iter().map(|g| &g.name).collect::<Vec<_>>())?,
-        );
-        meta.insert("judge.parts".into(), parts.to_string());
-        meta.insert("judge.resolution".into(), res.to_string());
-        meta.insert("job.config".into(), serde_json::to_string(cfg)?);
-        let path = reporter.checkpoint_path(step)?;
-        checkpoint::save(
-            &path,
-            "train-judge",
-            step,
-            &meta,
-            &checkpoint::Parts { weights, state },
-        )?;
-        reporter.checkpoint_written(step, &path)
-    };
-    let evaluate = |sides: &[Side], step: i64, reporter: &mut dyn Reporter| -> anyhow::Result<()> {
-        let scores: Vec<Scores> = sides
-            .iter()
-            .map(|s| score(&s.net, &test_images, &test_labels, test_masks.as_ref()))
-            .collect();
-        let mut names = Vec::new();
-        let mut values = Vec::new();
-        for (s, sc) in sides.iter().zip(&scores) {
-            names.push(format!("{}/attr_accuracy", s.name));
-            values.push(sc.attr_accuracy);
-            if !sc.seg_miou.is_nan() {
-                names.push(format!("{}/seg_miou", s.name));
-                values.push(sc.seg_miou);
-            }
-        }
-        let pairs: Vec<(&str, f64)> = names
-            .iter()
-            .map(String::as_str)
-            .zip(values.iter().copied())
-            .collect();
-        reporter.metrics(step, &pairs)?;
-        if step == cfg.steps {
-            for (s, sc) in sides.iter().zip(&scores) {
-                let groups: Vec<String> = ds
-                    .groups
-                    .iter()
-                    .zip(&sc.per_group)
-                    .map(|(g, a)| format!("{}={a:.3}", g.name))
-                    .collect();
-                reporter.log(&format!(
-                    "{} test accuracy per group: {}",
-                    s.name,
-                    groups.join(" ")
-                ));
-            }
-        }
-        reporter.log(&format!(
-            "step {step}: {}",
-            pairs
-                .iter()
-                .map(|(k, v)| format!("{k}={v:.4}"))
-                .collect::<Vec<_>>()
-                .join(" ")
-        ));
-        Ok(())
-    };
+    reporter.log(&format!("train-judge on {device:?}: {} images, {} attribute groups, {} part labels, steps {start}..{}", ds.images.len(), group_sizes.len(), parts, cfg.steps));
     let mut job = JudgeTraining {
         cfg,
         device,
+        group_names: ds.groups.iter().map(|g| g.name.clone()).collect(),
+        group_sizes,
+        parts,
+        resolution,
+        test,
         sides,
-        save: &save,
-        evaluate: &evaluate,
     };
     let cadence = Cadence::per_step(
         "train-judge",
@@ -306,15 +216,117 @@ pub fn run(
     step_loop(&mut job, start, &cadence, reporter, cancel)
 }
 
-type SidesTask<'a> = &'a dyn Fn(&[Side], i64, &mut dyn Reporter) -> anyhow::Result<()>;
+/// A partition's images with their attribute labels and (when the dataset has them) part
+/// masks, on the device.
+struct Labelled {
+    images: Tensor,
+    labels: Tensor,
+    masks: Option<Tensor>,
+}
+
+impl Labelled {
+    fn load(ds: &Dataset, p: Partition, resolution: u32, device: Device) -> anyhow::Result<Self> {
+        let idx = ds.partition(p);
+        anyhow::ensure!(
+            !idx.is_empty(),
+            "the {p:?} partition of the dataset is empty"
+        );
+        Ok(Labelled {
+            images: ds.load_images(&idx, resolution)?.to_device(device),
+            labels: ds.label_tensor(&idx).to_device(device),
+            masks: ds
+                .load_masks(&idx, resolution)?
+                .map(|m| m.to_device(device)),
+        })
+    }
+}
 
 /// `train-judge` as the step loop drives it.
 struct JudgeTraining<'a> {
     cfg: &'a JudgeConfig,
     device: Device,
+    group_names: Vec<String>,
+    group_sizes: Vec<i64>,
+    parts: i64,
+    resolution: u32,
+    test: Labelled,
     sides: Vec<Side>,
-    save: SidesTask<'a>,
-    evaluate: SidesTask<'a>,
+}
+
+impl JudgeTraining<'_> {
+    /// Both networks, their optimizers' state and what a reader needs to rebuild them.
+    fn save(&self, step: i64, reporter: &mut dyn Reporter) -> anyhow::Result<()> {
+        let (mut weights, mut state) = (Vec::new(), Vec::new());
+        for s in &self.sides {
+            weights.extend(checkpoint::prefixed(
+                &format!("{}.", s.name),
+                &named_vars(&s.vs),
+            ));
+            state.extend(checkpoint::prefixed(
+                &format!("{}.opt.", s.name),
+                &s.opt.state(),
+            ));
+        }
+        let mut meta = BTreeMap::new();
+        meta.insert("judge.net".into(), serde_json::to_string(&self.cfg.net)?);
+        meta.insert(
+            "judge.group_sizes".into(),
+            serde_json::to_string(&self.group_sizes)?,
+        );
+        meta.insert(
+            "judge.group_names".into(),
+            serde_json::to_string(&self.group_names)?,
+        );
+        meta.insert("judge.parts".into(), self.parts.to_string());
+        meta.insert("judge.resolution".into(), self.resolution.to_string());
+        meta.insert("job.config".into(), serde_json::to_string(self.cfg)?);
+        let path = reporter.checkpoint_path(step)?;
+        checkpoint::save(
+            &path,
+            "train-judge",
+            step,
+            &meta,
+            &checkpoint::Parts { weights, state },
+        )?;
+        reporter.checkpoint_written(step, &path)
+    }
+
+    /// Test-split accuracy (and part mIoU) of both networks; per group at the last step.
+    fn evaluate(&self, step: i64, reporter: &mut dyn Reporter) -> anyhow::Result<()> {
+        let t = &self.test;
+        let scores: Vec<Scores> = self
+            .sides
+            .iter()
+            .map(|s| score(&s.net, &t.images, &t.labels, t.masks.as_ref()))
+            .collect();
+        let mut pairs: Vec<(String, f64)> = Vec::new();
+        for (s, sc) in self.sides.iter().zip(&scores) {
+            pairs.push((format!("{}/attr_accuracy", s.name), sc.attr_accuracy));
+            if !sc.seg_miou.is_nan() {
+                pairs.push((format!("{}/seg_miou", s.name), sc.seg_miou));
+            }
+        }
+        let borrowed: Vec<(&str, f64)> = pairs.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        reporter.metrics(step, &borrowed)?;
+        if step == self.cfg.steps {
+            for (s, sc) in self.sides.iter().zip(&scores) {
+                let groups: Vec<String> = self
+                    .group_names
+                    .iter()
+                    .zip(&sc.per_group)
+                    .map(|(g, a)| format!("{g}={a:.3}"))
+                    .collect();
+                reporter.log(&format!(
+                    "{} test accuracy per group: {}",
+                    s.name,
+                    groups.join(" ")
+                ));
+            }
+        }
+        let shown: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={v:.4}")).collect();
+        reporter.log(&format!("step {step}: {}", shown.join(" ")));
+        Ok(())
+    }
 }
 
 impl TrainingJob for JudgeTraining<'_> {
@@ -327,17 +339,17 @@ impl TrainingJob for JudgeTraining<'_> {
             cfg.lr * 0.5 * (1.0 + (std::f64::consts::PI * step as f64 / cfg.steps as f64).cos());
         for s in &mut self.sides {
             s.opt.lr = lr;
-            let n = s.images.size()[0];
+            let n = s.data.images.size()[0];
             let idx: Vec<i64> = (0..cfg.batch).map(|_| rng.random_range(0..n)).collect();
             let idx = Tensor::from_slice(&idx).to_device(device);
             // Mirror half the batch: birds face either way, so labels and (mirrored) masks hold.
             let flip: Vec<bool> = (0..cfg.batch).map(|_| rng.random_bool(0.5)).collect();
-            let x = mirror(&s.images.index_select(0, &idx), &flip);
+            let x = mirror(&s.data.images.index_select(0, &idx), &flip);
             let out = s.net.forward(&x);
             let mut loss = s
                 .net
-                .attribute_loss(&out.attr_logits, &s.labels.index_select(0, &idx));
-            if let (Some(m), Some(logits)) = (&s.masks, &out.part_logits) {
+                .attribute_loss(&out.attr_logits, &s.data.labels.index_select(0, &idx));
+            if let (Some(m), Some(logits)) = (&s.data.masks, &out.part_logits) {
                 let target = mirror(&m.index_select(0, &idx).unsqueeze(1), &flip).squeeze_dim(1);
                 loss += logits.cross_entropy_loss::<Tensor>(
                     &target,
@@ -365,8 +377,8 @@ impl TrainingJob for JudgeTraining<'_> {
         reporter: &mut dyn Reporter,
     ) -> anyhow::Result<()> {
         match task {
-            Task::Evaluate => (self.evaluate)(&self.sides, step, reporter),
-            Task::Checkpoint => (self.save)(&self.sides, step, reporter),
+            Task::Evaluate => self.evaluate(step, reporter),
+            Task::Checkpoint => self.save(step, reporter),
             Task::Samples => Ok(()),
         }
     }

@@ -72,6 +72,13 @@ struct Shared {
     shutting_down: AtomicBool,
 }
 
+impl Shared {
+    /// Shutting down with no run left to finish.
+    fn idle_and_stopping(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst) && self.running.lock().expect("lock").is_none()
+    }
+}
+
 async fn client(opts: &RemoteOptions) -> anyhow::Result<Client> {
     let ca = std::env::var_os("PLUME_CA_CERT").map(PathBuf::from);
     let channel = plume_proto::endpoint(&opts.coordinator, ca.as_deref())
@@ -120,42 +127,22 @@ async fn session_loop(opts: RemoteOptions, shared: Arc<Shared>) -> anyhow::Resul
     let mut worker_id: Option<i64> = None;
     let mut heartbeat = Duration::from_millis(1000);
     let mut backoff = Duration::from_millis(200);
-    let kinds: Vec<String> = runner::JOB_KINDS.iter().map(|s| s.to_string()).collect();
     loop {
-        if shared.shutting_down.load(Ordering::SeqCst)
-            && shared.running.lock().expect("lock").is_none()
-        {
+        if shared.idle_and_stopping() {
             return Ok(());
         }
         let mut c = match client(&opts).await {
             Ok(c) => c,
             Err(e) => {
                 eprintln!("coordinator unreachable ({e}); retrying in {backoff:?}");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                backoff = wait(backoff).await;
                 continue;
             }
         };
         let id = match worker_id {
             Some(id) => id,
-            None => match c
-                .register(pb::RegisterRequest {
-                    name: opts.name.clone(),
-                    capabilities: Some(pb::Capabilities {
-                        devices: vec![format!("{:?}", opts.device)],
-                        memory_bytes: 0,
-                        version: env!("CARGO_PKG_VERSION").into(),
-                        job_kinds: kinds.clone(),
-                        hostname: std::fs::read_to_string("/etc/hostname")
-                            .unwrap_or_default()
-                            .trim()
-                            .into(),
-                    }),
-                })
-                .await
-            {
+            None => match register(&mut c, &opts).await {
                 Ok(r) => {
-                    let r = r.into_inner();
                     heartbeat = Duration::from_millis(r.heartbeat_ms.clamp(100, 60_000) as u64);
                     eprintln!("registered as worker {}", r.worker_id);
                     worker_id = Some(r.worker_id);
@@ -166,8 +153,7 @@ async fn session_loop(opts: RemoteOptions, shared: Arc<Shared>) -> anyhow::Resul
                 }
                 Err(s) => {
                     eprintln!("register failed ({}); retrying", s.message());
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    backoff = wait(backoff).await;
                     continue;
                 }
             },
@@ -178,7 +164,7 @@ async fn session_loop(opts: RemoteOptions, shared: Arc<Shared>) -> anyhow::Resul
                 kind: Some(pb::worker_message::Kind::Hello(pb::Hello { worker_id: id })),
             })
             .await?;
-        let mut inbound = match c
+        let inbound = match c
             .session(tokio_stream::wrappers::ReceiverStream::new(up_rx))
             .await
         {
@@ -189,82 +175,132 @@ async fn session_loop(opts: RemoteOptions, shared: Arc<Shared>) -> anyhow::Resul
             }
             Err(s) => {
                 eprintln!("session refused ({}); retrying", s.message());
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                backoff = wait(backoff).await;
                 continue;
             }
         };
         backoff = Duration::from_millis(200);
-        // Heartbeats: now and then every period, with the running attempt and progress.
-        let beat = {
-            let shared = shared.clone();
-            let up_tx = up_tx.clone();
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(heartbeat);
-                loop {
-                    tick.tick().await;
-                    let hb = {
-                        let r = shared.running.lock().expect("lock");
-                        let stopping = shared.shutting_down.load(Ordering::SeqCst);
-                        pb::Heartbeat {
-                            running: r.as_ref().map(|r| r.fence),
-                            idle: r.is_none() && !stopping,
-                            step: r.as_ref().map_or(0, |r| r.step.load(Ordering::Relaxed)),
-                            total_steps: r.as_ref().map_or(0, |r| r.total.load(Ordering::Relaxed)),
-                        }
-                    };
-                    let msg = pb::WorkerMessage {
-                        kind: Some(pb::worker_message::Kind::Heartbeat(hb)),
-                    };
-                    if up_tx.send(msg).await.is_err() {
-                        return;
-                    }
-                }
-            })
-        };
+        let beat = spawn_heartbeats(shared.clone(), up_tx.clone(), heartbeat);
+        let end = serve_session(inbound, &opts, &shared, &c).await;
+        beat.abort();
+        if end == SessionEnd::ShutDown {
+            return Ok(());
+        }
+        tokio::time::sleep(backoff).await;
+    }
+}
+
+/// Sleeps `backoff`; returns the next one (doubled, at most 5 s).
+async fn wait(backoff: Duration) -> Duration {
+    tokio::time::sleep(backoff).await;
+    (backoff * 2).min(Duration::from_secs(5))
+}
+
+/// Registers this worker with what it can run.
+async fn register(
+    c: &mut Client,
+    opts: &RemoteOptions,
+) -> Result<pb::RegisterReply, tonic::Status> {
+    let kinds: Vec<String> = runner::JOB_KINDS.iter().map(|s| s.to_string()).collect();
+    let hostname = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+    let request = pb::RegisterRequest {
+        name: opts.name.clone(),
+        capabilities: Some(pb::Capabilities {
+            devices: vec![format!("{:?}", opts.device)],
+            memory_bytes: 0,
+            version: env!("CARGO_PKG_VERSION").into(),
+            job_kinds: kinds,
+            hostname: hostname.trim().into(),
+        }),
+    };
+    Ok(c.register(request).await?.into_inner())
+}
+
+/// Heartbeats: now and then every `period`, with the running attempt and its progress.
+fn spawn_heartbeats(
+    shared: Arc<Shared>,
+    up_tx: mpsc::Sender<pb::WorkerMessage>,
+    period: Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
         loop {
-            let msg = tokio::select! {
-                m = inbound.message() => m,
-                _ = tokio::time::sleep(Duration::from_millis(500)) => {
-                    if shared.shutting_down.load(Ordering::SeqCst)
-                        && shared.running.lock().expect("lock").is_none()
-                    {
-                        beat.abort();
-                        return Ok(());
-                    }
-                    continue;
+            tick.tick().await;
+            let hb = {
+                let r = shared.running.lock().expect("lock");
+                let stopping = shared.shutting_down.load(Ordering::SeqCst);
+                pb::Heartbeat {
+                    running: r.as_ref().map(|r| r.fence),
+                    idle: r.is_none() && !stopping,
+                    step: r.as_ref().map_or(0, |r| r.step.load(Ordering::Relaxed)),
+                    total_steps: r.as_ref().map_or(0, |r| r.total.load(Ordering::Relaxed)),
                 }
             };
-            match msg {
-                Ok(Some(pb::CoordinatorMessage {
-                    kind: Some(pb::coordinator_message::Kind::Assign(a)),
-                })) => {
-                    if shared.running.lock().expect("lock").is_some() {
-                        continue; // the coordinator's view lags a heartbeat; it will re-offer
-                    }
-                    start_job(&opts, &shared, c.clone(), a);
-                }
-                Ok(Some(pb::CoordinatorMessage {
-                    kind: Some(pb::coordinator_message::Kind::Cancel(cr)),
-                })) => {
-                    let r = shared.running.lock().expect("lock");
-                    if let Some(r) = r.as_ref().filter(|r| Some(r.fence) == cr.fence) {
-                        eprintln!(
-                            "run {} attempt {}: {}",
-                            r.fence.run_id, r.fence.attempt, cr.reason
-                        );
-                        r.cancel.cancel();
-                    }
-                }
-                Ok(Some(_)) => {}
-                Ok(None) | Err(_) => {
-                    eprintln!("session ended; reconnecting");
-                    break;
-                }
+            let msg = pb::WorkerMessage {
+                kind: Some(pb::worker_message::Kind::Heartbeat(hb)),
+            };
+            if up_tx.send(msg).await.is_err() {
+                return;
             }
         }
-        beat.abort();
-        tokio::time::sleep(backoff).await;
+    })
+}
+
+/// How a session ended.
+#[derive(Debug, PartialEq, Eq)]
+enum SessionEnd {
+    /// The stream broke: reconnect.
+    Lost,
+    /// Shutting down with no run left: exit.
+    ShutDown,
+}
+
+/// Serves one session: starts assigned runs and passes cancels on, until the stream ends or
+/// the worker is shutting down with nothing running.
+async fn serve_session(
+    mut inbound: tonic::Streaming<pb::CoordinatorMessage>,
+    opts: &RemoteOptions,
+    shared: &Arc<Shared>,
+    c: &Client,
+) -> SessionEnd {
+    loop {
+        let msg = tokio::select! {
+            m = inbound.message() => m,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {
+                if shared.idle_and_stopping() {
+                    return SessionEnd::ShutDown;
+                }
+                continue;
+            }
+        };
+        use pb::coordinator_message::Kind;
+        match msg {
+            Ok(Some(pb::CoordinatorMessage {
+                kind: Some(Kind::Assign(a)),
+            })) => {
+                if shared.running.lock().expect("lock").is_some() {
+                    continue; // the coordinator's view lags a heartbeat; it will re-offer
+                }
+                start_job(opts, shared, c.clone(), a);
+            }
+            Ok(Some(pb::CoordinatorMessage {
+                kind: Some(Kind::Cancel(cr)),
+            })) => {
+                let r = shared.running.lock().expect("lock");
+                if let Some(r) = r.as_ref().filter(|r| Some(r.fence) == cr.fence) {
+                    eprintln!(
+                        "run {} attempt {}: {}",
+                        r.fence.run_id, r.fence.attempt, cr.reason
+                    );
+                    r.cancel.cancel();
+                }
+            }
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => {
+                eprintln!("session ended; reconnecting");
+                return SessionEnd::Lost;
+            }
+        }
     }
 }
 

@@ -4,9 +4,12 @@
 
 use super::*;
 
+/// One metric point: name, step, value, seconds since the job started.
+pub(super) type Point = (String, i64, f64, f64);
+
 /// What the reporter hands to the sender task, delivered in order.
 pub(super) enum Op {
-    Metrics(Vec<(String, i64, f64, f64)>),
+    Metrics(Vec<Point>),
     Log(String),
     Checkpoint(i64, PathBuf),
     Artifact(i64, String, Vec<u8>),
@@ -60,6 +63,82 @@ impl Reporter for GrpcReporter {
     }
 }
 
+/// A metrics op with whatever is already queued behind it (up to 50,000 points): the
+/// points, the log lines met on the way, and the first other op, left in `pending`.
+fn coalesce_metrics(
+    mut points: Vec<Point>,
+    rx: &mut mpsc::UnboundedReceiver<Op>,
+    pending: &mut Option<Op>,
+) -> (Vec<Point>, Vec<String>) {
+    let mut lines = Vec::new();
+    while points.len() < 50_000 {
+        match rx.try_recv() {
+            Ok(Op::Metrics(more)) => points.extend(more),
+            Ok(Op::Log(l)) => lines.push(l),
+            Ok(other) => {
+                *pending = Some(other);
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    (points, lines)
+}
+
+/// Points as one batch, each metric name sent once.
+fn metric_batch(
+    fence: pb::Fence,
+    seq: u64,
+    points: Vec<(String, i64, f64, f64)>,
+) -> pb::MetricBatch {
+    let mut names: Vec<String> = Vec::new();
+    let mut batch = pb::MetricBatch {
+        fence: Some(fence),
+        seq,
+        ..Default::default()
+    };
+    for (name, step, value, t) in points {
+        let i = match names.iter().position(|n| *n == name) {
+            Some(i) => i,
+            None => {
+                names.push(name);
+                names.len() - 1
+            }
+        };
+        batch.name_index.push(i as u32);
+        batch.steps.push(step);
+        batch.values.push(value);
+        batch.times.push(t);
+    }
+    batch.names = names;
+    batch
+}
+
+/// Ends the attempt with `outcome` (retried while the coordinator is unreachable).
+async fn finish(
+    c: &Client,
+    fence: pb::Fence,
+    outcome: pb::finish_request::Outcome,
+    message: String,
+    step: i64,
+) -> Result<(), Status> {
+    retry("finish", || {
+        let mut c = c.clone();
+        let m = message.clone();
+        async move {
+            c.finish(pb::FinishRequest {
+                fence: Some(fence),
+                outcome: outcome as i32,
+                message: m,
+                step,
+            })
+            .await
+        }
+    })
+    .await
+    .map(|_| ())
+}
+
 /// Delivers a job's reports in order; consecutive metric reports go out as one batch.
 pub(super) async fn send_queue(
     mut c: Client,
@@ -82,41 +161,10 @@ pub(super) async fn send_queue(
             continue; // drain: this attempt may no longer write
         }
         let result: Result<(), Status> = match op {
-            Op::Metrics(mut points) => {
-                let mut lines = Vec::new();
-                // Coalesce whatever is already queued behind it.
-                while points.len() < 50_000 {
-                    match rx.try_recv() {
-                        Ok(Op::Metrics(more)) => points.extend(more),
-                        Ok(Op::Log(l)) => lines.push(l),
-                        Ok(other) => {
-                            pending = Some(other);
-                            break;
-                        }
-                        Err(_) => break,
-                    }
-                }
+            Op::Metrics(points) => {
+                let (points, lines) = coalesce_metrics(points, &mut rx, &mut pending);
                 seq += 1;
-                let mut names: Vec<String> = Vec::new();
-                let mut batch = pb::MetricBatch {
-                    fence: Some(fence),
-                    seq,
-                    ..Default::default()
-                };
-                for (name, step, value, t) in points {
-                    let i = match names.iter().position(|n| *n == name) {
-                        Some(i) => i,
-                        None => {
-                            names.push(name);
-                            names.len() - 1
-                        }
-                    };
-                    batch.name_index.push(i as u32);
-                    batch.steps.push(step);
-                    batch.values.push(value);
-                    batch.times.push(t);
-                }
-                batch.names = names;
+                let batch = metric_batch(fence, seq, points);
                 let r = retry("metrics", || {
                     let mut c = c.clone();
                     let b = batch.clone();
@@ -151,21 +199,7 @@ pub(super) async fn send_queue(
                 }
             },
             Op::Artifact(step, name, data) => upload(&mut c, fence, step, &name, data, false).await,
-            Op::Finish(outcome, message, step) => retry("finish", || {
-                let mut c = c.clone();
-                let m = message.clone();
-                async move {
-                    c.finish(pb::FinishRequest {
-                        fence: Some(fence),
-                        outcome: outcome as i32,
-                        message: m,
-                        step,
-                    })
-                    .await
-                }
-            })
-            .await
-            .map(|_| ()),
+            Op::Finish(outcome, message, step) => finish(&c, fence, outcome, message, step).await,
         };
         if let Err(s) = result {
             if s.code() == Code::FailedPrecondition {

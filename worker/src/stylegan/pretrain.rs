@@ -11,7 +11,7 @@ use super::loss;
 use super::scoring::{sample_grid, JudgeForMetrics};
 use super::NetworkConfig;
 use crate::dataset::OpenDataset;
-use crate::dataset::Partition;
+use crate::dataset::{AttributeGroup, Partition};
 use crate::job::{step_loop, Cadence, CancelToken, Outcome, Reporter, Task, Timing, TrainingJob};
 use crate::nn::adam::Adam;
 use crate::nn::checkpoint::{self, Checkpoint};
@@ -315,44 +315,6 @@ pub fn run(
         step = ckpt.step;
     }
 
-    let save = |gan: &Gan, step: i64, reporter: &mut dyn Reporter| -> anyhow::Result<()> {
-        let mut meta = BTreeMap::new();
-        meta.insert(
-            "generator.network".into(),
-            serde_json::to_string(&cfg.network)?,
-        );
-        meta.insert("generator.num_ws".into(), gan.g.num_ws().to_string());
-        meta.insert("job.config".into(), serde_json::to_string(cfg)?);
-        let path = reporter.checkpoint_path(step)?;
-        checkpoint::save(&path, "pretrain-generator", step, &meta, &gan.parts())?;
-        reporter.checkpoint_written(step, &path)
-    };
-    let evaluate = |gan: &Gan, step: i64, reporter: &mut dyn Reporter| -> anyhow::Result<()> {
-        if let Some(judge) = &judge {
-            let t = Instant::now();
-            let values = judge.score(
-                &gan.g_ema,
-                cfg.fid_images,
-                cfg.metric_images,
-                cfg.seed ^ 0xF1D,
-                &ds.groups,
-                device,
-            );
-            let named: Vec<(&str, f64)> = values.iter().map(|(k, v)| (k.as_str(), *v)).collect();
-            reporter.metrics(step, &named)?;
-            let shown: Vec<String> = values
-                .iter()
-                .filter(|(k, _)| !k.contains("/coverage/") && !k.contains("/top_share/"))
-                .map(|(k, v)| format!("{k} = {v:.4}"))
-                .collect();
-            reporter.log(&format!(
-                "step {step}: {} ({:.1} s)",
-                shown.join(", "),
-                t.elapsed().as_secs_f64()
-            ));
-        }
-        Ok(())
-    };
     // Only now, with every input checked, does the job write anything.
     reporter.log(&format!("pretrain-generator on {device:?}: {n} training images at {res} px, steps {step}..{} of batch {}", cfg.steps, cfg.batch));
     let cadence = Cadence {
@@ -372,13 +334,11 @@ pub fn run(
         cfg,
         gan,
         images,
-        save: &save,
-        evaluate: &evaluate,
+        judge,
+        groups: ds.groups.clone(),
     };
     step_loop(&mut job, step, &cadence, reporter, cancel)
 }
-
-type GanTask<'a> = &'a dyn Fn(&Gan, i64, &mut dyn Reporter) -> anyhow::Result<()>;
 
 /// `pretrain-generator` as the step loop drives it.
 struct PretrainTraining<'a> {
@@ -386,8 +346,58 @@ struct PretrainTraining<'a> {
     gan: Gan,
     /// The training partition, on the device.
     images: Tensor,
-    save: GanTask<'a>,
-    evaluate: GanTask<'a>,
+    /// Scores samples when the job names a judge.
+    judge: Option<JudgeForMetrics>,
+    /// The dataset's attribute groups, which the judge's coverage metrics read.
+    groups: Vec<AttributeGroup>,
+}
+
+impl PretrainTraining<'_> {
+    /// Both networks, G_ema and (for resumes) the optimizers' state.
+    fn save(&self, step: i64, reporter: &mut dyn Reporter) -> anyhow::Result<()> {
+        let (cfg, gan) = (self.cfg, &self.gan);
+        let mut meta = BTreeMap::new();
+        meta.insert(
+            "generator.network".into(),
+            serde_json::to_string(&cfg.network)?,
+        );
+        meta.insert("generator.num_ws".into(), gan.g.num_ws().to_string());
+        meta.insert("job.config".into(), serde_json::to_string(cfg)?);
+        let path = reporter.checkpoint_path(step)?;
+        checkpoint::save(&path, "pretrain-generator", step, &meta, &gan.parts())?;
+        reporter.checkpoint_written(step, &path)
+    }
+
+    /// The judge's scores of G_ema's samples (FID, precision, recall, coverage), when the
+    /// job names a judge.
+    fn evaluate(&self, step: i64, reporter: &mut dyn Reporter) -> anyhow::Result<()> {
+        let Some(judge) = &self.judge else {
+            return Ok(());
+        };
+        let cfg = self.cfg;
+        let t = Instant::now();
+        let values = judge.score(
+            &self.gan.g_ema,
+            cfg.fid_images,
+            cfg.metric_images,
+            cfg.seed ^ 0xF1D,
+            &self.groups,
+            self.images.device(),
+        );
+        let named: Vec<(&str, f64)> = values.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        reporter.metrics(step, &named)?;
+        let shown: Vec<String> = values
+            .iter()
+            .filter(|(k, _)| !k.contains("/coverage/") && !k.contains("/top_share/"))
+            .map(|(k, v)| format!("{k} = {v:.4}"))
+            .collect();
+        reporter.log(&format!(
+            "step {step}: {} ({:.1} s)",
+            shown.join(", "),
+            t.elapsed().as_secs_f64()
+        ));
+        Ok(())
+    }
 }
 
 impl TrainingJob for PretrainTraining<'_> {
@@ -419,14 +429,14 @@ impl TrainingJob for PretrainTraining<'_> {
         reporter: &mut dyn Reporter,
     ) -> anyhow::Result<()> {
         match task {
-            Task::Evaluate => (self.evaluate)(&self.gan, step, reporter),
+            Task::Evaluate => self.evaluate(step, reporter),
             Task::Samples => {
                 let device = self.images.device();
                 reporter.artifact(step, "samples", &sample_grid(&self.gan.g_ema, device))?;
                 // The raw G beside the EMA: averaging can hide a G that hops between modes.
                 reporter.artifact(step, "samples_raw", &sample_grid(&self.gan.g, device))
             }
-            Task::Checkpoint => (self.save)(&self.gan, step, reporter),
+            Task::Checkpoint => self.save(step, reporter),
         }
     }
 

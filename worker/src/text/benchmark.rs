@@ -192,42 +192,12 @@ pub fn run_benchmark(
     reqs: &[EditRequest],
     test_features: Option<&Gaussian>,
 ) -> anyhow::Result<BenchmarkResult> {
-    let g = nets.g;
-    let res = g.cfg.resolution;
-    let device = styles_w.device();
-    let mut success = 0f64;
-    let mut group_success = vec![(0f64, 0f64); Group::ALL.len()];
-    let mut preserved = 0f64;
-    let mut preserved_n = 0f64;
-    let mut region = 0f64;
-    let (mut pointed, mut pointed_n) = (0f64, 0f64);
-    let (mut identical, mut identical_n) = (0f64, 0f64);
+    let res = nets.g.cfg.resolution;
+    let mut tally = Tally::default();
     let mut edited_all = Vec::new();
     let mut gallery_rows: Vec<(Vec<Tensor>, String)> = Vec::new();
-    let groups = ds.groups.len() as i64;
     for (c, chunk) in reqs.chunks(32).enumerate() {
-        // Dataset sources are real images with drawn part masks; sampled sources are G(w)
-        // with the critic's part segmentation.
-        let idx: Option<Vec<usize>> = chunk.iter().map(|r| r.image).collect();
-        let rows = Tensor::from_slice(&chunk.iter().map(|r| r.style_row).collect::<Vec<_>>())
-            .to_device(device);
-        let w_rows = styles_w.index_select(0, &rows);
-        let real = match &idx {
-            Some(idx) => ds.load_images(idx, res)?.to_device(device),
-            None => crate::styles::render_styles(g, &w_rows.narrow(1, 0, 1), 0x5A3D ^ c as u64),
-        };
-        let masks = match &idx {
-            Some(idx) => ds
-                .load_masks(idx, res)?
-                .ok_or_else(|| anyhow::anyhow!("the edit benchmark needs part masks"))?,
-            None => critic_parts(
-                nets.critic.ok_or_else(|| {
-                    anyhow::anyhow!("sampled sources need the critic's part segmentation")
-                })?,
-                &real,
-            )?,
-        };
-        let w_src = w_rows.select(1, 0);
+        let (real, masks, w_src) = chunk_sources(nets, ds, styles_w, chunk, c)?;
         let targets: Vec<&str> = chunk.iter().map(|r| r.target_caption.as_str()).collect();
         let sources: Vec<&str> = chunk.iter().map(|r| r.source_caption.as_str()).collect();
         let out =
@@ -235,27 +205,16 @@ pub fn run_benchmark(
         // The no-op edit: the source's own caption as the target should change nothing.
         let same =
             tch::no_grad(|| edit_images(method, nets, &w_src, &real, &sources, Some(&sources)))?;
-        // The judge's attribute values of images, on the CPU.
-        let read = |images: &Tensor| {
-            tch::no_grad(|| {
-                judge
-                    .net
-                    .predict(
-                        &judge
-                            .net
-                            .forward(&resize_square(images, judge.resolution))
-                            .attr_logits,
-                    )
-                    .to_device(tch::Device::Cpu)
-            })
-        };
         let (edited, source) = (out.edited, out.source);
         let grounding = out.grounding.map(|m| m.to_device(tch::Device::Cpu));
         // Both edits render G(w_src) with the same noise, so one reading of it serves both.
-        let (pe, ps) = (read(&edited), read(&source));
-        let agree = read(&same.edited).eq_tensor(&ps);
-        identical += agree.sum(Kind::Float).double_value(&[]);
-        identical_n += agree.numel() as f64;
+        let (pe, ps) = (
+            read_attributes(judge, &edited),
+            read_attributes(judge, &source),
+        );
+        let agree = read_attributes(judge, &same.edited).eq_tensor(&ps);
+        tally.identical += agree.sum(Kind::Float).double_value(&[]);
+        tally.identical_n += agree.numel() as f64;
         let diff = (&edited - &source)
             .abs()
             .mean_dim(1, false, None)
@@ -263,74 +222,29 @@ pub fn run_benchmark(
             / 2.0; // [B, R, R] in [0, 1]
         for (k, r) in chunk.iter().enumerate() {
             let k64 = k as i64;
-            group_success[r.group].1 += 1.0;
-            if pe.int64_value(&[k64, r.group as i64]) == r.new_value as i64 {
-                success += 1.0;
-                group_success[r.group].0 += 1.0;
-            }
-            for h in 0..groups {
-                if h != r.group as i64 {
-                    preserved_n += 1.0;
-                    if pe.int64_value(&[k64, h]) == ps.int64_value(&[k64, h]) {
-                        preserved += 1.0;
-                    }
-                }
-            }
-            let mask = masks.get(k64);
-            let mut inside = mask.zeros_like().to_kind(Kind::Bool);
-            for &p in Group::ALL[r.group].parts() {
-                inside = inside.logical_or(&mask.eq(p));
-            }
-            if let (Some(map), false) = (&grounding, Group::ALL[r.group].parts().is_empty()) {
-                // Pointing game: the map's peak falls on a part the edit concerns.
-                let peak = map
-                    .get(k64)
-                    .flatten(0, -1)
-                    .argmax(0, false)
-                    .int64_value(&[]);
-                pointed_n += 1.0;
-                if inside.flatten(0, -1).int64_value(&[peak]) != 0 {
-                    pointed += 1.0;
-                }
-            }
-            let outside = inside.logical_not().to_kind(Kind::Float);
-            let d = diff.get(k64);
-            let l1 = (d * &outside).sum(Kind::Float).double_value(&[])
-                / outside.sum(Kind::Float).double_value(&[]).max(1.0);
-            region += 1.0 - l1;
+            let read = Readings {
+                edited: &pe,
+                source: &ps,
+                mask: &masks.get(k64),
+                grounding: grounding.as_ref().map(|m| m.get(k64)),
+                diff: &diff.get(k64),
+            };
+            tally.add(r, k64, &read);
             if gallery_rows.len() < 12 {
-                let g_name = Group::ALL[r.group]
-                    .cub_name()
-                    .trim_start_matches("has_")
-                    .replace("_color", "");
-                let label = format!(
-                    "{g_name}: {} -> {}",
-                    Group::ALL[r.group].values()[r.old_value],
-                    Group::ALL[r.group].values()[r.new_value]
-                );
                 let mut cells = vec![
                     real.get(k64).unsqueeze(0).to_device(tch::Device::Cpu),
                     source.get(k64).unsqueeze(0),
                     edited.get(k64).unsqueeze(0),
                 ];
-                if let Some(map) = &grounding {
-                    cells.push(map.get(k64).unsqueeze(0).repeat([1, 3, 1, 1]) * 2.0 - 1.0);
+                if let Some(map) = &read.grounding {
+                    cells.push(map.unsqueeze(0).repeat([1, 3, 1, 1]) * 2.0 - 1.0);
                 }
-                gallery_rows.push((cells, label));
+                gallery_rows.push((cells, request_label(r)));
             }
         }
         edited_all.push(edited);
     }
-    let n = reqs.len() as f64;
-    let edit_success = success / n;
-    let attr_preservation = preserved / preserved_n.max(1.0);
-    let region_preservation = region / n;
-    let score = harmonic(&[edit_success, attr_preservation, region_preservation]);
-    let mut metrics = vec![
-        ("eval/edit_success".to_string(), edit_success),
-        ("eval/attr_preservation".to_string(), attr_preservation),
-        ("eval/region_preservation".to_string(), region_preservation),
-    ];
+    let mut metrics = tally.metrics(reqs.len() as f64, method);
     if let Some(test_features) = test_features {
         let edited = Tensor::cat(&edited_all, 0);
         let realism = frechet_distance(
@@ -339,23 +253,157 @@ pub fn run_benchmark(
         );
         metrics.push(("eval/realism".to_string(), realism));
     }
-    metrics.push(("eval/score".to_string(), score));
-    metrics.push((
-        "eval/identity".to_string(),
-        identical / identical_n.max(1.0),
-    ));
-    if method == Method::VisualGrounding && pointed_n > 0.0 {
-        metrics.push(("eval/grounding".to_string(), pointed / pointed_n));
-    }
-    for (group, (hit, n)) in Group::ALL.iter().zip(&group_success) {
-        if *n > 0.0 {
-            metrics.push((format!("eval/edit_success/{}", group.cub_name()), hit / n));
-        }
-    }
     Ok(BenchmarkResult {
         metrics,
         gallery_png: gallery(&gallery_rows, res),
     })
+}
+
+/// One chunk's source images, part masks and styles. Dataset sources are real images with
+/// drawn part masks; sampled sources are G(w) with the critic's part segmentation.
+fn chunk_sources(
+    nets: &Nets,
+    ds: &Dataset,
+    styles_w: &Tensor,
+    chunk: &[EditRequest],
+    c: usize,
+) -> anyhow::Result<(Tensor, Tensor, Tensor)> {
+    let (g, device) = (nets.g, styles_w.device());
+    let res = g.cfg.resolution;
+    let idx: Option<Vec<usize>> = chunk.iter().map(|r| r.image).collect();
+    let rows: Vec<i64> = chunk.iter().map(|r| r.style_row).collect();
+    let w_rows = styles_w.index_select(0, &Tensor::from_slice(&rows).to_device(device));
+    let real = match &idx {
+        Some(idx) => ds.load_images(idx, res)?.to_device(device),
+        None => crate::styles::render_styles(g, &w_rows.narrow(1, 0, 1), 0x5A3D ^ c as u64),
+    };
+    let masks = match &idx {
+        Some(idx) => ds
+            .load_masks(idx, res)?
+            .ok_or_else(|| anyhow::anyhow!("the edit benchmark needs part masks"))?,
+        None => critic_parts(
+            nets.critic.ok_or_else(|| {
+                anyhow::anyhow!("sampled sources need the critic's part segmentation")
+            })?,
+            &real,
+        )?,
+    };
+    Ok((real, masks, w_rows.select(1, 0)))
+}
+
+/// The judge's attribute values of images, on the CPU.
+fn read_attributes(judge: &Trained, images: &Tensor) -> Tensor {
+    tch::no_grad(|| {
+        let out = judge.net.forward(&resize_square(images, judge.resolution));
+        judge
+            .net
+            .predict(&out.attr_logits)
+            .to_device(tch::Device::Cpu)
+    })
+}
+
+/// `group: old -> new`, as the gallery writes a request.
+fn request_label(r: &EditRequest) -> String {
+    let group = Group::ALL[r.group];
+    let name = group
+        .cub_name()
+        .trim_start_matches("has_")
+        .replace("_color", "");
+    format!(
+        "{name}: {} -> {}",
+        group.values()[r.old_value],
+        group.values()[r.new_value]
+    )
+}
+
+/// What the benchmark read of one request's edit.
+struct Readings<'a> {
+    /// The judge's values of the edited images and of G(w_src), `[B, groups]`.
+    edited: &'a Tensor,
+    source: &'a Tensor,
+    /// This source's part mask.
+    mask: &'a Tensor,
+    /// M4's grounding map of this request.
+    grounding: Option<Tensor>,
+    /// Mean |edited - source| per pixel, in [0, 1].
+    diff: &'a Tensor,
+}
+
+/// The benchmark's running counts.
+#[derive(Default)]
+struct Tally {
+    success: f64,
+    /// Per group: (edits that reached the value, requests).
+    group_success: [(f64, f64); Group::ALL.len()],
+    preserved: f64,
+    preserved_n: f64,
+    region: f64,
+    pointed: f64,
+    pointed_n: f64,
+    identical: f64,
+    identical_n: f64,
+}
+
+impl Tally {
+    /// Scores request `r`, row `k` of its chunk.
+    fn add(&mut self, r: &EditRequest, k: i64, read: &Readings) {
+        self.group_success[r.group].1 += 1.0;
+        if read.edited.int64_value(&[k, r.group as i64]) == r.new_value as i64 {
+            self.success += 1.0;
+            self.group_success[r.group].0 += 1.0;
+        }
+        for h in 0..read.edited.size()[1] {
+            if h != r.group as i64 {
+                self.preserved_n += 1.0;
+                if read.edited.int64_value(&[k, h]) == read.source.int64_value(&[k, h]) {
+                    self.preserved += 1.0;
+                }
+            }
+        }
+        let mut inside = read.mask.zeros_like().to_kind(Kind::Bool);
+        for &p in Group::ALL[r.group].parts() {
+            inside = inside.logical_or(&read.mask.eq(p));
+        }
+        if let (Some(map), false) = (&read.grounding, Group::ALL[r.group].parts().is_empty()) {
+            // Pointing game: the map's peak falls on a part the edit concerns.
+            let peak = map.flatten(0, -1).argmax(0, false).int64_value(&[]);
+            self.pointed_n += 1.0;
+            if inside.flatten(0, -1).int64_value(&[peak]) != 0 {
+                self.pointed += 1.0;
+            }
+        }
+        let outside = inside.logical_not().to_kind(Kind::Float);
+        let l1 = (read.diff * &outside).sum(Kind::Float).double_value(&[])
+            / outside.sum(Kind::Float).double_value(&[]).max(1.0);
+        self.region += 1.0 - l1;
+    }
+
+    /// The benchmark's metrics over `n` requests (realism is added by the caller).
+    fn metrics(&self, n: f64, method: Method) -> Vec<(String, f64)> {
+        let edit_success = self.success / n;
+        let attr_preservation = self.preserved / self.preserved_n.max(1.0);
+        let region_preservation = self.region / n;
+        let score = harmonic(&[edit_success, attr_preservation, region_preservation]);
+        let mut metrics = vec![
+            ("eval/edit_success".to_string(), edit_success),
+            ("eval/attr_preservation".to_string(), attr_preservation),
+            ("eval/region_preservation".to_string(), region_preservation),
+            ("eval/score".to_string(), score),
+            (
+                "eval/identity".to_string(),
+                self.identical / self.identical_n.max(1.0),
+            ),
+        ];
+        if method == Method::VisualGrounding && self.pointed_n > 0.0 {
+            metrics.push(("eval/grounding".to_string(), self.pointed / self.pointed_n));
+        }
+        for (group, (hit, n)) in Group::ALL.iter().zip(&self.group_success) {
+            if *n > 0.0 {
+                metrics.push((format!("eval/edit_success/{}", group.cub_name()), hit / n));
+            }
+        }
+        metrics
+    }
 }
 
 /// Rows of source | G(w_src) | edited (| M4's grounding map), each with the requested change

@@ -124,158 +124,158 @@ pub fn unedited_region(changed: &Tensor, masks: &Tensor) -> Tensor {
     inside.logical_not().to_kind(Kind::Float)
 }
 
-/// The loss terms of a recipe on one batch as `(name, weight, unweighted value)`, only those
-/// with weight > 0. The example's partner r is the previous example of the batch.
-///
-/// Besides each method's own terms (ml.md section 5), M1, M3 and M4 share the terms of
-/// editing a source with another caption (the partner's): `preservation` (the critic reads
-/// what the caption names, and by default the source's values elsewhere), `unedited_region`
-/// (pixels outside the changed parts stay), `delta` (residual form: small steps) and
-/// `identity` (a bird edited with its own caption keeps its style).
-pub fn loss_terms(
-    recipe: &Recipe,
-    nets: &Nets,
-    ex: &Example,
-) -> anyhow::Result<Vec<(&'static str, f64, Tensor)>> {
-    let Recipe {
-        method,
-        weights,
-        target,
-        temperature,
-        preservation_groups,
-        contrast,
-    } = recipe;
-    let (enc, heads, g, critic) = (nets.enc, nets.heads, nets.g, nets.critic);
+/// One weighted loss term: its name (reported as `loss/NAME`), weight and value.
+pub type Term = (&'static str, f64, Tensor);
+
+/// The recipe's loss terms on one batch, each with its weight (terms of weight 0 are left
+/// out): the method's own terms, then the terms on an edit of each image with its partner's
+/// caption.
+pub fn loss_terms(recipe: &Recipe, nets: &Nets, ex: &Example) -> anyhow::Result<Vec<Term>> {
     let b = ex.images.size()[0];
     anyhow::ensure!(b >= 2, "a batch needs at least 2 examples to form pairs");
-    let roll = |t: &Tensor| t.roll([1], [0]);
-    let mut terms: Vec<(&'static str, f64, Tensor)> = Vec::new();
-    let grounded = *method == Method::VisualGrounding;
-    // What each caption asks for: its own prediction (M1, M3) or, for M4, the caption read
-    // with another bird's image, so that predicting w_i means applying caption i to another
-    // bird (as an edit does).
-    let own = |images: &Tensor| -> anyhow::Result<Prediction> {
-        if grounded {
-            Ok(predict_grounded(nets, &ex.captions, images)?.pred)
-        } else {
-            predict(enc, heads, g, &ex.captions)
-        }
-    };
-    match method {
+    let mut terms = match recipe.method {
         Method::LinearDirections => {
             anyhow::bail!("method linear-directions is fitted, not trained by a loss")
         }
-        Method::Reconstruction => {
-            let s = predict(enc, heads, g, &ex.captions)?.p;
-            if weights.image > 0.0 {
-                terms.push((
-                    "image",
-                    weights.image,
-                    (render(g, &s) - ex.images).abs().mean(None),
-                ));
-            }
-            if weights.style > 0.0 {
-                terms.push(("style", weights.style, (&s - ex.w).square().mean(None)));
-            }
-            return Ok(terms);
-        }
-        Method::Weighted => {
-            // The seed's pair: an unrelated bird's style edited with caption i gives bird i.
-            let pred = own(ex.images)?;
-            let (w_hat, _) = heads.edit(&pred, &roll(ex.w), g);
-            if weights.image > 0.0 {
-                terms.push((
-                    "image",
-                    weights.image,
-                    (render(g, &w_hat) - ex.images).abs().mean(None),
-                ));
-            }
-            if weights.style > 0.0 {
-                terms.push(("style", weights.style, (&w_hat - ex.w).square().mean(None)));
-            }
-            if weights.sparsity > 0.0 && heads.form == EditForm::Blend {
-                terms.push(("sparsity", weights.sparsity, pred.v.mean(None)));
-            }
-            if weights.identity > 0.0 {
-                let (w_id, _) = heads.edit(&pred, ex.w, g);
-                terms.push((
-                    "identity",
-                    weights.identity,
-                    (w_id - ex.w).square().mean(None),
-                ));
-            }
-        }
-        Method::Contrastive | Method::VisualGrounding => {
-            let pred = own(&roll(ex.images))?;
-            if weights.contrastive > 0.0 {
-                let centre = |t: &Tensor| match contrast {
-                    ContrastStyles::Raw => t.shallow_clone(),
-                    ContrastStyles::Centred => t - g.w_avg.unsqueeze(0),
-                };
-                let unit = |t: Tensor| {
-                    let n = t
-                        .norm_scalaropt_dim(2, [1i64].as_slice(), true)
-                        .clamp_min(1e-8);
-                    t / n
-                };
-                let logits = unit(centre(&pred.p)).matmul(&unit(centre(ex.w)).tr()) / *temperature;
-                let diag = Tensor::arange(b, (Kind::Int64, pred.p.device()));
-                terms.push((
-                    "contrastive",
-                    weights.contrastive,
-                    logits.cross_entropy_for_logits(&diag),
-                ));
-            }
-            if weights.identity > 0.0 {
-                // Caption i read with bird i's own image (M4) edits bird i into itself.
-                let pred = if grounded { own(ex.images)? } else { pred };
-                let (w_id, _) = heads.edit(&pred, ex.w, g);
-                terms.push((
-                    "identity",
-                    weights.identity,
-                    (w_id - ex.w).square().mean(None),
-                ));
-            }
-        }
-    }
+        Method::Reconstruction => return reconstruction_terms(recipe, nets, ex),
+        Method::Weighted => weighted_terms(recipe, nets, ex)?,
+        Method::Contrastive | Method::VisualGrounding => contrastive_terms(recipe, nets, ex)?,
+    };
+    terms.extend(edit_terms(recipe, nets, ex)?);
+    Ok(terms)
+}
 
-    // Edit image i with its partner's caption.
-    let rec_on = weights.reconstruction > 0.0
-        && matches!(method, Method::Contrastive | Method::VisualGrounding);
-    let needs_edit = weights.preservation > 0.0
-        || weights.unedited_region > 0.0
-        || rec_on
-        || (weights.delta > 0.0 && heads.form == EditForm::Residual);
-    if !needs_edit {
-        return Ok(terms);
+/// The batch rolled by one: example i's partner is example i - 1.
+fn roll(t: &Tensor) -> Tensor {
+    t.roll([1], [0])
+}
+
+/// What each caption asks for: its own prediction (M1, M3) or, for M4, the caption read
+/// with `images` (another bird's image), so that predicting w_i means applying caption i to
+/// another bird, as an edit does.
+fn own_prediction(
+    recipe: &Recipe,
+    nets: &Nets,
+    ex: &Example,
+    images: &Tensor,
+) -> anyhow::Result<Prediction> {
+    if recipe.method == Method::VisualGrounding {
+        Ok(predict_grounded(nets, &ex.captions, images)?.pred)
+    } else {
+        predict(nets.enc, nets.heads, nets.g, &ex.captions)
     }
-    let partner: Vec<&str> = (0..b as usize)
-        .map(|i| ex.captions[(i + b as usize - 1) % b as usize])
-        .collect();
-    let pred_r = if grounded {
+}
+
+/// M2: the caption's style, compared with the image and its style.
+fn reconstruction_terms(recipe: &Recipe, nets: &Nets, ex: &Example) -> anyhow::Result<Vec<Term>> {
+    let w = &recipe.weights;
+    let s = predict(nets.enc, nets.heads, nets.g, &ex.captions)?.p;
+    let mut terms = Vec::new();
+    if w.image > 0.0 {
+        let l1 = (render(nets.g, &s) - ex.images).abs().mean(None);
+        terms.push(("image", w.image, l1));
+    }
+    if w.style > 0.0 {
+        terms.push(("style", w.style, (&s - ex.w).square().mean(None)));
+    }
+    Ok(terms)
+}
+
+/// M1, the seed's pair: an unrelated bird's style edited with caption i gives bird i.
+fn weighted_terms(recipe: &Recipe, nets: &Nets, ex: &Example) -> anyhow::Result<Vec<Term>> {
+    let (w, heads, g) = (&recipe.weights, nets.heads, nets.g);
+    let pred = own_prediction(recipe, nets, ex, ex.images)?;
+    let (w_hat, _) = heads.edit(&pred, &roll(ex.w), g);
+    let mut terms = Vec::new();
+    if w.image > 0.0 {
+        let l1 = (render(g, &w_hat) - ex.images).abs().mean(None);
+        terms.push(("image", w.image, l1));
+    }
+    if w.style > 0.0 {
+        terms.push(("style", w.style, (&w_hat - ex.w).square().mean(None)));
+    }
+    if w.sparsity > 0.0 && heads.form == EditForm::Blend {
+        terms.push(("sparsity", w.sparsity, pred.v.mean(None)));
+    }
+    if w.identity > 0.0 {
+        let (w_id, _) = heads.edit(&pred, ex.w, g);
+        terms.push(("identity", w.identity, (w_id - ex.w).square().mean(None)));
+    }
+    Ok(terms)
+}
+
+/// M3 and M4: each caption's predicted style against every style of the batch (InfoNCE),
+/// and the identity edit.
+fn contrastive_terms(recipe: &Recipe, nets: &Nets, ex: &Example) -> anyhow::Result<Vec<Term>> {
+    let (w, heads, g) = (&recipe.weights, nets.heads, nets.g);
+    let pred = own_prediction(recipe, nets, ex, &roll(ex.images))?;
+    let mut terms = Vec::new();
+    if w.contrastive > 0.0 {
+        let centre = |t: &Tensor| match recipe.contrast {
+            ContrastStyles::Raw => t.shallow_clone(),
+            ContrastStyles::Centred => t - g.w_avg.unsqueeze(0),
+        };
+        let unit = |t: Tensor| {
+            let n = t
+                .norm_scalaropt_dim(2, [1i64].as_slice(), true)
+                .clamp_min(1e-8);
+            t / n
+        };
+        let logits = unit(centre(&pred.p)).matmul(&unit(centre(ex.w)).tr()) / recipe.temperature;
+        let diag = Tensor::arange(ex.images.size()[0], (Kind::Int64, pred.p.device()));
+        let nce = logits.cross_entropy_for_logits(&diag);
+        terms.push(("contrastive", w.contrastive, nce));
+    }
+    if w.identity > 0.0 {
+        // Caption i read with bird i's own image (M4) edits bird i into itself.
+        let pred = if recipe.method == Method::VisualGrounding {
+            own_prediction(recipe, nets, ex, ex.images)?
+        } else {
+            pred
+        };
+        let (w_id, _) = heads.edit(&pred, ex.w, g);
+        terms.push(("identity", w.identity, (w_id - ex.w).square().mean(None)));
+    }
+    Ok(terms)
+}
+
+/// The terms on image i edited with its partner's caption: preservation (the critic reads
+/// the asked values), unedited region (pixels outside the changed parts stay), the residual
+/// form's delta penalty, and reconstruction (M3, M4).
+fn edit_terms(recipe: &Recipe, nets: &Nets, ex: &Example) -> anyhow::Result<Vec<Term>> {
+    let (w, heads, g) = (&recipe.weights, nets.heads, nets.g);
+    let rec_on = w.reconstruction > 0.0
+        && matches!(recipe.method, Method::Contrastive | Method::VisualGrounding);
+    let needs_edit = w.preservation > 0.0
+        || w.unedited_region > 0.0
+        || rec_on
+        || (w.delta > 0.0 && heads.form == EditForm::Residual);
+    if !needs_edit {
+        return Ok(Vec::new());
+    }
+    let b = ex.captions.len();
+    let partner: Vec<&str> = (0..b).map(|i| ex.captions[(i + b - 1) % b]).collect();
+    let pred_r = if recipe.method == Method::VisualGrounding {
         predict_grounded(nets, &partner, ex.images)?.pred
     } else {
-        predict(enc, heads, g, &partner)?
+        predict(nets.enc, heads, g, &partner)?
     };
     let (w_hat, delta) = heads.edit(&pred_r, ex.w, g);
     let edited = render(g, &w_hat);
     let (named, values) = mentions(&partner, ex.labels.device());
-    if weights.preservation > 0.0 {
-        let c = critic.ok_or_else(|| {
-            anyhow::anyhow!("the preservation loss needs a critic (a train-judge checkpoint)")
-        })?;
-        let wanted = match preservation_groups {
+    let mut terms = Vec::new();
+    if w.preservation > 0.0 {
+        let wanted = match recipe.preservation_groups {
             PreservationGroups::All => roll(ex.labels),
             PreservationGroups::Mentioned => edit_targets(&named, &values, ex.labels),
         };
-        let out = c.net.forward(&resize_square(&edited, c.resolution));
         terms.push((
             "preservation",
-            weights.preservation,
-            c.net.attribute_loss(&out.attr_logits, &wanted),
+            w.preservation,
+            preservation(nets, &edited, &wanted)?,
         ));
     }
-    if weights.unedited_region > 0.0 {
+    if w.unedited_region > 0.0 {
         let masks = ex.masks.ok_or_else(|| {
             anyhow::anyhow!("the unedited_region loss needs part masks of the training images")
         })?;
@@ -286,30 +286,51 @@ pub fn loss_terms(
         let source = tch::no_grad(|| render(g, ex.w));
         let l1 = ((&edited - source).abs() * &keep).sum(Kind::Float)
             / (keep.sum(Kind::Float) * 3.0).clamp_min(1.0);
-        terms.push(("unedited_region", weights.unedited_region, l1));
+        terms.push(("unedited_region", w.unedited_region, l1));
     }
-    if let (Some(delta), true) = (&delta, weights.delta > 0.0) {
-        terms.push(("delta", weights.delta, delta.square().mean(None)));
+    if let (Some(delta), true) = (&delta, w.delta > 0.0) {
+        terms.push(("delta", w.delta, delta.square().mean(None)));
     }
     if rec_on {
-        let mut rec = (&edited - ex.images).abs().mean(None);
-        if *target == ReconstructionTarget::Both {
-            rec += (&edited - roll(ex.images)).abs().mean(None);
-        }
-        if weights.feature > 0.0 {
-            let c = critic.ok_or_else(|| {
-                anyhow::anyhow!("the feature term needs a critic (a train-judge checkpoint)")
-            })?;
-            let fe = c.net.forward(&resize_square(&edited, c.resolution)).grid;
-            let fi = tch::no_grad(|| c.net.forward(&resize_square(ex.images, c.resolution)).grid);
-            rec += (fe - fi).square().mean(None) * weights.feature;
-        }
-        terms.push(("reconstruction", weights.reconstruction, rec));
+        let rec = reconstruction(recipe, nets, ex, &edited)?;
+        terms.push(("reconstruction", w.reconstruction, rec));
     }
     Ok(terms)
 }
 
+/// The critic's attribute loss of the edited images against the wanted values.
+fn preservation(nets: &Nets, edited: &Tensor, wanted: &Tensor) -> anyhow::Result<Tensor> {
+    let c = nets.critic.ok_or_else(|| {
+        anyhow::anyhow!("the preservation loss needs a critic (a train-judge checkpoint)")
+    })?;
+    let out = c.net.forward(&resize_square(edited, c.resolution));
+    Ok(c.net.attribute_loss(&out.attr_logits, wanted))
+}
+
+/// L1 of the edit against the source image (and its partner's, with target `both`), plus
+/// the critic-feature term when weighted.
+fn reconstruction(
+    recipe: &Recipe,
+    nets: &Nets,
+    ex: &Example,
+    edited: &Tensor,
+) -> anyhow::Result<Tensor> {
+    let mut rec = (edited - ex.images).abs().mean(None);
+    if recipe.target == ReconstructionTarget::Both {
+        rec += (edited - roll(ex.images)).abs().mean(None);
+    }
+    if recipe.weights.feature > 0.0 {
+        let c = nets.critic.ok_or_else(|| {
+            anyhow::anyhow!("the feature term needs a critic (a train-judge checkpoint)")
+        })?;
+        let fe = c.net.forward(&resize_square(edited, c.resolution)).grid;
+        let fi = tch::no_grad(|| c.net.forward(&resize_square(ex.images, c.resolution)).grid);
+        rec += (fe - fi).square().mean(None) * recipe.weights.feature;
+    }
+    Ok(rec)
+}
+
 /// Sum of weighted terms.
-pub fn total_loss(terms: &[(&'static str, f64, Tensor)]) -> Option<Tensor> {
+pub fn total_loss(terms: &[Term]) -> Option<Tensor> {
     terms.iter().map(|(_, w, t)| t * *w).reduce(|a, b| a + b)
 }

@@ -220,6 +220,24 @@ impl StyleHeads {
         Ok(())
     }
 
+    /// Fresh heads for a `train-text` config, sized for `enc` and the generator's `w_dim`.
+    pub fn for_config(
+        cfg: &plume_jobs::TextConfig,
+        enc: &TextEncoder,
+        w_dim: i64,
+        critic: &Trained,
+        device: tch::Device,
+    ) -> anyhow::Result<StyleHeads> {
+        StyleHeads::for_method(
+            cfg.method,
+            device,
+            enc.bert.config.hidden_size,
+            w_dim,
+            Some(critic),
+            EditSpec::from(cfg),
+        )
+    }
+
     /// Heads for `method` (M4 needs the critic to size its visual tokens).
     pub fn for_method(
         method: Method,

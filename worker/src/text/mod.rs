@@ -2,6 +2,7 @@
 
 pub mod benchmark;
 pub mod bert;
+mod context;
 pub mod edit;
 pub mod losses;
 pub mod methods;

@@ -2,182 +2,25 @@
 //! frozen generator, and runs the edit benchmark periodically (so eval curves exist).
 
 use super::benchmark::{
-    captions_of, check_vocabulary, critic_parts, dataset_sources, harmonic, requests,
-    run_benchmark, Source,
+    captions_of, critic_parts, dataset_sources, harmonic, requests, run_benchmark, Source,
 };
-use super::bert::{default_model_dir, TextEncoder, UNSTORED_BERT_KEY};
+use super::bert::UNSTORED_BERT_KEY;
+use super::context::{sampled_split, TextContext};
 use super::losses::{loss_terms, total_loss, Example, Recipe};
-use super::methods::{EditSpec, Method, Nets, StyleHeads};
-use crate::dataset::OpenDataset;
+use super::methods::{Method, Nets};
 use crate::dataset::Partition;
 use crate::job::{step_loop, Cadence, CancelToken, Outcome, Reporter, Task, TrainingJob};
-use crate::judge::fid::Gaussian;
 use crate::nn::adam::Adam;
 use crate::nn::checkpoint::{self, Checkpoint};
 use crate::nn::{named_vars, trainable_vars};
-use crate::stylegan::scoring::real_features;
-use crate::styles::{load_frozen_generator, render_styles, Styles};
+use crate::styles::render_styles;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use tch::{Device, Tensor};
 
 pub use plume_jobs::{EvaluateConfig, TextConfig};
-
-/// Everything a text job reads besides the trained networks' state: data, the frozen
-/// generator and judges, BERT, fresh heads, and the benchmark's fixed requests.
-pub struct TextContext {
-    ds: crate::dataset::Dataset,
-    fingerprint: String,
-    g: crate::stylegan::generator::Generator,
-    _g_vs: tch::nn::VarStore,
-    styles_w: Tensor,
-    style_rows: Vec<i64>,
-    /// Sampled styles only: the critic's attribute values of each row.
-    sampled: Option<Vec<Vec<usize>>>,
-    critic: crate::judge::train::Trained,
-    judge: crate::judge::train::Trained,
-    bert_dir: PathBuf,
-    enc: TextEncoder,
-    heads: StyleHeads,
-    reqs: Vec<super::benchmark::EditRequest>,
-    test_features: Gaussian,
-}
-
-impl TextContext {
-    /// Loads what `cfg` names; `judge` overrides the config's judge checkpoint (evaluate).
-    pub fn load(
-        cfg: &TextConfig,
-        judge_override: Option<&Path>,
-        eval_edits: usize,
-        device: Device,
-    ) -> anyhow::Result<TextContext> {
-        let ds = cfg.dataset.open()?;
-        check_vocabulary(&ds)?;
-        let (fingerprint, g_vs, g) = load_frozen_generator(&cfg.generator, device)?;
-        let styles = Styles::load(&cfg.styles, &fingerprint)?;
-        let styles_w = styles.w.to_device(device);
-        let critic = crate::judge::train::load(&cfg.judge, "critic", device)?;
-        let judge =
-            crate::judge::train::load(judge_override.unwrap_or(&cfg.judge), "judge", device)?;
-        let bert_dir =
-            cfg.bert.clone().or_else(default_model_dir).ok_or_else(|| {
-                anyhow::anyhow!("no BERT weights: set `bert:` or run scripts/setup")
-            })?;
-        let enc = TextEncoder::load(&bert_dir, device, cfg.max_tokens)?;
-        enc.freeze_lower_layers(cfg.freeze_layers);
-        tch::manual_seed(cfg.seed as i64);
-        let heads = StyleHeads::for_method(
-            cfg.method,
-            device,
-            enc.bert.config.hidden_size,
-            g.cfg.w_dim,
-            Some(&critic),
-            EditSpec::from(cfg),
-        )?;
-        // Style row of every dataset image (-1 where the styles file has none).
-        let mut style_rows = vec![-1i64; ds.images.len()];
-        for (row, &i) in Vec::<i64>::try_from(&styles.index)?.iter().enumerate() {
-            if (0..ds.images.len() as i64).contains(&i) {
-                style_rows[i as usize] = row as i64;
-            }
-        }
-        let sampled: Option<Vec<Vec<usize>>> = match &styles.labels {
-            Some(l) => {
-                let n = l.size()[0];
-                let flat = Vec::<i64>::try_from(&l.flatten(0, -1))?;
-                let g = ds.groups.len();
-                anyhow::ensure!(
-                    n >= 2,
-                    "sampled styles: at least 2 rows are needed, got {n}"
-                );
-                Some(
-                    flat.chunks(g)
-                        .map(|r| r.iter().map(|&v| v.max(0) as usize).collect())
-                        .collect(),
-                )
-            }
-            None => None,
-        };
-        let sources: Vec<Source> = match &sampled {
-            None => dataset_sources(&ds, &style_rows, Partition::Test),
-            Some(labels) => (sampled_split(labels.len())..labels.len())
-                .map(|r| Source {
-                    image: None,
-                    style_row: r as i64,
-                    values: labels[r].clone(),
-                })
-                .collect(),
-        };
-        let reqs = requests(&ds, &sources, eval_edits, cfg.seed ^ 0xED17)?;
-        let test = ds.partition(Partition::Test);
-        let test_features = Gaussian::fit(&real_features(
-            &judge,
-            &ds.load_images(&test, g.cfg.resolution)?.to_device(device),
-        ));
-        Ok(TextContext {
-            ds,
-            fingerprint,
-            g,
-            _g_vs: g_vs,
-            styles_w,
-            style_rows,
-            sampled,
-            critic,
-            judge,
-            bert_dir,
-            enc,
-            heads,
-            reqs,
-            test_features,
-        })
-    }
-
-    fn nets(&self) -> Nets<'_> {
-        Nets {
-            enc: &self.enc,
-            heads: &self.heads,
-            g: &self.g,
-            critic: Some(&self.critic),
-        }
-    }
-
-    /// Runs the edit benchmark and reports its metrics and gallery at `step`.
-    fn evaluate(
-        &self,
-        method: Method,
-        step: i64,
-        reporter: &mut dyn Reporter,
-    ) -> anyhow::Result<()> {
-        let result = run_benchmark(
-            method,
-            &self.nets(),
-            &self.judge,
-            &self.ds,
-            &self.styles_w,
-            &self.reqs,
-            Some(&self.test_features),
-        )?;
-        let named: Vec<(&str, f64)> = result
-            .metrics
-            .iter()
-            .map(|(k, v)| (k.as_str(), *v))
-            .collect();
-        reporter.metrics(step, &named)?;
-        reporter.artifact(step, "edits", &result.gallery_png)?;
-        reporter.log(&format!(
-            "step {step}: {}",
-            result
-                .metrics
-                .iter()
-                .map(|(k, v)| format!("{k}={v:.4}"))
-                .collect::<Vec<_>>()
-                .join(" ")
-        ));
-        Ok(())
-    }
-}
 
 /// Runs `train-text`.
 pub fn run(
@@ -188,151 +31,49 @@ pub fn run(
     cancel: &CancelToken,
 ) -> anyhow::Result<Outcome> {
     let ctx = TextContext::load(cfg, None, cfg.eval_edits, device)?;
-    let (ds, g, enc, heads) = (&ctx.ds, &ctx.g, &ctx.enc, &ctx.heads);
-    let fingerprint = &ctx.fingerprint;
-    let bert_dir = &ctx.bert_dir;
-    let style_rows = &ctx.style_rows;
-    let mut bert_opt = Adam::new(trainable_vars(&enc.vs), cfg.lr_bert, 0.9, 0.999, 1e-8);
-    let mut head_opt = Adam::new(trainable_vars(&heads.vs), cfg.lr_heads, 0.9, 0.999, 1e-8);
-    // Training examples, their part masks (drawn ones, or the critic's segmentation of G(w);
-    // only the unedited-region loss reads them), and the same examples as edit sources (M0
-    // chooses its step size on them).
+    // Part masks: only the unedited-region loss reads them.
     let needs_masks = cfg.losses.unedited_region > 0.0
         && matches!(
             cfg.method,
             Method::Weighted | Method::Contrastive | Method::VisualGrounding
         );
-    let (images, labels, w_train, train_captions, masks, train_sources) = match &ctx.sampled {
-        None => {
-            let train: Vec<usize> = ds
-                .partition(Partition::Train)
-                .into_iter()
-                .filter(|&i| style_rows[i] >= 0 && !ds.captions[i].is_empty())
-                .collect();
-            anyhow::ensure!(
-                train.len() >= 2,
-                "only {} training images have styles and captions",
-                train.len()
-            );
-            let images = ds.load_images(&train, g.cfg.resolution)?.to_device(device);
-            let labels = ds.label_tensor(&train).to_device(device);
-            let rows =
-                Tensor::from_slice(&train.iter().map(|&i| style_rows[i]).collect::<Vec<_>>())
-                    .to_device(device);
-            let w = ctx.styles_w.index_select(0, &rows).select(1, 0);
-            let captions: Vec<Vec<String>> =
-                train.iter().map(|&i| ds.captions[i].clone()).collect();
-            let masks = match needs_masks {
-                true => ds
-                    .load_masks(&train, g.cfg.resolution)?
-                    .map(|m| m.to_device(device)),
-                false => None,
-            };
-            let sources = dataset_sources(ds, style_rows, Partition::Train);
-            (images, labels, w, captions, masks, sources)
-        }
-        // Sampled styles: the first 90% train (images G(w), captions from the templates of
-        // the critic's labels); the rest are the benchmark's sources.
-        Some(values) => {
-            let n = sampled_split(values.len()) as i64;
-            let w = ctx.styles_w.narrow(0, 0, n);
-            let images = Tensor::cat(
-                &(0..n)
-                    .step_by(64)
-                    .map(|k| render_styles(g, &w.narrow(0, k, 64.min(n - k)), 0x7EA1 ^ k as u64))
-                    .collect::<Vec<_>>(),
-                0,
-            );
-            let flat: Vec<i64> = values[..n as usize]
-                .iter()
-                .flat_map(|r| r.iter().map(|&v| v as i64))
-                .collect();
-            let labels = Tensor::from_slice(&flat)
-                .view([n, ds.groups.len() as i64])
-                .to_device(device);
-            let captions = values[..n as usize]
-                .iter()
-                .map(|v| captions_of(v))
-                .collect();
-            let masks = match needs_masks {
-                true => Some(
-                    Tensor::cat(
-                        &(0..n)
-                            .step_by(256)
-                            .map(|k| {
-                                critic_parts(&ctx.critic, &images.narrow(0, k, 256.min(n - k)))
-                            })
-                            .collect::<anyhow::Result<Vec<_>>>()?,
-                        0,
-                    )
-                    .to_device(device),
-                ),
-                false => None,
-            };
-            let sources = (0..n as usize)
-                .map(|r| Source {
-                    image: None,
-                    style_row: r as i64,
-                    values: values[r].clone(),
-                })
-                .collect();
-            (images, labels, w.select(1, 0), captions, masks, sources)
-        }
+    let set = match &ctx.sampled {
+        None => TrainingSet::from_dataset(&ctx, needs_masks, device)?,
+        Some(values) => TrainingSet::from_sampled(&ctx, values, needs_masks, device)?,
     };
-
+    let mut bert_opt = Adam::new(trainable_vars(&ctx.enc.vs), cfg.lr_bert, 0.9, 0.999, 1e-8);
+    let mut head_opt = Adam::new(
+        trainable_vars(&ctx.heads.vs),
+        cfg.lr_heads,
+        0.9,
+        0.999,
+        1e-8,
+    );
     let mut step = 0;
     if let Some(path) = resume {
         let ckpt = Checkpoint::load(path)?;
         ckpt.expect_kind("train-text")?;
         ckpt.expect_resume_state()?;
-        enc.restore_from(&ckpt)?;
-        ckpt.restore("heads.", &named_vars(&heads.vs))?;
+        ctx.enc.restore_from(&ckpt)?;
+        ckpt.restore("heads.", &named_vars(&ctx.heads.vs))?;
         bert_opt.restore(&ckpt, "bert.opt.")?;
         head_opt.restore(&ckpt, "heads.opt.")?;
         step = ckpt.step;
     }
-    let recipe = Recipe::from(cfg);
-    reporter.log(&format!("train-text {:?} on {device:?}: {} training examples with styles{}, {} edit requests, steps {step}..{}", cfg.method, train_captions.len(), if ctx.sampled.is_some() { " (sampled)" } else { "" }, ctx.reqs.len(), cfg.steps));
-    let nets = ctx.nets();
-    let evaluate =
-        |step: i64, reporter: &mut dyn Reporter| ctx.evaluate(cfg.method, step, reporter);
-    // The BERT weights training changes (none for M0, which never steps BERT); checkpoints
-    // store only these, and the fingerprint of the rest, which `bert_dir` supplies.
-    let stored_bert = if cfg.method == Method::LinearDirections {
-        Vec::new()
-    } else {
-        trainable_vars(&enc.vs)
-    };
-    let unstored_bert = enc.unstored_fingerprint(&stored_bert);
-    let save = |step: i64,
-                bert_opt: &Adam,
-                head_opt: &Adam,
-                reporter: &mut dyn Reporter|
-     -> anyhow::Result<()> {
-        let mut weights = checkpoint::prefixed("bert.", &stored_bert);
-        weights.extend(checkpoint::prefixed("heads.", &named_vars(&heads.vs)));
-        let mut state = checkpoint::prefixed("bert.opt.", &bert_opt.state());
-        state.extend(checkpoint::prefixed("heads.opt.", &head_opt.state()));
-        let mut meta = BTreeMap::new();
-        meta.insert("text.generator".into(), fingerprint.clone());
-        meta.insert("text.bert_dir".into(), bert_dir.display().to_string());
-        meta.insert(UNSTORED_BERT_KEY.into(), unstored_bert.clone());
-        meta.insert("job.config".into(), serde_json::to_string(cfg)?);
-        let path = reporter.checkpoint_path(step)?;
-        checkpoint::save(
-            &path,
-            "train-text",
-            step,
-            &meta,
-            &checkpoint::Parts { weights, state },
-        )?;
-        reporter.checkpoint_written(step, &path)
-    };
+    reporter.log(&format!(
+        "train-text {:?} on {device:?}: {} training examples with styles{}, {} edit requests, steps {step}..{}",
+        cfg.method,
+        set.captions.len(),
+        if ctx.sampled.is_some() { " (sampled)" } else { "" },
+        ctx.reqs.len(),
+        cfg.steps
+    ));
+    let saver = TextSaver::new(&ctx, cfg);
     if cfg.method == Method::LinearDirections {
         // M0 is fitted in closed form, in one step (`steps` does not apply).
-        fit_linear_directions(&ctx, cfg, &w_train, &labels, &train_sources, reporter)?;
-        evaluate(1, reporter)?;
-        save(1, &bert_opt, &head_opt, reporter)?;
+        fit_linear_directions(&ctx, cfg, &set.w, &set.labels, &set.sources, reporter)?;
+        ctx.evaluate(cfg.method, 1, reporter)?;
+        saver.save(1, &bert_opt, &head_opt, reporter)?;
         reporter.finish("linear-directions fitted");
         return Ok(Outcome::Completed { step: 1 });
     }
@@ -349,62 +90,212 @@ pub fn run(
         )
     };
     let mut job = TextTraining {
+        ctx: &ctx,
         cfg,
-        recipe,
-        nets,
+        recipe: Recipe::from(cfg),
+        nets: ctx.nets(),
         bert_opt,
         head_opt,
-        train_captions: &train_captions,
-        images,
-        w_train,
-        labels,
-        masks,
-        save: &save,
-        evaluate: &evaluate,
+        set,
+        saver,
     };
     step_loop(&mut job, step, &cadence, reporter, cancel)
 }
 
-/// Writes a checkpoint from the BERT and head optimizers' state.
-type SaveText<'a> = &'a dyn Fn(i64, &Adam, &Adam, &mut dyn Reporter) -> anyhow::Result<()>;
+/// The training examples: images, styles w, attribute labels, captions, part masks when a
+/// loss reads them, and the same examples as edit sources (M0 chooses its step size on them).
+struct TrainingSet {
+    images: Tensor,
+    labels: Tensor,
+    /// One style per example, `[N, w_dim]`.
+    w: Tensor,
+    /// Per example: its captions, one drawn per step.
+    captions: Vec<Vec<String>>,
+    masks: Option<Tensor>,
+    sources: Vec<Source>,
+}
+
+impl TrainingSet {
+    /// Inverted styles: the training partition's images that have a style and captions.
+    fn from_dataset(ctx: &TextContext, needs_masks: bool, device: Device) -> anyhow::Result<Self> {
+        let (ds, resolution) = (&ctx.ds, ctx.g.cfg.resolution);
+        let train: Vec<usize> = ds
+            .partition(Partition::Train)
+            .into_iter()
+            .filter(|&i| ctx.style_rows[i] >= 0 && !ds.captions[i].is_empty())
+            .collect();
+        anyhow::ensure!(
+            train.len() >= 2,
+            "only {} training images have styles and captions",
+            train.len()
+        );
+        let rows: Vec<i64> = train.iter().map(|&i| ctx.style_rows[i]).collect();
+        let rows = Tensor::from_slice(&rows).to_device(device);
+        let masks = match needs_masks {
+            true => ds
+                .load_masks(&train, resolution)?
+                .map(|m| m.to_device(device)),
+            false => None,
+        };
+        Ok(TrainingSet {
+            images: ds.load_images(&train, resolution)?.to_device(device),
+            labels: ds.label_tensor(&train).to_device(device),
+            w: ctx.styles_w.index_select(0, &rows).select(1, 0),
+            captions: train.iter().map(|&i| ds.captions[i].clone()).collect(),
+            masks,
+            sources: dataset_sources(ds, &ctx.style_rows, Partition::Train),
+        })
+    }
+
+    /// Sampled styles: the first 90% train (images G(w), captions from the templates of the
+    /// critic's labels `values`, masks from the critic's segmentation); the rest are the
+    /// benchmark's sources.
+    fn from_sampled(
+        ctx: &TextContext,
+        values: &[Vec<usize>],
+        needs_masks: bool,
+        device: Device,
+    ) -> anyhow::Result<Self> {
+        let n = sampled_split(values.len()) as i64;
+        let w = ctx.styles_w.narrow(0, 0, n);
+        let images = Tensor::cat(
+            &(0..n)
+                .step_by(64)
+                .map(|k| render_styles(&ctx.g, &w.narrow(0, k, 64.min(n - k)), 0x7EA1 ^ k as u64))
+                .collect::<Vec<_>>(),
+            0,
+        );
+        let flat: Vec<i64> = values[..n as usize]
+            .iter()
+            .flat_map(|r| r.iter().map(|&v| v as i64))
+            .collect();
+        let labels = Tensor::from_slice(&flat)
+            .view([n, ctx.ds.groups.len() as i64])
+            .to_device(device);
+        let masks = match needs_masks {
+            true => {
+                let chunks = (0..n)
+                    .step_by(256)
+                    .map(|k| critic_parts(&ctx.critic, &images.narrow(0, k, 256.min(n - k))))
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                Some(Tensor::cat(&chunks, 0).to_device(device))
+            }
+            false => None,
+        };
+        let sources = (0..n as usize)
+            .map(|r| Source {
+                image: None,
+                style_row: r as i64,
+                values: values[r].clone(),
+            })
+            .collect();
+        Ok(TrainingSet {
+            images,
+            labels,
+            w: w.select(1, 0),
+            captions: values[..n as usize]
+                .iter()
+                .map(|v| captions_of(v))
+                .collect(),
+            masks,
+            sources,
+        })
+    }
+}
+
+/// Writes `train-text` checkpoints: the BERT weights training changes (none for M0, which
+/// never steps BERT), the heads and both optimizers' state, with the fingerprint of the BERT
+/// weights it does not store (which `bert_dir` supplies on load).
+struct TextSaver<'a> {
+    ctx: &'a TextContext,
+    cfg: &'a TextConfig,
+    stored_bert: Vec<(String, Tensor)>,
+    unstored_bert: String,
+}
+
+impl<'a> TextSaver<'a> {
+    fn new(ctx: &'a TextContext, cfg: &'a TextConfig) -> Self {
+        let stored_bert = if cfg.method == Method::LinearDirections {
+            Vec::new()
+        } else {
+            trainable_vars(&ctx.enc.vs)
+        };
+        let unstored_bert = ctx.enc.unstored_fingerprint(&stored_bert);
+        TextSaver {
+            ctx,
+            cfg,
+            stored_bert,
+            unstored_bert,
+        }
+    }
+
+    fn save(
+        &self,
+        step: i64,
+        bert_opt: &Adam,
+        head_opt: &Adam,
+        reporter: &mut dyn Reporter,
+    ) -> anyhow::Result<()> {
+        let mut weights = checkpoint::prefixed("bert.", &self.stored_bert);
+        weights.extend(checkpoint::prefixed(
+            "heads.",
+            &named_vars(&self.ctx.heads.vs),
+        ));
+        let mut state = checkpoint::prefixed("bert.opt.", &bert_opt.state());
+        state.extend(checkpoint::prefixed("heads.opt.", &head_opt.state()));
+        let mut meta = BTreeMap::new();
+        meta.insert("text.generator".into(), self.ctx.fingerprint.clone());
+        meta.insert(
+            "text.bert_dir".into(),
+            self.ctx.bert_dir.display().to_string(),
+        );
+        meta.insert(UNSTORED_BERT_KEY.into(), self.unstored_bert.clone());
+        meta.insert("job.config".into(), serde_json::to_string(self.cfg)?);
+        let path = reporter.checkpoint_path(step)?;
+        checkpoint::save(
+            &path,
+            "train-text",
+            step,
+            &meta,
+            &checkpoint::Parts { weights, state },
+        )?;
+        reporter.checkpoint_written(step, &path)
+    }
+}
 
 /// `train-text` as the step loop drives it.
 struct TextTraining<'a> {
+    ctx: &'a TextContext,
     cfg: &'a TextConfig,
     recipe: Recipe,
     nets: Nets<'a>,
     bert_opt: Adam,
     head_opt: Adam,
-    /// Per training example: its captions, one drawn per step.
-    train_captions: &'a [Vec<String>],
-    images: Tensor,
-    w_train: Tensor,
-    labels: Tensor,
-    masks: Option<Tensor>,
-    save: SaveText<'a>,
-    evaluate: &'a dyn Fn(i64, &mut dyn Reporter) -> anyhow::Result<()>,
+    set: TrainingSet,
+    saver: TextSaver<'a>,
 }
 
 impl TrainingJob for TextTraining<'_> {
     fn train_step(&mut self, _step: i64, seed: u64) -> anyhow::Result<Vec<(String, f64)>> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let idx: Vec<i64> = (0..self.cfg.batch)
-            .map(|_| rng.random_range(0..self.train_captions.len() as i64))
+            .map(|_| rng.random_range(0..self.set.captions.len() as i64))
             .collect();
         let captions: Vec<&str> = idx
             .iter()
             .map(|&k| {
-                let c = &self.train_captions[k as usize];
+                let c = &self.set.captions[k as usize];
                 c[rng.random_range(0..c.len())].as_str()
             })
             .collect();
-        let sel = Tensor::from_slice(&idx).to_device(self.images.device());
+        let set = &self.set;
+        let sel = Tensor::from_slice(&idx).to_device(set.images.device());
         let (x, w, l) = (
-            self.images.index_select(0, &sel),
-            self.w_train.index_select(0, &sel),
-            self.labels.index_select(0, &sel),
+            set.images.index_select(0, &sel),
+            set.w.index_select(0, &sel),
+            set.labels.index_select(0, &sel),
         );
-        let m = self.masks.as_ref().map(|m| m.index_select(0, &sel));
+        let m = set.masks.as_ref().map(|m| m.index_select(0, &sel));
         let ex = Example {
             images: &x,
             w: &w,
@@ -436,8 +327,10 @@ impl TrainingJob for TextTraining<'_> {
         reporter: &mut dyn Reporter,
     ) -> anyhow::Result<()> {
         match task {
-            Task::Evaluate => (self.evaluate)(step, reporter),
-            Task::Checkpoint => (self.save)(step, &self.bert_opt, &self.head_opt, reporter),
+            Task::Evaluate => self.ctx.evaluate(self.cfg.method, step, reporter),
+            Task::Checkpoint => self
+                .saver
+                .save(step, &self.bert_opt, &self.head_opt, reporter),
             Task::Samples => Ok(()),
         }
     }
@@ -543,9 +436,4 @@ fn fit_linear_directions(
     reporter.metrics(1, &[("m0/alpha", best.1)])?;
     reporter.log(&format!("linear-directions: alpha {} chosen", best.1));
     Ok(())
-}
-
-/// Rows of sampled styles that train; the rest (a tenth, at least one) are benchmark sources.
-fn sampled_split(rows: usize) -> usize {
-    rows - (rows / 10).max(1)
 }

@@ -187,6 +187,65 @@ pub async fn bench_command(args: BenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// The dashboard's listener on `http_port`, or on any free port when that one is taken.
+async fn bind_dashboard(http_port: u16) -> Result<tokio::net::TcpListener> {
+    match tokio::net::TcpListener::bind(("127.0.0.1", http_port)).await {
+        Ok(l) => Ok(l),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            eprintln!("port {http_port} is taken; the dashboard takes another");
+            Ok(tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?)
+        }
+        Err(e) => Err(e).context("binding the dashboard"),
+    }
+}
+
+/// `workers` worker processes on `device` against the endpoint, each with its directory and
+/// log under `home/workers/`.
+fn start_workers(
+    workers: usize,
+    device: &str,
+    home: &Path,
+    endpoint: &Endpoint,
+) -> Result<Workers> {
+    // CPU workers share the machine's cores: libtorch's OpenMP would give each one a thread
+    // per core, and oversubscribed spinning threads run an order of magnitude slower (two
+    // 2-thread workers on 2 cores measured 3 s per generator step instead of 0.4 s).
+    let threads_each =
+        (device == "cpu" && std::env::var_os("OMP_NUM_THREADS").is_none()).then(|| {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            (cores / workers.max(1)).max(1)
+        });
+    let bin = worker_binary()?;
+    let mut children = Workers(Vec::new());
+    for i in 0..workers {
+        let dir = home.join("workers").join(i.to_string());
+        std::fs::create_dir_all(&dir)?;
+        let log = std::fs::File::create(dir.join("worker.log"))?;
+        let mut command = Command::new(&bin);
+        if let Some(n) = threads_each {
+            command.env("OMP_NUM_THREADS", n.to_string());
+        }
+        let child = command
+            .args(["--coordinator", &endpoint.url, "--device", device, "--name"])
+            .arg(format!("local-{i}"))
+            .arg("--work-dir")
+            .arg(&dir)
+            .env("PLUME_WORKER_TOKEN", &endpoint.worker_token)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        children.0.push(child);
+    }
+    eprintln!(
+        "{workers} worker(s) on {device}{}; logs in {}",
+        threads_each.map_or(String::new(), |n| format!(", {n} thread(s) each")),
+        home.join("workers").display()
+    );
+    Ok(children)
+}
+
 fn random_token() -> String {
     let mut b = [0u8; 24];
     rand::rng().fill(&mut b);
@@ -279,14 +338,7 @@ async fn up(
             limits: Limits::default(),
         },
     );
-    let http = match tokio::net::TcpListener::bind(("127.0.0.1", http_port)).await {
-        Ok(l) => l,
-        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-            eprintln!("port {http_port} is taken; the dashboard takes another");
-            tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?
-        }
-        Err(e) => return Err(e).context("binding the dashboard"),
-    };
+    let http = bind_dashboard(http_port).await?;
     let dashboard_addr = http.local_addr()?;
     let dashboard = tokio::spawn(plume_coordinator::web::serve(
         coordinator.clone(),
@@ -308,42 +360,7 @@ async fn up(
         "dashboard: http://{dashboard_addr}/#token={}",
         endpoint.user_token
     );
-    let bin = worker_binary()?;
-    // CPU workers share the machine's cores: libtorch's OpenMP would give each one a thread
-    // per core, and oversubscribed spinning threads run an order of magnitude slower (two
-    // 2-thread workers on 2 cores measured 3 s per generator step instead of 0.4 s).
-    let threads_each =
-        (device == "cpu" && std::env::var_os("OMP_NUM_THREADS").is_none()).then(|| {
-            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-            (cores / workers.max(1)).max(1)
-        });
-    let mut children = Workers(Vec::new());
-    for i in 0..workers {
-        let dir = home.join("workers").join(i.to_string());
-        std::fs::create_dir_all(&dir)?;
-        let log = std::fs::File::create(dir.join("worker.log"))?;
-        let mut command = Command::new(&bin);
-        if let Some(n) = threads_each {
-            command.env("OMP_NUM_THREADS", n.to_string());
-        }
-        let child = command
-            .args(["--coordinator", &endpoint.url, "--device", device, "--name"])
-            .arg(format!("local-{i}"))
-            .arg("--work-dir")
-            .arg(&dir)
-            .env("PLUME_WORKER_TOKEN", &endpoint.worker_token)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        children.0.push(child);
-    }
-    eprintln!(
-        "{workers} worker(s) on {device}{}; logs in {}",
-        threads_each.map_or(String::new(), |n| format!(", {n} thread(s) each")),
-        home.join("workers").display()
-    );
+    let children = start_workers(workers, device, &home, &endpoint)?;
     let result = match submit_file {
         Some(file) => {
             let conn = Conn {

@@ -1,6 +1,8 @@
 //! A minimal WebDriver client for Debian's headless Chromium (`chromium` + `chromium-driver`):
-//! what the dashboard's browser tests and `plume bench dashboard` need (open a page, run a
-//! script, wait for a condition, take a screenshot) and nothing more.
+//! what the dashboard's system tests and `plume bench --suite dashboard` (built with the
+//! coordinator's `page-bench` feature) need: open a page, run a script, wait for a condition,
+//! take a screenshot, and nothing more. It is test tooling, so a default build of `plume`
+//! does not contain it.
 
 use anyhow::{anyhow, bail, Context, Result};
 use base64::Engine;
@@ -31,7 +33,10 @@ impl Browser {
                  apt-get install chromium chromium-driver (scripts/setup does this as root)"
             );
         }
-        let port = crate::pg::free_port()?;
+        // A free loopback port: bound, then released for chromedriver to take.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
         let driver = Command::new(CHROMEDRIVER)
             .arg(format!("--port={port}"))
             .stdin(Stdio::null())

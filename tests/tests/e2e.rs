@@ -5,16 +5,15 @@
 
 use plume_coordinator::client::user_client;
 use plume_coordinator::pg::free_port;
-use plume_coordinator::states::{AttemptState, ExperimentState, Outcome, RunState};
-use plume_coordinator::store::{Beat, Fence, Series, Store, StoreError};
+use plume_coordinator::states::{AttemptState, ExperimentState, RunState};
+use plume_coordinator::store::Store;
 use plume_proto::v1 as pb;
 use std::collections::BTreeMap;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-mod common;
-use common::{bin, coordinator, postgres, serve, wait_for, worker, Kill, USER, WORKER};
+use plume_system_tests::{bin, coordinator, postgres, serve, wait_for, worker, Kill, USER, WORKER};
 
 const TINY: &str = "dataset: {kind: synthetic-birds, images: 200, resolution: 32, seed: 3}
 stages:
@@ -425,156 +424,6 @@ async fn pipeline_survives_worker_and_coordinator_kills() {
     .await;
     drop(workers);
     drop(coord);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stale_attempt_cannot_write() {
-    let tmp = tempfile::tempdir().unwrap();
-    let pg = postgres(tmp.path().join("pg")).await;
-    let store = Store::connect(&pg.url, Duration::from_secs(1))
-        .await
-        .unwrap();
-    let exp = plume_coordinator::experiment::parse(
-        "s.yaml",
-        "name: s\ndataset: {kind: cub, path: x}\nruns:\n  - {name: a, job: train-judge, steps: 5}\nmax_restarts: 1\n",
-    )
-    .unwrap();
-    store.submit(&exp, "s.yaml", "").await.unwrap();
-    let kinds = vec!["train-judge".to_string()];
-    let w1 = store
-        .register_worker("w1", serde_json::json!({}))
-        .await
-        .unwrap();
-    let w2 = store
-        .register_worker("w2", serde_json::json!({}))
-        .await
-        .unwrap();
-    let first = store.claim(w1, &kinds).await.unwrap().unwrap();
-    let mut batch = BTreeMap::new();
-    batch.insert(
-        "loss".to_string(),
-        Series {
-            steps: vec![1, 2],
-            values: vec![0.5, 0.4],
-        },
-    );
-    assert!(store.ingest(first.fence, 1, &batch).await.unwrap());
-    assert!(
-        !store.ingest(first.fence, 1, &batch).await.unwrap(),
-        "a resent batch is not applied twice"
-    );
-    // The lease runs out; the run is requeued and claimed by another worker.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(store.reap_expired().await.unwrap(), 1);
-    let second = store.claim(w2, &kinds).await.unwrap().unwrap();
-    assert_eq!(second.fence.attempt, 2);
-    // Everything the first attempt tries now is refused.
-    let stale = Fence { ..first.fence };
-    assert!(matches!(
-        store.ingest(stale, 2, &batch).await,
-        Err(StoreError::Stale { .. })
-    ));
-    assert!(matches!(
-        store.heartbeat(stale, 3, 5).await,
-        Err(StoreError::Stale { .. })
-    ));
-    assert!(matches!(
-        store.finish(stale, Outcome::Succeeded, "", 5).await,
-        Err(StoreError::Stale { .. })
-    ));
-    // The new attempt started from no checkpoint, so the old points are gone: one curve, no
-    // duplicates once it reports.
-    assert!(store.ingest(second.fence, 1, &batch).await.unwrap());
-    let curve = store.curve(second.fence.run, "loss").await.unwrap();
-    assert_eq!(curve.steps, vec![1, 2]);
-    // A worker that shuts down releases its attempt: the run is queued again at once.
-    store
-        .finish(second.fence, Outcome::Released, "worker shutting down", 2)
-        .await
-        .unwrap();
-    let third = store.claim(w1, &kinds).await.unwrap().unwrap();
-    assert_eq!(third.fence.attempt, 3);
-    store
-        .finish(third.fence, Outcome::Succeeded, "ok", 5)
-        .await
-        .unwrap();
-    // A heartbeat sent just before that Finish, arriving after it, finds a finished attempt,
-    // not a lost lease (the worker must not be told its finished run was reassigned).
-    assert_eq!(
-        store.heartbeat(third.fence, 5, 5).await.unwrap(),
-        Beat::Finished
-    );
-    let attempts = store.attempts(second.fence.run).await.unwrap();
-    assert_eq!(
-        attempts.iter().map(|a| a.state).collect::<Vec<_>>(),
-        vec![
-            AttemptState::Lost,
-            AttemptState::Lost,
-            AttemptState::Succeeded
-        ]
-    );
-    assert!(attempts[1].message.starts_with("released by its worker"));
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failed_run_reruns_with_a_fresh_restart_budget_from_its_checkpoint() {
-    let tmp = tempfile::tempdir().unwrap();
-    let pg = postgres(tmp.path().join("pg")).await;
-    let store = Store::connect(&pg.url, Duration::from_secs(1))
-        .await
-        .unwrap();
-    let yaml = "name: r\ndataset: {kind: cub, path: x}\nstages:\n  judge: {job: train-judge, steps: 5}\n\
-                runs:\n  - {name: gen, job: pretrain-generator, needs: [judge], steps: 5}\nmax_restarts: 1\n";
-    let exp = plume_coordinator::experiment::parse("r.yaml", yaml).unwrap();
-    let (exp_id, _) = store.submit(&exp, "r.yaml", yaml).await.unwrap();
-    let kinds = vec!["train-judge".to_string(), "pretrain-generator".to_string()];
-    let w = store
-        .register_worker("w", serde_json::json!({}))
-        .await
-        .unwrap();
-    let judge_state = || async { state(&store, exp_id, "judge").await.0 };
-    // Attempt 1 writes a checkpoint, then its worker vanishes: requeued (restart 1 of 1).
-    let first = store.claim(w, &kinds).await.unwrap().unwrap();
-    let ckpt =
-        plume_coordinator::blobs::f32_checkpoint("train-judge", &[("w", vec![0u8; 16])], None);
-    let (ckpt_id, _) = store.store_checkpoint(first.fence, 3, &ckpt).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(store.reap_expired().await.unwrap(), 1);
-    assert_eq!(judge_state().await, RunState::Queued);
-    // Attempt 2 vanishes too: no restarts remain, so the judge fails and takes `gen` with it.
-    let second = store.claim(w, &kinds).await.unwrap().unwrap();
-    assert_eq!(second.resume, Some((ckpt_id, 3)));
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(store.reap_expired().await.unwrap(), 1);
-    assert_eq!(judge_state().await, RunState::Failed);
-    assert_eq!(state(&store, exp_id, "gen").await.0, RunState::Failed);
-    // Rerun: both requeued, the judge queued, `gen` waiting for it.
-    let requeued = store.rerun(exp_id, None, false).await.unwrap();
-    assert_eq!(requeued, ["judge", "gen"]);
-    assert_eq!(judge_state().await, RunState::Queued);
-    assert_eq!(state(&store, exp_id, "gen").await.0, RunState::Pending);
-    // The judge resumes from its checkpoint, and has a fresh budget: one lost attempt is
-    // again a restart, not a failure.
-    let third = store.claim(w, &kinds).await.unwrap().unwrap();
-    assert_eq!(third.fence.attempt, 3);
-    assert_eq!(third.resume, Some((ckpt_id, 3)));
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(store.reap_expired().await.unwrap(), 1);
-    assert_eq!(judge_state().await, RunState::Queued);
-    let fourth = store.claim(w, &kinds).await.unwrap().unwrap();
-    store
-        .finish(fourth.fence, Outcome::Succeeded, "ok", 5)
-        .await
-        .unwrap();
-    // Its success releases `gen`, which gets the judge's checkpoint as its input.
-    let gen = store.claim(w, &kinds).await.unwrap().unwrap();
-    assert_eq!(gen.run_name, "gen");
-    assert_eq!(gen.inputs, [("judge".to_string(), ckpt_id)]);
-    // A run that did not fail is refused by name, with the reason.
-    match store.rerun(exp_id, Some("judge"), false).await {
-        Err(StoreError::Invalid(m)) => assert!(m.contains("only failed or cancelled"), "{m}"),
-        other => panic!("expected a refusal, got {other:?}"),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,8 +2,6 @@
 //! workers, the coordinator and the private Postgres it started, and says where the
 //! experiment is kept. Nothing is left running behind the user's back.
 
-mod common;
-
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -17,8 +15,8 @@ fn a_signal_during_submit_stops_everything_it_started() {
     )
     .unwrap();
     let log = std::fs::File::create(dir.join("up.log")).unwrap();
-    let mut up = common::Kill(
-        Command::new(common::bin("plume"))
+    let mut up = plume_system_tests::Kill(
+        Command::new(plume_system_tests::bin("plume"))
             .args([
                 "up",
                 "--workers",

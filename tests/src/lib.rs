@@ -1,7 +1,6 @@
-//! Helpers shared by the end-to-end tests: the built binaries as child processes that die
-//! with the test, and polling with a deadline.
-
-#![allow(dead_code)]
+//! What Plume's system tests share: the built `plume` and `plume-worker` binaries as child
+//! processes that die with the test, a private PostgreSQL, polling with a deadline, and the
+//! headless browser. The tests themselves are in `tests/`; each starts real processes.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -12,18 +11,21 @@ pub const USER: &str = "user-token-for-tests";
 /// Worker token of the test coordinators.
 pub const WORKER: &str = "worker-token-for-tests";
 
+/// A binary of the workspace's build, next to the test executables' `deps/` directory.
 pub fn bin(name: &str) -> PathBuf {
     // Integration tests live in target/<profile>/deps; the binaries one level up.
     let exe = std::env::current_exe().unwrap();
     let path = exe.parent().unwrap().parent().unwrap().join(name);
     assert!(
         path.is_file(),
-        "{} is missing: build the workspace (cargo test --workspace builds it)",
+        "{} is missing: build the workspace first (cargo test --workspace builds it; \
+         alone: cargo build --release -p plume-coordinator -p plume-worker)",
         path.display()
     );
     path
 }
 
+/// A child process killed (and reaped) when dropped, so a failing test leaves none behind.
 pub struct Kill(pub Child);
 impl Drop for Kill {
     fn drop(&mut self) {
@@ -66,13 +68,13 @@ pub fn coordinator(db: &str, port: u16, http: Option<u16>, log: &Path) -> Kill {
 
 /// A private Postgres in `dir` on a free port, started off the async runtime's threads.
 pub async fn postgres(dir: PathBuf) -> plume_coordinator::pg::PrivatePostgres {
-    let port = plume_coordinator::pg::free_port().unwrap();
-    tokio::task::spawn_blocking(move || plume_coordinator::pg::PrivatePostgres::start(&dir, port))
+    plume_coordinator::pg::PrivatePostgres::start_in_background(dir)
         .await
-        .unwrap()
         .unwrap()
 }
 
+/// A worker process on the test coordinator at `port`, one libtorch thread, its log in
+/// `dir/worker.log`.
 pub fn worker(port: u16, name: &str, dir: &Path) -> Kill {
     std::fs::create_dir_all(dir).unwrap();
     let log = std::fs::File::create(dir.join("worker.log")).unwrap();
@@ -96,6 +98,7 @@ pub fn worker(port: u16, name: &str, dir: &Path) -> Kill {
     )
 }
 
+/// Polls `f` every 200 ms until it holds; fails the test after `secs`.
 pub async fn wait_for<F, Fut>(what: &str, secs: u64, mut f: F)
 where
     F: FnMut() -> Fut,
@@ -107,3 +110,5 @@ where
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+pub use plume_webdriver::Browser;

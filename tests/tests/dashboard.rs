@@ -5,11 +5,9 @@
 //! `target/tmp/dashboard-screenshots/`. Also: no unauthenticated read or mutation, and the
 //! JSON API's errors.
 
-mod common;
-
-use common::{coordinator, worker, Kill, USER};
-use plume_coordinator::browser::Browser;
 use plume_coordinator::pg::{free_port, PrivatePostgres};
+use plume_system_tests::Browser;
+use plume_system_tests::{coordinator, worker, Kill, USER};
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

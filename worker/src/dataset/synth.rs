@@ -117,6 +117,31 @@ pub fn write_dataset(
     spec: &SynthSpec,
     mut progress: impl FnMut(u32, u32),
 ) -> Result<(), DatasetError> {
+    check_spec(out, spec)?;
+    let classes = class_names();
+    let mut tables = Tables::default();
+    for id in 1..=spec.images {
+        write_bird(out, spec, id, &classes, &mut tables)?;
+        if id % 250 == 0 || id == spec.images {
+            progress(id, spec.images);
+        }
+    }
+    tables.write(out, &classes)?;
+    let meta = serde_json::json!({
+        "kind": "synthetic-birds",
+        "images": spec.images,
+        "resolution": spec.resolution,
+        "seed": spec.seed,
+        "renderer_version": RENDERER_VERSION,
+    });
+    write(
+        &out.join("plume_dataset.json"),
+        serde_json::to_vec_pretty(&meta).expect("json"),
+    )
+}
+
+/// A resolution the renderer draws, a count a disk can hold, and an empty destination.
+fn check_spec(out: &Path, spec: &SynthSpec) -> Result<(), DatasetError> {
     if !RESOLUTIONS.contains(&spec.resolution) {
         return Err(DatasetError::Invalid(format!(
             "resolution {} is not one of {:?}",
@@ -140,104 +165,87 @@ pub fn write_dataset(
             out.display()
         )));
     }
-    let classes = class_names();
-    let mut images_txt = String::new();
-    let mut labels_txt = String::new();
-    let mut split_txt = String::new();
-    let mut attr_txt = String::new();
-    let groups_offsets: Vec<usize> = Group::ALL
-        .iter()
-        .scan(0, |acc, g| {
-            let start = *acc;
-            *acc += g.values().len();
-            Some(start)
-        })
-        .collect();
-    for id in 1..=spec.images {
-        let (attrs, pose, mut rng) = bird_for(spec.seed, id as u64);
-        let class = class_index(&attrs);
-        let stem = format!("{}_{:06}", &classes[class][4..], id);
-        let rel = format!("{}/{}.png", classes[class], stem);
-        let picture = render(&attrs, &pose, spec.resolution);
-        save_png(
-            &out.join("images").join(&rel),
-            spec.resolution,
-            picture.rgb,
-            true,
-        )?;
-        save_png(
-            &out.join("part_masks").join(&rel),
-            spec.resolution,
-            picture.parts,
-            false,
-        )?;
-        let mut order: Vec<usize> = (0..PHRASINGS.len()).collect();
-        order.shuffle(&mut rng);
-        let mut captions = String::new();
-        for &p in order.iter().take(CAPTIONS_PER_IMAGE) {
-            captions.push_str(&caption(PHRASINGS[p], &attrs));
-            captions.push('\n');
-        }
-        write(
-            &out.join("text_c10")
-                .join(&classes[class])
-                .join(format!("{stem}.txt")),
-            captions,
-        )?;
-        let _ = writeln!(images_txt, "{id} {rel}");
-        let _ = writeln!(labels_txt, "{id} {}", class + 1);
-        // About a fifth of the images are held out for testing, drawn per image.
-        let is_train = rng.random_range(0..5) != 0;
-        let _ = writeln!(split_txt, "{id} {}", is_train as u8);
-        let values = attrs.values();
+    Ok(())
+}
+
+/// Bird `id`: its image, part mask and captions, and its lines in the CUB tables.
+fn write_bird(
+    out: &Path,
+    spec: &SynthSpec,
+    id: u32,
+    classes: &[String],
+    tables: &mut Tables,
+) -> Result<(), DatasetError> {
+    let (attrs, pose, mut rng) = bird_for(spec.seed, id as u64);
+    let class = class_index(&attrs);
+    let stem = format!("{}_{:06}", &classes[class][4..], id);
+    let rel = format!("{}/{}.png", classes[class], stem);
+    let picture = render(&attrs, &pose, spec.resolution);
+    let (images, masks) = (out.join("images"), out.join("part_masks"));
+    save_png(&images.join(&rel), spec.resolution, picture.rgb, true)?;
+    save_png(&masks.join(&rel), spec.resolution, picture.parts, false)?;
+    let mut order: Vec<usize> = (0..PHRASINGS.len()).collect();
+    order.shuffle(&mut rng);
+    let mut captions = String::new();
+    for &p in order.iter().take(CAPTIONS_PER_IMAGE) {
+        captions.push_str(&caption(PHRASINGS[p], &attrs));
+        captions.push('\n');
+    }
+    let text = out.join("text_c10").join(&classes[class]);
+    write(&text.join(format!("{stem}.txt")), captions)?;
+    // About a fifth of the images are held out for testing, drawn per image.
+    let is_train = rng.random_range(0..5) != 0;
+    tables.add(id, &rel, class, is_train, &attrs.values());
+    Ok(())
+}
+
+/// The CUB tables, one line per image, written once every image is.
+#[derive(Default)]
+struct Tables {
+    images: String,
+    labels: String,
+    split: String,
+    attributes: String,
+}
+
+impl Tables {
+    fn add(&mut self, id: u32, rel: &str, class: usize, is_train: bool, values: &[usize]) {
+        let _ = writeln!(self.images, "{id} {rel}");
+        let _ = writeln!(self.labels, "{id} {}", class + 1);
+        let _ = writeln!(self.split, "{id} {}", is_train as u8);
         let mut attr_id = 1;
         for (g, group) in Group::ALL.iter().enumerate() {
             for v in 0..group.values().len() {
                 let present = (v == values[g]) as u8;
-                let _ = writeln!(attr_txt, "{id} {attr_id} {present} 4 0");
+                let _ = writeln!(self.attributes, "{id} {attr_id} {present} 4 0");
                 attr_id += 1;
             }
-            debug_assert_eq!(attr_id - 1, groups_offsets[g] + group.values().len());
-        }
-        if id % 250 == 0 || id == spec.images {
-            progress(id, spec.images);
         }
     }
-    write(&out.join("images.txt"), images_txt)?;
-    write(&out.join("image_class_labels.txt"), labels_txt)?;
-    write(&out.join("train_test_split.txt"), split_txt)?;
-    let classes_txt: String = classes
-        .iter()
-        .enumerate()
-        .map(|(i, c)| format!("{} {c}\n", i + 1))
-        .collect();
-    write(&out.join("classes.txt"), classes_txt)?;
-    let names: String = attribute_names()
-        .iter()
-        .enumerate()
-        .map(|(i, n)| format!("{} {n}\n", i + 1))
-        .collect();
-    write(&out.join("attributes").join("attributes.txt"), names)?;
-    write(
-        &out.join("attributes").join("image_attribute_labels.txt"),
-        attr_txt,
-    )?;
-    let parts: String = PARTS
-        .iter()
-        .enumerate()
-        .map(|(i, p)| format!("{i} {p}\n"))
-        .collect();
-    write(&out.join("part_masks").join("parts.txt"), parts)?;
-    let meta = serde_json::json!({
-        "kind": "synthetic-birds",
-        "images": spec.images,
-        "resolution": spec.resolution,
-        "seed": spec.seed,
-        "renderer_version": RENDERER_VERSION,
-    });
-    write(
-        &out.join("plume_dataset.json"),
-        serde_json::to_vec_pretty(&meta).expect("json"),
-    )?;
-    Ok(())
+
+    /// The tables, and the class, attribute and part name lists.
+    fn write(self, out: &Path, classes: &[String]) -> Result<(), DatasetError> {
+        write(&out.join("images.txt"), self.images)?;
+        write(&out.join("image_class_labels.txt"), self.labels)?;
+        write(&out.join("train_test_split.txt"), self.split)?;
+        let numbered = |names: &mut dyn Iterator<Item = String>, first: usize| -> String {
+            names
+                .enumerate()
+                .map(|(i, n)| format!("{} {n}\n", i + first))
+                .collect()
+        };
+        write(
+            &out.join("classes.txt"),
+            numbered(&mut classes.iter().cloned(), 1),
+        )?;
+        let attributes = out.join("attributes");
+        let names = numbered(&mut attribute_names().into_iter(), 1);
+        write(&attributes.join("attributes.txt"), names)?;
+        write(
+            &attributes.join("image_attribute_labels.txt"),
+            self.attributes,
+        )?;
+        let parts = numbered(&mut PARTS.iter().map(|p| p.to_string()), 0);
+        write(&out.join("part_masks").join("parts.txt"), parts)
+    }
 }

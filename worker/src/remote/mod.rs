@@ -304,6 +304,69 @@ async fn serve_session(
     }
 }
 
+/// One assigned attempt's inputs, as its job thread sees them.
+struct Attempt<'a> {
+    a: &'a pb::Assignment,
+    fence: pb::Fence,
+    handle: &'a tokio::runtime::Handle,
+    cache: &'a Path,
+    dir: &'a Path,
+}
+
+impl Attempt<'_> {
+    /// Downloads the upstream checkpoints (and the one to resume from), fills them into the
+    /// job's config, and runs the job.
+    fn run(
+        &self,
+        mut c: Client,
+        device: tch::Device,
+        reporter: &mut GrpcReporter,
+        cancel: &CancelToken,
+    ) -> anyhow::Result<Outcome> {
+        let (a, fence, handle, cache) = (self.a, self.fence, self.handle, self.cache);
+        std::fs::create_dir_all(cache)?;
+        std::fs::create_dir_all(self.dir)?;
+        let mut config: yaml::Mapping =
+            yaml::from_str(&a.job_yaml).context("the coordinator sent a job that is not YAML")?;
+        for input in &a.inputs {
+            let path =
+                handle.block_on(download(&mut c, fence, input.checkpoint_id, false, cache))?;
+            config.insert(
+                input.field.clone(),
+                yaml::Value::String(path.display().to_string()),
+            );
+        }
+        let resume = if a.resume_checkpoint > 0 {
+            reporter.log(&format!("resuming from step {}", a.resume_step));
+            Some(handle.block_on(download(&mut c, fence, a.resume_checkpoint, true, cache))?)
+        } else {
+            None
+        };
+        let text = yaml::to_string(&config)?;
+        let spec = JobSpec::from_yaml(&text, &format!("{}/{}", a.experiment, a.run_name))?;
+        runner::run(&spec, resume.as_deref(), device, reporter, cancel)
+    }
+}
+
+/// How an attempt's result is reported: a cancel while the worker shuts down hands the run
+/// back to be resumed elsewhere.
+fn finish_of(
+    result: anyhow::Result<Outcome>,
+    stopping: bool,
+) -> (pb::finish_request::Outcome, String, i64) {
+    use pb::finish_request::Outcome as O;
+    match result {
+        Ok(Outcome::Completed { step }) => (O::Succeeded, "completed".to_string(), step),
+        Ok(Outcome::Cancelled { step }) if stopping => {
+            (O::Released, "worker shutting down".to_string(), step)
+        }
+        Ok(Outcome::Cancelled { step }) => {
+            (O::Cancelled, format!("cancelled at step {step}"), step)
+        }
+        Err(e) => (O::Failed, format!("{e:#}"), 0),
+    }
+}
+
 fn start_job(opts: &RemoteOptions, shared: &Arc<Shared>, c: Client, a: pb::Assignment) {
     let Some(fence) = a.fence else {
         return;
@@ -342,47 +405,17 @@ fn start_job(opts: &RemoteOptions, shared: &Arc<Shared>, c: Client, a: pb::Assig
             step,
             total,
         };
-        let result = (|| -> anyhow::Result<Outcome> {
-            std::fs::create_dir_all(&cache)?;
-            std::fs::create_dir_all(&dir)?;
-            let mut c = c.clone();
-            let mut config: yaml::Mapping = yaml::from_str(&a.job_yaml)
-                .context("the coordinator sent a job that is not YAML")?;
-            for input in &a.inputs {
-                let path =
-                    handle.block_on(download(&mut c, fence, input.checkpoint_id, false, &cache))?;
-                config.insert(
-                    input.field.clone(),
-                    yaml::Value::String(path.display().to_string()),
-                );
-            }
-            let resume = if a.resume_checkpoint > 0 {
-                reporter.log(&format!("resuming from step {}", a.resume_step));
-                Some(handle.block_on(download(&mut c, fence, a.resume_checkpoint, true, &cache))?)
-            } else {
-                None
-            };
-            let text = yaml::to_string(&config)?;
-            let spec = JobSpec::from_yaml(&text, &format!("{}/{}", a.experiment, a.run_name))?;
-            runner::run(&spec, resume.as_deref(), device, &mut reporter, &cancel)
-        })();
-        use pb::finish_request::Outcome as O;
-        let stopping = shared.shutting_down.load(Ordering::SeqCst);
-        let finish = match result {
-            Ok(Outcome::Completed { step }) => Some((O::Succeeded, "completed".to_string(), step)),
-            // A worker that is shutting down hands the run back to be resumed elsewhere.
-            Ok(Outcome::Cancelled { step }) if stopping => {
-                Some((O::Released, "worker shutting down".to_string(), step))
-            }
-            Ok(Outcome::Cancelled { step }) => {
-                Some((O::Cancelled, format!("cancelled at step {step}"), step))
-            }
-            Err(e) => Some((O::Failed, format!("{e:#}"), 0)),
+        let attempt = Attempt {
+            a: &a,
+            fence,
+            handle: &handle,
+            cache: &cache,
+            dir: &dir,
         };
-        if let Some((o, m, s)) = finish {
-            eprintln!("run {} attempt {}: {m}", fence.run_id, fence.attempt);
-            let _ = queue.send(Op::Finish(o, m, s));
-        }
+        let result = attempt.run(c, device, &mut reporter, &cancel);
+        let (o, m, s) = finish_of(result, shared.shutting_down.load(Ordering::SeqCst));
+        eprintln!("run {} attempt {}: {m}", fence.run_id, fence.attempt);
+        let _ = queue.send(Op::Finish(o, m, s));
         drop(queue);
         drop(reporter);
         let _ = handle.block_on(sender);

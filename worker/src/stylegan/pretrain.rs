@@ -164,23 +164,33 @@ impl Gan {
         real: &Tensor,
         rng: &mut ChaCha8Rng,
     ) -> Vec<(&'static str, f64)> {
-        let device = real.device();
-        let b = real.size()[0];
         let mut out = Vec::new();
+        self.g_step(cfg, step, real.size()[0], rng, real.device(), &mut out);
+        self.d_step(cfg, step, real, rng, &mut out);
+        // EMA of G's weights; w_avg is copied, not averaged.
+        let b = real.size()[0];
+        let beta = loss::ema_beta(b, (step + 1) * b, cfg.ema_half_life_images, cfg.ema_rampup);
+        loss::ema_update(&self.ema_params, &self.g_params, beta);
+        tch::no_grad(|| self.g_ema.w_avg.copy_(&self.g.w_avg));
+        out
+    }
 
-        // G: non-saturating loss through a frozen D.
+    /// G: the non-saturating loss through a frozen D, the w_avg update, and the lazy
+    /// path-length regulariser on its interval.
+    fn g_step(
+        &mut self,
+        cfg: &PretrainConfig,
+        step: i64,
+        b: i64,
+        rng: &mut ChaCha8Rng,
+        device: Device,
+        out: &mut Vec<(&'static str, f64)>,
+    ) {
         set_requires_grad(&self.d_params, false);
         set_requires_grad(&self.g_params, true);
-        let aug = |x: &Tensor| {
-            if cfg.augment.is_on() {
-                augment::diff_augment(x, &cfg.augment)
-            } else {
-                x.shallow_clone()
-            }
-        };
         let (ws, w) = self.sample_ws(b, cfg.style_mixing, rng, device);
         let fake = self.g.synthesis(&ws);
-        let fake_logits = self.d.forward(&aug(&fake));
+        let fake_logits = self.d.forward(&augmented(cfg, &fake));
         let loss_g = loss::generator_loss(&fake_logits);
         self.g_opt.zero_grad();
         loss_g.backward();
@@ -201,16 +211,26 @@ impl Gan {
             self.g_opt.step();
             out.push(("gen/path_length", penalty.double_value(&[])));
         }
+    }
 
-        // D: logistic loss on real vs fresh fakes.
+    /// D: the logistic loss on reals against fresh fakes, and the lazy R1 penalty on its
+    /// interval. Leaves G's parameters trainable again.
+    fn d_step(
+        &mut self,
+        cfg: &PretrainConfig,
+        step: i64,
+        real: &Tensor,
+        rng: &mut ChaCha8Rng,
+        out: &mut Vec<(&'static str, f64)>,
+    ) {
         set_requires_grad(&self.g_params, false);
         set_requires_grad(&self.d_params, true);
         let fake = tch::no_grad(|| {
-            let (ws, _) = self.sample_ws(b, cfg.style_mixing, rng, device);
+            let (ws, _) = self.sample_ws(real.size()[0], cfg.style_mixing, rng, real.device());
             self.g.synthesis(&ws)
         });
-        let real_logits = self.d.forward(&aug(real));
-        let fake_logits = self.d.forward(&aug(&fake));
+        let real_logits = self.d.forward(&augmented(cfg, real));
+        let fake_logits = self.d.forward(&augmented(cfg, &fake));
         let loss_d = loss::discriminator_loss(&real_logits, &fake_logits);
         self.d_opt.zero_grad();
         loss_d.backward();
@@ -226,7 +246,7 @@ impl Gan {
         if cfg.r1_gamma > 0.0 && step % cfg.r1_interval == 0 {
             // The gradient is taken at the un-augmented reals, through the augmentation.
             let real = real.detach().set_requires_grad(true);
-            let logits = self.d.forward(&aug(&real));
+            let logits = self.d.forward(&augmented(cfg, &real));
             let r1 = loss::r1_penalty(&real, &logits);
             self.d_opt.zero_grad();
             (&r1 * (cfg.r1_gamma / 2.0 * cfg.r1_interval as f64)).backward();
@@ -234,12 +254,38 @@ impl Gan {
             out.push(("gen/r1", r1.double_value(&[])));
         }
         set_requires_grad(&self.g_params, true);
+    }
+}
 
-        // EMA of G's weights; w_avg is copied, not averaged.
-        let beta = loss::ema_beta(b, (step + 1) * b, cfg.ema_half_life_images, cfg.ema_rampup);
-        loss::ema_update(&self.ema_params, &self.g_params, beta);
-        tch::no_grad(|| self.g_ema.w_avg.copy_(&self.g.w_avg));
-        out
+/// The judge that scores samples, fitted to the test images; logs what the data itself
+/// scores (the ceiling any generator can reach).
+fn metrics_judge(
+    path: &Path,
+    cfg: &PretrainConfig,
+    ds: &crate::dataset::Dataset,
+    images: &Tensor,
+    reporter: &mut dyn Reporter,
+) -> anyhow::Result<JudgeForMetrics> {
+    let device = images.device();
+    let net = crate::judge::train::load(path, "judge", device)?;
+    let test = ds.partition(Partition::Test);
+    let test_images = ds
+        .load_images(&test, cfg.network.resolution)?
+        .to_device(device);
+    // One pass of the judge over the test images serves FID and the other metrics.
+    let judge = JudgeForMetrics::new(net, &test_images, cfg.metric_images);
+    if let Some(line) = judge.data_ceiling(images, &ds.groups) {
+        reporter.log(&line);
+    }
+    Ok(judge)
+}
+
+/// What D sees of `x`: DiffAugment's view when augmentation is on, else `x`.
+fn augmented(cfg: &PretrainConfig, x: &Tensor) -> Tensor {
+    if cfg.augment.is_on() {
+        augment::diff_augment(x, &cfg.augment)
+    } else {
+        x.shallow_clone()
     }
 }
 
@@ -277,17 +323,7 @@ pub fn run(
     let n = images.size()[0];
 
     let judge = match &cfg.judge {
-        Some(p) => {
-            let net = crate::judge::train::load(p, "judge", device)?;
-            let test = ds.partition(Partition::Test);
-            let test_images = ds.load_images(&test, res)?.to_device(device);
-            // One pass of the judge over the test images serves FID and the other metrics.
-            let judge = JudgeForMetrics::new(net, &test_images, cfg.metric_images);
-            if let Some(line) = judge.data_ceiling(&images, &ds.groups) {
-                reporter.log(&line);
-            }
-            Some(judge)
-        }
+        Some(p) => Some(metrics_judge(p, cfg, &ds, &images, reporter)?),
         None => None,
     };
 

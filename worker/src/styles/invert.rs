@@ -152,46 +152,6 @@ pub fn run(
         cfg.batch,
         &fingerprint[..12]
     ));
-    let save = |ws: &[Tensor],
-                errs: &[Tensor],
-                done: usize,
-                reporter: &mut dyn Reporter|
-     -> anyhow::Result<()> {
-        let w = if ws.is_empty() {
-            Tensor::zeros([0, copies, g.cfg.w_dim], (Kind::Float, device))
-        } else {
-            Tensor::cat(ws, 0)
-        };
-        let e = if errs.is_empty() {
-            Tensor::zeros([0], (Kind::Float, device))
-        } else {
-            Tensor::cat(errs, 0)
-        };
-        let index = Tensor::arange(done as i64, (Kind::Float, device));
-        let mut meta = BTreeMap::new();
-        meta.insert("styles.generator".into(), fingerprint.clone());
-        meta.insert(
-            "styles.generator_path".into(),
-            cfg.generator.display().to_string(),
-        );
-        meta.insert("styles.count".into(), done.to_string());
-        meta.insert("styles.num_ws".into(), copies.to_string());
-        meta.insert("styles.w_dim".into(), g.cfg.w_dim.to_string());
-        meta.insert("job.config".into(), serde_json::to_string(cfg)?);
-        let path = reporter.checkpoint_path(done as i64)?;
-        checkpoint::save(
-            &path,
-            "invert",
-            done as i64,
-            &meta,
-            &checkpoint::Parts::weights(vec![
-                ("w".into(), w),
-                ("index".into(), index),
-                ("recon_error".into(), e),
-            ]),
-        )?;
-        reporter.checkpoint_written(done as i64, &path)
-    };
     let cadence = Cadence {
         name: "invert",
         steps: total as i64,
@@ -208,7 +168,8 @@ pub fn run(
         total,
         ws,
         errs,
-        save: &save,
+        fingerprint: &fingerprint,
+        copies,
     };
     let outcome = step_loop(&mut job, done as i64, &cadence, reporter, cancel)?;
     if let Outcome::Completed { .. } = outcome {
@@ -222,9 +183,6 @@ pub fn run(
     Ok(outcome)
 }
 
-type SaveStyles<'a> =
-    &'a dyn Fn(&[Tensor], &[Tensor], usize, &mut dyn Reporter) -> anyhow::Result<()>;
-
 /// `invert` as the step loop drives it: a step inverts the next batch of images, and the
 /// step count is the number of images done.
 struct Inversion<'a> {
@@ -236,7 +194,48 @@ struct Inversion<'a> {
     /// Styles and reconstruction errors of the images done, batch by batch.
     ws: Vec<Tensor>,
     errs: Vec<Tensor>,
-    save: SaveStyles<'a>,
+    /// The generator's fingerprint, which the styles belong to.
+    fingerprint: &'a str,
+    /// Styles per image: the generator's w+ count, or 1.
+    copies: i64,
+}
+
+impl Inversion<'_> {
+    /// The styles of the images done so far (a partial file resumes; the last is the job's
+    /// output).
+    fn save(&self, done: usize, reporter: &mut dyn Reporter) -> anyhow::Result<()> {
+        let (cfg, g, copies) = (self.cfg, self.g, self.copies);
+        let device = g.w_avg.device();
+        let w = if self.ws.is_empty() {
+            Tensor::zeros([0, copies, g.cfg.w_dim], (Kind::Float, device))
+        } else {
+            Tensor::cat(&self.ws, 0)
+        };
+        let e = if self.errs.is_empty() {
+            Tensor::zeros([0], (Kind::Float, device))
+        } else {
+            Tensor::cat(&self.errs, 0)
+        };
+        let index = Tensor::arange(done as i64, (Kind::Float, device));
+        let mut meta = BTreeMap::new();
+        meta.insert("styles.generator".into(), self.fingerprint.to_string());
+        meta.insert(
+            "styles.generator_path".into(),
+            cfg.generator.display().to_string(),
+        );
+        meta.insert("styles.count".into(), done.to_string());
+        meta.insert("styles.num_ws".into(), copies.to_string());
+        meta.insert("styles.w_dim".into(), g.cfg.w_dim.to_string());
+        meta.insert("job.config".into(), serde_json::to_string(cfg)?);
+        let path = reporter.checkpoint_path(done as i64)?;
+        let parts = checkpoint::Parts::weights(vec![
+            ("w".into(), w),
+            ("index".into(), index),
+            ("recon_error".into(), e),
+        ]);
+        checkpoint::save(&path, "invert", done as i64, &meta, &parts)?;
+        reporter.checkpoint_written(done as i64, &path)
+    }
 }
 
 impl TrainingJob for Inversion<'_> {
@@ -262,7 +261,7 @@ impl TrainingJob for Inversion<'_> {
         reporter: &mut dyn Reporter,
     ) -> anyhow::Result<()> {
         match task {
-            Task::Checkpoint => (self.save)(&self.ws, &self.errs, done as usize, reporter),
+            Task::Checkpoint => self.save(done as usize, reporter),
             Task::Evaluate | Task::Samples => Ok(()),
         }
     }
@@ -323,8 +322,17 @@ fn run_sampled(
     }
     let w = Tensor::cat(&ws, 0);
     let labels = Tensor::cat(&labels, 0);
-    // How varied the critic finds the samples: distinct values seen per attribute group.
-    let distinct: Vec<String> = (0..groups)
+    reporter.log(&distinct_labels(&ds, &labels));
+    let path = save_sampled(cfg, &fingerprint, g.cfg.w_dim, w, &labels, reporter)?;
+    reporter.checkpoint_written(total as i64, &path)?;
+    reporter.metrics(total as i64, &[("styles/recon_l1", 0.0)])?;
+    reporter.finish(&format!("invert (sampled) finished: {total} styles"));
+    Ok(Outcome::Completed { step: total as i64 })
+}
+
+/// How varied the critic finds the samples: distinct values seen per attribute group.
+fn distinct_labels(ds: &Dataset, labels: &Tensor) -> String {
+    let distinct: Vec<String> = (0..labels.size()[1])
         .map(|k| {
             let col = Vec::<i64>::try_from(&labels.select(1, k).to_device(Device::Cpu))
                 .unwrap_or_default();
@@ -332,12 +340,22 @@ fn run_sampled(
             format!("{}={}", ds.groups[k as usize].name, set.len())
         })
         .collect();
-    reporter.log(&format!(
-        "distinct critic labels per group: {}",
-        distinct.join(" ")
-    ));
+    format!("distinct critic labels per group: {}", distinct.join(" "))
+}
+
+/// The sampled styles with the critic's labels, as the styles file train-text reads.
+fn save_sampled(
+    cfg: &InvertConfig,
+    fingerprint: &str,
+    w_dim: i64,
+    w: Tensor,
+    labels: &Tensor,
+    reporter: &mut dyn Reporter,
+) -> anyhow::Result<std::path::PathBuf> {
+    let (total, device) = (labels.size()[0], labels.device());
+    let groups = labels.size()[1];
     let mut meta = BTreeMap::new();
-    meta.insert("styles.generator".into(), fingerprint.clone());
+    meta.insert("styles.generator".into(), fingerprint.to_string());
     meta.insert(
         "styles.generator_path".into(),
         cfg.generator.display().to_string(),
@@ -345,30 +363,27 @@ fn run_sampled(
     meta.insert("styles.mode".into(), "sampled".into());
     meta.insert("styles.count".into(), total.to_string());
     meta.insert("styles.num_ws".into(), "1".into());
-    meta.insert("styles.w_dim".into(), g.cfg.w_dim.to_string());
+    meta.insert("styles.w_dim".into(), w_dim.to_string());
     meta.insert("styles.groups".into(), groups.to_string());
     meta.insert("job.config".into(), serde_json::to_string(cfg)?);
-    let path = reporter.checkpoint_path(total as i64)?;
+    let path = reporter.checkpoint_path(total)?;
     checkpoint::save(
         &path,
         "invert",
-        total as i64,
+        total,
         &meta,
         &checkpoint::Parts::weights(vec![
             ("w".into(), w),
             (
                 "index".into(),
-                Tensor::full([total as i64], -1.0, (Kind::Float, device)),
+                Tensor::full([total], -1.0, (Kind::Float, device)),
             ),
             (
                 "recon_error".into(),
-                Tensor::zeros([total as i64], (Kind::Float, device)),
+                Tensor::zeros([total], (Kind::Float, device)),
             ),
             ("labels".into(), labels.to_kind(Kind::Float)),
         ]),
     )?;
-    reporter.checkpoint_written(total as i64, &path)?;
-    reporter.metrics(total as i64, &[("styles/recon_l1", 0.0)])?;
-    reporter.finish(&format!("invert (sampled) finished: {total} styles"));
-    Ok(Outcome::Completed { step: total as i64 })
+    Ok(path)
 }

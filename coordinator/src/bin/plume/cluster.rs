@@ -187,6 +187,46 @@ pub async fn bench_command(args: BenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// With a file, submits it and follows it to the end; without, waits for Ctrl-C. A signal
+/// stops everything cleanly either way.
+async fn follow_or_wait(
+    submit_file: Option<&Path>,
+    endpoint: &Endpoint,
+    home: &Path,
+) -> Result<()> {
+    match submit_file {
+        Some(file) => {
+            let conn = Conn {
+                coordinator: Some(endpoint.url.clone()),
+                token: Some(endpoint.user_token.clone()),
+            };
+            // A signal stops everything cleanly (workers, coordinator, private Postgres):
+            // the experiment stays in the store, and the next `plume up` resumes its runs.
+            tokio::select! {
+                r = follow(&conn, file) => r,
+                _ = wait_for_signal() => Err(anyhow::anyhow!(
+                    "interrupted; the experiment is kept in {} and `plume up` there resumes it",
+                    home.display()
+                )),
+            }
+        }
+        None => {
+            eprintln!("ready; Ctrl-C stops everything");
+            wait_for_signal().await;
+            Ok(())
+        }
+    }
+}
+
+/// Writes where the coordinator listens and its tokens to `home/coordinator.json`, readable
+/// by the user alone; the CLI finds the coordinator there.
+fn write_endpoint(home: &Path, endpoint: &Endpoint) -> Result<PathBuf> {
+    let path = home.join("coordinator.json");
+    std::fs::write(&path, serde_json::to_string_pretty(endpoint)?)?;
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    Ok(path)
+}
+
 /// The dashboard's listener on `http_port`, or on any free port when that one is taken.
 async fn bind_dashboard(http_port: u16) -> Result<tokio::net::TcpListener> {
     match tokio::net::TcpListener::bind(("127.0.0.1", http_port)).await {
@@ -326,9 +366,7 @@ async fn up(
         url: format!("http://{addr}"),
         ..endpoint
     };
-    let path = home.join("coordinator.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&endpoint)?)?;
-    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    let path = write_endpoint(&home, &endpoint)?;
     let coordinator = Coordinator::new(
         store,
         Config {
@@ -361,28 +399,7 @@ async fn up(
         endpoint.user_token
     );
     let children = start_workers(workers, device, &home, &endpoint)?;
-    let result = match submit_file {
-        Some(file) => {
-            let conn = Conn {
-                coordinator: Some(endpoint.url.clone()),
-                token: Some(endpoint.user_token.clone()),
-            };
-            // A signal stops everything cleanly (workers, coordinator, private Postgres):
-            // the experiment stays in the store, and the next `plume up` resumes its runs.
-            tokio::select! {
-                r = follow(&conn, file) => r,
-                _ = wait_for_signal() => Err(anyhow::anyhow!(
-                    "interrupted; the experiment is kept in {} and `plume up` there resumes it",
-                    home.display()
-                )),
-            }
-        }
-        None => {
-            eprintln!("ready; Ctrl-C stops everything");
-            wait_for_signal().await;
-            Ok(())
-        }
-    };
+    let result = follow_or_wait(submit_file, &endpoint, &home).await;
     drop(children);
     let _ = stop_tx.send(());
     let _ = server.await;

@@ -261,10 +261,21 @@ fn bad_experiments_get_clear_located_errors() {
         (
             GOOD.replace(
                 "objective:",
+                &format!(
+                    "sweep: {{lr_heads: [{}]}}\nobjective:",
+                    vec!["0.001"; 401].join(", ")
+                ),
+            ),
+            "expands into 2008 runs; at most 2000",
+            (8, 3),
+        ),
+        (
+            GOOD.replace(
+                "objective:",
                 &format!("run_defaults:\n{}objective:", alias_bomb("  ")),
             ),
-            "at most 150000 nodes",
-            (21, 17),
+            "once its aliases are expanded",
+            (20, 12),
         ),
         (
             GOOD.replace(

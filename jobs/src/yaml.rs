@@ -25,6 +25,8 @@ pub const MAX_DEPTH: usize = 32;
 pub const MAX_NODES: usize = 150_000;
 /// Most aliases (`*name`) in one document; they are rarely useful in configs.
 pub const MAX_ALIASES: usize = 64;
+/// Most parser events replayed for aliases in one document.
+pub const MAX_REPLAYED_EVENTS: usize = 10_000;
 
 /// A YAML text that could not be read as the expected shape.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -49,8 +51,13 @@ fn options() -> serde_saphyr::Options {
     budget.max_documents = 1;
     budget.max_total_scalar_bytes = 4 << 20;
     budget.max_total_comment_bytes = 4 << 20;
+    // Replaying aliases is where a small file turns into a large tree: cap it well below
+    // the node budget, so an alias bomb stops in milliseconds.
+    let mut alias_limits = serde_saphyr::options::AliasLimits::default();
+    alias_limits.max_total_replayed_events = MAX_REPLAYED_EVENTS;
     serde_saphyr::options! {
         budget: Some(budget),
+        alias_limits: alias_limits,
         with_snippet: false,
     }
 }
@@ -74,15 +81,18 @@ impl From<serde_saphyr::Error> for YamlError {
                     .chain((!c.is_control()).then_some(c))
             })
             .collect::<String>();
-        let message =
-            if message.starts_with("budget breached") || message.contains("recursion limit") {
-                format!(
-                    "{message}: larger or deeper than any Plume file needs once its aliases are \
-                 expanded (at most {MAX_NODES} nodes, depth {MAX_DEPTH}, {MAX_ALIASES} aliases)"
-                )
-            } else {
-                message
-            };
+        let message = if message.starts_with("budget breached")
+            || message.contains("recursion limit")
+            || message.contains("alias replay limit")
+        {
+            format!(
+                "{message}: larger or deeper than any Plume file needs once its aliases are \
+                 expanded (at most {MAX_NODES} nodes, depth {MAX_DEPTH}, {MAX_ALIASES} aliases \
+                 replaying {MAX_REPLAYED_EVENTS} events)"
+            )
+        } else {
+            message
+        };
         YamlError {
             line,
             column,

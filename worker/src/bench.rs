@@ -81,63 +81,83 @@ pub fn generator(steps: usize, device: Device) -> anyhow::Result<String> {
     for res in [32u32, 64] {
         for &batch in batches {
             for augment in [false, true] {
-                let net = NetworkConfig {
-                    resolution: res,
-                    ..NetworkConfig::default()
-                };
-                // A plain step (no lazy regulariser), with or without DiffAugment on every D input.
-                let mut cfg: PretrainConfig = plume_jobs::yaml::from_str(&format!(
-                "dataset: {{kind: synthetic-birds, images: 1, resolution: {res}, seed: 0}}\nsteps: 1\nbatch: {batch}\nr1_gamma: 0"
-            ))?;
-                cfg.network = net.clone();
-                if !augment {
-                    cfg.augment.translation = 0.0;
-                    cfg.augment.cutout = 0.0;
-                }
-                reset_peak_rss();
-                let mut gan = Gan::new(&net, cfg.lr, 16, 4, false, 1, device);
-                let real = Tensor::randn([batch, 3, res as i64, res as i64], (Kind::Float, device))
-                    .clamp(-1.0, 1.0);
-                let (fg, fd) = tch::no_grad(|| {
-                    let z = Tensor::randn([batch, net.z_dim], (Kind::Float, device));
-                    flops::start();
-                    let img = gan.g.generate(&z, 1.0);
-                    let fg = flops::stop();
-                    flops::start();
-                    let _ = gan.d.forward(&img);
-                    (fg, flops::stop())
-                });
-                let step_flop = 4.0 * fg + 8.0 * fd;
-                let mut rng = ChaCha8Rng::seed_from_u64(1);
-                for s in 1..=2 {
-                    gan.train_step(&cfg, s, &real, &mut rng);
-                }
-                let t = Instant::now();
-                for s in 0..steps {
-                    gan.train_step(&cfg, 3 + s as i64, &real, &mut rng);
-                }
-                if let Device::Cuda(_) = device {
-                    tch::Cuda::synchronize(0);
-                }
-                let secs = t.elapsed().as_secs_f64() / steps as f64;
-                let gflops = step_flop / secs / 1e9;
-                let _ = writeln!(
-                    out,
-                    "{:>4} {:>5} {:>7} {:>9.1} {:>10.1} {:>12.2} {:>10.1} {:>9.0} {:>12.2}x",
+                let step = GeneratorStep {
                     res,
                     batch,
-                    if augment { "on" } else { "off" },
-                    secs * 1e3,
-                    batch as f64 / secs,
-                    step_flop / 1e9,
-                    gflops,
-                    peak_rss_mib(),
-                    conv / gflops
-                );
+                    augment,
+                };
+                out += &step.measure(steps, device, conv)?;
             }
         }
     }
     Ok(out)
+}
+
+/// One row of the generator bench: a plain GAN step (no lazy regulariser), with or without
+/// DiffAugment on every D input.
+struct GeneratorStep {
+    res: u32,
+    batch: i64,
+    augment: bool,
+}
+
+impl GeneratorStep {
+    /// Times `steps` steps (after two warm-up steps) and formats the row; `conv` is the
+    /// machine's 3x3-conv ceiling in GFLOP/s.
+    fn measure(&self, steps: usize, device: Device, conv: f64) -> anyhow::Result<String> {
+        let (res, batch) = (self.res, self.batch);
+        let net = NetworkConfig {
+            resolution: res,
+            ..NetworkConfig::default()
+        };
+        let mut cfg: PretrainConfig = plume_jobs::yaml::from_str(&format!(
+            "dataset: {{kind: synthetic-birds, images: 1, resolution: {res}, seed: 0}}\nsteps: 1\nbatch: {batch}\nr1_gamma: 0"
+        ))?;
+        cfg.network = net.clone();
+        if !self.augment {
+            cfg.augment.translation = 0.0;
+            cfg.augment.cutout = 0.0;
+        }
+        reset_peak_rss();
+        let mut gan = Gan::new(&net, cfg.lr, 16, 4, false, 1, device);
+        let real = Tensor::randn([batch, 3, res as i64, res as i64], (Kind::Float, device))
+            .clamp(-1.0, 1.0);
+        let (fg, fd) = tch::no_grad(|| {
+            let z = Tensor::randn([batch, net.z_dim], (Kind::Float, device));
+            flops::start();
+            let img = gan.g.generate(&z, 1.0);
+            let fg = flops::stop();
+            flops::start();
+            let _ = gan.d.forward(&img);
+            (fg, flops::stop())
+        });
+        let step_flop = 4.0 * fg + 8.0 * fd;
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        for s in 1..=2 {
+            gan.train_step(&cfg, s, &real, &mut rng);
+        }
+        let t = Instant::now();
+        for s in 0..steps {
+            gan.train_step(&cfg, 3 + s as i64, &real, &mut rng);
+        }
+        if let Device::Cuda(_) = device {
+            tch::Cuda::synchronize(0);
+        }
+        let secs = t.elapsed().as_secs_f64() / steps as f64;
+        let gflops = step_flop / secs / 1e9;
+        Ok(format!(
+            "{:>4} {:>5} {:>7} {:>9.1} {:>10.1} {:>12.2} {:>10.1} {:>9.0} {:>12.2}x\n",
+            res,
+            batch,
+            if self.augment { "on" } else { "off" },
+            secs * 1e3,
+            batch as f64 / secs,
+            step_flop / 1e9,
+            gflops,
+            peak_rss_mib(),
+            conv / gflops
+        ))
+    }
 }
 
 /// BERT sentence-encoding throughput (captions/s) at batch 1 and 64 with the default
@@ -204,31 +224,29 @@ fn method_steps(
     captions: &[String],
     device: Device,
 ) -> anyhow::Result<String> {
-    use crate::text::losses::{loss_terms, total_loss, Example, Recipe};
-    use crate::text::methods::{EditSpec, LossWeights, Method, Nets, StyleHeads};
+    use crate::text::losses::Example;
+    use crate::text::methods::Method;
     let net = NetworkConfig::default();
     let mut g_vs = tch::nn::VarStore::new(device);
     let g = crate::stylegan::generator::Generator::new(&g_vs.root(), &net);
     g_vs.freeze();
-    let mut c_vs = tch::nn::VarStore::new(device);
-    let groups = [15i64, 15, 15, 15, 3, 3, 4];
-    let cnet = crate::judge::model::JudgeNet::new(&c_vs.root(), &Default::default(), &groups, 10);
-    c_vs.freeze();
-    let critic = crate::judge::train::Trained {
-        vs: c_vs,
-        net: cnet,
-        resolution: 32,
-    };
+    let critic = untrained_critic(device);
     let b = 16i64;
     let images = Tensor::rand([b, 3, 32, 32], (Kind::Float, device)) * 2.0 - 1.0;
     let w = Tensor::randn([b, net.w_dim], (Kind::Float, device));
     let labels = Tensor::zeros([b, 7], (Kind::Int64, device));
     let masks = Tensor::randint(10, [b, 32, 32], (Kind::Int64, device));
-    let caps: Vec<&str> = captions
-        .iter()
-        .take(b as usize)
-        .map(String::as_str)
-        .collect();
+    let ex = Example {
+        images: &images,
+        w: &w,
+        captions: captions
+            .iter()
+            .take(b as usize)
+            .map(String::as_str)
+            .collect(),
+        labels: &labels,
+        masks: Some(&masks),
+    };
     let mut out = format!(
         "\n{:<16} {:>12}   (batch {b}, 32 px generator, w_dim {}, all BERT layers trained)\n",
         "method", "step ms", net.w_dim
@@ -239,52 +257,70 @@ fn method_steps(
         Method::Contrastive,
         Method::VisualGrounding,
     ] {
-        let heads = StyleHeads::for_method(
-            method,
-            device,
-            enc.bert.config.hidden_size,
-            net.w_dim,
-            Some(&critic),
-            EditSpec::default(),
-        )?;
-        let nets = Nets {
-            enc,
-            heads: &heads,
-            g: &g,
-            critic: Some(&critic),
-        };
-        let mut params = crate::nn::trainable_vars(&enc.vs);
-        params.extend(crate::nn::trainable_vars(&heads.vs));
-        let mut opt = crate::nn::adam::Adam::new(params, 1e-5, 0.9, 0.999, 1e-8);
-        let recipe = Recipe::new(method, LossWeights::default());
-        let ex = Example {
-            images: &images,
-            w: &w,
-            captions: caps.clone(),
-            labels: &labels,
-            masks: Some(&masks),
-        };
-        let mut step = || -> anyhow::Result<()> {
-            let terms = loss_terms(&recipe, &nets, &ex)?;
-            opt.zero_grad();
-            total_loss(&terms)
-                .expect("default weights are non-zero")
-                .backward();
-            opt.step();
-            Ok(())
-        };
-        step()?;
-        let reps = 3;
-        let t = Instant::now();
-        for _ in 0..reps {
-            step()?;
-        }
-        let _ = writeln!(
-            out,
-            "{:<16} {:>12.1}",
-            format!("{method:?}"),
-            t.elapsed().as_secs_f64() / reps as f64 * 1e3
-        );
+        let ms = method_step_ms(method, enc, &g, &critic, &ex, device)?;
+        let _ = writeln!(out, "{:<16} {:>12.1}", format!("{method:?}"), ms);
     }
     Ok(out)
+}
+
+/// A frozen, untrained critic of the synthetic dataset's shape (7 groups, 10 parts), 32 px.
+fn untrained_critic(device: Device) -> crate::judge::train::Trained {
+    let mut vs = tch::nn::VarStore::new(device);
+    let groups = [15i64, 15, 15, 15, 3, 3, 4];
+    let net = crate::judge::model::JudgeNet::new(&vs.root(), &Default::default(), &groups, 10);
+    vs.freeze();
+    crate::judge::train::Trained {
+        vs,
+        net,
+        resolution: 32,
+    }
+}
+
+/// Mean ms of one training step of `method` with default weights (after one warm-up step).
+fn method_step_ms(
+    method: crate::text::methods::Method,
+    enc: &crate::text::bert::TextEncoder,
+    g: &crate::stylegan::generator::Generator,
+    critic: &crate::judge::train::Trained,
+    ex: &crate::text::losses::Example,
+    device: Device,
+) -> anyhow::Result<f64> {
+    use crate::text::losses::{loss_terms, total_loss, Recipe};
+    use crate::text::methods::{EditSpec, LossWeights, Nets, StyleHeads};
+    let hidden = enc.bert.config.hidden_size;
+    let w_dim = g.cfg.w_dim;
+    let heads = StyleHeads::for_method(
+        method,
+        device,
+        hidden,
+        w_dim,
+        Some(critic),
+        EditSpec::default(),
+    )?;
+    let nets = Nets {
+        enc,
+        heads: &heads,
+        g,
+        critic: Some(critic),
+    };
+    let mut params = crate::nn::trainable_vars(&enc.vs);
+    params.extend(crate::nn::trainable_vars(&heads.vs));
+    let mut opt = crate::nn::adam::Adam::new(params, 1e-5, 0.9, 0.999, 1e-8);
+    let recipe = Recipe::new(method, LossWeights::default());
+    let mut step = || -> anyhow::Result<()> {
+        let terms = loss_terms(&recipe, &nets, ex)?;
+        opt.zero_grad();
+        total_loss(&terms)
+            .expect("default weights are non-zero")
+            .backward();
+        opt.step();
+        Ok(())
+    };
+    step()?;
+    let reps = 3;
+    let t = Instant::now();
+    for _ in 0..reps {
+        step()?;
+    }
+    Ok(t.elapsed().as_secs_f64() / reps as f64 * 1e3)
 }

@@ -12,6 +12,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 mod dashboard;
+mod parser;
 mod sessions;
 mod storage;
 
@@ -100,6 +101,8 @@ pub enum Suite {
     Dashboard,
     /// Checkpoint storage: garbage collection at 10,000 checkpoints, a sweep's bytes.
     Storage,
+    /// The experiment parser on hostile files up to the size limit (no Postgres needed).
+    Parser,
 }
 
 /// A coordinator on a private Postgres, serving gRPC and the dashboard, for the benchmarks.
@@ -155,8 +158,14 @@ async fn setup() -> anyhow::Result<Bench> {
 
 /// Runs the chosen benchmarks; returns the table.
 pub async fn run(sessions: usize, points_millions: usize, suite: Suite) -> anyhow::Result<String> {
-    let mut b = setup().await?;
     let mut out = String::from("benchmark                                              result\n");
+    if matches!(suite, Suite::All | Suite::Parser) {
+        parser::suite(&mut out)?;
+        if suite == Suite::Parser {
+            return Ok(out);
+        }
+    }
+    let mut b = setup().await?;
     if matches!(suite, Suite::All | Suite::Coordinator) {
         coordinator_suite(&mut b, &mut out, sessions, points_millions).await?;
     }
@@ -343,68 +352,19 @@ async fn best_bench(b: &mut Bench, out: &mut String, points_millions: usize) -> 
     .await?;
     let exp = store.resolve_experiment(&best_name).await?;
     let run_ids: Vec<i64> = store.runs(exp).await?.iter().map(|r| r.id).collect();
-    let per_run = points_millions * 1_000_000 / runs; // points per run
-    let names = 10usize;
-    let steps = per_run / names;
+    let steps = points_millions * 1_000_000 / runs / BEST_METRICS; // per run and metric
     let t = Instant::now();
     for chunk in run_ids.chunks(50) {
-        let mut r_ids = Vec::new();
-        let mut n = Vec::new();
-        let mut firsts = Vec::new();
-        let mut lasts = Vec::new();
-        let mut st = Vec::new();
-        let mut va = Vec::new();
-        for &r in chunk {
-            for m in 0..names {
-                // Ten rows per metric, as ten batches would leave them.
-                for part in 0..10 {
-                    let lo = part * steps / 10;
-                    let hi = (part + 1) * steps / 10;
-                    r_ids.push(r);
-                    n.push(if m == 0 {
-                        "eval/score".to_string()
-                    } else {
-                        format!("loss/term{m}")
-                    });
-                    firsts.push(lo as i64);
-                    lasts.push(hi as i64 - 1);
-                    st.push(
-                        (lo..hi)
-                            .flat_map(|s| (s as i64).to_le_bytes())
-                            .collect::<Vec<u8>>(),
-                    );
-                    va.push(
-                        (lo..hi)
-                            .flat_map(|s| {
-                                ((r as f64 * 0.37 + s as f64 * 0.001).sin()).to_le_bytes()
-                            })
-                            .collect::<Vec<u8>>(),
-                    );
-                }
-            }
-        }
-        sqlx::query(
-            "INSERT INTO metric_chunks (run_id, name, first_step, last_step, steps, vals) \
-             SELECT * FROM UNNEST($1::int8[], $2::text[], $3::int8[], $4::int8[], $5::bytea[], $6::bytea[])",
-        )
-        .bind(&r_ids)
-        .bind(&n)
-        .bind(&firsts)
-        .bind(&lasts)
-        .bind(&st)
-        .bind(&va)
-        .execute(&store.pool)
-        .await?;
+        insert_curves(store, chunk, steps).await?;
         // Two checkpoints per run with the objective at their steps, as ingestion leaves them.
         for &r in chunk {
             for s in [steps / 2, steps - 1] {
-                let v = (r as f64 * 0.37 + s as f64 * 0.001).sin();
                 sqlx::query(
                     "INSERT INTO checkpoints (run_id, attempt, step, size, sha256, chunks, objective) VALUES ($1, 1, $2, 0, '', '{}', $3)",
                 )
                 .bind(r)
                 .bind(s as i64)
-                .bind(v)
+                .bind(synthetic_value(r, s))
                 .execute(&store.pool)
                 .await?;
             }
@@ -439,8 +399,60 @@ async fn best_bench(b: &mut Bench, out: &mut String, points_millions: usize) -> 
         percentile(&mut times.clone(), 0.5),
         percentile(&mut times, 0.9)
     );
-
     eprintln!("bench: best done");
+    Ok(())
+}
+
+/// Metrics per run in the `best` benchmark: the objective and nine loss terms.
+const BEST_METRICS: usize = 10;
+
+/// The value of run `r`'s objective at step `s`: varied, and the same wherever it is read.
+fn synthetic_value(r: i64, s: usize) -> f64 {
+    (r as f64 * 0.37 + s as f64 * 0.001).sin()
+}
+
+/// `steps` points of every metric of each run in `runs`, written as ten chunk rows per
+/// metric (as ten batches would leave them), in one INSERT.
+async fn insert_curves(store: &Store, runs: &[i64], steps: usize) -> anyhow::Result<()> {
+    let (mut r_ids, mut names, mut firsts, mut lasts) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut st, mut va) = (Vec::new(), Vec::new());
+    for &r in runs {
+        for m in 0..BEST_METRICS {
+            for part in 0..10 {
+                let (lo, hi) = (part * steps / 10, (part + 1) * steps / 10);
+                r_ids.push(r);
+                names.push(match m {
+                    0 => "eval/score".to_string(),
+                    _ => format!("loss/term{m}"),
+                });
+                firsts.push(lo as i64);
+                lasts.push(hi as i64 - 1);
+                st.push(
+                    (lo..hi)
+                        .flat_map(|s| (s as i64).to_le_bytes())
+                        .collect::<Vec<u8>>(),
+                );
+                va.push(
+                    (lo..hi)
+                        .flat_map(|s| synthetic_value(r, s).to_le_bytes())
+                        .collect::<Vec<u8>>(),
+                );
+            }
+        }
+    }
+    sqlx::query(
+        "INSERT INTO metric_chunks (run_id, name, first_step, last_step, steps, vals) \
+         SELECT * FROM UNNEST($1::int8[], $2::text[], $3::int8[], $4::int8[], $5::bytea[], $6::bytea[])",
+    )
+    .bind(&r_ids)
+    .bind(&names)
+    .bind(&firsts)
+    .bind(&lasts)
+    .bind(&st)
+    .bind(&va)
+    .execute(&store.pool)
+    .await?;
     Ok(())
 }
 

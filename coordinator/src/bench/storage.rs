@@ -87,6 +87,46 @@ async fn checkpoint_ids(
 async fn gc_bench(store: &Store, out: &mut String, stamp: u64) -> anyhow::Result<()> {
     let (_, run_ids) = runs(store, &format!("gc-{stamp}"), 100, "{latest: 1}").await?;
     let t = Instant::now();
+    load_gc_fixture(store, &run_ids, stamp).await?;
+    let load = t.elapsed().as_secs_f64();
+    let victims = checkpoint_ids(store, &run_ids, 10, 0).await?;
+    anyhow::ensure!(victims.len() == 1000, "{} victims", victims.len());
+    let t = Instant::now();
+    let freed = store.delete_checkpoints(&victims).await?;
+    let took = t.elapsed().as_secs_f64() * 1e3;
+    anyhow::ensure!(
+        freed == 1000 * 16 * 32,
+        "freed {freed} bytes, expected only the 16,000 own chunks"
+    );
+    let _ = writeln!(
+        out,
+        "{:<64} {:>10.1} ms (16,000 chunks freed; loaded in {load:.1} s)",
+        "gc: delete 1,000 of 10,000 checkpoints and their chunks", took
+    );
+    let more = checkpoint_ids(store, &run_ids, 10, 1).await?;
+    let result = old_scan(store, &more).await?;
+    let _ = writeln!(
+        out,
+        "{:<64} {result}",
+        "gc before (issue 15): scan of every chunk, same deletion size"
+    );
+    // Leave nothing behind for the next benchmarks.
+    sqlx::query("UPDATE runs SET state = $2 WHERE id = ANY($1)")
+        .bind(&run_ids)
+        .bind(crate::states::RunState::Cancelled)
+        .execute(&store.pool)
+        .await?;
+    let all: Vec<i64> = sqlx::query_scalar("SELECT id FROM checkpoints WHERE run_id = ANY($1)")
+        .bind(&run_ids)
+        .fetch_all(&store.pool)
+        .await?;
+    store.delete_checkpoints(&all).await?;
+    Ok(())
+}
+
+/// 10,000 checkpoints over `run_ids` (100 each), every one sharing 4 chunks with all others
+/// and owning 16 of its own, 32 bytes each, written straight into the tables.
+async fn load_gc_fixture(store: &Store, run_ids: &[i64], stamp: u64) -> anyhow::Result<()> {
     let base = (stamp % 1_000_000) as i64 * 1_000_000_000;
     // Chunks: hash = sha256 of a counter, 32 bytes of data each.
     sqlx::query(
@@ -105,34 +145,23 @@ async fn gc_bench(store: &Store, out: &mut String, stamp: u64) -> anyhow::Result
          FROM generate_series(0, 9999) k",
     )
     .bind(base)
-    .bind(&run_ids)
+    .bind(run_ids)
     .execute(&store.pool)
     .await?;
-    sqlx::query("ANALYZE blob_chunks")
-        .execute(&store.pool)
-        .await?;
-    sqlx::query("ANALYZE checkpoints")
-        .execute(&store.pool)
-        .await?;
-    let load = t.elapsed().as_secs_f64();
-    let victims = checkpoint_ids(store, &run_ids, 10, 0).await?;
-    anyhow::ensure!(victims.len() == 1000, "{} victims", victims.len());
-    let t = Instant::now();
-    let freed = store.delete_checkpoints(&victims).await?;
-    let took = t.elapsed().as_secs_f64() * 1e3;
-    anyhow::ensure!(
-        freed == 1000 * 16 * 32,
-        "freed {freed} bytes, expected only the 16,000 own chunks"
-    );
-    let _ = writeln!(
-        out,
-        "{:<64} {:>10.1} ms (16,000 chunks freed; loaded in {load:.1} s)",
-        "gc: delete 1,000 of 10,000 checkpoints and their chunks", took
-    );
-    // The scan it replaces: every stored chunk checked against every checkpoint's array.
-    let more = checkpoint_ids(store, &run_ids, 10, 1).await?;
+    for table in ["blob_chunks", "checkpoints"] {
+        sqlx::query(&format!("ANALYZE {table}"))
+            .execute(&store.pool)
+            .await?;
+    }
+    Ok(())
+}
+
+/// The collection GC replaced: deletes `victims`, then scans every stored chunk against
+/// every checkpoint's array, in a transaction rolled back afterwards. Its time, or why it
+/// did not finish in 120 s.
+async fn old_scan(store: &Store, victims: &[i64]) -> anyhow::Result<String> {
     sqlx::query("DELETE FROM checkpoints WHERE id = ANY($1)")
-        .bind(&more)
+        .bind(victims)
         .execute(&store.pool)
         .await?;
     let mut tx = store.pool.begin().await?;
@@ -147,28 +176,11 @@ async fn gc_bench(store: &Store, out: &mut String, stamp: u64) -> anyhow::Result
     .execute(&mut *tx)
     .await;
     let took = t.elapsed().as_secs_f64() * 1e3;
-    let result = match scan {
+    tx.rollback().await?;
+    Ok(match scan {
         Ok(_) => format!("{took:>10.1} ms"),
         Err(e) => format!("not finished in 120 s ({e})"),
-    };
-    tx.rollback().await?;
-    let _ = writeln!(
-        out,
-        "{:<64} {result}",
-        "gc before (issue 15): scan of every chunk, same deletion size"
-    );
-    // Leave nothing behind for the next benchmarks.
-    sqlx::query("UPDATE runs SET state = $2 WHERE id = ANY($1)")
-        .bind(&run_ids)
-        .bind(crate::states::RunState::Cancelled)
-        .execute(&store.pool)
-        .await?;
-    let all: Vec<i64> = sqlx::query_scalar("SELECT id FROM checkpoints WHERE run_id = ANY($1)")
-        .bind(&run_ids)
-        .fetch_all(&store.pool)
-        .await?;
-    store.delete_checkpoints(&all).await?;
-    Ok(())
+    })
 }
 
 /// Stores a sweep of 27 text runs x 4 checkpoints through the real upload path, retention

@@ -27,6 +27,21 @@ pub(super) fn plan(
         Some(s) => super::sweep::points(s, ctx)?,
         None => vec![Vec::new()],
     };
+    // Count first: refusing a file that expands too far must not cost checking its runs.
+    let count: usize = entries
+        .bases
+        .iter()
+        .map(|b| match b.is_run {
+            true => ablation_count(b).saturating_mul(sweep_points.len()),
+            false => 1,
+        })
+        .fold(0usize, usize::saturating_add);
+    if count > MAX_RUNS {
+        return Err(ctx.err(
+            &parsed.runs.referenced,
+            format!("the experiment expands into {count} runs; at most {MAX_RUNS} are allowed"),
+        ));
+    }
     let once = [Vec::new()];
     let mut runs = Vec::new();
     for &i in order {
@@ -43,12 +58,6 @@ pub(super) fn plan(
             for p in points {
                 let overrides: Vec<Override> = v.iter().chain(p.iter()).cloned().collect();
                 runs.push(plan_run(parsed, entries, b, &overrides, ctx)?);
-                if runs.len() > MAX_RUNS {
-                    return Err(ctx.err(
-                        &parsed.runs.referenced,
-                        format!("the experiment expands into more than {MAX_RUNS} runs"),
-                    ));
-                }
             }
         }
     }
@@ -195,6 +204,16 @@ fn top_field(rule: &plume_jobs::ConfigError) -> String {
         }
         ConfigError::In { section, .. } => section.to_string(),
     }
+}
+
+/// How many variants a run's ablations make.
+fn ablation_count(b: &Base) -> usize {
+    b.entry
+        .ablate
+        .iter()
+        .flatten()
+        .map(|(_, values)| values.value.len().max(1))
+        .fold(1usize, usize::saturating_mul)
 }
 
 /// Every combination of a run's ablation values, in the order written.

@@ -86,6 +86,27 @@ impl Coordinator {
         tokens_match(token, &self.cfg.user_token)
     }
 
+    /// Parses an experiment on the blocking pool, so no parse can stall the runtime that
+    /// serves every other request, and gives up after `limits.parse_time` (the parse itself
+    /// then finishes in the background; the budgets keep that to milliseconds).
+    async fn parse_off_runtime(
+        &self,
+        file: &str,
+        yaml: &str,
+    ) -> Result<experiment::Experiment, Status> {
+        let limit = self.cfg.limits.parse_time;
+        let (f, y) = (file.to_string(), yaml.to_string());
+        let parse = tokio::task::spawn_blocking(move || experiment::parse(&f, &y));
+        match tokio::time::timeout(limit, parse).await {
+            Ok(Ok(parsed)) => parsed.map_err(|e| Status::invalid_argument(e.to_string())),
+            Ok(Err(e)) => Err(Status::internal(format!("{file}: the parser failed: {e}"))),
+            Err(_) => Err(Status::invalid_argument(format!(
+                "{file}: validating the experiment took longer than {} s; nothing was stored",
+                limit.as_secs_f64()
+            ))),
+        }
+    }
+
     /// Validates an experiment YAML and, unless `dry_run`, stores it and its runs.
     pub async fn submit(
         &self,
@@ -94,8 +115,7 @@ impl Coordinator {
         dry_run: bool,
     ) -> Result<pb::SubmitReply, Status> {
         let file: String = file_name.chars().take(256).collect();
-        let exp =
-            experiment::parse(&file, yaml).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let exp = self.parse_off_runtime(&file, yaml).await?;
         if dry_run {
             return Ok(planned_reply(&exp));
         }

@@ -44,6 +44,8 @@ pub struct Limits {
     pub max_points: usize,
     /// Most log lines in one batch.
     pub max_log_lines: usize,
+    /// Longest an experiment's validation may take before the submit is refused.
+    pub parse_time: Duration,
 }
 
 impl Default for Limits {
@@ -54,6 +56,7 @@ impl Default for Limits {
             max_artifact: 64 << 20,
             max_points: 1 << 20,
             max_log_lines: 10_000,
+            parse_time: Duration::from_secs(10),
         }
     }
 }

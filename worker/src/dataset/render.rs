@@ -153,6 +153,26 @@ struct Layer {
     colour: [u8; 3],
 }
 
+impl Layer {
+    /// `shape` filled with `colour`, labelled `part` in the mask.
+    fn new(shape: Shape, part: u8, colour: [u8; 3]) -> Layer {
+        Layer {
+            shape,
+            clip: None,
+            part,
+            colour,
+        }
+    }
+
+    /// Drawn only inside `clip`.
+    fn clipped_to(self, clip: Shape) -> Layer {
+        Layer {
+            clip: Some(clip),
+            ..self
+        }
+    }
+}
+
 fn jittered(colour: [u8; 3], jitter: [i16; 3]) -> [u8; 3] {
     let mut out = [0u8; 3];
     for i in 0..3 {
@@ -198,105 +218,44 @@ fn layers(attrs: &BirdAttributes, pose: &Pose) -> Vec<Layer> {
     let head_c = place(0.22, -0.14);
     let head_r = 0.10 * s;
     let bill_len = BILL_LENGTHS[attrs.bill].2;
-    let body = || Shape::Ellipse {
-        c: place(0.0, 0.0),
-        r: (0.24 * s, 0.155 * s),
-        angle: tilt,
+    let ellipse = |c: (f32, f32), r: (f32, f32), angle: f32| Shape::Ellipse { c, r, angle };
+    let leg = |x0: f32, x1: f32| Shape::Stroke {
+        a: place(x0, 0.10),
+        b: place(x1, 0.29),
+        width: 0.03 * s,
     };
-    let head = || Shape::Ellipse {
-        c: head_c,
-        r: (head_r, head_r),
-        angle: 0.0,
-    };
+    let body = || ellipse(place(0.0, 0.0), (0.24 * s, 0.155 * s), tilt);
+    let head = || ellipse(head_c, (head_r, head_r), 0.0);
+    let bill = Shape::Triangle([
+        (head_c.0 + 0.075 * s, head_c.1 - 0.04 * s),
+        (head_c.0 + 0.075 * s, head_c.1 + 0.035 * s),
+        (head_c.0 + (0.08 + bill_len) * s, head_c.1 + 0.008 * s),
+    ]);
+    let tail = Shape::Triangle([place(-0.16, -0.03), place(-0.40, -0.10), place(-0.38, 0.06)]);
+    let breast = ellipse(place(0.09, 0.06), (0.155 * s, 0.11 * s), tilt);
+    let wing = ellipse(place(-0.05, -0.01), (0.17 * s, 0.085 * s), tilt - 0.25);
+    let crown = ellipse(
+        (head_c.0, head_c.1 - 0.045 * s),
+        (head_r * 1.05, 0.07 * s),
+        0.0,
+    );
+    let eye = ellipse(
+        (head_c.0 + 0.04 * s, head_c.1 - 0.005 * s),
+        (0.025 * s, 0.025 * s),
+        0.0,
+    );
+    // Painter's order: what is drawn later covers what is drawn earlier.
     vec![
-        Layer {
-            shape: Shape::Triangle([place(-0.16, -0.03), place(-0.40, -0.10), place(-0.38, 0.06)]),
-            clip: None,
-            part: 7,
-            colour: upper,
-        },
-        Layer {
-            shape: Shape::Stroke {
-                a: place(-0.05, 0.10),
-                b: place(-0.07, 0.29),
-                width: 0.03 * s,
-            },
-            clip: None,
-            part: 9,
-            colour: [90, 80, 70],
-        },
-        Layer {
-            shape: Shape::Stroke {
-                a: place(0.05, 0.10),
-                b: place(0.05, 0.29),
-                width: 0.03 * s,
-            },
-            clip: None,
-            part: 9,
-            colour: [90, 80, 70],
-        },
-        Layer {
-            shape: body(),
-            clip: None,
-            part: 1,
-            colour: upper,
-        },
-        Layer {
-            shape: Shape::Ellipse {
-                c: place(0.09, 0.06),
-                r: (0.155 * s, 0.11 * s),
-                angle: tilt,
-            },
-            clip: Some(body()),
-            part: 2,
-            colour: colour(attrs.breast, 1),
-        },
-        Layer {
-            shape: Shape::Ellipse {
-                c: place(-0.05, -0.01),
-                r: (0.17 * s, 0.085 * s),
-                angle: tilt - 0.25,
-            },
-            clip: None,
-            part: 3,
-            colour: colour(attrs.wing, 2),
-        },
-        Layer {
-            shape: head(),
-            clip: None,
-            part: 5,
-            colour: upper,
-        },
-        Layer {
-            shape: Shape::Ellipse {
-                c: (head_c.0, head_c.1 - 0.045 * s),
-                r: (head_r * 1.05, 0.07 * s),
-                angle: 0.0,
-            },
-            clip: Some(head()),
-            part: 4,
-            colour: colour(attrs.crown, 3),
-        },
-        Layer {
-            shape: Shape::Triangle([
-                (head_c.0 + 0.075 * s, head_c.1 - 0.04 * s),
-                (head_c.0 + 0.075 * s, head_c.1 + 0.035 * s),
-                (head_c.0 + (0.08 + bill_len) * s, head_c.1 + 0.008 * s),
-            ]),
-            clip: None,
-            part: 6,
-            colour: jittered([60, 55, 50], pose.colour_jitter[4]),
-        },
-        Layer {
-            shape: Shape::Ellipse {
-                c: (head_c.0 + 0.04 * s, head_c.1 - 0.005 * s),
-                r: (0.025 * s, 0.025 * s),
-                angle: 0.0,
-            },
-            clip: None,
-            part: 8,
-            colour: [10, 10, 10],
-        },
+        Layer::new(tail, 7, upper),
+        Layer::new(leg(-0.05, -0.07), 9, [90, 80, 70]),
+        Layer::new(leg(0.05, 0.05), 9, [90, 80, 70]),
+        Layer::new(body(), 1, upper),
+        Layer::new(breast, 2, colour(attrs.breast, 1)).clipped_to(body()),
+        Layer::new(wing, 3, colour(attrs.wing, 2)),
+        Layer::new(head(), 5, upper),
+        Layer::new(crown, 4, colour(attrs.crown, 3)).clipped_to(head()),
+        Layer::new(bill, 6, jittered([60, 55, 50], pose.colour_jitter[4])),
+        Layer::new(eye, 8, [10, 10, 10]),
     ]
 }
 

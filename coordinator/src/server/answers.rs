@@ -3,6 +3,50 @@
 
 use super::*;
 
+/// Why a question could not be answered. The answers speak neither gRPC nor HTTP: each
+/// layer maps this to its own codes (`tonic::Status`, the dashboard's `ApiError`).
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    /// No such experiment, run or checkpoint.
+    #[error("{0}")]
+    NotFound(String),
+    /// The request is wrong (a bad experiment file, an unknown metric).
+    #[error("{0}")]
+    Invalid(String),
+    /// The request came from an attempt that no longer holds its run.
+    #[error("{0}")]
+    Stale(String),
+    /// The database cannot be reached.
+    #[error("database: {0}")]
+    Unavailable(String),
+    /// A fault of the coordinator's own.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for QueryError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Stale { .. } => QueryError::Stale(e.to_string()),
+            StoreError::NotFound(m) => QueryError::NotFound(m),
+            StoreError::Invalid(m) => QueryError::Invalid(m),
+            StoreError::Db(e) => QueryError::Unavailable(e.to_string()),
+        }
+    }
+}
+
+impl From<QueryError> for Status {
+    fn from(e: QueryError) -> Self {
+        match e {
+            QueryError::NotFound(m) => Status::not_found(m),
+            QueryError::Invalid(m) => Status::invalid_argument(m),
+            QueryError::Stale(m) => Status::failed_precondition(m),
+            QueryError::Unavailable(_) => Status::unavailable(e.to_string()),
+            QueryError::Internal(m) => Status::internal(m),
+        }
+    }
+}
+
 /// A planned (not yet stored) run as `submit --dry-run` shows it.
 pub fn planned_run(p: &crate::experiment::PlannedRun) -> pb::RunSummary {
     pb::RunSummary {
@@ -93,14 +137,16 @@ impl Coordinator {
         &self,
         file: &str,
         yaml: &str,
-    ) -> Result<experiment::Experiment, Status> {
+    ) -> Result<experiment::Experiment, QueryError> {
         let limit = self.cfg.limits.parse_time;
         let (f, y) = (file.to_string(), yaml.to_string());
         let parse = tokio::task::spawn_blocking(move || experiment::parse(&f, &y));
         match tokio::time::timeout(limit, parse).await {
-            Ok(Ok(parsed)) => parsed.map_err(|e| Status::invalid_argument(e.to_string())),
-            Ok(Err(e)) => Err(Status::internal(format!("{file}: the parser failed: {e}"))),
-            Err(_) => Err(Status::invalid_argument(format!(
+            Ok(Ok(parsed)) => parsed.map_err(|e| QueryError::Invalid(e.to_string())),
+            Ok(Err(e)) => Err(QueryError::Internal(format!(
+                "{file}: the parser failed: {e}"
+            ))),
+            Err(_) => Err(QueryError::Invalid(format!(
                 "{file}: validating the experiment took longer than {} s; nothing was stored",
                 limit.as_secs_f64()
             ))),
@@ -113,13 +159,13 @@ impl Coordinator {
         file_name: &str,
         yaml: &str,
         dry_run: bool,
-    ) -> Result<pb::SubmitReply, Status> {
+    ) -> Result<pb::SubmitReply, QueryError> {
         let file: String = file_name.chars().take(256).collect();
         let exp = self.parse_off_runtime(&file, yaml).await?;
         if dry_run {
             return Ok(planned_reply(&exp));
         }
-        let (id, runs) = self.store.submit(&exp, &file, yaml).await.map_err(status)?;
+        let (id, runs) = self.store.submit(&exp, &file, yaml).await?;
         self.work.notify_waiters();
         Ok(pb::SubmitReply {
             experiment_id: id,
@@ -136,19 +182,19 @@ impl Coordinator {
     }
 
     /// Every experiment, newest first.
-    pub async fn list(&self) -> Result<pb::ListReply, Status> {
-        let rows = self.store.experiments(None).await.map_err(status)?;
+    pub async fn list(&self) -> Result<pb::ListReply, QueryError> {
+        let rows = self.store.experiments(None).await?;
         Ok(pb::ListReply {
             experiments: rows.iter().map(experiment_summary).collect(),
         })
     }
 
     /// One experiment with its runs, their metric summaries and attempts.
-    pub async fn detail(&self, key: &str) -> Result<pb::ExperimentDetail, Status> {
+    pub async fn detail(&self, key: &str) -> Result<pb::ExperimentDetail, QueryError> {
         let (id, e) = self.experiment(key).await?;
-        let storage = self.store.storage(id).await.map_err(status)?;
+        let storage = self.store.storage(id).await?;
         let mut runs = Vec::new();
-        for r in self.store.runs(id).await.map_err(status)? {
+        for r in self.store.runs(id).await? {
             let mut s = self.full_run_summary(&r).await?;
             s.storage = Some(run_storage(storage.runs.get(&r.id)));
             runs.push(s);
@@ -170,12 +216,12 @@ impl Coordinator {
         &self,
         key: &str,
         run: &str,
-    ) -> Result<(pb::RunSummary, String), Status> {
+    ) -> Result<(pb::RunSummary, String), QueryError> {
         let (id, e) = self.experiment(key).await?;
-        let run_id = self.store.resolve_run(id, run).await.map_err(status)?;
-        let row = self.store.run(id, run_id).await.map_err(status)?;
+        let run_id = self.store.resolve_run(id, run).await?;
+        let row = self.store.run(id, run_id).await?;
         let mut summary = self.full_run_summary(&row).await?;
-        let storage = self.store.storage(id).await.map_err(status)?;
+        let storage = self.store.storage(id).await?;
         summary.storage = Some(run_storage(storage.runs.get(&run_id)));
         Ok((summary, experiment_summary(&e).objective))
     }
@@ -184,15 +230,14 @@ impl Coordinator {
     pub(super) async fn full_run_summary(
         &self,
         r: &crate::store::RunRow,
-    ) -> Result<pb::RunSummary, Status> {
+    ) -> Result<pb::RunSummary, QueryError> {
         {
             let mut s = run_summary(r);
-            s.needs = self.store.needs(r.id).await.map_err(status)?;
+            s.needs = self.store.needs(r.id).await?;
             s.metrics = self
                 .store
                 .summaries(r.id)
-                .await
-                .map_err(status)?
+                .await?
                 .into_iter()
                 .map(|m| pb::MetricSummary {
                     name: m.name,
@@ -206,8 +251,7 @@ impl Coordinator {
             s.attempts = self
                 .store
                 .attempts(r.id)
-                .await
-                .map_err(status)?
+                .await?
                 .into_iter()
                 .map(|a| pb::AttemptInfo {
                     attempt: a.attempt,
@@ -224,7 +268,12 @@ impl Coordinator {
     }
 
     /// The `top` checkpoints by `metric` (empty: the objective), with every metric at each.
-    pub async fn best(&self, key: &str, metric: &str, top: u32) -> Result<pb::BestReply, Status> {
+    pub async fn best(
+        &self,
+        key: &str,
+        metric: &str,
+        top: u32,
+    ) -> Result<pb::BestReply, QueryError> {
         let (id, e) = self.experiment(key).await?;
         let metric = if metric.is_empty() {
             e.objective.clone()
@@ -247,18 +296,10 @@ impl Coordinator {
             Mode::Max
         };
         let top = if top == 0 { 5 } else { top.min(1000) } as usize;
-        let ranked = self
-            .store
-            .best(id, &metric, mode, top)
-            .await
-            .map_err(status)?;
+        let ranked = self.store.best(id, &metric, mode, top).await?;
         let mut out = Vec::new();
         for c in ranked {
-            let metrics = self
-                .store
-                .metrics_at(c.run_id, c.step)
-                .await
-                .map_err(status)?;
+            let metrics = self.store.metrics_at(c.run_id, c.step).await?;
             out.push(pb::BestCheckpoint {
                 checkpoint_id: c.id,
                 run: c.run,
@@ -277,13 +318,13 @@ impl Coordinator {
     }
 
     /// Cancels an experiment's unfinished runs, or one run (`run` non-empty).
-    pub async fn cancel_runs(&self, key: &str, run: &str) -> Result<pb::CancelReply, Status> {
-        let id = self.store.resolve_experiment(key).await.map_err(status)?;
+    pub async fn cancel_runs(&self, key: &str, run: &str) -> Result<pb::CancelReply, QueryError> {
+        let id = self.store.resolve_experiment(key).await?;
         let run = (!run.is_empty()).then_some(run);
         if let Some(name) = run {
-            self.store.resolve_run(id, name).await.map_err(status)?;
+            self.store.resolve_run(id, name).await?;
         }
-        let cancelled = self.store.cancel(id, run).await.map_err(status)?;
+        let cancelled = self.store.cancel(id, run).await?;
         Ok(pb::CancelReply { cancelled })
     }
 
@@ -293,28 +334,29 @@ impl Coordinator {
         key: &str,
         run: &str,
         with_cancelled: bool,
-    ) -> Result<pb::RerunReply, Status> {
-        let id = self.store.resolve_experiment(key).await.map_err(status)?;
+    ) -> Result<pb::RerunReply, QueryError> {
+        let id = self.store.resolve_experiment(key).await?;
         let run = (!run.is_empty()).then_some(run);
         if let Some(name) = run {
-            self.store.resolve_run(id, name).await.map_err(status)?;
+            self.store.resolve_run(id, name).await?;
         }
-        let requeued = self
-            .store
-            .rerun(id, run, with_cancelled)
-            .await
-            .map_err(status)?;
+        let requeued = self.store.rerun(id, run, with_cancelled).await?;
         // Idle worker sessions look for work now rather than at their next poll.
         self.work.notify_waiters();
         Ok(pb::RerunReply { requeued })
     }
 
     /// The last `tail` log lines of a run (0: 200; at most 100 000).
-    pub async fn log_tail(&self, key: &str, run: &str, tail: u32) -> Result<pb::LogsReply, Status> {
-        let id = self.store.resolve_experiment(key).await.map_err(status)?;
-        let run = self.store.resolve_run(id, run).await.map_err(status)?;
+    pub async fn log_tail(
+        &self,
+        key: &str,
+        run: &str,
+        tail: u32,
+    ) -> Result<pb::LogsReply, QueryError> {
+        let id = self.store.resolve_experiment(key).await?;
+        let run = self.store.resolve_run(id, run).await?;
         let tail = if tail == 0 { 200 } else { tail.min(100_000) } as i64;
-        let lines = self.store.logs(run, tail).await.map_err(status)?;
+        let lines = self.store.logs(run, tail).await?;
         Ok(pb::LogsReply { lines })
     }
 }

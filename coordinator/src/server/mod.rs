@@ -29,7 +29,7 @@ mod rescuer;
 mod user_api;
 mod worker_api;
 
-pub use answers::{planned_reply, planned_run};
+pub use answers::{planned_reply, planned_run, QueryError};
 
 /// Limits on what clients may send.
 #[derive(Debug, Clone)]
@@ -111,12 +111,7 @@ pub struct Coordinator {
 }
 
 pub(crate) fn status(e: StoreError) -> Status {
-    match e {
-        StoreError::Stale { .. } => Status::failed_precondition(e.to_string()),
-        StoreError::NotFound(m) => Status::not_found(m),
-        StoreError::Invalid(m) => Status::invalid_argument(m),
-        StoreError::Db(e) => Status::unavailable(format!("database: {e}")),
-    }
+    QueryError::from(e).into()
 }
 
 fn fence(f: Option<pb::Fence>) -> Result<Fence, Status> {
@@ -201,15 +196,17 @@ impl Coordinator {
     }
 
     /// An experiment's id and row, by id or name.
-    async fn experiment(&self, key: &str) -> Result<(i64, crate::store::ExperimentRow), Status> {
-        let id = self.store.resolve_experiment(key).await.map_err(status)?;
+    async fn experiment(
+        &self,
+        key: &str,
+    ) -> Result<(i64, crate::store::ExperimentRow), QueryError> {
+        let id = self.store.resolve_experiment(key).await?;
         let row = self
             .store
             .experiments(Some(id))
-            .await
-            .map_err(status)?
+            .await?
             .pop()
-            .ok_or_else(|| Status::not_found("experiment vanished"))?;
+            .ok_or_else(|| QueryError::NotFound("experiment vanished".into()))?;
         Ok((id, row))
     }
 

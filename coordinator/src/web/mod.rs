@@ -44,30 +44,25 @@ impl ApiError {
     }
 }
 
-impl From<tonic::Status> for ApiError {
-    fn from(s: tonic::Status) -> Self {
-        use tonic::Code;
-        let code = match s.code() {
-            Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => {
-                StatusCode::BAD_REQUEST
-            }
-            Code::NotFound => StatusCode::NOT_FOUND,
-            Code::Unauthenticated => StatusCode::UNAUTHORIZED,
-            Code::PermissionDenied => StatusCode::FORBIDDEN,
-            Code::AlreadyExists => StatusCode::CONFLICT,
-            Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
+impl From<crate::server::QueryError> for ApiError {
+    fn from(e: crate::server::QueryError) -> Self {
+        use crate::server::QueryError as Q;
+        let code = match &e {
+            Q::NotFound(_) => StatusCode::NOT_FOUND,
+            Q::Invalid(_) | Q::Stale(_) => StatusCode::BAD_REQUEST,
+            Q::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Q::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError {
             code,
-            message: s.message().to_string(),
+            message: e.to_string(),
         }
     }
 }
 
 impl From<crate::store::StoreError> for ApiError {
     fn from(e: crate::store::StoreError) -> Self {
-        crate::server::status(e).into()
+        crate::server::QueryError::from(e).into()
     }
 }
 

@@ -158,7 +158,6 @@ async fn selected_runs(
 /// last points; one `points` event per run, its metrics merged in chunk order; then a `run`
 /// event per changed run.
 fn look_events(look: Look, names: &HashMap<i64, String>, id: &str) -> Vec<Event> {
-    // Points first, so a `run` event saying "succeeded" follows the run's last points.
     // One event per run and look, its metrics merged in chunk order.
     let mut by_run: BTreeMap<i64, BTreeMap<String, serde_json::Value>> = BTreeMap::new();
     for ch in look.chunks {

@@ -46,6 +46,8 @@ pub struct Limits {
     pub max_log_lines: usize,
     /// Longest an experiment's validation may take before the submit is refused.
     pub parse_time: Duration,
+    /// Wrong tokens one address may present to the dashboard per `Intervals::sign_in_window`.
+    pub sign_in_failures: u32,
 }
 
 impl Default for Limits {
@@ -57,6 +59,7 @@ impl Default for Limits {
             max_points: 1 << 20,
             max_log_lines: 10_000,
             parse_time: Duration::from_secs(10),
+            sign_in_failures: 10,
         }
     }
 }
@@ -87,6 +90,8 @@ pub struct Intervals {
     pub follow_poll: Duration,
     /// HTTP/2 keep-alive ping period.
     pub keepalive: Duration,
+    /// The window in which `Limits::sign_in_failures` wrong dashboard tokens lock an address.
+    pub sign_in_window: Duration,
 }
 
 impl Default for Intervals {
@@ -97,6 +102,7 @@ impl Default for Intervals {
             claim_poll: Duration::from_millis(500),
             follow_poll: Duration::from_millis(500),
             keepalive: Duration::from_secs(10),
+            sign_in_window: Duration::from_secs(60),
         }
     }
 }
@@ -108,6 +114,8 @@ pub struct Coordinator {
     cfg: Arc<Config>,
     /// Woken when work may have become available (submit, finish, requeue).
     work: Arc<Notify>,
+    /// The dashboard's failed sign-ins by address.
+    sign_in: Arc<crate::web::SignInGuard>,
 }
 
 pub(crate) fn status(e: StoreError) -> Status {
@@ -149,10 +157,13 @@ pub(crate) fn tokens_match(got: &str, expected: &str) -> bool {
 impl Coordinator {
     /// A coordinator over `store`.
     pub fn new(store: Store, cfg: Config) -> Coordinator {
+        let sign_in =
+            crate::web::SignInGuard::new(cfg.limits.sign_in_failures, cfg.intervals.sign_in_window);
         Coordinator {
             store,
             cfg: Arc::new(cfg),
             work: Arc::new(Notify::new()),
+            sign_in: Arc::new(sign_in),
         }
     }
 
@@ -188,6 +199,11 @@ impl Coordinator {
                 Ok(r)
             }),
         )
+    }
+
+    /// The dashboard's failed sign-ins by address.
+    pub fn sign_in_guard(&self) -> &crate::web::SignInGuard {
+        &self.sign_in
     }
 
     /// The periods it keeps.

@@ -6,7 +6,7 @@ use super::{ApiError, ApiQuery, COOKIE};
 use crate::downsample::{self, Method};
 use crate::server::Coordinator;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -374,10 +374,16 @@ pub struct Login {
 }
 
 /// `POST /api/login {"token": ...}`: checks the token and sets the session cookie.
-pub async fn login(State(c): State<Coordinator>, body: String) -> ApiResult<Response> {
+pub async fn login(
+    State(c): State<Coordinator>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    body: String,
+) -> ApiResult<Response> {
+    super::sign_in_allowed(&c, peer.ip())?;
     let l: Login = serde_json::from_str(&body)
         .map_err(|e| ApiError::bad_request(format!("expected {{\"token\": \"...\"}}: {e}")))?;
     if !c.is_user_token(l.token.trim()) {
+        c.sign_in_guard().failed(peer.ip());
         return Err(ApiError {
             code: StatusCode::UNAUTHORIZED,
             message: "invalid user token".into(),

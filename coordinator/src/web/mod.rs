@@ -9,15 +9,19 @@
 
 pub mod api;
 pub mod assets;
+mod sign_in;
 pub mod stream;
 
+pub use sign_in::SignInGuard;
+
 use crate::server::Coordinator;
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use std::net::{IpAddr, SocketAddr};
 
 /// Name of the session cookie holding the user token.
 pub const COOKIE: &str = "plume_token";
@@ -134,9 +138,22 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(coordinator))
+    // Each connection's peer address reaches the handlers (failed sign-ins are counted by it).
+    let app = router(coordinator).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+/// 429 while `ip` has used up its failed sign-ins.
+fn sign_in_allowed(c: &Coordinator, ip: IpAddr) -> Result<(), ApiError> {
+    c.sign_in_guard().check(ip).map_err(|wait| ApiError {
+        code: StatusCode::TOO_MANY_REQUESTS,
+        message: format!(
+            "too many wrong tokens from this address; try again in {} s",
+            wait.as_secs() + 1
+        ),
+    })
 }
 
 /// The token a request presents: `Authorization: Bearer` first, then the session cookie.
@@ -161,9 +178,11 @@ fn presented_token(headers: &HeaderMap) -> Option<(&str, bool)> {
 
 async fn require_user(
     State(c): State<Coordinator>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
+    sign_in_allowed(&c, peer.ip())?;
     let Some((token, from_cookie)) = presented_token(req.headers()) else {
         return Err(ApiError {
             code: StatusCode::UNAUTHORIZED,
@@ -171,6 +190,7 @@ async fn require_user(
         });
     };
     if !c.is_user_token(token) {
+        c.sign_in_guard().failed(peer.ip());
         return Err(ApiError {
             code: StatusCode::UNAUTHORIZED,
             message: "invalid user token".into(),

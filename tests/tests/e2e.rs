@@ -459,13 +459,14 @@ async fn tls_is_served_when_configured() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let pg = postgres(d.join("pg")).await;
     let port = free_port().unwrap();
+    let http = free_port().unwrap();
     let _coord = serve(
         &pg.url,
         &[
             "--listen",
             &format!("127.0.0.1:{port}"),
             "--http",
-            "off",
+            &format!("127.0.0.1:{http}"),
             "--tls-cert",
             cert.to_str().unwrap(),
             "--tls-key",
@@ -502,6 +503,32 @@ async fn tls_is_served_when_configured() {
     assert!(
         refused,
         "plain HTTP must not work against a TLS coordinator"
+    );
+    // The dashboard serves the same certificate; plain HTTP to it gets no answer.
+    let curl = |url: &str, ca: bool| {
+        let mut c = Command::new("curl");
+        c.args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "10",
+        ]);
+        c.args(["-H", &format!("Authorization: Bearer {USER}")]);
+        if ca {
+            c.arg("--cacert").arg(&cert);
+        }
+        let o = c.arg(url).output().expect("curl");
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    let dashboard = format!("https://localhost:{http}/api/experiments");
+    assert_eq!(curl(&dashboard, true), "200", "the dashboard over TLS");
+    assert_eq!(
+        curl(&format!("http://127.0.0.1:{http}/api/experiments"), false),
+        "000",
+        "plain HTTP must not reach a TLS dashboard"
     );
 }
 

@@ -11,8 +11,10 @@ pub mod api;
 pub mod assets;
 mod sign_in;
 pub mod stream;
+mod tls;
 
 pub use sign_in::SignInGuard;
+pub use tls::{serve_tls, server_config};
 
 use crate::server::Coordinator;
 use axum::extract::{ConnectInfo, Request, State};

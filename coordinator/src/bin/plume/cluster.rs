@@ -125,31 +125,24 @@ pub async fn serve_command(args: ServeArgs) -> Result<()> {
             limits: Limits::default(),
         },
     );
-    let tls = match (tls_cert, tls_key) {
-        (Some(c), Some(k)) => Some(tonic::transport::ServerTlsConfig::new().identity(
-            tonic::transport::Identity::from_pem(std::fs::read(c)?, std::fs::read(k)?),
-        )),
+    let pem = match (&tls_cert, &tls_key) {
+        (Some(c), Some(k)) => Some((c.clone(), k.clone())),
         (None, None) => None,
         _ => bail!("--tls-cert and --tls-key go together"),
+    };
+    let tls = match &pem {
+        Some((c, k)) => Some(tonic::transport::ServerTlsConfig::new().identity(
+            tonic::transport::Identity::from_pem(std::fs::read(c)?, std::fs::read(k)?),
+        )),
+        None => None,
     };
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
     eprintln!("plume coordinator listening on {listen}");
-    let dashboard = if http == "off" {
-        None
-    } else {
-        let l = tokio::net::TcpListener::bind(&http)
-            .await
-            .with_context(|| format!("binding the dashboard to {http}"))?;
-        eprintln!("dashboard on http://{}", l.local_addr()?);
-        Some(tokio::spawn(plume_coordinator::web::serve(
-            coordinator.clone(),
-            l,
-            async {
-                let _ = tokio::signal::ctrl_c().await;
-            },
-        )))
+    let dashboard = match http.as_str() {
+        "off" => None,
+        _ => Some(serve_dashboard(&coordinator, &http, pem.as_ref()).await?),
     };
     let result = serve(coordinator, listener, tls, async {
         let _ = tokio::signal::ctrl_c().await;
@@ -159,6 +152,34 @@ pub async fn serve_command(args: ServeArgs) -> Result<()> {
         d.abort();
     }
     result
+}
+
+/// The dashboard on `addr`, over TLS with the gRPC certificate when there is one; stops on
+/// Ctrl-C.
+async fn serve_dashboard(
+    coordinator: &Coordinator,
+    addr: &str,
+    pem: Option<&(PathBuf, PathBuf)>,
+) -> Result<tokio::task::JoinHandle<std::io::Result<()>>> {
+    let l = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the dashboard to {addr}"))?;
+    let local = l.local_addr()?;
+    let stop = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let coordinator = coordinator.clone();
+    Ok(match pem {
+        Some((cert, key)) => {
+            let tls = plume_coordinator::web::server_config(cert, key)?;
+            eprintln!("dashboard on https://{local}");
+            tokio::spawn(plume_coordinator::web::serve_tls(coordinator, l, tls, stop))
+        }
+        None => {
+            eprintln!("dashboard on http://{local}");
+            tokio::spawn(plume_coordinator::web::serve(coordinator, l, stop))
+        }
+    })
 }
 
 /// `plume postgres`.

@@ -1,7 +1,8 @@
 #!/bin/bash
-# run.sh WORKER OUTDIR: the chain judge -> generator -> sampled styles -> three text methods
+# run.sh WORKER OUTDIR, from this directory: the chain judge -> generator -> sampled styles
+# -> three text methods, each job a tiny CPU config; compare two OUTDIRs' metrics.jsonl.
 set -e
-W=$1; O=$2; export OMP_NUM_THREADS=1 PLUME_VENV=/work/main/.venv
+W=$1; O=$2; export OMP_NUM_THREADS=1 PLUME_VENV=${PLUME_VENV:-$(cd ../../.. && pwd)/.venv}
 rm -rf $O; mkdir -p $O
 $W run judge.yaml --out $O/judge --device cpu > $O/judge.log 2>&1
 J=$(ls $O/judge/checkpoints/*.safetensors | tail -1)

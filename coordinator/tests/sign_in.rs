@@ -17,6 +17,14 @@ fn login(base: &str, token: &str) -> u16 {
     }
 }
 
+/// The `Retry-After` of a refused sign-in, in seconds.
+fn retry_after(base: &str) -> Option<u64> {
+    match ureq::post(&format!("{base}/api/login")).send_string("{\"token\": \"x\"}") {
+        Err(ureq::Error::Status(429, r)) => r.header("Retry-After")?.parse().ok(),
+        _ => None,
+    }
+}
+
 fn list_with(base: &str, token: &str) -> u16 {
     match ureq::get(&format!("{base}/api/experiments"))
         .set("Authorization", &format!("Bearer {token}"))
@@ -73,6 +81,11 @@ async fn wrong_tokens_lock_an_address_out_for_the_window() {
         assert_eq!(login(&b, "guess-4"), 429);
         assert_eq!(login(&b, "user-token"), 429);
         assert_eq!(list_with(&b, "user-token"), 429);
+        let wait = retry_after(&b).expect("a 429 says when to retry");
+        assert!(
+            (1..=3).contains(&wait),
+            "Retry-After {wait} s for a 2 s window"
+        );
         std::thread::sleep(Duration::from_millis(2100));
         assert_eq!(login(&b, "user-token"), 204, "the window passed");
         assert_eq!(list_with(&b, "user-token"), 200);

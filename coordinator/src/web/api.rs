@@ -379,7 +379,9 @@ pub async fn login(
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     body: String,
 ) -> ApiResult<Response> {
-    super::sign_in_allowed(&c, peer.ip())?;
+    if let Some(refused) = super::sign_in_refusal(&c, peer.ip()) {
+        return Ok(refused);
+    }
     let l: Login = serde_json::from_str(&body)
         .map_err(|e| ApiError::bad_request(format!("expected {{\"token\": \"...\"}}: {e}")))?;
     if !c.is_user_token(l.token.trim()) {

@@ -147,14 +147,17 @@ pub async fn serve(
         .await
 }
 
-/// 429 while `ip` has used up its failed sign-ins.
-fn sign_in_allowed(c: &Coordinator, ip: IpAddr) -> Result<(), ApiError> {
-    c.sign_in_guard().check(ip).map_err(|wait| ApiError {
-        code: StatusCode::TOO_MANY_REQUESTS,
-        message: format!(
-            "too many wrong tokens from this address; try again in {} s",
-            wait.as_secs() + 1
-        ),
+/// A 429 with `Retry-After` while `ip` has used up its failed sign-ins.
+fn sign_in_refusal(c: &Coordinator, ip: IpAddr) -> Option<Response> {
+    c.sign_in_guard().check(ip).err().map(|wait| {
+        let secs = wait.as_secs() + 1;
+        let message = format!("too many wrong tokens from this address; try again in {secs} s");
+        (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::RETRY_AFTER, secs.to_string())],
+            axum::Json(serde_json::json!({ "error": message })),
+        )
+            .into_response()
     })
 }
 
@@ -184,7 +187,9 @@ async fn require_user(
     req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    sign_in_allowed(&c, peer.ip())?;
+    if let Some(refused) = sign_in_refusal(&c, peer.ip()) {
+        return Ok(refused);
+    }
     let Some((token, from_cookie)) = presented_token(req.headers()) else {
         return Err(ApiError {
             code: StatusCode::UNAUTHORIZED,

@@ -280,15 +280,8 @@ impl JudgeTraining<'_> {
         meta.insert("judge.parts".into(), self.parts.to_string());
         meta.insert("judge.resolution".into(), self.resolution.to_string());
         meta.insert("job.config".into(), serde_json::to_string(self.cfg)?);
-        let path = reporter.checkpoint_path(step)?;
-        checkpoint::save(
-            &path,
-            "train-judge",
-            step,
-            &meta,
-            &checkpoint::Parts { weights, state },
-        )?;
-        reporter.checkpoint_written(step, &path)
+        let parts = checkpoint::Parts { weights, state };
+        checkpoint::write(reporter, "train-judge", step, &meta, &parts)
     }
 
     /// Test-split accuracy (and part mIoU) of both networks; per group at the last step.

@@ -134,6 +134,20 @@ impl Parts {
     }
 }
 
+/// Saves a job's checkpoint for `step` where its reporter keeps them, then reports it: the one
+/// way a job writes a checkpoint.
+pub fn write(
+    reporter: &mut dyn crate::job::Reporter,
+    kind: &str,
+    step: i64,
+    meta: &BTreeMap<String, String>,
+    parts: &Parts,
+) -> anyhow::Result<()> {
+    let path = reporter.checkpoint_path(step)?;
+    save(&path, kind, step, meta, parts)?;
+    reporter.checkpoint_written(step, &path)
+}
+
 /// Writes `parts` and `meta` (plus `plume.kind`, `plume.step` and the names of the state
 /// tensors under [`STATE_KEY`]) to `path` atomically.
 pub fn save(

@@ -399,9 +399,7 @@ impl PretrainTraining<'_> {
         );
         meta.insert("generator.num_ws".into(), gan.g.num_ws().to_string());
         meta.insert("job.config".into(), serde_json::to_string(cfg)?);
-        let path = reporter.checkpoint_path(step)?;
-        checkpoint::save(&path, "pretrain-generator", step, &meta, &gan.parts())?;
-        reporter.checkpoint_written(step, &path)
+        checkpoint::write(reporter, "pretrain-generator", step, &meta, &gan.parts())
     }
 
     /// The judge's scores of G_ema's samples (FID, precision, recall, coverage), when the

@@ -227,14 +227,12 @@ impl Inversion<'_> {
         meta.insert("styles.num_ws".into(), copies.to_string());
         meta.insert("styles.w_dim".into(), g.cfg.w_dim.to_string());
         meta.insert("job.config".into(), serde_json::to_string(cfg)?);
-        let path = reporter.checkpoint_path(done as i64)?;
         let parts = checkpoint::Parts::weights(vec![
             ("w".into(), w),
             ("index".into(), index),
             ("recon_error".into(), e),
         ]);
-        checkpoint::save(&path, "invert", done as i64, &meta, &parts)?;
-        reporter.checkpoint_written(done as i64, &path)
+        checkpoint::write(reporter, "invert", done as i64, &meta, &parts)
     }
 }
 
@@ -323,8 +321,7 @@ fn run_sampled(
     let w = Tensor::cat(&ws, 0);
     let labels = Tensor::cat(&labels, 0);
     reporter.log(&distinct_labels(&ds, &labels));
-    let path = save_sampled(cfg, &fingerprint, g.cfg.w_dim, w, &labels, reporter)?;
-    reporter.checkpoint_written(total as i64, &path)?;
+    save_sampled(cfg, &fingerprint, g.cfg.w_dim, w, &labels, reporter)?;
     reporter.metrics(total as i64, &[("styles/recon_l1", 0.0)])?;
     reporter.finish(&format!("invert (sampled) finished: {total} styles"));
     Ok(Outcome::Completed { step: total as i64 })
@@ -343,7 +340,7 @@ fn distinct_labels(ds: &Dataset, labels: &Tensor) -> String {
     format!("distinct critic labels per group: {}", distinct.join(" "))
 }
 
-/// The sampled styles with the critic's labels, as the styles file train-text reads.
+/// Writes the sampled styles with the critic's labels, as the styles file train-text reads.
 fn save_sampled(
     cfg: &InvertConfig,
     fingerprint: &str,
@@ -351,7 +348,7 @@ fn save_sampled(
     w: Tensor,
     labels: &Tensor,
     reporter: &mut dyn Reporter,
-) -> anyhow::Result<std::path::PathBuf> {
+) -> anyhow::Result<()> {
     let (total, device) = (labels.size()[0], labels.device());
     let groups = labels.size()[1];
     let mut meta = BTreeMap::new();
@@ -366,9 +363,8 @@ fn save_sampled(
     meta.insert("styles.w_dim".into(), w_dim.to_string());
     meta.insert("styles.groups".into(), groups.to_string());
     meta.insert("job.config".into(), serde_json::to_string(cfg)?);
-    let path = reporter.checkpoint_path(total)?;
-    checkpoint::save(
-        &path,
+    checkpoint::write(
+        reporter,
         "invert",
         total,
         &meta,
@@ -384,6 +380,5 @@ fn save_sampled(
             ),
             ("labels".into(), labels.to_kind(Kind::Float)),
         ]),
-    )?;
-    Ok(path)
+    )
 }

@@ -251,15 +251,8 @@ impl<'a> TextSaver<'a> {
         );
         meta.insert(UNSTORED_BERT_KEY.into(), self.unstored_bert.clone());
         meta.insert("job.config".into(), serde_json::to_string(self.cfg)?);
-        let path = reporter.checkpoint_path(step)?;
-        checkpoint::save(
-            &path,
-            "train-text",
-            step,
-            &meta,
-            &checkpoint::Parts { weights, state },
-        )?;
-        reporter.checkpoint_written(step, &path)
+        let parts = checkpoint::Parts { weights, state };
+        checkpoint::write(reporter, "train-text", step, &meta, &parts)
     }
 }
 

@@ -11,6 +11,7 @@ pub mod experiment;
 pub mod follow;
 pub mod pg;
 pub mod server;
+pub mod slurm;
 pub mod states;
 pub mod store;
 pub mod table;

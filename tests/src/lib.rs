@@ -2,6 +2,8 @@
 //! processes that die with the test, a private PostgreSQL, polling with a deadline, and the
 //! headless browser. The tests themselves are in `tests/`; each starts real processes.
 
+pub mod slurm;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -36,6 +38,11 @@ impl Drop for Kill {
 
 /// `plume serve` with the test tokens and `args`, its output appended to `log`.
 pub fn serve(db: &str, args: &[&str], log: &Path) -> Kill {
+    serve_env(db, args, &[], log)
+}
+
+/// [`serve`] with extra environment variables.
+pub fn serve_env(db: &str, args: &[&str], env: &[(&str, &Path)], log: &Path) -> Kill {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -48,6 +55,7 @@ pub fn serve(db: &str, args: &[&str], log: &Path) -> Kill {
             .env("DATABASE_URL", db)
             .env("PLUME_WORKER_TOKEN", WORKER)
             .env("PLUME_USER_TOKEN", USER)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -109,6 +117,31 @@ where
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Experiment `name` through the user API, after checking that every run succeeded.
+pub async fn succeeded_experiment(
+    c: &mut plume_coordinator::client::UserClient,
+    name: &str,
+) -> plume_proto::v1::ExperimentDetail {
+    use plume_coordinator::states::RunState;
+    let detail = c
+        .get_experiment(plume_proto::v1::GetRequest {
+            experiment: name.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    for r in &detail.runs {
+        assert_eq!(
+            RunState::try_from(r.state),
+            Ok(RunState::Succeeded),
+            "{}: {}",
+            r.name,
+            r.error
+        );
+    }
+    detail
 }
 
 pub use plume_webdriver::Browser;

@@ -13,7 +13,9 @@ use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use plume_system_tests::{bin, coordinator, postgres, serve, wait_for, worker, Kill, USER, WORKER};
+use plume_system_tests::{
+    bin, coordinator, postgres, serve, succeeded_experiment, wait_for, worker, Kill, USER, WORKER,
+};
 
 const TINY: &str = "dataset: {kind: synthetic-birds, images: 200, resolution: 32, seed: 3}
 stages:
@@ -197,22 +199,7 @@ async fn pipeline_survives_worker_and_coordinator_kills() {
     })
     .await;
     let mut c = user_client(&url, USER).await.unwrap();
-    let detail = c
-        .get_experiment(pb::GetRequest {
-            experiment: "e2e".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    for r in &detail.runs {
-        assert_eq!(
-            RunState::try_from(r.state),
-            Ok(RunState::Succeeded),
-            "{}: {}",
-            r.name,
-            r.error
-        );
-    }
+    let detail = succeeded_experiment(&mut c, "e2e").await;
     // The killed attempt is in the generator's history as lost; the next one resumed.
     let gen = detail.runs.iter().find(|r| r.name == "generator").unwrap();
     assert!(gen.attempts.len() >= 2, "{:?}", gen.attempts);

@@ -21,6 +21,14 @@ struct Cli {
     /// Worker token of the coordinator.
     #[arg(long, env = "PLUME_WORKER_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// A file holding the worker token (first line), instead of --token: batch jobs read it
+    /// from the user's own files so the token never sits in a job script or environment.
+    #[arg(long, env = "PLUME_WORKER_TOKEN_FILE", conflicts_with = "token")]
+    token_file: Option<PathBuf>,
+    /// Exit after this many seconds without a run (for batch systems such as Slurm, so an
+    /// allocation is handed back when the queue drains).
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=604_800))]
+    idle_exit: Option<u64>,
     /// Device for the coordinator's jobs: cpu, cuda, cuda:N or auto (one worker per device).
     #[arg(long, default_value = "auto")]
     device: String,
@@ -226,9 +234,14 @@ fn serve_remote(cli: Cli) -> Result<()> {
     let Some(coordinator) = cli.coordinator else {
         anyhow::bail!("give a subcommand (see --help) or --coordinator URL --token T");
     };
-    let token = cli
-        .token
-        .context("--token (or PLUME_WORKER_TOKEN) is needed with --coordinator")?;
+    let token = match (cli.token, &cli.token_file) {
+        (Some(t), _) => t,
+        (None, Some(f)) => read_token_file(f)?,
+        (None, None) => anyhow::bail!(
+            "--token, --token-file (or PLUME_WORKER_TOKEN, PLUME_WORKER_TOKEN_FILE) is needed \
+             with --coordinator"
+        ),
+    };
     let device = plume_worker::parse_device(&cli.device).map_err(anyhow::Error::msg)?;
     let name = cli.name.unwrap_or_else(|| {
         format!(
@@ -245,7 +258,18 @@ fn serve_remote(cli: Cli) -> Result<()> {
         device,
         name,
         work_dir: cli.work_dir,
+        idle_exit: cli.idle_exit.map(std::time::Duration::from_secs),
+        slurm_job_id: std::env::var("SLURM_JOB_ID").ok().filter(|s| !s.is_empty()),
     })
+}
+
+/// The token in `path`: its first line, trimmed; an empty or unreadable file is an error.
+fn read_token_file(path: &Path) -> Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the worker token from {}", path.display()))?;
+    let token = text.lines().next().unwrap_or("").trim();
+    anyhow::ensure!(!token.is_empty(), "{} holds no token", path.display());
+    Ok(token.to_string())
 }
 
 /// `dataset synth`: renders a synthetic-birds dataset, with progress.

@@ -261,6 +261,8 @@ impl Coordinator {
                     ended_unix: a.ended,
                     resumed_from_step: a.resumed_from_step,
                     message: a.message,
+                    worker_name: a.worker_name,
+                    slurm_job_id: a.slurm_job_id,
                 })
                 .collect();
             Ok(s)

@@ -15,12 +15,23 @@ impl WorkerApi for Coordinator {
         if r.name.len() > 256 || caps.job_kinds.len() > 64 {
             return Err(Status::invalid_argument("registration too large"));
         }
+        let slurm_ok = caps.slurm_job_id.len() <= 32
+            && caps
+                .slurm_job_id
+                .bytes()
+                .all(|b| b.is_ascii_digit() || b == b'_');
+        if !slurm_ok {
+            return Err(Status::invalid_argument(
+                "slurm_job_id: expected Slurm's numeric job id",
+            ));
+        }
         let json = serde_json::json!({
             "devices": caps.devices,
             "memory_bytes": caps.memory_bytes,
             "version": caps.version,
             "job_kinds": caps.job_kinds,
             "hostname": caps.hostname,
+            "slurm_job_id": caps.slurm_job_id,
         });
         let id = self
             .store

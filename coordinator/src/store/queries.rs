@@ -2,6 +2,7 @@
 //! progress, dependencies and attempts.
 
 use super::*;
+use crate::slurm::plan::JobWorker;
 
 /// A run as lists show it.
 #[derive(Debug, Clone)]
@@ -56,6 +57,10 @@ pub struct AttemptRow {
     pub attempt: i32,
     /// Worker.
     pub worker: i64,
+    /// The worker's name.
+    pub worker_name: String,
+    /// The Slurm job the worker ran in (empty outside Slurm).
+    pub slurm_job_id: String,
     /// How it went (so far).
     pub state: AttemptState,
     /// Unix seconds.
@@ -241,9 +246,12 @@ impl Store {
     /// Attempts of a run.
     pub async fn attempts(&self, run: i64) -> Result<Vec<AttemptRow>> {
         let rows = sqlx::query(
-            "SELECT attempt, worker_id, state, extract(epoch FROM started_at)::int8 AS s, \
-             COALESCE(extract(epoch FROM ended_at)::int8, 0) AS e, resumed_from_step, message \
-             FROM attempts WHERE run_id = $1 ORDER BY attempt",
+            "SELECT a.attempt, a.worker_id, w.name AS worker_name, \
+             COALESCE(w.capabilities->>'slurm_job_id', '') AS slurm_job_id, a.state, \
+             extract(epoch FROM a.started_at)::int8 AS s, \
+             COALESCE(extract(epoch FROM a.ended_at)::int8, 0) AS e, a.resumed_from_step, \
+             a.message FROM attempts a JOIN workers w ON w.id = a.worker_id \
+             WHERE a.run_id = $1 ORDER BY a.attempt",
         )
         .bind(run)
         .fetch_all(&self.pool)
@@ -253,11 +261,48 @@ impl Store {
             .map(|r| AttemptRow {
                 attempt: r.get("attempt"),
                 worker: r.get("worker_id"),
+                worker_name: r.get("worker_name"),
+                slurm_job_id: r.get("slurm_job_id"),
                 state: r.get("state"),
                 started: r.get("s"),
                 ended: r.get("e"),
                 resumed_from_step: r.get("resumed_from_step"),
                 message: r.get("message"),
+            })
+            .collect())
+    }
+
+    /// Runs waiting for a worker (the launcher scales to this).
+    pub async fn queued_runs(&self) -> Result<u64> {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM runs WHERE state = 'queued'")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n as u64)
+    }
+
+    /// The newest worker registered from each of these Slurm jobs: whether it holds a lease,
+    /// and since when it has had nothing to do.
+    pub async fn slurm_workers(&self, job_ids: &[String]) -> Result<Vec<JobWorker>> {
+        if job_ids.is_empty() {
+            return Ok(vec![]);
+        }
+        let rows = sqlx::query(
+            "SELECT DISTINCT ON (job) w.capabilities->>'slurm_job_id' AS job, \
+             EXISTS (SELECT 1 FROM runs r WHERE r.lease_worker = w.id) AS busy, \
+             extract(epoch FROM now() - GREATEST(w.registered_at, \
+               (SELECT max(a.ended_at) FROM attempts a WHERE a.worker_id = w.id)))::float8 AS idle \
+             FROM workers w WHERE w.capabilities->>'slurm_job_id' = ANY($1) \
+             ORDER BY job, w.id DESC",
+        )
+        .bind(job_ids)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| JobWorker {
+                job_id: r.get("job"),
+                busy: r.get("busy"),
+                idle: Duration::from_secs_f64(r.get::<f64, _>("idle").max(0.0)),
             })
             .collect())
     }

@@ -45,6 +45,10 @@ pub struct RemoteOptions {
     pub name: String,
     /// Where checkpoints of running jobs and downloaded inputs live.
     pub work_dir: PathBuf,
+    /// Exit after this long without a run (batch systems: give the allocation back).
+    pub idle_exit: Option<Duration>,
+    /// The Slurm job this worker runs in (`SLURM_JOB_ID`), reported so attempts name it.
+    pub slurm_job_id: Option<String>,
 }
 
 #[derive(Clone)]
@@ -70,12 +74,49 @@ struct Running {
 struct Shared {
     running: Mutex<Option<Running>>,
     shutting_down: AtomicBool,
+    /// When the last run ended (or the worker started); `--idle-exit` counts from here.
+    idle_since: Mutex<Instant>,
 }
 
 impl Shared {
     /// Shutting down with no run left to finish.
     fn idle_and_stopping(&self) -> bool {
         self.shutting_down.load(Ordering::SeqCst) && self.running.lock().expect("lock").is_none()
+    }
+
+    /// Starts shutting down: the running job checkpoints and its run is released to be resumed
+    /// elsewhere. Returns false when already shutting down.
+    fn stop(&self, why: &str) -> bool {
+        if self.shutting_down.swap(true, Ordering::SeqCst) {
+            return false;
+        }
+        match self.running.lock().expect("lock").as_ref() {
+            Some(r) => {
+                eprintln!(
+                    "{why}: run {} attempt {} writes a checkpoint and is released",
+                    r.fence.run_id, r.fence.attempt
+                );
+                r.cancel.cancel();
+            }
+            None => eprintln!("{why}: stopping"),
+        }
+        true
+    }
+
+    /// With `--idle-exit`: whether this worker has been without a run for that long; if so
+    /// it starts shutting down.
+    fn idle_expired(&self, idle_exit: Option<Duration>) -> bool {
+        let Some(limit) = idle_exit else {
+            return false;
+        };
+        if self.running.lock().expect("lock").is_some() {
+            return false;
+        }
+        let idle = self.idle_since.lock().expect("lock").elapsed();
+        idle >= limit && {
+            self.stop(&format!("idle for {} s (--idle-exit)", idle.as_secs()));
+            true
+        }
     }
 }
 
@@ -95,8 +136,11 @@ async fn client(opts: &RemoteOptions) -> anyhow::Result<Client> {
     )
 }
 
-/// Runs the worker until SIGINT/SIGTERM: connects (with backoff), registers once, and serves
-/// sessions, reconnecting whenever the coordinator goes away.
+/// Runs the worker until SIGINT, SIGTERM or SIGUSR1 (or `--idle-exit`): connects (with
+/// backoff), registers once, and serves sessions, reconnecting whenever the coordinator goes
+/// away. On a signal the running job checkpoints and its run is released at once, so a batch
+/// system's warning signal (`sbatch --signal=B:USR1@120`) or `scancel` loses no work; a second
+/// SIGINT or SIGTERM exits without waiting.
 pub fn serve(opts: RemoteOptions) -> anyhow::Result<()> {
     std::fs::create_dir_all(&opts.work_dir)
         .with_context(|| format!("creating {}", opts.work_dir.display()))?;
@@ -107,20 +151,35 @@ pub fn serve(opts: RemoteOptions) -> anyhow::Result<()> {
     let shared = Arc::new(Shared {
         running: Mutex::new(None),
         shutting_down: AtomicBool::new(false),
+        idle_since: Mutex::new(Instant::now()),
     });
-    {
-        let shared = shared.clone();
-        ctrlc::set_handler(move || {
-            if shared.shutting_down.swap(true, Ordering::SeqCst) {
+    rt.block_on(async {
+        spawn_signal_handler(shared.clone())?;
+        session_loop(opts, shared).await
+    })
+}
+
+/// SIGINT, SIGTERM and SIGUSR1 stop the worker (see [`serve`]); a second SIGINT or SIGTERM
+/// exits at once.
+fn spawn_signal_handler(shared: Arc<Shared>) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut usr1 = signal(SignalKind::user_defined1())?;
+    tokio::spawn(async move {
+        loop {
+            let (name, repeatable_exit) = tokio::select! {
+                _ = int.recv() => ("SIGINT", true),
+                _ = term.recv() => ("SIGTERM", true),
+                _ = usr1.recv() => ("SIGUSR1", false),
+            };
+            if !shared.stop(name) && repeatable_exit {
+                eprintln!("second {name}: exiting without a final checkpoint");
                 std::process::exit(130);
             }
-            eprintln!("stopping: the running job writes a checkpoint first");
-            if let Some(r) = shared.running.lock().expect("lock").as_ref() {
-                r.cancel.cancel();
-            }
-        })?;
-    }
-    rt.block_on(session_loop(opts, shared))
+        }
+    });
+    Ok(())
 }
 
 async fn session_loop(opts: RemoteOptions, shared: Arc<Shared>) -> anyhow::Result<()> {
@@ -128,7 +187,7 @@ async fn session_loop(opts: RemoteOptions, shared: Arc<Shared>) -> anyhow::Resul
     let mut heartbeat = Duration::from_millis(1000);
     let mut backoff = Duration::from_millis(200);
     loop {
-        if shared.idle_and_stopping() {
+        if shared.idle_and_stopping() || shared.idle_expired(opts.idle_exit) {
             return Ok(());
         }
         let mut c = match client(&opts).await {
@@ -211,6 +270,7 @@ async fn register(
             version: env!("CARGO_PKG_VERSION").into(),
             job_kinds: kinds,
             hostname: hostname.trim().into(),
+            slurm_job_id: opts.slurm_job_id.clone().unwrap_or_default(),
         }),
     };
     Ok(c.register(request).await?.into_inner())
@@ -267,7 +327,7 @@ async fn serve_session(
         let msg = tokio::select! {
             m = inbound.message() => m,
             _ = tokio::time::sleep(Duration::from_millis(500)) => {
-                if shared.idle_and_stopping() {
+                if shared.idle_and_stopping() || shared.idle_expired(opts.idle_exit) {
                     return SessionEnd::ShutDown;
                 }
                 continue;
@@ -420,6 +480,7 @@ fn start_job(opts: &RemoteOptions, shared: &Arc<Shared>, c: Client, a: pb::Assig
         drop(reporter);
         let _ = handle.block_on(sender);
         let _ = std::fs::remove_dir_all(&dir);
+        *shared.idle_since.lock().expect("lock") = Instant::now();
         *shared.running.lock().expect("lock") = None;
     });
 }

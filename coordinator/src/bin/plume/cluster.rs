@@ -55,6 +55,8 @@ pub struct ServeArgs {
     /// proxy in front of it before exposing it beyond this host.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub http: String,
+    #[command(flatten)]
+    pub slurm: plume_coordinator::slurm::SlurmArgs,
 }
 
 /// Arguments of `plume postgres`.
@@ -114,8 +116,21 @@ pub async fn serve_command(args: ServeArgs) -> Result<()> {
         tls_cert,
         tls_key,
         http,
+        slurm,
     } = args;
+    let slurm = slurm.config(&listen, tls_cert.is_some())?;
     let store = Store::connect(&database_url, Duration::from_secs(lease_secs)).await?;
+    let launcher = match slurm {
+        Some(cfg) => {
+            let version = plume_coordinator::slurm::prepare(&cfg).await?;
+            eprintln!("slurm launcher on ({version})");
+            Some(tokio::spawn(plume_coordinator::slurm::launch(
+                store.clone(),
+                cfg,
+            )))
+        }
+        None => None,
+    };
     let coordinator = Coordinator::new(
         store,
         Config {
@@ -150,6 +165,11 @@ pub async fn serve_command(args: ServeArgs) -> Result<()> {
     .await;
     if let Some(d) = dashboard {
         d.abort();
+    }
+    if let Some(l) = launcher {
+        // The worker jobs stay: they reconnect to the next coordinator, whose launcher adopts
+        // them by job name.
+        l.abort();
     }
     result
 }

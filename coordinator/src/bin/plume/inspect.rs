@@ -185,12 +185,20 @@ pub(crate) fn print_experiment(d: &pb::ExperimentDetail, attempts: bool) {
         if !r.error.is_empty() {
             println!("      error: {}", r.error);
         }
-        if attempts && r.attempts.len() > 1 {
+        // One attempt on a plain worker says nothing the run line does not; a Slurm job id
+        // always matters (it is what `scancel` and `sacct` take).
+        let slurm = r.attempts.iter().any(|a| !a.slurm_job_id.is_empty());
+        if attempts && (r.attempts.len() > 1 || slurm) {
             for a in &r.attempts {
+                let slurm = match a.slurm_job_id.as_str() {
+                    "" => String::new(),
+                    id => format!(", slurm job {id}"),
+                };
                 println!(
-                    "      attempt {} on worker {}: {} (from step {}) {}",
+                    "      attempt {} on worker {} ({}{slurm}): {} (from step {}) {}",
                     a.attempt,
                     a.worker_id,
+                    a.worker_name,
                     AttemptState::name_of(a.state),
                     a.resumed_from_step,
                     a.message

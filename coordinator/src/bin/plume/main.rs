@@ -48,7 +48,7 @@ enum Cmd {
     /// Coordinator + local workers (+ a private Postgres when DATABASE_URL is unset).
     Up(cluster::UpArgs),
     /// The coordinator alone, on an existing database.
-    Serve(cluster::ServeArgs),
+    Serve(Box<cluster::ServeArgs>),
     /// A private Postgres in the foreground (prints its URL), for development and tests.
     Postgres(cluster::PostgresArgs),
     /// Submit an experiment YAML; prints its id and runs.
@@ -109,7 +109,7 @@ async fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Cmd::Up(args) => cluster::up_command(args).await,
-        Cmd::Serve(args) => cluster::serve_command(args).await,
+        Cmd::Serve(args) => cluster::serve_command(*args).await,
         Cmd::Postgres(args) => cluster::postgres_command(args).await,
         Cmd::Submit(args) => runs::submit_command(args).await,
         Cmd::Ls(args) => inspect::ls_command(args).await,

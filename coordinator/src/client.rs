@@ -40,6 +40,28 @@ impl Endpoint {
     }
 }
 
+/// Writes `text` to `path` readable by this user only (mode 0600 from creation, never
+/// world-readable for a moment), replacing it atomically: for files that hold tokens.
+pub fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    if let Some(d) = dir {
+        let _ = std::fs::File::open(d).and_then(|d| d.sync_all());
+    }
+    Ok(())
+}
+
 /// Adds the bearer token to every request.
 #[derive(Clone)]
 pub struct Auth(MetadataValue<tonic::metadata::Ascii>);

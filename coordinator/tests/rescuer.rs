@@ -41,18 +41,21 @@ async fn a_silent_workers_run_is_requeued_when_its_lease_expires_and_not_before(
         .expect("the judge run is claimable");
     let claimed_at = Instant::now();
 
-    let coordinator = Coordinator::new(
+    let coordinator = Coordinator::start(
         store.clone(),
         Config {
-            worker_token: "w".into(),
-            user_token: "u".into(),
+            worker_token: Some("w".into()),
+            user_token: Some("u".into()),
+            token_mode: plume_coordinator::store::SeedMode::Replace,
             intervals: Intervals {
                 rescue: Duration::from_millis(100),
                 ..Intervals::default()
             },
             limits: Limits::default(),
         },
-    );
+    )
+    .await
+    .unwrap();
     let rescuer = tokio::spawn(coordinator.rescuer());
 
     let run = |store: Store| async move { store.runs(id).await.unwrap().pop().unwrap() };

@@ -45,11 +45,12 @@ async fn wrong_tokens_lock_an_address_out_for_the_window() {
     let store = Store::connect(&pg.url, Duration::from_secs(5))
         .await
         .unwrap();
-    let coordinator = Coordinator::new(
+    let coordinator = Coordinator::start(
         store,
         Config {
-            worker_token: "worker-token".into(),
-            user_token: "user-token".into(),
+            worker_token: Some("worker-token".into()),
+            user_token: Some("user-token".into()),
+            token_mode: plume_coordinator::store::SeedMode::Replace,
             intervals: Intervals {
                 sign_in_window: Duration::from_secs(2),
                 ..Intervals::default()
@@ -59,7 +60,9 @@ async fn wrong_tokens_lock_an_address_out_for_the_window() {
                 ..Limits::default()
             },
         },
-    );
+    )
+    .await
+    .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let web = tokio::spawn(plume_coordinator::web::serve(

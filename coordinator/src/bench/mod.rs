@@ -122,15 +122,17 @@ async fn setup() -> anyhow::Result<Bench> {
     let tmp = std::env::temp_dir().join(format!("plume-bench-{}", std::process::id()));
     let (url, pg) = crate::pg::database_or_private(tmp.clone()).await?;
     let store = Store::connect(&url, Duration::from_secs(600)).await?;
-    let coordinator = Coordinator::new(
+    let coordinator = Coordinator::start(
         store.clone(),
         Config {
-            worker_token: WORKER.into(),
-            user_token: USER.into(),
+            worker_token: Some(WORKER.into()),
+            user_token: Some(USER.into()),
+            token_mode: crate::store::SeedMode::Replace,
             intervals: Intervals::default(),
             limits: Limits::default(),
         },
-    );
+    )
+    .await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = format!("http://{}", listener.local_addr()?);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -125,11 +125,6 @@ impl Coordinator {
         &self.store
     }
 
-    /// Whether `token` is the user token (constant time).
-    pub fn is_user_token(&self, token: &str) -> bool {
-        tokens_match(token, &self.cfg.user_token)
-    }
-
     /// Parses an experiment on the blocking pool, so no parse can stall the runtime that
     /// serves every other request, and gives up after `limits.parse_time` (the parse itself
     /// then finishes in the background; the budgets keep that to milliseconds).

@@ -5,12 +5,14 @@
 //! - `user_api`: the service users call, over `answers`, which the dashboard's JSON API
 //!   shares;
 //! - `rescuer`: requeues the runs of workers that went silent;
+//! - `auth`: the tokens the services accept (hashed in Postgres, cached here);
 //! - this file: limits, config, authentication and what both services share.
 
 use crate::experiment::{self, Mode};
 use crate::follow::Follower;
 use crate::states::{Outcome, RunState};
-use crate::store::{Beat, Claim, Fence, Series, Store, StoreError};
+use crate::store::{Beat, Claim, Fence, SeedMode, Series, Store, StoreError, TokenRole};
+use auth::Tokens;
 use pb::user_api_server::{UserApi, UserApiServer};
 use pb::worker_api_server::{WorkerApi, WorkerApiServer};
 use pb::RunState as PbRunState;
@@ -25,6 +27,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 mod answers;
+pub mod auth;
 mod rescuer;
 mod user_api;
 mod worker_api;
@@ -67,10 +70,12 @@ impl Default for Limits {
 /// Coordinator settings.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Token workers present.
-    pub worker_token: String,
-    /// Token users (CLI, dashboard) present.
-    pub user_token: String,
+    /// Worker token given at start (see `token_mode`); `None`: the database's.
+    pub worker_token: Option<String>,
+    /// User token (CLI, dashboard) given at start; `None`: the database's.
+    pub user_token: Option<String>,
+    /// How the tokens given at start are taken into the database.
+    pub token_mode: SeedMode,
     /// Periods.
     pub intervals: Intervals,
     /// Size limits.
@@ -92,6 +97,8 @@ pub struct Intervals {
     pub keepalive: Duration,
     /// The window in which `Limits::sign_in_failures` wrong dashboard tokens lock an address.
     pub sign_in_window: Duration,
+    /// How often the live tokens are re-read (a rotation by another coordinator, an expiry).
+    pub token_refresh: Duration,
 }
 
 impl Default for Intervals {
@@ -103,6 +110,7 @@ impl Default for Intervals {
             follow_poll: Duration::from_millis(500),
             keepalive: Duration::from_secs(10),
             sign_in_window: Duration::from_secs(60),
+            token_refresh: Duration::from_secs(2),
         }
     }
 }
@@ -116,6 +124,8 @@ pub struct Coordinator {
     work: Arc<Notify>,
     /// The dashboard's failed sign-ins by address.
     sign_in: Arc<crate::web::SignInGuard>,
+    /// The tokens it accepts.
+    tokens: Arc<Tokens>,
 }
 
 pub(crate) fn status(e: StoreError) -> Status {
@@ -131,40 +141,70 @@ fn fence(f: Option<pb::Fence>) -> Result<Fence, Status> {
     })
 }
 
-/// Constant-time comparison of a request's bearer token.
-fn check_token(meta: &tonic::metadata::MetadataMap, expected: &str) -> Result<(), Status> {
+/// Checks a request's bearer token against the live tokens of `role`.
+fn check_token(
+    meta: &tonic::metadata::MetadataMap,
+    tokens: &Tokens,
+    role: TokenRole,
+) -> Result<(), Status> {
     let got = meta
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or_else(|| Status::unauthenticated("missing bearer token"))?;
-    if !tokens_match(got, expected) {
+    if !tokens.accepts(role, got) {
         return Err(Status::unauthenticated("invalid token for this service"));
     }
     Ok(())
 }
 
-/// Constant-time token comparison; an empty expected token matches nothing.
-pub(crate) fn tokens_match(got: &str, expected: &str) -> bool {
-    let (a, b) = (got.as_bytes(), expected.as_bytes());
-    let diff = a.len() ^ b.len()
-        | a.iter()
-            .zip(b.iter().cycle())
-            .fold(0usize, |d, (x, y)| d | (x ^ y) as usize);
-    diff == 0 && !b.is_empty()
-}
-
 impl Coordinator {
-    /// A coordinator over `store`.
-    pub fn new(store: Store, cfg: Config) -> Coordinator {
+    /// A coordinator over `store`: takes the tokens given in `cfg` into the database (see
+    /// [`SeedMode`]) and loads the live ones.
+    pub async fn start(store: Store, cfg: Config) -> anyhow::Result<Coordinator> {
+        auth::seed(
+            &store,
+            TokenRole::User,
+            cfg.user_token.as_deref(),
+            cfg.token_mode,
+        )
+        .await?;
+        auth::seed(
+            &store,
+            TokenRole::Worker,
+            cfg.worker_token.as_deref(),
+            cfg.token_mode,
+        )
+        .await?;
+        let tokens = Arc::new(Tokens::default());
+        tokens.refresh(&store).await?;
+        tokens.spawn_refresh(store.clone(), cfg.intervals.token_refresh);
         let sign_in =
             crate::web::SignInGuard::new(cfg.limits.sign_in_failures, cfg.intervals.sign_in_window);
-        Coordinator {
+        Ok(Coordinator {
             store,
             cfg: Arc::new(cfg),
             work: Arc::new(Notify::new()),
             sign_in: Arc::new(sign_in),
-        }
+            tokens,
+        })
+    }
+
+    /// Whether `token` is a live user token (the dashboard's sign-in).
+    pub fn is_user_token(&self, token: &str) -> bool {
+        self.tokens.accepts(TokenRole::User, token)
+    }
+
+    /// A new token of `role`; the old ones end after `grace`. Returns it and when they end.
+    pub async fn rotate_token(
+        &self,
+        role: TokenRole,
+        grace: Duration,
+    ) -> Result<(String, std::time::SystemTime), StoreError> {
+        let token = auth::random_token();
+        let ends = self.store.rotate_token(role, &token, grace).await?;
+        self.tokens.refresh(&self.store).await?;
+        Ok((token, ends))
     }
 
     /// Both services, with token checks and message size limits.
@@ -181,8 +221,7 @@ impl Coordinator {
         >,
     ) {
         let max = self.cfg.limits.max_message;
-        let wt = self.cfg.worker_token.clone();
-        let ut = self.cfg.user_token.clone();
+        let (wt, ut) = (self.tokens.clone(), self.tokens.clone());
         let worker = WorkerApiServer::new(self.clone())
             .max_decoding_message_size(max)
             .max_encoding_message_size(max);
@@ -191,11 +230,11 @@ impl Coordinator {
             .max_encoding_message_size(max);
         (
             tonic::service::interceptor::InterceptedService::new(worker, move |r: Request<()>| {
-                check_token(r.metadata(), &wt)?;
+                check_token(r.metadata(), &wt, TokenRole::Worker)?;
                 Ok(r)
             }),
             tonic::service::interceptor::InterceptedService::new(user, move |r: Request<()>| {
-                check_token(r.metadata(), &ut)?;
+                check_token(r.metadata(), &ut, TokenRole::User)?;
                 Ok(r)
             }),
         )

@@ -3,8 +3,44 @@
 
 use super::*;
 
+/// Longest grace period of a rotated token.
+const MAX_TOKEN_GRACE_SECS: u32 = 7 * 86_400;
+
 #[tonic::async_trait]
 impl UserApi for Coordinator {
+    async fn rotate_token(
+        &self,
+        req: Request<pb::RotateTokenRequest>,
+    ) -> Result<Response<pb::RotateTokenReply>, Status> {
+        let r = req.into_inner();
+        let role = match pb::TokenRole::try_from(r.role) {
+            Ok(pb::TokenRole::User) => TokenRole::User,
+            Ok(pb::TokenRole::Worker) => TokenRole::Worker,
+            _ => return Err(Status::invalid_argument("role: expected user or worker")),
+        };
+        if r.grace_secs > MAX_TOKEN_GRACE_SECS {
+            return Err(Status::invalid_argument(format!(
+                "grace_secs: at most {MAX_TOKEN_GRACE_SECS} (7 days)"
+            )));
+        }
+        let (token, ends) = self
+            .rotate_token(role, Duration::from_secs(r.grace_secs.into()))
+            .await
+            .map_err(status)?;
+        tracing::warn!(
+            "the {} token was rotated; the old ones end in {} s",
+            role.name(),
+            r.grace_secs
+        );
+        let unix = ends
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        Ok(Response::new(pb::RotateTokenReply {
+            token,
+            old_valid_until_unix: unix,
+        }))
+    }
+
     async fn submit_experiment(
         &self,
         req: Request<pb::SubmitRequest>,

@@ -8,7 +8,8 @@
 //! - `curves`: reading metrics back: best checkpoints, values at a step, timed curves, live
 //!   chunks;
 //! - `checkpoints`: checkpoint and artifact blobs, retention, storage, garbage collection;
-//! - `queries`: the read side of experiments and runs.
+//! - `queries`: the read side of experiments and runs;
+//! - `tokens`: access tokens, stored hashed.
 //!
 //! This file holds what they share: the error type, the connection, and the fence lock.
 
@@ -25,12 +26,14 @@ mod curves;
 mod lifecycle;
 mod metrics;
 mod queries;
+mod tokens;
 
 pub use checkpoints::{ArtifactRow, CheckpointRow, RunStorage, Storage};
 pub use curves::{NewChunk, Ranked, TimedCurves, TimedSeries};
 pub use lifecycle::{Beat, Claim, Fence};
 pub use metrics::{MetricSummary, Series};
 pub use queries::{AttemptRow, ExperimentRow, RunProgress, RunRow};
+pub use tokens::{token_hash, LiveToken, SeedMode, Seeded, TokenRole};
 
 /// Store errors that callers tell apart.
 #[derive(Debug, thiserror::Error)]

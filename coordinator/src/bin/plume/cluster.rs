@@ -36,12 +36,13 @@ pub struct ServeArgs {
     /// Listen address.
     #[arg(long, default_value = "127.0.0.1:50151")]
     pub listen: String,
-    /// Token workers must present.
+    /// Token workers must present. Needed at the first start on a database only: it is
+    /// stored hashed, and after `plume token rotate` the database's tokens rule.
     #[arg(long, env = "PLUME_WORKER_TOKEN", hide_env_values = true)]
-    pub worker_token: String,
-    /// Token users must present.
+    pub worker_token: Option<String>,
+    /// Token users must present (as --worker-token: needed at the first start only).
     #[arg(long, env = "PLUME_USER_TOKEN", hide_env_values = true)]
-    pub user_token: String,
+    pub user_token: Option<String>,
     /// Lease length in seconds.
     #[arg(long, default_value_t = 15)]
     pub lease_secs: u64,
@@ -131,15 +132,17 @@ pub async fn serve_command(args: ServeArgs) -> Result<()> {
         }
         None => None,
     };
-    let coordinator = Coordinator::new(
+    let coordinator = Coordinator::start(
         store,
         Config {
             worker_token,
             user_token,
+            token_mode: SeedMode::IfNone,
             intervals: Intervals::default(),
             limits: Limits::default(),
         },
-    );
+    )
+    .await?;
     let pem = match (&tls_cert, &tls_key) {
         (Some(c), Some(k)) => Some((c.clone(), k.clone())),
         (None, None) => None,
@@ -263,8 +266,7 @@ async fn follow_or_wait(
 /// by the user alone; the CLI finds the coordinator there.
 fn write_endpoint(home: &Path, endpoint: &Endpoint) -> Result<PathBuf> {
     let path = home.join("coordinator.json");
-    std::fs::write(&path, serde_json::to_string_pretty(endpoint)?)?;
-    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    write_private(&path, &serde_json::to_string_pretty(endpoint)?)?;
     Ok(path)
 }
 
@@ -325,12 +327,6 @@ fn start_workers(
         home.join("workers").display()
     );
     Ok(children)
-}
-
-fn random_token() -> String {
-    let mut b = [0u8; 24];
-    rand::rng().fill(&mut b);
-    hex::encode(b)
 }
 
 fn worker_binary() -> Result<PathBuf> {
@@ -408,15 +404,18 @@ async fn up(
         ..endpoint
     };
     let path = write_endpoint(&home, &endpoint)?;
-    let coordinator = Coordinator::new(
+    // `up` writes fresh tokens to its endpoint file at each start; they replace the last ones.
+    let coordinator = Coordinator::start(
         store,
         Config {
-            worker_token: endpoint.worker_token.clone(),
-            user_token: endpoint.user_token.clone(),
+            worker_token: Some(endpoint.worker_token.clone()),
+            user_token: Some(endpoint.user_token.clone()),
+            token_mode: SeedMode::Replace,
             intervals: Intervals::default(),
             limits: Limits::default(),
         },
-    );
+    )
+    .await?;
     let http = bind_dashboard(http_port).await?;
     let dashboard_addr = http.local_addr()?;
     let dashboard = tokio::spawn(plume_coordinator::web::serve(

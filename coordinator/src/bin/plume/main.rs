@@ -1,16 +1,16 @@
 //! `plume`: run the coordinator (`up`, `serve`), talk to it (`submit`, `ls`, `show`, `watch`,
-//! `best`, `cancel`, `logs`, `download`).
+//! `best`, `cancel`, `logs`, `download`, `token rotate`).
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use plume_coordinator::bench::Suite;
-use plume_coordinator::client::{home, user_client, Endpoint, UserClient};
+use plume_coordinator::client::{home, user_client, write_private, Endpoint, UserClient};
 use plume_coordinator::pg::{free_port, PrivatePostgres};
+use plume_coordinator::server::auth::random_token;
 use plume_coordinator::server::{serve, Config, Coordinator, Intervals, Limits};
 use plume_coordinator::states::{AttemptState, ExperimentState, RunState};
-use plume_coordinator::store::Store;
+use plume_coordinator::store::{SeedMode, Store};
 use plume_proto::v1 as pb;
-use rand::Rng;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 mod cluster;
 mod inspect;
 mod runs;
+mod token;
 mod watch;
 
 #[derive(Parser)]
@@ -76,6 +77,9 @@ enum Cmd {
     Bench(cluster::BenchArgs),
     /// Download a checkpoint by id.
     Download(runs::DownloadArgs),
+    /// Access tokens: `plume token rotate [--worker] [--grace SECS] [--write FILE]`.
+    #[command(subcommand)]
+    Token(token::TokenCmd),
 }
 
 async fn connect(conn: &Conn) -> Result<UserClient> {
@@ -122,5 +126,6 @@ async fn main() -> Result<()> {
         Cmd::Logs(args) => runs::logs_command(args).await,
         Cmd::Bench(args) => cluster::bench_command(args).await,
         Cmd::Download(args) => runs::download_command(args).await,
+        Cmd::Token(cmd) => token::token_command(cmd).await,
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod bench;
 pub mod blobs;
+pub mod chaos;
 pub mod client;
 pub mod downsample;
 pub mod experiment;

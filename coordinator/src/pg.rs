@@ -204,6 +204,28 @@ impl PrivatePostgres {
         tokio::task::spawn_blocking(move || PrivatePostgres::start(&dir, port)).await?
     }
 
+    /// `pg_ctl restart -m fast`: every connection is cut, running transactions roll back, and
+    /// the server comes back with the same options (for `plume chaos`).
+    pub fn restart_fast(&mut self) -> anyhow::Result<()> {
+        let log = self.data.join("pg_ctl_restart.log");
+        let out = self
+            .command("pg_ctl")
+            .args(["restart", "-m", "fast", "-w", "-t", "60", "-D"])
+            .arg(&self.data)
+            .arg("-l")
+            .arg(&log)
+            .output()
+            .context("running pg_ctl restart")?;
+        if !out.status.success() {
+            bail!(
+                "pg_ctl restart failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+
     /// Stops the server (fast shutdown: running transactions are rolled back, data is safe).
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {

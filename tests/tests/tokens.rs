@@ -98,10 +98,11 @@ async fn rotated_tokens_are_refused_and_only_hashes_are_stored() {
     .await;
 
     // Only hashes in the database.
-    let rows: Vec<(String, Vec<u8>)> = sqlx::query_as("SELECT role, sha256 FROM tokens ORDER BY role")
-        .fetch_all(&store.pool)
-        .await
-        .unwrap();
+    let rows: Vec<(String, Vec<u8>)> =
+        sqlx::query_as("SELECT role, sha256 FROM tokens ORDER BY role")
+            .fetch_all(&store.pool)
+            .await
+            .unwrap();
     assert_eq!(
         rows,
         [
@@ -120,8 +121,15 @@ async fn rotated_tokens_are_refused_and_only_hashes_are_stored() {
     // User token: the old one is refused at once, on gRPC and on the dashboard.
     let user_file = d.join("user-token");
     let out = rotate(&url, USER, &["--write", user_file.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(out.stdout.is_empty(), "a token written to a file is not printed too");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "a token written to a file is not printed too"
+    );
     let new_user = read_token(&user_file);
     assert_eq!(new_user.len(), 64);
     assert!(!user_ok(&url, USER).await);
@@ -136,13 +144,26 @@ async fn rotated_tokens_are_refused_and_only_hashes_are_stored() {
     let out = rotate(
         &url,
         &new_user,
-        &["--worker", "--grace", "3", "--write", worker_file.to_str().unwrap()],
+        &[
+            "--worker",
+            "--grace",
+            "3",
+            "--write",
+            worker_file.to_str().unwrap(),
+        ],
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let new_worker = read_token(&worker_file);
     assert!(worker_ok(&url, WORKER).await, "within the grace period");
     assert!(worker_ok(&url, &new_worker).await);
-    assert!(!user_ok(&url, &new_worker).await, "a worker token is not a user token");
+    assert!(
+        !user_ok(&url, &new_worker).await,
+        "a worker token is not a user token"
+    );
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert!(!worker_ok(&url, WORKER).await, "after the grace period");
     assert!(worker_ok(&url, &new_worker).await);
@@ -159,7 +180,10 @@ async fn rotated_tokens_are_refused_and_only_hashes_are_stored() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
-    assert!(user_ok(&url, &new_user).await, "a refused rotation changes nothing");
+    assert!(
+        user_ok(&url, &new_user).await,
+        "a refused rotation changes nothing"
+    );
 
     // A restart with the old tokens in its environment does not bring them back.
     coord.0.kill().unwrap();

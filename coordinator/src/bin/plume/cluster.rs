@@ -329,6 +329,17 @@ fn start_workers(
     Ok(children)
 }
 
+/// `plume chaos`: the table on stdout; a missed goal is a failure.
+pub async fn chaos_command(args: plume_coordinator::chaos::ChaosArgs) -> Result<()> {
+    let plume = std::env::current_exe()?;
+    let report = plume_coordinator::chaos::run(args, plume, worker_binary()?).await?;
+    print!("{}", report.table());
+    if !report.passed() {
+        bail!("chaos: a goal was missed (see the table)");
+    }
+    Ok(())
+}
+
 fn worker_binary() -> Result<PathBuf> {
     if let Some(p) = std::env::var_os("PLUME_WORKER_BIN") {
         return Ok(PathBuf::from(p));

@@ -77,6 +77,9 @@ enum Cmd {
     Bench(cluster::BenchArgs),
     /// Download a checkpoint by id.
     Download(runs::DownloadArgs),
+    /// Fault injection on a real experiment (kill -9 of workers and the coordinator, Postgres
+    /// restarts, a worker stopped past its lease); prints whether nothing was lost.
+    Chaos(Box<plume_coordinator::chaos::ChaosArgs>),
     /// Access tokens: `plume token rotate [--worker] [--grace SECS] [--write FILE]`.
     #[command(subcommand)]
     Token(token::TokenCmd),
@@ -127,5 +130,6 @@ async fn main() -> Result<()> {
         Cmd::Bench(args) => cluster::bench_command(args).await,
         Cmd::Download(args) => runs::download_command(args).await,
         Cmd::Token(cmd) => token::token_command(cmd).await,
+        Cmd::Chaos(args) => cluster::chaos_command(*args).await,
     }
 }

@@ -246,5 +246,11 @@ async fn slurm_workers_run_an_experiment_through_scancel_and_usr1() {
     .await;
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("idle past the timeout"), "{text}");
+    // Their scratch directories go with them; their logs stay.
+    wait_for("the ended jobs' scratch directories to go", 10, || async {
+        std::fs::read_dir(d.join("launcher/scratch")).unwrap().count() == 0
+    })
+    .await;
+    assert!(d.join(format!("launcher/logs/worker-{job1}.log")).is_file());
     assert!(released_after < Duration::from_secs(GRACE_SECS));
 }

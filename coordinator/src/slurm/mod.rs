@@ -407,7 +407,24 @@ async fn round(store: &Store, cfg: &SlurmConfig) -> anyhow::Result<()> {
         cli::scancel(&id).await?;
         eprintln!("slurm launcher: cancelled worker job {id}: {why}");
     }
+    remove_scratch_of_ended_jobs(&cfg.dir.join("scratch"), &ids);
     Ok(())
+}
+
+/// Removes the scratch directories (downloaded inputs, checkpoints in progress) of jobs
+/// Slurm no longer lists; a requeued job is listed (pending), so its directory stays. Their
+/// logs stay in `logs/`.
+fn remove_scratch_of_ended_jobs(scratch: &Path, live: &[String]) {
+    let Ok(entries) = std::fs::read_dir(scratch) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let is_job = !name.is_empty() && name.bytes().all(|b| b.is_ascii_digit());
+        if is_job && !live.contains(&name) {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 #[cfg(test)]

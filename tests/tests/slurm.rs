@@ -248,7 +248,10 @@ async fn slurm_workers_run_an_experiment_through_scancel_and_usr1() {
     assert!(text.contains("idle past the timeout"), "{text}");
     // Their scratch directories go with them; their logs stay.
     wait_for("the ended jobs' scratch directories to go", 10, || async {
-        std::fs::read_dir(d.join("launcher/scratch")).unwrap().count() == 0
+        std::fs::read_dir(d.join("launcher/scratch"))
+            .unwrap()
+            .count()
+            == 0
     })
     .await;
     assert!(d.join(format!("launcher/logs/worker-{job1}.log")).is_file());

@@ -138,6 +138,8 @@ state_enum!(
         Failed = "failed",
         /// Cancelled by a user.
         Cancelled = "cancelled",
+        /// Stopped early by the experiment's search (ASHA did not promote it at a rung).
+        Stopped = "stopped",
     }
 );
 
@@ -146,7 +148,7 @@ impl RunState {
     pub fn is_final(self) -> bool {
         matches!(
             self,
-            RunState::Succeeded | RunState::Failed | RunState::Cancelled
+            RunState::Succeeded | RunState::Failed | RunState::Cancelled | RunState::Stopped
         )
     }
 }
@@ -185,6 +187,8 @@ state_enum!(
         Cancelled = "cancelled",
         /// Its lease ran out or its worker released it; the run was requeued or ended.
         Lost = "lost",
+        /// It stopped because the search did not promote its run.
+        Stopped = "stopped",
     }
 );
 
@@ -249,7 +253,8 @@ mod tests {
             [
                 &RunState::Succeeded,
                 &RunState::Failed,
-                &RunState::Cancelled
+                &RunState::Cancelled,
+                &RunState::Stopped
             ]
         );
         assert!(!ExperimentState::Running.is_final());

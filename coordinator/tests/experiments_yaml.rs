@@ -286,6 +286,30 @@ fn bad_experiments_get_clear_located_errors() {
             (15, 44),
         ),
         (huge, "at most", (0, 0)),
+        (
+            GOOD.replace(
+                "objective:",
+                "search: {asha: {metric: eval/score, mode: max, min_steps: 1, max_steps: 4, reduction_factor: 1}}\nobjective:",
+            ),
+            "search.asha: reduction_factor must be 2..=100",
+            (15, 9),
+        ),
+        (
+            GOOD.replace(
+                "objective:",
+                "search: {asha: {metric: eval/score, mode: max, min_steps: 1, max_steps: 9}}\nobjective:",
+            ),
+            "m1: steps is 4, but search.asha.max_steps is 9",
+            (8, 86),
+        ),
+        (
+            GOOD.replace(
+                "objective:",
+                "search: {asha: {metric: eval/score, mode: best, min_steps: 1, max_steps: 4}}\nobjective:",
+            ),
+            "unknown variant `best`",
+            (15, 43),
+        ),
     ];
     assert!(cases.len() >= 15);
     for (i, (yaml, fragment, at)) in cases.iter().enumerate() {

@@ -287,6 +287,7 @@ async function experimentPage(exp) {
     ["state", (r) => r.state], ["attempts", (r) => r.attempt], ["progress", (r) => (r.total_steps ? r.step / r.total_steps : 0)],
     ["last", (r) => { const m = summaryOf(r, metric); return m ? m.last : null; }],
     ["best", (r) => { const m = summaryOf(r, metric); return m ? (bestMode() === "max" ? m.max : m.min) : null; }],
+    ["rung", (r) => ((r.rungs || []).length ? r.rungs.length - 1 : null)],
   ];
   const bestMode = () => (metric === objective ? mode : (metric.startsWith("loss") || metric.includes("fid") || metric.endsWith("realism") ? "min" : "max"));
 
@@ -326,7 +327,8 @@ async function experimentPage(exp) {
         h("td", { class: "num", title: (r.attempts || []).map((a) => "#" + a.attempt + " " + a.state + (a.message ? ": " + a.message : "")).join("\n") }, r.attempt),
         h("td", {}, progress(r.step, r.total_steps)),
         h("td", { class: "num" }, m ? formatNumber(m.last) : "–"),
-        h("td", { class: "num" }, m ? formatNumber(bestMode() === "max" ? m.max : m.min) : "–"));
+        h("td", { class: "num" }, m ? formatNumber(bestMode() === "max" ? m.max : m.min) : "–"),
+        rungCell(r));
     }));
     compareBtn.disabled = selected.size === 0;
   };
@@ -363,6 +365,20 @@ async function experimentPage(exp) {
   if (detail.runs.some((r) => !r.ended)) {
     follow(exp, { points: "false" }, { run: later, done: later });
   }
+}
+
+// A run's ASHA rungs: the last one reached, whether it went on, every rung in the tooltip.
+function rungCell(r) {
+  const rungs = r.rungs || [];
+  if (rungs.length === 0) { return h("td", { class: "num muted" }, "–"); }
+  const last = rungs[rungs.length - 1];
+  const title = rungs.map((g) => "rung " + g.rung + " @" + g.step + ": " + formatNumber(g.value) + ", rank " + g.rank + "/" + g.seen + (g.promoted ? ", promoted" : ", stopped")).join("\n");
+  return h("td", { class: "num rung", title }, String(last.rung) + " ", h("span", { class: last.promoted ? "promoted" : "stopped" }, last.promoted ? "promoted" : "stopped"));
+}
+
+// Whether ASHA promoted a run at every rung it reached (runs without rungs count as promoted).
+function promoted(r) {
+  return (r.rungs || []).every((g) => g.promoted);
 }
 
 // The compare view's query: one `run=` per run (generated run names hold commas).
@@ -552,7 +568,10 @@ async function comparePage(exp, query) {
     smooth: Number(query.get("smooth") || 0.6),
     log: query.get("log") === "1",
     x: query.get("x") || "step",
+    promotedOnly: query.get("promoted") === "1",
   };
+  const searched = detail.runs.some((r) => (r.rungs || []).length > 0);
+  const shown = () => view.runs.filter((r) => !view.promotedOnly || promoted(detail.runs.find((x) => x.name === r)));
   const curves = {};
   const cursors = {};
   const picker = h("div", { class: "run-picker", id: "run-picker" });
@@ -561,12 +580,14 @@ async function comparePage(exp, query) {
   const table = h("div", { class: "panel" });
   const chart = new LineChart(chartBox, { title: "", height: 360 });
   put(main, h("h1", {}, "Compare runs of ", exp),
-    h("div", { class: "toolbar" }, h("label", {}, "metric ", metricSelect)),
+    h("div", { class: "toolbar" }, h("label", {}, "metric ", metricSelect),
+      searched ? h("label", { title: "hide the runs ASHA stopped at a rung" }, h("input", { type: "checkbox", id: "promoted-only", checked: view.promotedOnly,
+        onchange: (e) => { view.promotedOnly = e.target.checked; save(); draw(false); } }), " promoted runs only") : null),
     chartControls(view, (axisChanged) => { save(); draw(axisChanged); }),
     h("div", { class: "compare" }, picker, h("div", { class: "compare-main" }, chartBox, table)));
 
   function save() {
-    const q = compareQuery(view.runs, { metric: view.metric, smooth: String(view.smooth), log: view.log ? "1" : "0", x: view.x });
+    const q = compareQuery(view.runs, { metric: view.metric, smooth: String(view.smooth), log: view.log ? "1" : "0", x: view.x, promoted: view.promotedOnly ? "1" : "0" });
     history.replaceState(null, "", "#/e/" + enc(exp) + "/compare?" + q);
   }
 
@@ -578,11 +599,11 @@ async function comparePage(exp, query) {
     chart.options.xLabel = view.x === "step" ? "step" : "time";
     chart.options.xFormat = xFormatter(view.x);
     if (axisChanged) { chart.zoom = null; }
-    chart.setSeries(view.runs.filter((r) => curves[r]).map((r) => ({
+    chart.setSeries(shown().filter((r) => curves[r]).map((r) => ({
       label: r, color: seriesColor(detail.runs.findIndex((x) => x.name === r)), xs: xValues(curves[r], view.x), ys: curves[r].values })));
     put(table, h("table", { class: "grid" },
       h("thead", {}, h("tr", {}, ["run", "state", "points", "last", "min", "max"].map((c) => h("th", {}, c)))),
-      h("tbody", {}, view.runs.map((r) => {
+      h("tbody", {}, shown().map((r) => {
         const run = detail.runs.find((x) => x.name === r);
         const m = summaryOf(run, view.metric);
         return h("tr", {}, h("td", {}, h("a", { href: "#/e/" + enc(exp) + "/r/" + enc(r) }, r)), h("td", {}, badge(run.state)),

@@ -10,6 +10,7 @@ mod invert;
 mod judge;
 mod network;
 mod pretrain;
+mod probe;
 mod text;
 pub mod yaml;
 
@@ -19,6 +20,7 @@ pub use invert::{InvertConfig, InvertMode};
 pub use judge::{JudgeConfig, JudgeNetConfig};
 pub use network::NetworkConfig;
 pub use pretrain::{AugmentConfig, PretrainConfig};
+pub use probe::ProbeConfig;
 pub use text::{
     ContrastStyles, EditForm, EvaluateConfig, LossWeights, Method, PreservationGroups,
     ReconstructionTarget, TextConfig,
@@ -83,16 +85,19 @@ pub enum JobSpec {
     Evaluate(EvaluateConfig),
     /// Bring a published StyleGAN2 in instead of pretraining one.
     ImportGenerator(ImportGeneratorConfig),
+    /// No model: a metric on a schedule, for testing and benchmarking the scheduler.
+    Probe(ProbeConfig),
 }
 
 /// Job kinds as written in YAML.
-pub const JOB_KINDS: [&str; 6] = [
+pub const JOB_KINDS: [&str; 7] = [
     "pretrain-generator",
     "train-judge",
     "invert",
     "train-text",
     "evaluate",
     "import-generator",
+    "probe",
 ];
 
 fn yaml_error(origin: &str, e: yaml::YamlError) -> JobError {
@@ -147,6 +152,7 @@ impl JobSpec {
             JobSpec::TrainText(_) => JOB_KINDS[3],
             JobSpec::Evaluate(_) => JOB_KINDS[4],
             JobSpec::ImportGenerator(_) => JOB_KINDS[5],
+            JobSpec::Probe(_) => JOB_KINDS[6],
         }
     }
 
@@ -186,6 +192,7 @@ impl JobSpec {
             "evaluate" => parse(|b| yaml::from_str(b).map(JobSpec::Evaluate))?,
             "train-text" => parse(|b| yaml::from_str(b).map(JobSpec::TrainText))?,
             "import-generator" => parse(|b| yaml::from_str(b).map(JobSpec::ImportGenerator))?,
+            "probe" => parse(|b| yaml::from_str(b).map(JobSpec::Probe))?,
             other => {
                 return Err(kind_error(
                     Some(kind_line),
@@ -231,6 +238,7 @@ impl JobSpec {
             JobSpec::TrainText(c) => c.validate(),
             JobSpec::Evaluate(c) => c.validate(),
             JobSpec::ImportGenerator(c) => c.validate(),
+            JobSpec::Probe(c) => c.validate(),
         }
     }
 }

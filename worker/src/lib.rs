@@ -22,6 +22,7 @@ pub mod job;
 pub mod judge;
 pub mod nn;
 pub mod picture;
+pub mod probe;
 pub mod remote;
 pub mod runner;
 pub mod stylegan;

@@ -22,5 +22,6 @@ pub fn run(
         JobSpec::TrainText(c) => crate::text::train::run(c, resume, device, reporter, cancel),
         JobSpec::Evaluate(c) => crate::text::train::evaluate(c, device, reporter),
         JobSpec::ImportGenerator(c) => crate::stylegan::import::run(c, reporter),
+        JobSpec::Probe(c) => crate::probe::run(c, resume, reporter, cancel),
     }
 }

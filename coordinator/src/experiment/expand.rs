@@ -75,6 +75,7 @@ fn plan_run(
 ) -> Result<PlannedRun, ExperimentError> {
     let config = assemble(parsed, b, overrides, ctx)?;
     check_as_the_worker_will(&config, entries, b, overrides, ctx)?;
+    check_search_budget(parsed, &config, b, overrides, ctx)?;
     let name = if overrides.is_empty() {
         b.name.to_string()
     } else {
@@ -108,7 +109,42 @@ fn plan_run(
             .iter()
             .map(|o| (o.path.clone(), short(&o.value)))
             .collect(),
+        is_run: b.is_run,
     })
+}
+
+/// Under `search.asha`, every run's `steps` is the full budget `max_steps`: the rungs stop
+/// runs early, nothing else shortens them.
+fn check_search_budget(
+    parsed: &ExperimentFile,
+    config: &Mapping,
+    b: &Base,
+    overrides: &[Override],
+    ctx: &Ctx,
+) -> Result<(), ExperimentError> {
+    let Some(search) = parsed.search.as_ref().filter(|_| b.is_run) else {
+        return Ok(());
+    };
+    let steps = config.get("steps").and_then(Value::as_i64);
+    if steps == Some(search.value.asha.max_steps) {
+        return Ok(());
+    }
+    let at = overrides
+        .iter()
+        .find(|o| o.path == "steps")
+        .map(|o| &o.at)
+        .or_else(|| b.entry.config_keys.get("steps"))
+        .unwrap_or(&b.at);
+    Err(ctx.err(
+        at,
+        format!(
+            "{}: steps is {}, but search.asha.max_steps is {}; under ASHA every run's steps is \
+             the full budget",
+            b.name,
+            steps.map_or("not set".to_string(), |s| s.to_string()),
+            search.value.asha.max_steps
+        ),
+    ))
 }
 
 /// The job's config: kind and dataset, the run defaults (runs only), the entry's own fields,

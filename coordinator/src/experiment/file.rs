@@ -25,6 +25,9 @@ pub(super) struct ExperimentFile {
     pub(super) max_restarts: u32,
     #[serde(default)]
     pub(super) checkpoints: Option<Spanned<Retention>>,
+    /// Adaptive early stopping of the `runs:` (ASHA).
+    #[serde(default)]
+    pub(super) search: Option<Spanned<super::search::Search>>,
 }
 
 fn d_restarts() -> u32 {
@@ -165,6 +168,9 @@ pub(super) fn read(ctx: &Ctx, src: &str) -> Result<ExperimentFile, ExperimentErr
                 "checkpoints.keep.latest must be at least 1 (resumes and downstream runs need the last checkpoint)".into(),
             ));
         }
+    }
+    if let Some(search) = &parsed.search {
+        super::search::check(search, ctx)?;
     }
     if parsed.runs.value.is_empty() && parsed.stages.is_empty() {
         return Err(ctx.err(

@@ -1,8 +1,9 @@
 //! Experiment YAML: parsing, validation and expansion into runs.
 //!
 //! An experiment names a dataset, shared `stages` (generator, judges, styles), `runs` (one
-//! per method, each possibly with `ablate`), an optional `sweep` over the runs, an `objective`,
-//! `max_restarts` and a checkpoint retention policy. Every error names the file, the line and
+//! per method, each possibly with `ablate`), an optional `sweep` over the runs, an optional
+//! `search` (ASHA early stopping of the runs), an `objective`, `max_restarts` and a
+//! checkpoint retention policy. Every error names the file, the line and
 //! column, and the form that was expected; nothing is stored for an experiment that fails.
 //!
 //! The stages, in order: `file` reads the file as written, every part with the place the
@@ -18,6 +19,7 @@ use std::collections::{BTreeMap, HashMap};
 mod expand;
 mod file;
 mod graph;
+pub mod search;
 mod sweep;
 
 /// Largest experiment file accepted (checked before parsing).
@@ -130,6 +132,8 @@ pub struct Experiment {
     pub max_restarts: u32,
     /// Retention.
     pub retention: Retention,
+    /// Adaptive early stopping of the `runs:` entries, if asked for.
+    pub search: Option<search::Search>,
     /// Runs in dependency order (every run comes after the runs it needs).
     pub runs: Vec<PlannedRun>,
 }
@@ -154,6 +158,8 @@ pub struct PlannedRun {
     /// The ablation and sweep values the run was expanded with (`losses.preservation` ->
     /// `1`), as its name shows them. Stored with the run, so nothing parses names.
     pub params: BTreeMap<String, String>,
+    /// From the file's `runs:` (not a stage): the runs a `search:` manages.
+    pub is_run: bool,
 }
 
 /// Parses, validates and expands an experiment.
@@ -168,6 +174,7 @@ pub fn parse(file: &str, src: &str) -> Result<Experiment, ExperimentError> {
         objective: parsed.objective.map(|o| o.value).unwrap_or_default(),
         max_restarts: parsed.max_restarts,
         retention: parsed.checkpoints.map(|c| c.value).unwrap_or_default(),
+        search: parsed.search.map(|s| s.value),
         runs,
     })
 }

@@ -260,6 +260,7 @@ impl Coordinator {
                     slurm_job_id: a.slurm_job_id,
                 })
                 .collect();
+            s.rungs = self.store.rungs(r.id).await?;
             Ok(s)
         }
     }

@@ -76,9 +76,12 @@ impl WorkerApi for Coordinator {
                             if let Some(f) = running {
                                 if f.worker != worker { continue; }
                                 match me.store.heartbeat(f, hb.step, hb.total_steps).await {
-                                    Ok(Beat::Renewed { cancel_requested: false } | Beat::Finished) => {}
-                                    Ok(Beat::Renewed { cancel_requested: true }) => {
+                                    Ok(Beat::Renewed { cancel_requested: false, stop_requested: false } | Beat::Finished) => {}
+                                    Ok(Beat::Renewed { cancel_requested: true, .. }) => {
                                         let _ = tx.send(Ok(cancel_msg(f, "cancelled by user"))).await;
+                                    }
+                                    Ok(Beat::Renewed { stop_requested: true, .. }) => {
+                                        let _ = tx.send(Ok(cancel_msg(f, "stopped by the search (ASHA)"))).await;
                                     }
                                     Err(StoreError::Stale { .. }) => {
                                         let _ = tx.send(Ok(cancel_msg(f, "this attempt lost its lease; the run was reassigned"))).await;
@@ -146,12 +149,15 @@ impl WorkerApi for Coordinator {
             s.steps.push(b.steps[i]);
             s.values.push(b.values[i]);
         }
-        let applied = self
+        let done = self
             .store
-            .ingest(f, b.seq as i64, &series)
+            .ingest_judged(f, b.seq as i64, &series)
             .await
             .map_err(status)?;
-        Ok(Response::new(pb::Ack { applied }))
+        Ok(Response::new(pb::Ack {
+            applied: done.applied,
+            stop: done.stop,
+        }))
     }
 
     async fn report_logs(&self, req: Request<pb::LogBatch>) -> Result<Response<pb::Ack>, Status> {
@@ -168,7 +174,10 @@ impl WorkerApi for Coordinator {
             .map(|l| l.chars().take(4096).collect())
             .collect();
         self.store.append_logs(f, &lines).await.map_err(status)?;
-        Ok(Response::new(pb::Ack { applied: true }))
+        Ok(Response::new(pb::Ack {
+            applied: true,
+            stop: false,
+        }))
     }
 
     async fn upload_checkpoint(
@@ -242,7 +251,10 @@ impl WorkerApi for Coordinator {
             .await
             .map_err(status)?;
         self.work.notify_waiters();
-        Ok(Response::new(pb::Ack { applied: true }))
+        Ok(Response::new(pb::Ack {
+            applied: true,
+            stop: false,
+        }))
     }
 }
 

@@ -81,7 +81,7 @@ impl Store {
         lock_fence(&mut tx, f).await?;
         chunk_lock(&mut tx, false).await?;
         let (hashes, new_bytes) = store_chunks(&mut tx, data, &chunks, true).await?;
-        let objective_name = objective_metric(&mut tx, f.run).await?;
+        let (_, objective_name, _) = experiment_of(&mut tx, f.run).await?;
         let objective = value_at(&mut tx, f.run, &objective_name, step).await?;
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO checkpoints (run_id, attempt, step, size, sha256, chunks, objective, state_size) \

@@ -19,10 +19,12 @@ pub struct Fence {
 /// What a heartbeat found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Beat {
-    /// The lease was renewed; whether the user asked to cancel the run.
+    /// The lease was renewed; whether the run must stop.
     Renewed {
-        /// A cancel was requested.
+        /// A user asked to cancel the run.
         cancel_requested: bool,
+        /// The experiment's search (ASHA) did not promote the run.
+        stop_requested: bool,
     },
     /// The attempt already ended by its own worker's Finish (a heartbeat sent just before it
     /// arrived after it): nothing to renew and nothing lost.
@@ -60,8 +62,8 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO experiments (name, file_name, yaml, objective_metric, objective_mode, \
-             max_restarts, keep_best, keep_latest, keep_final_state) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9) \
-             RETURNING id",
+             max_restarts, keep_best, keep_latest, keep_final_state, search) \
+             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10) RETURNING id",
         )
         .bind(&exp.name)
         .bind(file_name)
@@ -72,6 +74,11 @@ impl Store {
         .bind(exp.retention.keep.best as i32)
         .bind(exp.retention.keep.latest as i32)
         .bind(exp.retention.keep.final_state)
+        .bind(
+            exp.search
+                .as_ref()
+                .map(|s| serde_json::to_value(s).expect("search serializes")),
+        )
         .fetch_one(&mut *tx)
         .await?;
         let mut ids: HashMap<&str, i64> = HashMap::new();
@@ -242,11 +249,11 @@ impl Store {
             .bind(f.worker)
             .execute(&self.pool)
             .await?;
-        let r: Option<bool> = sqlx::query_scalar(
+        let r: Option<(bool, bool)> = sqlx::query_as(
             "UPDATE runs SET lease_expires = now() + make_interval(secs => $4), \
              step = GREATEST(step, $5), total_steps = CASE WHEN $6 > 0 THEN $6 ELSE total_steps END \
              WHERE id = $1 AND attempt = $2 AND lease_worker = $3 AND state = $7 \
-             RETURNING cancel_requested",
+             RETURNING cancel_requested, stop_requested",
         )
         .bind(f.run)
         .bind(f.attempt)
@@ -257,8 +264,11 @@ impl Store {
         .bind(RunState::Running)
         .fetch_optional(&self.pool)
         .await?;
-        if let Some(cancel_requested) = r {
-            return Ok(Beat::Renewed { cancel_requested });
+        if let Some((cancel_requested, stop_requested)) = r {
+            return Ok(Beat::Renewed {
+                cancel_requested,
+                stop_requested,
+            });
         }
         // The worker's heartbeat and its Finish race on separate streams: an attempt that
         // ended by its own worker's hand is finished, whatever the heartbeat says.
@@ -285,7 +295,23 @@ impl Store {
     pub async fn finish(&self, f: Fence, outcome: Outcome, message: &str, step: i64) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         lock_fence(&mut tx, f).await?;
-        let Some(state) = outcome.final_run_state() else {
+        let stop_requested: bool =
+            sqlx::query_scalar("SELECT stop_requested FROM runs WHERE id = $1")
+                .bind(f.run)
+                .fetch_one(&mut *tx)
+                .await?;
+        // A run the search stopped ends stopped, whether its worker cancelled the job or was
+        // going away at that moment.
+        let state = match outcome {
+            Outcome::Cancelled | Outcome::Released if stop_requested => Some(RunState::Stopped),
+            _ => outcome.final_run_state(),
+        };
+        let message = match state {
+            Some(RunState::Stopped) => format!("stopped by the search (ASHA) at step {step}"),
+            _ => message.to_string(),
+        };
+        let message = message.as_str();
+        let Some(state) = state else {
             // Its worker is going away: the attempt counts as lost, the run goes straight
             // back to the queue and resumes from its latest checkpoint.
             sqlx::query(
@@ -312,6 +338,7 @@ impl Store {
         let attempt_state = match state {
             RunState::Succeeded => AttemptState::Succeeded,
             RunState::Cancelled => AttemptState::Cancelled,
+            RunState::Stopped => AttemptState::Stopped,
             _ => AttemptState::Failed,
         };
         sqlx::query(
@@ -344,15 +371,16 @@ impl Store {
     /// (a cancelled run becomes cancelled, an exhausted one failed). Returns how many.
     pub async fn reap_expired(&self) -> Result<usize> {
         let mut tx = self.pool.begin().await?;
-        let rows: Vec<(i64, i32, bool, i32)> = sqlx::query_as(
-            "SELECT r.id, r.attempt - r.restart_base, r.cancel_requested, e.max_restarts FROM runs r \
+        let rows: Vec<(i64, i32, bool, bool, i32)> = sqlx::query_as(
+            "SELECT r.id, r.attempt - r.restart_base, r.cancel_requested, r.stop_requested, \
+             e.max_restarts FROM runs r \
              JOIN experiments e ON e.id = r.experiment_id \
              WHERE r.state = $1 AND r.lease_expires < now() FOR UPDATE OF r SKIP LOCKED",
         )
         .bind(RunState::Running)
         .fetch_all(&mut *tx)
         .await?;
-        for &(run, attempt, cancel, max_restarts) in &rows {
+        for &(run, attempt, cancel, stop, max_restarts) in &rows {
             // `attempt` counts from the last rerun; the attempt row is the run's latest.
             sqlx::query(
                 "UPDATE attempts SET state = $2, ended_at = now(), message = 'lease expired (worker died or was cut off)' \
@@ -366,6 +394,11 @@ impl Store {
                 (
                     RunState::Cancelled,
                     "cancelled while its worker was unreachable".to_string(),
+                )
+            } else if stop {
+                (
+                    RunState::Stopped,
+                    "stopped by the search (ASHA) while its worker was unreachable".to_string(),
                 )
             } else if attempt <= max_restarts {
                 (
@@ -544,7 +577,13 @@ pub(super) async fn settle(tx: &mut Tx<'_>, run: i64, state: RunState) -> Result
         .execute(&mut **tx)
         .await?;
     }
-    retain(tx, run, state == RunState::Succeeded).await?;
+    // A stopped run is finished like a succeeded one: its checkpoints compete for `best`.
+    retain(
+        tx,
+        run,
+        matches!(state, RunState::Succeeded | RunState::Stopped),
+    )
+    .await?;
     sqlx::query(
         "UPDATE experiments e SET state = CASE \
             WHEN EXISTS (SELECT 1 FROM runs WHERE experiment_id = e.id AND state = $2) THEN $3 \

@@ -49,15 +49,35 @@ pub struct Series {
     pub values: Vec<f64>,
 }
 
+/// What ingesting a metric batch did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ingested {
+    /// False when the batch was a resend already applied.
+    pub applied: bool,
+    /// The experiment's search did not promote the run at a rung: it must stop.
+    pub stop: bool,
+}
+
 impl Store {
-    /// Ingests one metric batch: fence check, idempotency by `(run, attempt, seq)`, one insert
-    /// of packed rows, one upsert of summaries, one update of checkpoint objectives.
+    /// [`Store::ingest_judged`], saying only whether the batch was applied.
     pub async fn ingest(
         &self,
         f: Fence,
         seq: i64,
         batch: &BTreeMap<String, Series>,
     ) -> Result<bool> {
+        Ok(self.ingest_judged(f, seq, batch).await?.applied)
+    }
+
+    /// Ingests one metric batch: fence check, idempotency by `(run, attempt, seq)`, one insert
+    /// of packed rows, one upsert of summaries, one update of checkpoint objectives, and,
+    /// under `search.asha`, the decisions of the rungs the batch reaches.
+    pub async fn ingest_judged(
+        &self,
+        f: Fence,
+        seq: i64,
+        batch: &BTreeMap<String, Series>,
+    ) -> Result<Ingested> {
         let mut tx = self.pool.begin().await?;
         lock_fence(&mut tx, f).await?;
         let fresh = sqlx::query(
@@ -72,10 +92,22 @@ impl Store {
             == 1;
         if !fresh {
             tx.commit().await?;
-            return Ok(false);
+            return Ok(Ingested {
+                applied: false,
+                stop: false,
+            });
         }
         insert_series(&mut tx, f.run, batch).await?;
-        let objective = objective_metric(&mut tx, f.run).await?;
+        let (exp, objective, search) = experiment_of(&mut tx, f.run).await?;
+        let stop = match search
+            .as_ref()
+            .and_then(|s| Some((s, batch.get(&s.asha.metric)?)))
+        {
+            Some((s, series)) => {
+                super::search::observe(&mut tx, exp, f.run, &s.asha, series).await?
+            }
+            None => false,
+        };
         if let Some(s) = batch.get(&objective) {
             sqlx::query(
                 "UPDATE checkpoints c SET objective = p.v FROM UNNEST($2::int8[], $3::float8[]) AS p(s, v) \
@@ -88,7 +120,10 @@ impl Store {
             .await?;
         }
         tx.commit().await?;
-        Ok(true)
+        Ok(Ingested {
+            applied: true,
+            stop,
+        })
     }
 
     /// Appends log lines of an attempt.

@@ -9,6 +9,7 @@
 //!   chunks;
 //! - `checkpoints`: checkpoint and artifact blobs, retention, storage, garbage collection;
 //! - `queries`: the read side of experiments and runs;
+//! - `search`: ASHA's rung decisions, taken as metrics arrive;
 //! - `tokens`: access tokens, stored hashed.
 //!
 //! This file holds what they share: the error type, the connection, and the fence lock.
@@ -26,12 +27,13 @@ mod curves;
 mod lifecycle;
 mod metrics;
 mod queries;
+mod search;
 mod tokens;
 
 pub use checkpoints::{ArtifactRow, CheckpointRow, RunStorage, Storage};
 pub use curves::{NewChunk, Ranked, TimedCurves, TimedSeries};
 pub use lifecycle::{Beat, Claim, Fence};
-pub use metrics::{MetricSummary, Series};
+pub use metrics::{Ingested, MetricSummary, Series};
 pub use queries::{AttemptRow, ExperimentRow, RunProgress, RunRow};
 pub use tokens::{token_hash, LiveToken, SeedMode, Seeded, TokenRole};
 
@@ -118,14 +120,21 @@ async fn lock_fence(tx: &mut Tx<'_>, f: Fence) -> Result<()> {
     })
 }
 
-/// The objective metric of a run's experiment.
-async fn objective_metric(tx: &mut Tx<'_>, run: i64) -> Result<String> {
-    Ok(sqlx::query_scalar(
-        "SELECT e.objective_metric FROM runs r JOIN experiments e ON e.id = r.experiment_id WHERE r.id = $1",
+/// A run's experiment: its id, objective metric and search (if any).
+async fn experiment_of(
+    tx: &mut Tx<'_>,
+    run: i64,
+) -> Result<(i64, String, Option<crate::experiment::search::Search>)> {
+    let (id, objective, search): (i64, String, Option<serde_json::Value>) = sqlx::query_as(
+        "SELECT e.id, e.objective_metric, e.search FROM runs r JOIN experiments e \
+         ON e.id = r.experiment_id WHERE r.id = $1",
     )
     .bind(run)
     .fetch_one(&mut **tx)
-    .await?)
+    .await?;
+    // Written by `submit` from the parsed experiment, so it always reads back.
+    let search = search.and_then(|v| serde_json::from_value(v).ok());
+    Ok((id, objective, search))
 }
 
 async fn event(tx: &mut Tx<'_>, run: i64, kind: &str, message: &str) -> Result<()> {

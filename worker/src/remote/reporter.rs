@@ -171,7 +171,17 @@ pub(super) async fn send_queue(
                     async move { c.report_metrics(b).await }
                 })
                 .await
-                .map(|_| ());
+                .map(|ack| {
+                    // The experiment's search did not promote this run at a rung: stop now
+                    // (with a checkpoint) rather than at the next heartbeat.
+                    if ack.into_inner().stop && !cancel.is_cancelled() {
+                        eprintln!(
+                            "run {} attempt {}: stopped by the search (ASHA)",
+                            fence.run_id, fence.attempt
+                        );
+                        cancel.cancel();
+                    }
+                });
                 if r.is_ok() && !lines.is_empty() {
                     send_logs(&mut c, fence, lines).await
                 } else {

@@ -146,6 +146,25 @@ pub async fn best_command(args: BestArgs) -> Result<()> {
     Ok(())
 }
 
+/// A run's rungs: `rung 0 @10 0.5120 rank 1/1 promoted · rung 1 @30 0.4800 rank 2/3 stopped`.
+fn rung_line(rungs: &[pb::RungResult]) -> String {
+    rungs
+        .iter()
+        .map(|g| {
+            format!(
+                "rung {} @{} {:.4} rank {}/{} {}",
+                g.rung,
+                g.step,
+                g.value,
+                g.rank,
+                g.seen,
+                if g.promoted { "promoted" } else { "stopped" }
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" · ")
+}
+
 pub(crate) fn print_experiment(d: &pb::ExperimentDetail, attempts: bool) {
     let s = d.summary.clone().unwrap_or_default();
     println!(
@@ -184,6 +203,9 @@ pub(crate) fn print_experiment(d: &pb::ExperimentDetail, attempts: bool) {
         );
         if !r.error.is_empty() {
             println!("      error: {}", r.error);
+        }
+        if !r.rungs.is_empty() {
+            println!("      ASHA: {}", rung_line(&r.rungs));
         }
         // One attempt on a plain worker says nothing the run line does not; a Slurm job id
         // always matters (it is what `scancel` and `sacct` take).

@@ -25,7 +25,7 @@ pub struct ProbeConfig {
     /// Milliseconds each step sleeps.
     #[serde(default)]
     pub step_ms: u64,
-    /// Checkpoint cadence (and at the end).
+    /// Checkpoint cadence (and at the end); 0: only when stopped early.
     #[serde(default = "d_checkpoint_every")]
     pub checkpoint_every: i64,
     /// Unused by the job; lets a sweep make otherwise identical runs.
@@ -46,7 +46,7 @@ impl ProbeConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         check_range("steps", self.steps, 1, 10_000_000)?;
         check_range("step_ms", self.step_ms, 0, 60_000)?;
-        check_range("checkpoint_every", self.checkpoint_every, 1, 10_000_000)?;
+        check_range("checkpoint_every", self.checkpoint_every, 0, 10_000_000)?;
         if self.metric.is_empty() || self.metric.len() > 128 {
             return Err(ConfigError::invalid(
                 "metric",

@@ -22,12 +22,11 @@ pub fn run(
         }
         None => 0,
     };
-    let cadence = Cadence::per_step(
-        "probe",
-        cfg.steps,
-        cfg.seed,
-        vec![(Task::Checkpoint, cfg.checkpoint_every)],
-    );
+    let every = match cfg.checkpoint_every {
+        0 => vec![],
+        n => vec![(Task::Checkpoint, n)],
+    };
+    let cadence = Cadence::per_step("probe", cfg.steps, cfg.seed, every);
     step_loop(&mut Probe { cfg }, start, &cadence, reporter, cancel)
 }
 

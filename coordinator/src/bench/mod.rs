@@ -13,6 +13,7 @@ use tonic::transport::Channel;
 
 mod dashboard;
 mod parser;
+mod scheduling;
 mod sessions;
 mod storage;
 
@@ -103,6 +104,9 @@ pub enum Suite {
     Storage,
     /// The experiment parser on hostile files up to the size limit (no Postgres needed).
     Parser,
+    /// Coordinator overhead per run through real worker processes (`probe` runs); not in
+    /// `all`, as it starts processes.
+    Scheduling,
 }
 
 /// A coordinator on a private Postgres, serving gRPC and the dashboard, for the benchmarks.
@@ -161,6 +165,9 @@ async fn setup() -> anyhow::Result<Bench> {
 /// Runs the chosen benchmarks; returns the table.
 pub async fn run(sessions: usize, points_millions: usize, suite: Suite) -> anyhow::Result<String> {
     let mut out = String::from("benchmark                                              result\n");
+    if let Suite::Scheduling = suite {
+        anyhow::bail!("the scheduling suite needs its workers: use bench::run_scheduling");
+    }
     if matches!(suite, Suite::All | Suite::Parser) {
         parser::suite(&mut out)?;
         if suite == Suite::Parser {
@@ -180,6 +187,17 @@ pub async fn run(sessions: usize, points_millions: usize, suite: Suite) -> anyho
     let _ = b.stop.send(());
     let _ = b.server.await;
     let _ = std::fs::remove_dir_all(&b.tmp);
+    Ok(out)
+}
+
+/// `plume bench --suite scheduling`: `runs` probe runs through `workers` worker processes.
+pub async fn run_scheduling(
+    runs: usize,
+    workers: u32,
+    worker_bin: std::path::PathBuf,
+) -> anyhow::Result<String> {
+    let mut out = String::new();
+    scheduling::suite(&mut out, runs, workers, worker_bin).await?;
     Ok(out)
 }
 

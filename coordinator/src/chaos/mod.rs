@@ -75,7 +75,7 @@ enum Fault {
 }
 
 /// A child process killed when dropped.
-struct Proc(Child);
+pub(crate) struct Proc(pub(crate) Child);
 
 impl Proc {
     fn signal(&self, sig: &str) -> anyhow::Result<()> {
@@ -101,18 +101,19 @@ impl Drop for Proc {
     }
 }
 
-/// The processes under test and how to start them again.
-struct Cluster {
-    dir: PathBuf,
-    plume: PathBuf,
-    worker_bin: PathBuf,
-    db: String,
-    port: u16,
-    lease_secs: u64,
-    coordinator: Option<Proc>,
+/// The processes under test (`plume serve` and `plume-worker`s, logging under `dir`) and
+/// how to start them again; `plume bench --suite scheduling` uses them too.
+pub(crate) struct Cluster {
+    pub(crate) dir: PathBuf,
+    pub(crate) plume: PathBuf,
+    pub(crate) worker_bin: PathBuf,
+    pub(crate) db: String,
+    pub(crate) port: u16,
+    pub(crate) lease_secs: u64,
+    pub(crate) coordinator: Option<Proc>,
     /// Workers by name.
-    workers: Vec<(String, Proc)>,
-    started_workers: u32,
+    pub(crate) workers: Vec<(String, Proc)>,
+    pub(crate) started_workers: u32,
 }
 
 fn log_file(path: &Path) -> anyhow::Result<std::fs::File> {
@@ -123,11 +124,11 @@ fn log_file(path: &Path) -> anyhow::Result<std::fs::File> {
 }
 
 impl Cluster {
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    fn start_coordinator(&mut self) -> anyhow::Result<()> {
+    pub(crate) fn start_coordinator(&mut self) -> anyhow::Result<()> {
         let log = log_file(&self.dir.join("coordinator.log"))?;
         let child = Command::new(&self.plume)
             .args(["serve", "--listen", &format!("127.0.0.1:{}", self.port)])
@@ -149,7 +150,7 @@ impl Cluster {
         Ok(())
     }
 
-    fn start_worker(&mut self) -> anyhow::Result<()> {
+    pub(crate) fn start_worker(&mut self) -> anyhow::Result<()> {
         self.started_workers += 1;
         let name = format!("chaos-w{}", self.started_workers);
         let dir = self.dir.join("workers").join(&name);
@@ -477,7 +478,10 @@ async fn finished(store: &Store, exp: i64) -> anyhow::Result<bool> {
     Ok(s.is_final())
 }
 
-async fn connect(url: &str, within: Duration) -> anyhow::Result<crate::client::UserClient> {
+pub(crate) async fn connect(
+    url: &str,
+    within: Duration,
+) -> anyhow::Result<crate::client::UserClient> {
     let deadline = Instant::now() + within;
     loop {
         match user_client(url, USER).await {

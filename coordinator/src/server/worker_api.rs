@@ -66,14 +66,21 @@ impl WorkerApi for Coordinator {
         tokio::spawn(async move {
             let mut idle = false;
             let mut running: Option<Fence> = None;
+            // Assignments sent in this session (heartbeats echo how many they saw).
+            let mut assigned: u64 = 0;
             let mut tick = tokio::time::interval(me.cfg.intervals.claim_poll);
             loop {
                 tokio::select! {
                     msg = inbound.message() => match msg {
                         Ok(Some(pb::WorkerMessage { kind: Some(pb::worker_message::Kind::Heartbeat(hb)) })) => {
-                            idle = hb.idle;
-                            running = hb.running.map(|f| Fence { worker, run: f.run_id, attempt: f.attempt });
-                            if let Some(f) = running {
+                            let reported = hb.running.map(|f| Fence { worker, run: f.run_id, attempt: f.attempt });
+                            // A heartbeat sent before the worker saw our last assignment is
+                            // stale about what it runs: acting on its "idle" would assign twice.
+                            if hb.assignments_seen >= assigned {
+                                idle = hb.idle;
+                                running = reported;
+                            }
+                            if let Some(f) = reported {
                                 if f.worker != worker { continue; }
                                 match me.store.heartbeat(f, hb.step, hb.total_steps).await {
                                     Ok(Beat::Renewed { cancel_requested: false, stop_requested: false } | Beat::Finished) => {}
@@ -103,6 +110,7 @@ impl WorkerApi for Coordinator {
                             let msg = assignment(c);
                             idle = false;
                             running = Some(fence);
+                            assigned += 1;
                             if tx.send(Ok(msg)).await.is_err() {
                                 break;
                             }

@@ -76,6 +76,11 @@ struct Shared {
     shutting_down: AtomicBool,
     /// When the last run ended (or the worker started); `--idle-exit` counts from here.
     idle_since: Mutex<Instant>,
+    /// Sends a heartbeat now: a finished run's worker says it is idle at once, so the
+    /// coordinator hands it the next run without waiting for the heartbeat period.
+    beat_now: tokio::sync::Notify,
+    /// Assignments received in the current session (heartbeats carry it; see the proto).
+    assignments_seen: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -152,6 +157,8 @@ pub fn serve(opts: RemoteOptions) -> anyhow::Result<()> {
         running: Mutex::new(None),
         shutting_down: AtomicBool::new(false),
         idle_since: Mutex::new(Instant::now()),
+        beat_now: tokio::sync::Notify::new(),
+        assignments_seen: std::sync::atomic::AtomicU64::new(0),
     });
     rt.block_on(async {
         spawn_signal_handler(shared.clone())?;
@@ -239,6 +246,7 @@ async fn session_loop(opts: RemoteOptions, shared: Arc<Shared>) -> anyhow::Resul
             }
         };
         backoff = Duration::from_millis(200);
+        shared.assignments_seen.store(0, Ordering::SeqCst);
         let beat = spawn_heartbeats(shared.clone(), up_tx.clone(), heartbeat);
         let end = serve_session(inbound, &opts, &shared, &c).await;
         beat.abort();
@@ -285,7 +293,10 @@ fn spawn_heartbeats(
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(period);
         loop {
-            tick.tick().await;
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shared.beat_now.notified() => {}
+            }
             let hb = {
                 let r = shared.running.lock().expect("lock");
                 let stopping = shared.shutting_down.load(Ordering::SeqCst);
@@ -294,6 +305,7 @@ fn spawn_heartbeats(
                     idle: r.is_none() && !stopping,
                     step: r.as_ref().map_or(0, |r| r.step.load(Ordering::Relaxed)),
                     total_steps: r.as_ref().map_or(0, |r| r.total.load(Ordering::Relaxed)),
+                    assignments_seen: shared.assignments_seen.load(Ordering::SeqCst),
                 }
             };
             let msg = pb::WorkerMessage {
@@ -338,6 +350,7 @@ async fn serve_session(
             Ok(Some(pb::CoordinatorMessage {
                 kind: Some(Kind::Assign(a)),
             })) => {
+                shared.assignments_seen.fetch_add(1, Ordering::SeqCst);
                 if shared.running.lock().expect("lock").is_some() {
                     continue; // the coordinator's view lags a heartbeat; it will re-offer
                 }
@@ -482,5 +495,6 @@ fn start_job(opts: &RemoteOptions, shared: &Arc<Shared>, c: Client, a: pb::Assig
         let _ = std::fs::remove_dir_all(&dir);
         *shared.idle_since.lock().expect("lock") = Instant::now();
         *shared.running.lock().expect("lock") = None;
+        shared.beat_now.notify_one();
     });
 }

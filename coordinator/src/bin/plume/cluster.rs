@@ -83,6 +83,12 @@ pub struct BenchArgs {
     /// Only these benchmarks.
     #[arg(long, value_enum, default_value_t = Suite::All)]
     pub suite: Suite,
+    /// Runs of the scheduling suite.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub runs: u64,
+    /// Worker processes of the scheduling suite.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub workers: u32,
 }
 
 /// `plume up`.
@@ -223,7 +229,16 @@ pub async fn bench_command(args: BenchArgs) -> Result<()> {
         sessions,
         points_millions,
         suite,
+        runs,
+        workers,
     } = args;
+    if let Suite::Scheduling = suite {
+        let table =
+            plume_coordinator::bench::run_scheduling(runs as usize, workers, worker_binary()?)
+                .await?;
+        print!("{table}");
+        return Ok(());
+    }
     print!(
         "{}",
         plume_coordinator::bench::run(sessions, points_millions, suite).await?

@@ -1,0 +1,186 @@
+//! `plume bench --suite scheduling`: what the coordinator costs per run, through real worker
+//! sessions. `runs` one-step `probe` runs (one metric point, no checkpoint) go through
+//! `workers` `plume-worker` processes and a `plume serve` process; the table gives the runs
+//! per second between the first attempt's start and the last one's end, and the CPU time per
+//! run of the coordinator, of Postgres and of the workers, read from /proc.
+
+use crate::chaos::{connect, Cluster};
+use crate::pg::free_port;
+use crate::store::Store;
+use plume_proto::v1 as pb;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// CPU seconds (user + system) of process `pid`, from /proc/PID/stat.
+fn cpu_secs(pid: u32, tick: f64) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces) start at field 3 (state).
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0.0;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / tick
+}
+
+/// CPU seconds of every `postgres` process on the machine (the private server's backends).
+fn postgres_cpu(tick: f64) -> f64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == "postgres")
+        })
+        .map(|pid| cpu_secs(pid, tick))
+        .sum()
+}
+
+fn clock_ticks() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// An experiment of `n` one-step probe runs (a sweep over the probe's unused seed).
+fn experiment(i: usize, n: usize) -> String {
+    let seeds: Vec<String> = (0..n).map(|s| s.to_string()).collect();
+    format!(
+        "name: scheduling-{i}\n\
+         dataset: {{kind: synthetic-birds, images: 200, resolution: 32, seed: 3}}\n\
+         runs:\n  - {{name: p, job: probe, steps: 1, checkpoint_every: 0}}\n\
+         sweep:\n  seed: [{}]\n\
+         objective: {{metric: probe/score, mode: max}}\n",
+        seeds.join(", ")
+    )
+}
+
+/// The scheduling rows of `plume bench`.
+pub async fn suite(
+    out: &mut String,
+    runs: usize,
+    workers: u32,
+    worker_bin: PathBuf,
+) -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (db, _pg) = crate::pg::database_or_private(tmp.path().join("pg")).await?;
+    let store = Store::connect(&db, Duration::from_secs(15)).await?;
+    let mut cluster = Cluster {
+        dir: tmp.path().to_path_buf(),
+        plume: std::env::current_exe()?,
+        worker_bin,
+        db,
+        port: free_port()?,
+        lease_secs: 15,
+        coordinator: None,
+        workers: vec![],
+        started_workers: 0,
+    };
+    cluster.start_coordinator()?;
+    let mut c = connect(&cluster.url(), Duration::from_secs(30)).await?;
+    let before: i64 = sqlx::query_scalar("SELECT count(*) FROM workers")
+        .fetch_one(&store.pool)
+        .await?;
+    for _ in 0..workers {
+        cluster.start_worker()?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM workers")
+            .fetch_one(&store.pool)
+            .await?;
+        if n - before >= workers as i64 {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the workers did not register");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let tick = clock_ticks();
+    let coord_pid = cluster.coordinator.as_ref().map_or(0, |p| p.0.id());
+    let worker_pids: Vec<u32> = cluster.workers.iter().map(|(_, p)| p.0.id()).collect();
+    let workers_cpu = || worker_pids.iter().map(|&p| cpu_secs(p, tick)).sum::<f64>();
+    let (c0, p0, w0) = (cpu_secs(coord_pid, tick), postgres_cpu(tick), workers_cpu());
+    let started = Instant::now();
+    let mut ids = vec![];
+    let per = crate::experiment::MAX_RUNS;
+    for (i, chunk) in (0..runs).collect::<Vec<_>>().chunks(per).enumerate() {
+        let reply = c
+            .submit_experiment(pb::SubmitRequest {
+                yaml: experiment(i, chunk.len()),
+                file_name: "scheduling.yaml".into(),
+                dry_run: false,
+            })
+            .await
+            .map_err(|e| anyhow::anyhow!("submit: {}", e.message()))?
+            .into_inner();
+        ids.push(reply.experiment_id);
+    }
+    let submitted = started.elapsed();
+    let deadline = Instant::now() + Duration::from_secs(120 + runs as u64 / 5);
+    loop {
+        let open: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM experiments WHERE id = ANY($1) AND state = 'running'",
+        )
+        .bind(&ids)
+        .fetch_one(&store.pool)
+        .await?;
+        if open == 0 {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the runs did not finish in time");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let wall = started.elapsed().as_secs_f64();
+    let (c1, p1, w1) = (cpu_secs(coord_pid, tick), postgres_cpu(tick), workers_cpu());
+    let (succeeded, attempts, window): (i64, i64, f64) = sqlx::query_as(
+        "SELECT count(DISTINCT r.id) FILTER (WHERE r.state = 'succeeded'), count(*), \
+         COALESCE(extract(epoch FROM max(a.ended_at) - min(a.started_at)), 0)::float8 \
+         FROM runs r JOIN attempts a ON a.run_id = r.id WHERE r.experiment_id = ANY($1)",
+    )
+    .bind(&ids)
+    .fetch_one(&store.pool)
+    .await?;
+    let per_run = |secs: f64| secs * 1e3 / runs as f64;
+    let rate = runs as f64 / window.max(1e-9);
+    let coord_ms = per_run(c1 - c0);
+    let _ = writeln!(
+        out,
+        "scheduling: {runs} one-step probe runs, {workers} worker processes ({succeeded} succeeded \
+         in {attempts} attempts; submitted in {:.1} s, all ended after {wall:.1} s)",
+        submitted.as_secs_f64()
+    );
+    let _ = writeln!(
+        out,
+        "  runs/s, first attempt start to last attempt end      {rate:>9.0} (target >= 500) {}",
+        if rate >= 500.0 { "met" } else { "NOT met" }
+    );
+    let _ = writeln!(
+        out,
+        "  coordinator CPU per run                              {coord_ms:>8.2} ms (target < 2) {}",
+        if coord_ms < 2.0 { "met" } else { "NOT met" }
+    );
+    let _ = writeln!(
+        out,
+        "  Postgres CPU per run                                 {:>8.2} ms",
+        per_run(p1 - p0)
+    );
+    let _ = writeln!(
+        out,
+        "  worker processes' CPU per run                        {:>8.2} ms",
+        per_run(w1 - w0)
+    );
+    anyhow::ensure!(
+        succeeded as usize == runs,
+        "only {succeeded} of {runs} runs succeeded"
+    );
+    Ok(())
+}

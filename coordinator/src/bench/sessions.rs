@@ -129,12 +129,22 @@ impl SimulatedSession {
                 return;
             }
         };
+        // Heartbeats echo the assignments seen, as a real worker's do: the coordinator acts
+        // only on an "idle" sent after its last assignment arrived.
+        let seen = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let idle_beat = |seen: &std::sync::atomic::AtomicU64| pb::WorkerMessage {
+            kind: Some(pb::worker_message::Kind::Heartbeat(pb::Heartbeat {
+                idle: true,
+                assignments_seen: seen.load(std::sync::atomic::Ordering::SeqCst),
+                ..Default::default()
+            })),
+        };
         let beat = {
-            let (tx, idle) = (tx.clone(), idle);
+            let (tx, seen) = (tx.clone(), seen.clone());
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(Duration::from_secs(1)).await;
-                    if tx.send(idle).await.is_err() {
+                    if tx.send(idle_beat(&seen)).await.is_err() {
                         return;
                     }
                 }
@@ -156,6 +166,7 @@ impl SimulatedSession {
             let Some(pb::coordinator_message::Kind::Assign(a)) = m.kind else {
                 continue;
             };
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let now = Instant::now();
             let wait = match first {
                 true => f64::NAN,
@@ -173,7 +184,7 @@ impl SimulatedSession {
                 })
                 .await;
             idle_since = Instant::now();
-            let _ = tx.send(idle).await;
+            let _ = tx.send(idle_beat(&seen)).await;
         }
         beat.abort();
     }

@@ -171,3 +171,52 @@ async fn a_failed_run_reruns_with_a_fresh_restart_budget_from_its_checkpoint() {
         other => panic!("expected a refusal, got {other:?}"),
     }
 }
+
+/// Runs of one experiment that end at the same moment, each in its own transaction, still
+/// settle the experiment: without a lock per experiment, each saw the other still running
+/// and the experiment stayed `running` for ever (found by `plume bench --suite scheduling`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_ending_together_settle_their_experiment() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pg = postgres(tmp.path().join("pg")).await;
+    let store = Store::connect(&pg.url, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let kinds = vec!["probe".to_string()];
+    let mut workers = vec![];
+    for i in 0..4 {
+        let w = store
+            .register_worker(&format!("w{i}"), serde_json::json!({}))
+            .await
+            .unwrap();
+        workers.push(w);
+    }
+    for round in 0..15 {
+        let src = format!(
+            "name: together-{round}\ndataset: {{kind: cub, path: x}}\nruns:\n  - {{name: p, job: probe, steps: 1}}\nsweep: {{seed: [1, 2, 3, 4]}}\n"
+        );
+        let exp = plume_coordinator::experiment::parse("t.yaml", &src).unwrap();
+        let (id, _) = store.submit(&exp, "t.yaml", "").await.unwrap();
+        let mut fences = vec![];
+        for &w in &workers {
+            fences.push(store.claim(w, &kinds).await.unwrap().unwrap().fence);
+        }
+        let finishes = fences
+            .iter()
+            .map(|&f| store.finish(f, Outcome::Succeeded, "ok", 1));
+        for r in futures::future::join_all(finishes).await {
+            r.unwrap();
+        }
+        let state: plume_coordinator::states::ExperimentState =
+            sqlx::query_scalar("SELECT state FROM experiments WHERE id = $1")
+                .bind(id)
+                .fetch_one(&store.pool)
+                .await
+                .unwrap();
+        assert_eq!(
+            state,
+            plume_coordinator::states::ExperimentState::Succeeded,
+            "round {round}"
+        );
+    }
+}

@@ -543,6 +543,9 @@ impl Store {
     }
 }
 
+/// The advisory-lock key space of experiment-state settlement (`"SETT"`, xor the id).
+const SETTLE_LOCK: i64 = 0x5345_5454_0000_0000;
+
 /// After a run reaches a final state: queue dependants whose needs all succeeded (or fail
 /// them if this one did not), apply checkpoint retention, settle the experiment's state.
 pub(super) async fn settle(tx: &mut Tx<'_>, run: i64, state: RunState) -> Result<()> {
@@ -584,6 +587,17 @@ pub(super) async fn settle(tx: &mut Tx<'_>, run: i64, state: RunState) -> Result
         matches!(state, RunState::Succeeded | RunState::Stopped),
     )
     .await?;
+    // Two runs of one experiment ending at once would each see the other still running
+    // (neither commit is visible to the other's statement) and leave the experiment running
+    // for ever. A lock per experiment orders them: the statement after it takes a fresh
+    // snapshot, which sees the run that ended first. An advisory lock, not the experiment
+    // row's: every event insert holds that row's key-share lock, which a row lock would
+    // wait on (and deadlock with the other run's settle).
+    sqlx::query("SELECT pg_advisory_xact_lock($2 # experiment_id) FROM runs WHERE id = $1")
+        .bind(run)
+        .bind(SETTLE_LOCK)
+        .execute(&mut **tx)
+        .await?;
     sqlx::query(
         "UPDATE experiments e SET state = CASE \
             WHEN EXISTS (SELECT 1 FROM runs WHERE experiment_id = e.id AND state = $2) THEN $3 \

@@ -77,49 +77,7 @@ impl SlurmCluster {
             &dir.join("log/munged.out"),
         )];
         wait_until("munged's socket", 20, || socket.exists());
-        let host = hostname();
-        let (ctl_port, node_port) = (free_port(), free_port());
-        let conf = dir.join("slurm.conf");
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        std::fs::write(
-            &conf,
-            format!(
-                "ClusterName=plumetest\n\
-                 SlurmctldHost={host}(127.0.0.1)\n\
-                 SlurmctldPort={ctl_port}\n\
-                 SlurmdPort={node_port}\n\
-                 AuthType=auth/munge\n\
-                 AuthInfo=socket={socket}\n\
-                 CryptoType=crypto/munge\n\
-                 MpiDefault=none\n\
-                 ProctrackType=proctrack/linuxproc\n\
-                 TaskPlugin=task/none\n\
-                 JobAcctGatherType=jobacct_gather/none\n\
-                 AccountingStorageType=accounting_storage/none\n\
-                 SchedulerType=sched/backfill\n\
-                 SelectType=select/cons_tres\n\
-                 SelectTypeParameters=CR_Core\n\
-                 SlurmUser=root\n\
-                 SlurmdUser=root\n\
-                 StateSaveLocation={state}\n\
-                 SlurmdSpoolDir={spool}\n\
-                 SlurmctldPidFile={dir}/slurmctld.pid\n\
-                 SlurmdPidFile={dir}/slurmd.pid\n\
-                 SlurmctldLogFile={dir}/log/slurmctld.log\n\
-                 SlurmdLogFile={dir}/log/slurmd.log\n\
-                 ReturnToService=2\n\
-                 KillWait=10\n\
-                 MinJobAge=10\n\
-                 NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory=4000 State=UNKNOWN\n\
-                 PartitionName=test Nodes=ALL Default=YES MaxTime=INFINITE State=UP \
-                 OverSubscribe=FORCE:8\n",
-                socket = s(&socket),
-                state = s(&dir.join("state")),
-                spool = s(&dir.join("spool")),
-                dir = s(dir),
-            ),
-        )
-        .unwrap();
+        let conf = write_conf(dir, &socket);
         let c = s(&conf);
         daemons.push(spawn(
             &daemon("slurmctld"),
@@ -174,6 +132,56 @@ impl Drop for SlurmCluster {
             drop(d);
         }
     }
+}
+
+/// A `slurm.conf` in `dir` for one node on localhost with this machine's CPUs, no GRES and
+/// no cgroups, authenticated by the munged at `socket`.
+fn write_conf(dir: &Path, socket: &Path) -> PathBuf {
+    let s = |p: &Path| p.display().to_string();
+    let host = hostname();
+    let (ctl_port, node_port) = (free_port(), free_port());
+    let conf = dir.join("slurm.conf");
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    std::fs::write(
+        &conf,
+        format!(
+            "ClusterName=plumetest\n\
+             SlurmctldHost={host}(127.0.0.1)\n\
+             SlurmctldPort={ctl_port}\n\
+             SlurmdPort={node_port}\n\
+             AuthType=auth/munge\n\
+             AuthInfo=socket={socket}\n\
+             CryptoType=crypto/munge\n\
+             MpiDefault=none\n\
+             ProctrackType=proctrack/linuxproc\n\
+             TaskPlugin=task/none\n\
+             JobAcctGatherType=jobacct_gather/none\n\
+             AccountingStorageType=accounting_storage/none\n\
+             SchedulerType=sched/backfill\n\
+             SelectType=select/cons_tres\n\
+             SelectTypeParameters=CR_Core\n\
+             SlurmUser=root\n\
+             SlurmdUser=root\n\
+             StateSaveLocation={state}\n\
+             SlurmdSpoolDir={spool}\n\
+             SlurmctldPidFile={dir}/slurmctld.pid\n\
+             SlurmdPidFile={dir}/slurmd.pid\n\
+             SlurmctldLogFile={dir}/log/slurmctld.log\n\
+             SlurmdLogFile={dir}/log/slurmd.log\n\
+             ReturnToService=2\n\
+             KillWait=10\n\
+             MinJobAge=10\n\
+             NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory=4000 State=UNKNOWN\n\
+             PartitionName=test Nodes=ALL Default=YES MaxTime=INFINITE State=UP \
+             OverSubscribe=FORCE:8\n",
+            socket = s(socket),
+            state = s(&dir.join("state")),
+            spool = s(&dir.join("spool")),
+            dir = s(dir),
+        ),
+    )
+    .unwrap();
+    conf
 }
 
 fn hostname() -> String {

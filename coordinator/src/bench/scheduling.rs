@@ -63,6 +63,66 @@ fn experiment(i: usize, n: usize) -> String {
     )
 }
 
+/// Starts `workers` worker processes and waits until they have registered.
+async fn start_workers(cluster: &mut Cluster, store: &Store, workers: u32) -> anyhow::Result<()> {
+    let before: i64 = sqlx::query_scalar("SELECT count(*) FROM workers")
+        .fetch_one(&store.pool)
+        .await?;
+    for _ in 0..workers {
+        cluster.start_worker()?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM workers")
+            .fetch_one(&store.pool)
+            .await?;
+        if n - before >= workers as i64 {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the workers did not register");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+/// Submits `runs` probe runs as experiments of at most `MAX_RUNS`; returns their ids.
+async fn submit(c: &mut crate::client::UserClient, runs: usize) -> anyhow::Result<Vec<i64>> {
+    let mut ids = vec![];
+    let per = crate::experiment::MAX_RUNS;
+    for (i, chunk) in (0..runs).collect::<Vec<_>>().chunks(per).enumerate() {
+        let reply = c
+            .submit_experiment(pb::SubmitRequest {
+                yaml: experiment(i, chunk.len()),
+                file_name: "scheduling.yaml".into(),
+                dry_run: false,
+            })
+            .await
+            .map_err(|e| anyhow::anyhow!("submit: {}", e.message()))?
+            .into_inner();
+        ids.push(reply.experiment_id);
+    }
+    Ok(ids)
+}
+
+/// Waits until every experiment in `ids` has ended (a generous deadline for `runs` runs).
+async fn wait_ended(store: &Store, ids: &[i64], runs: usize) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120 + runs as u64 / 5);
+    loop {
+        let open: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM experiments WHERE id = ANY($1) AND state = 'running'",
+        )
+        .bind(ids)
+        .fetch_one(&store.pool)
+        .await?;
+        if open == 0 {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the runs did not finish in time");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
 /// The scheduling rows of `plume bench`.
 pub async fn suite(
     out: &mut String,
@@ -86,23 +146,7 @@ pub async fn suite(
     };
     cluster.start_coordinator()?;
     let mut c = connect(&cluster.url(), Duration::from_secs(30)).await?;
-    let before: i64 = sqlx::query_scalar("SELECT count(*) FROM workers")
-        .fetch_one(&store.pool)
-        .await?;
-    for _ in 0..workers {
-        cluster.start_worker()?;
-    }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM workers")
-            .fetch_one(&store.pool)
-            .await?;
-        if n - before >= workers as i64 {
-            break;
-        }
-        anyhow::ensure!(Instant::now() < deadline, "the workers did not register");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    start_workers(&mut cluster, &store, workers).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let tick = clock_ticks();
     let coord_pid = cluster.coordinator.as_ref().map_or(0, |p| p.0.id());
@@ -110,35 +154,9 @@ pub async fn suite(
     let workers_cpu = || worker_pids.iter().map(|&p| cpu_secs(p, tick)).sum::<f64>();
     let (c0, p0, w0) = (cpu_secs(coord_pid, tick), postgres_cpu(tick), workers_cpu());
     let started = Instant::now();
-    let mut ids = vec![];
-    let per = crate::experiment::MAX_RUNS;
-    for (i, chunk) in (0..runs).collect::<Vec<_>>().chunks(per).enumerate() {
-        let reply = c
-            .submit_experiment(pb::SubmitRequest {
-                yaml: experiment(i, chunk.len()),
-                file_name: "scheduling.yaml".into(),
-                dry_run: false,
-            })
-            .await
-            .map_err(|e| anyhow::anyhow!("submit: {}", e.message()))?
-            .into_inner();
-        ids.push(reply.experiment_id);
-    }
+    let ids = submit(&mut c, runs).await?;
     let submitted = started.elapsed();
-    let deadline = Instant::now() + Duration::from_secs(120 + runs as u64 / 5);
-    loop {
-        let open: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM experiments WHERE id = ANY($1) AND state = 'running'",
-        )
-        .bind(&ids)
-        .fetch_one(&store.pool)
-        .await?;
-        if open == 0 {
-            break;
-        }
-        anyhow::ensure!(Instant::now() < deadline, "the runs did not finish in time");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_ended(&store, &ids, runs).await?;
     let wall = started.elapsed().as_secs_f64();
     let (c1, p1, w1) = (cpu_secs(coord_pid, tick), postgres_cpu(tick), workers_cpu());
     let (succeeded, attempts, window): (i64, i64, f64) = sqlx::query_as(

@@ -267,26 +267,20 @@ pub async fn run(args: ChaosArgs, plume: PathBuf, plume_worker: PathBuf) -> anyh
     let deadline = submitted + Duration::from_secs(args.timeout_secs);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(args.seed);
     let faults = schedule(&args, &mut rng);
-    let mut injected = FaultCounts::default();
     wait_until(deadline, "a run to start", || async {
         running_holder(&store, exp).await.is_some()
     })
     .await?;
-    for (i, fault) in faults.iter().enumerate() {
-        let gap = args.gap_ms as f64 * rng.random_range(0.5..1.5);
-        tokio::time::sleep(Duration::from_millis(gap as u64)).await;
-        if finished(&store, exp).await? {
-            eprintln!(
-                "chaos: the experiment ended before fault {} of {}",
-                i + 1,
-                faults.len()
-            );
-            break;
-        }
-        inject(*fault, &mut cluster, &mut pg, &store, exp, &mut rng).await?;
-        count(&mut injected, *fault);
-        eprintln!("chaos: fault {}/{}: {fault:?}", i + 1, faults.len());
-    }
+    let injected = inject_all(
+        &faults,
+        args.gap_ms,
+        &mut cluster,
+        &mut pg,
+        &store,
+        exp,
+        &mut rng,
+    )
+    .await?;
     wait_until(deadline, "the experiment to end", || async {
         finished(&store, exp).await.unwrap_or(false)
     })
@@ -308,6 +302,36 @@ pub async fn run(args: ChaosArgs, plume: PathBuf, plume_worker: PathBuf) -> anyh
         std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
     }
     Ok(report)
+}
+
+/// Injects `faults` in order, about `gap_ms` apart, until the experiment ends; returns how
+/// many of each went in.
+async fn inject_all(
+    faults: &[Fault],
+    gap_ms: u64,
+    cluster: &mut Cluster,
+    pg: &mut PrivatePostgres,
+    store: &Store,
+    exp: i64,
+    rng: &mut impl Rng,
+) -> anyhow::Result<FaultCounts> {
+    let mut injected = FaultCounts::default();
+    for (i, fault) in faults.iter().enumerate() {
+        let gap = gap_ms as f64 * rng.random_range(0.5..1.5);
+        tokio::time::sleep(Duration::from_millis(gap as u64)).await;
+        if finished(store, exp).await? {
+            eprintln!(
+                "chaos: the experiment ended before fault {} of {}",
+                i + 1,
+                faults.len()
+            );
+            break;
+        }
+        inject(*fault, cluster, pg, store, exp, rng).await?;
+        count(&mut injected, *fault);
+        eprintln!("chaos: fault {}/{}: {fault:?}", i + 1, faults.len());
+    }
+    Ok(injected)
 }
 
 fn count(c: &mut FaultCounts, f: Fault) {

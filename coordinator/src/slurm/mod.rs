@@ -172,11 +172,8 @@ fn plain(flag: &'static str, s: &str) -> Result<(), SlurmError> {
 }
 
 impl SlurmArgs {
-    /// Checks the flags; `listen` and `tls` give the default URL workers dial.
-    pub fn config(&self, listen: &str, tls: bool) -> Result<Option<SlurmConfig>, SlurmError> {
-        if !self.slurm {
-            return Ok(None);
-        }
+    /// The numeric flags: bounds, time limit and warning.
+    fn check_numbers(&self) -> Result<(), SlurmError> {
         if !(1..=1000).contains(&self.slurm_max_workers) {
             return Err(setting("max-workers", "must be 1..=1000"));
         }
@@ -210,6 +207,15 @@ impl SlurmArgs {
         if self.slurm_signal_secs > 65_535 {
             return Err(setting("signal-secs", "Slurm allows at most 65535"));
         }
+        Ok(())
+    }
+
+    /// Checks the flags; `listen` and `tls` give the default URL workers dial.
+    pub fn config(&self, listen: &str, tls: bool) -> Result<Option<SlurmConfig>, SlurmError> {
+        if !self.slurm {
+            return Ok(None);
+        }
+        self.check_numbers()?;
         let token_file = self.slurm_token_file.clone().ok_or_else(|| {
             setting(
                 "token-file",

@@ -1,8 +1,8 @@
 //! How runs move through their states: submission, claims under a lease, heartbeats,
 //! finishing, expiry, cancellation and reruns. Every write about a running attempt is fenced.
 
-use super::checkpoints::retain;
 use super::metrics::truncate_after;
+use super::settle::settle;
 use super::*;
 
 /// `(worker, run, attempt)`.
@@ -60,27 +60,7 @@ impl Store {
         yaml: &str,
     ) -> Result<(i64, Vec<RunRow>)> {
         let mut tx = self.pool.begin().await?;
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO experiments (name, file_name, yaml, objective_metric, objective_mode, \
-             max_restarts, keep_best, keep_latest, keep_final_state, search) \
-             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10) RETURNING id",
-        )
-        .bind(&exp.name)
-        .bind(file_name)
-        .bind(yaml)
-        .bind(&exp.objective.metric)
-        .bind(exp.objective.mode.as_str())
-        .bind(exp.max_restarts as i32)
-        .bind(exp.retention.keep.best as i32)
-        .bind(exp.retention.keep.latest as i32)
-        .bind(exp.retention.keep.final_state)
-        .bind(
-            exp.search
-                .as_ref()
-                .map(|s| serde_json::to_value(s).expect("search serializes")),
-        )
-        .fetch_one(&mut *tx)
-        .await?;
+        let id = insert_experiment(&mut tx, exp, file_name, yaml).await?;
         let mut ids: HashMap<&str, i64> = HashMap::new();
         let mut rows = Vec::new();
         for r in &exp.runs {
@@ -543,81 +523,6 @@ impl Store {
     }
 }
 
-/// The advisory-lock key space of experiment-state settlement (`"SETT"`, xor the id).
-const SETTLE_LOCK: i64 = 0x5345_5454_0000_0000;
-
-/// After a run reaches a final state: queue dependants whose needs all succeeded (or fail
-/// them if this one did not), apply checkpoint retention, settle the experiment's state.
-pub(super) async fn settle(tx: &mut Tx<'_>, run: i64, state: RunState) -> Result<()> {
-    if state == RunState::Succeeded {
-        sqlx::query(
-            "UPDATE runs r SET state = $2, queued_at = clock_timestamp() WHERE r.state = $3 \
-             AND r.id IN (SELECT run_id FROM run_deps WHERE upstream_id = $1) \
-             AND NOT EXISTS (SELECT 1 FROM run_deps d JOIN runs u ON u.id = d.upstream_id \
-                             WHERE d.run_id = r.id AND u.state <> $4)",
-        )
-        .bind(run)
-        .bind(RunState::Queued)
-        .bind(RunState::Pending)
-        .bind(RunState::Succeeded)
-        .execute(&mut **tx)
-        .await?;
-    } else {
-        // Fail everything downstream, transitively.
-        let name: String = sqlx::query_scalar("SELECT name FROM runs WHERE id = $1")
-            .bind(run)
-            .fetch_one(&mut **tx)
-            .await?;
-        sqlx::query(
-            "WITH RECURSIVE down(id) AS (SELECT run_id FROM run_deps WHERE upstream_id = $1 \
-             UNION SELECT d.run_id FROM run_deps d JOIN down ON d.upstream_id = down.id) \
-             UPDATE runs SET state = $3, error = $2 WHERE id IN (SELECT id FROM down) AND state = $4",
-        )
-        .bind(run)
-        .bind(format!("upstream run {name} {state}"))
-        .bind(RunState::Failed)
-        .bind(RunState::Pending)
-        .execute(&mut **tx)
-        .await?;
-    }
-    // A stopped run is finished like a succeeded one: its checkpoints compete for `best`.
-    retain(
-        tx,
-        run,
-        matches!(state, RunState::Succeeded | RunState::Stopped),
-    )
-    .await?;
-    // Two runs of one experiment ending at once would each see the other still running
-    // (neither commit is visible to the other's statement) and leave the experiment running
-    // for ever. A lock per experiment orders them: the statement after it takes a fresh
-    // snapshot, which sees the run that ended first. An advisory lock, not the experiment
-    // row's: every event insert holds that row's key-share lock, which a row lock would
-    // wait on (and deadlock with the other run's settle).
-    sqlx::query("SELECT pg_advisory_xact_lock($2 # experiment_id) FROM runs WHERE id = $1")
-        .bind(run)
-        .bind(SETTLE_LOCK)
-        .execute(&mut **tx)
-        .await?;
-    sqlx::query(
-        "UPDATE experiments e SET state = CASE \
-            WHEN EXISTS (SELECT 1 FROM runs WHERE experiment_id = e.id AND state = $2) THEN $3 \
-            WHEN EXISTS (SELECT 1 FROM runs WHERE experiment_id = e.id AND state = $4) THEN $5 \
-            ELSE $6 END \
-         WHERE e.id = (SELECT experiment_id FROM runs WHERE id = $1) \
-         AND NOT EXISTS (SELECT 1 FROM runs WHERE experiment_id = e.id AND state = ANY($7))",
-    )
-    .bind(run)
-    .bind(RunState::Failed)
-    .bind(ExperimentState::Failed)
-    .bind(RunState::Cancelled)
-    .bind(ExperimentState::Cancelled)
-    .bind(ExperimentState::Succeeded)
-    .bind(unended_run_states())
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
 /// The latest checkpoint of each upstream run a run needs, by config field; an upstream run
 /// without one is an error (the run cannot start).
 async fn upstream_checkpoints(
@@ -640,4 +545,34 @@ async fn upstream_checkpoints(
         )));
     }
     Ok(inputs)
+}
+
+/// The experiment's own row (its search as JSON); returns its id.
+async fn insert_experiment(
+    tx: &mut Tx<'_>,
+    exp: &Experiment,
+    file_name: &str,
+    yaml: &str,
+) -> Result<i64> {
+    Ok(sqlx::query_scalar(
+        "INSERT INTO experiments (name, file_name, yaml, objective_metric, objective_mode, \
+         max_restarts, keep_best, keep_latest, keep_final_state, search) \
+         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10) RETURNING id",
+    )
+    .bind(&exp.name)
+    .bind(file_name)
+    .bind(yaml)
+    .bind(&exp.objective.metric)
+    .bind(exp.objective.mode.as_str())
+    .bind(exp.max_restarts as i32)
+    .bind(exp.retention.keep.best as i32)
+    .bind(exp.retention.keep.latest as i32)
+    .bind(exp.retention.keep.final_state)
+    .bind(
+        exp.search
+            .as_ref()
+            .map(|s| serde_json::to_value(s).expect("search serializes")),
+    )
+    .fetch_one(&mut **tx)
+    .await?)
 }

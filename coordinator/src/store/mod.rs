@@ -9,6 +9,7 @@
 //!   chunks;
 //! - `checkpoints`: checkpoint and artifact blobs, retention, storage, garbage collection;
 //! - `queries`: the read side of experiments and runs;
+//! - `settle`: what follows a run's end (dependants, retention, the experiment's state);
 //! - `search`: ASHA's rung decisions, taken as metrics arrive;
 //! - `tokens`: access tokens, stored hashed.
 //!
@@ -28,6 +29,7 @@ mod lifecycle;
 mod metrics;
 mod queries;
 mod search;
+mod settle;
 mod tokens;
 
 pub use checkpoints::{ArtifactRow, CheckpointRow, RunStorage, Storage};

@@ -69,15 +69,21 @@ pub fn token_hash(token: &str) -> [u8; 32] {
     sha2::Sha256::digest(token.as_bytes()).into()
 }
 
+/// Serialises every change to the tokens (two coordinators seeding on one database, a
+/// rotation during a start) for the rest of the transaction.
+async fn lock_tokens(tx: &mut Tx<'_>) -> Result<()> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('plume-tokens'))")
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
 impl Store {
     /// Takes `token` as a token of `role` according to `mode`.
     pub async fn seed_token(&self, role: TokenRole, token: &str, mode: SeedMode) -> Result<Seeded> {
         let hash = token_hash(token);
         let mut tx = self.pool.begin().await?;
-        // Two coordinators starting on one database seed one after the other.
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('plume-tokens'))")
-            .execute(&mut *tx)
-            .await?;
+        lock_tokens(&mut tx).await?;
         let (known, live): (i64, bool) = sqlx::query_as(
             "SELECT count(*), COALESCE(bool_or(sha256 = $2 AND \
              (expires_at IS NULL OR expires_at > now())), false) \
@@ -127,9 +133,7 @@ impl Store {
         grace: Duration,
     ) -> Result<std::time::SystemTime> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('plume-tokens'))")
-            .execute(&mut *tx)
-            .await?;
+        lock_tokens(&mut tx).await?;
         let ends: sqlx::types::chrono::DateTime<sqlx::types::chrono::Utc> =
             sqlx::query_scalar("SELECT now() + make_interval(secs => $1::float8)")
                 .bind(grace.as_secs_f64())

@@ -171,17 +171,7 @@ pub(super) async fn send_queue(
                     async move { c.report_metrics(b).await }
                 })
                 .await
-                .map(|ack| {
-                    // The experiment's search did not promote this run at a rung: stop now
-                    // (with a checkpoint) rather than at the next heartbeat.
-                    if ack.into_inner().stop && !cancel.is_cancelled() {
-                        eprintln!(
-                            "run {} attempt {}: stopped by the search (ASHA)",
-                            fence.run_id, fence.attempt
-                        );
-                        cancel.cancel();
-                    }
-                });
+                .map(|ack| stop_if_asked(&ack.into_inner(), fence, &cancel));
                 if r.is_ok() && !lines.is_empty() {
                     send_logs(&mut c, fence, lines).await
                 } else {
@@ -225,5 +215,17 @@ pub(super) async fn send_queue(
                 eprintln!("report refused: {}", s.message());
             }
         }
+    }
+}
+
+/// The experiment's search did not promote this run at a rung (`Ack.stop`): stop now, with a
+/// checkpoint, rather than at the next heartbeat.
+fn stop_if_asked(ack: &pb::Ack, fence: pb::Fence, cancel: &CancelToken) {
+    if ack.stop && !cancel.is_cancelled() {
+        eprintln!(
+            "run {} attempt {}: stopped by the search (ASHA)",
+            fence.run_id, fence.attempt
+        );
+        cancel.cancel();
     }
 }

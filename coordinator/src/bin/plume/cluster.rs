@@ -279,7 +279,7 @@ async fn follow_or_wait(
 
 /// Writes where the coordinator listens and its tokens to `home/coordinator.json`, readable
 /// by the user alone; the CLI finds the coordinator there.
-fn write_endpoint(home: &Path, endpoint: &Endpoint) -> Result<PathBuf> {
+pub(crate) fn write_endpoint(home: &Path, endpoint: &Endpoint) -> Result<PathBuf> {
     let path = home.join("coordinator.json");
     write_private(&path, &serde_json::to_string_pretty(endpoint)?)?;
     Ok(path)

@@ -63,9 +63,7 @@ pub async fn token_command(cmd: TokenCmd) -> Result<()> {
         } else {
             e.user_token = reply.token.clone();
         }
-        let path = home().join("coordinator.json");
-        write_private(&path, &serde_json::to_string_pretty(&e)?)?;
-        saved.push(path);
+        saved.push(crate::cluster::write_endpoint(&home(), &e)?);
     }
     if let Some(path) = write {
         write_private(&path, &format!("{}\n", reply.token))?;

@@ -31,6 +31,14 @@ pub struct ProbeConfig {
     /// Unused by the job; lets a sweep make otherwise identical runs.
     #[serde(default)]
     pub seed: u64,
+    /// Fails (an error, as a crashing job would) on reaching this step: tests of failure
+    /// handling and reruns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fail_at: Option<i64>,
+    /// An upstream probe's checkpoint (filled in from `needs:`); it must exist, and is
+    /// otherwise unused: it lets tests build stages and check which checkpoint a run got.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<std::path::PathBuf>,
 }
 
 fn d_metric() -> String {

@@ -81,6 +81,47 @@ pub async fn postgres(dir: PathBuf) -> plume_coordinator::pg::PrivatePostgres {
         .unwrap()
 }
 
+/// A private Postgres, a store on it, and the test coordinator (no dashboard) answering.
+pub struct Served {
+    /// The database (stopped when dropped).
+    pub pg: plume_coordinator::pg::PrivatePostgres,
+    /// A store on it, for checks the API does not show.
+    pub store: plume_coordinator::store::Store,
+    /// The `plume serve` process.
+    pub coordinator: Kill,
+    /// Its gRPC port.
+    pub port: u16,
+    /// Its gRPC address.
+    pub url: String,
+}
+
+/// Starts [`Served`] in `dir` and waits until the coordinator answers.
+pub async fn served(dir: &Path) -> Served {
+    let pg = postgres(dir.join("pg")).await;
+    let store = plume_coordinator::store::Store::connect(&pg.url, Duration::from_secs(4))
+        .await
+        .unwrap();
+    let port = plume_coordinator::pg::free_port().unwrap();
+    let coordinator = coordinator(&pg.url, port, None, &dir.join("coordinator.log"));
+    let url = format!("http://127.0.0.1:{port}");
+    wait_for("the coordinator", 30, || {
+        let url = url.clone();
+        async move {
+            plume_coordinator::client::user_client(&url, USER)
+                .await
+                .is_ok()
+        }
+    })
+    .await;
+    Served {
+        pg,
+        store,
+        coordinator,
+        port,
+        url,
+    }
+}
+
 /// A worker process on the test coordinator at `port`, one libtorch thread, its log in
 /// `dir/worker.log`.
 pub fn worker(port: u16, name: &str, dir: &Path) -> Kill {

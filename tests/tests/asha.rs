@@ -4,12 +4,9 @@
 //! their checkpoints under retention, and `best` considers them.
 
 use plume_coordinator::client::user_client;
-use plume_coordinator::pg::free_port;
 use plume_coordinator::states::{ExperimentState, RunState};
-use plume_coordinator::store::Store;
 use plume_proto::v1 as pb;
-use plume_system_tests::{bin, coordinator, postgres, wait_for, worker, USER};
-use std::time::Duration;
+use plume_system_tests::{bin, served, wait_for, worker, USER};
 
 /// Six runs; probe/score at step s is `start + 0.01 s`. Rungs at steps 1 and 3 (min 1, η 3,
 /// max 9). The objective is the same metric *minimised*, so the best checkpoint belongs to a
@@ -33,24 +30,15 @@ type Rung = (i32, i32, i32, bool);
 async fn asha_follows_the_hand_computed_schedule() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    let pg = postgres(d.join("pg")).await;
-    let store = Store::connect(&pg.url, Duration::from_secs(4))
-        .await
-        .unwrap();
-    let port = free_port().unwrap();
-    let _coord = coordinator(&pg.url, port, None, &d.join("coordinator.log"));
-    let url = format!("http://127.0.0.1:{port}");
-    wait_for("the coordinator", 30, || {
-        let url = url.clone();
-        async move { user_client(&url, USER).await.is_ok() }
-    })
-    .await;
+    let served = served(d).await;
+    let (store, url, port) = (&served.store, served.url.clone(), served.port);
     let mut c = user_client(&url, USER).await.unwrap();
     let exp = c
         .submit_experiment(pb::SubmitRequest {
             yaml: EXPERIMENT.into(),
             file_name: "asha.yaml".into(),
             dry_run: false,
+            extend: String::new(),
         })
         .await
         .unwrap()

@@ -106,6 +106,7 @@ async fn pipeline_survives_worker_and_coordinator_kills() {
             yaml: format!("name: sneaky\n{TINY}"),
             file_name: "x.yaml".into(),
             dry_run: false,
+            extend: String::new(),
         })
         .await
         .unwrap_err();
@@ -128,6 +129,7 @@ async fn pipeline_survives_worker_and_coordinator_kills() {
             ),
             file_name: "bad.yaml".into(),
             dry_run: false,
+            extend: String::new(),
         })
         .await
         .unwrap_err();
@@ -146,6 +148,7 @@ async fn pipeline_survives_worker_and_coordinator_kills() {
             yaml: format!("name: e2e\n{TINY}"),
             file_name: "e2e.yaml".into(),
             dry_run: false,
+            extend: String::new(),
         })
         .await
         .unwrap()
@@ -383,6 +386,7 @@ async fn pipeline_survives_worker_and_coordinator_kills() {
             yaml: "name: long\ndataset: {kind: synthetic-birds, images: 200, resolution: 32, seed: 3}\nruns:\n  - {name: forever, job: train-judge, steps: 1000000, batch: 4, net: {channels: [8, 8, 8], hidden: 16}}\n  - {name: after, job: train-judge, steps: 2, batch: 4, net: {channels: [8, 8, 8], hidden: 16}}\n".into(),
             file_name: "long.yaml".into(),
             dry_run: false,
+            extend: String::new(),
         })
         .await
         .unwrap()
@@ -558,6 +562,7 @@ objective: {{metric: eval/score, mode: max}}
             yaml,
             file_name: "imported.yaml".into(),
             dry_run: false,
+            extend: String::new(),
         })
         .await
         .unwrap_or_else(|e| {

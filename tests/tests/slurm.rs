@@ -145,6 +145,7 @@ async fn slurm_workers_run_an_experiment_through_scancel_and_usr1() {
             yaml: experiment(),
             file_name: "on-slurm.yaml".into(),
             dry_run: false,
+            extend: String::new(),
         })
         .await
         .unwrap()

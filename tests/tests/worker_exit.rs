@@ -1,9 +1,7 @@
 //! `plume-worker --idle-exit`: a worker with nothing to do exits by itself (status 0) after
 //! the given time, so a batch allocation is handed back; one bad `--token-file` is refused.
 
-use plume_coordinator::client::user_client;
-use plume_coordinator::pg::free_port;
-use plume_system_tests::{bin, coordinator, postgres, wait_for, USER, WORKER};
+use plume_system_tests::{bin, served, WORKER};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -11,15 +9,8 @@ use std::time::{Duration, Instant};
 async fn an_idle_worker_exits_after_idle_exit_seconds() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    let pg = postgres(d.join("pg")).await;
-    let port = free_port().unwrap();
-    let _coord = coordinator(&pg.url, port, None, &d.join("coordinator.log"));
-    let url = format!("http://127.0.0.1:{port}");
-    wait_for("the coordinator", 30, || {
-        let url = url.clone();
-        async move { user_client(&url, USER).await.is_ok() }
-    })
-    .await;
+    let served = served(d).await;
+    let url = served.url.clone();
     let token = d.join("token");
     std::fs::write(&token, format!("{WORKER}\n")).unwrap();
     let started = Instant::now();

@@ -14,6 +14,9 @@ pub fn run(
     reporter: &mut dyn Reporter,
     cancel: &CancelToken,
 ) -> anyhow::Result<Outcome> {
+    if let Some(up) = &cfg.upstream {
+        Checkpoint::load(up)?.expect_kind("probe")?;
+    }
     let start = match resume {
         Some(path) => {
             let c = Checkpoint::load(path)?;
@@ -38,6 +41,9 @@ impl TrainingJob for Probe<'_> {
     fn train_step(&mut self, step: i64, _seed: u64) -> anyhow::Result<Vec<(String, f64)>> {
         if self.cfg.step_ms > 0 {
             std::thread::sleep(std::time::Duration::from_millis(self.cfg.step_ms));
+        }
+        if self.cfg.fail_at == Some(step + 1) {
+            anyhow::bail!("probe: fail_at {} reached", step + 1);
         }
         let value = self.cfg.start + self.cfg.slope * (step + 1) as f64;
         Ok(vec![(self.cfg.metric.clone(), value)])

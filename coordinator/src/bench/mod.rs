@@ -78,6 +78,7 @@ async fn leased_run(
         yaml: experiment_yaml(name, 1),
         file_name: "bench.yaml".into(),
         dry_run: false,
+        extend: String::new(),
     })
     .await?;
     let claim = store
@@ -368,6 +369,7 @@ async fn best_bench(b: &mut Bench, out: &mut String, points_millions: usize) -> 
         yaml: experiment_yaml(&best_name, runs),
         file_name: "bench.yaml".into(),
         dry_run: false,
+        extend: String::new(),
     })
     .await?;
     let exp = store.resolve_experiment(&best_name).await?;

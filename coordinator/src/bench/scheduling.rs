@@ -95,6 +95,7 @@ async fn submit(c: &mut crate::client::UserClient, runs: usize) -> anyhow::Resul
                 yaml: experiment(i, chunk.len()),
                 file_name: "scheduling.yaml".into(),
                 dry_run: false,
+                extend: String::new(),
             })
             .await
             .map_err(|e| anyhow::anyhow!("submit: {}", e.message()))?

@@ -47,6 +47,7 @@ pub(super) async fn sessions_bench(
             yaml: experiment_yaml(&format!("swarm-{stamp}"), runs),
             file_name: "bench.yaml".into(),
             dry_run: false,
+            extend: String::new(),
         })
         .await?;
         let mut waits = Vec::new();
@@ -88,6 +89,7 @@ async fn one_by_one_dispatch(
             yaml: experiment_yaml(&format!("dispatch-{stamp}-{k}"), 1),
             file_name: "bench.yaml".into(),
             dry_run: false,
+            extend: String::new(),
         })
         .await?;
         let (at, _) = tokio::time::timeout(Duration::from_secs(10), got_rx.recv())

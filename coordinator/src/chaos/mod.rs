@@ -259,6 +259,7 @@ pub async fn run(args: ChaosArgs, plume: PathBuf, plume_worker: PathBuf) -> anyh
             yaml: experiment(args.runs, args.steps),
             file_name: "chaos.yaml".into(),
             dry_run: false,
+            extend: String::new(),
         })
         .await
         .map_err(|e| anyhow::anyhow!("submit: {}", e.message()))?

@@ -231,6 +231,7 @@ pub(super) fn input_field(downstream: &str, upstream: &str) -> Option<&'static s
         ("invert" | "train-text", "pretrain-generator" | "import-generator") => Some("generator"),
         ("train-text", "invert") => Some("styles"),
         ("evaluate", "train-text") => Some("checkpoint"),
+        ("probe", "probe") => Some("upstream"),
         _ => None,
     }
 }

@@ -73,6 +73,7 @@ pub fn planned_reply(exp: &crate::experiment::Experiment) -> pb::SubmitReply {
         experiment_id: 0,
         name: exp.name.clone(),
         runs: exp.runs.iter().map(planned_run).collect(),
+        ..Default::default()
     }
 }
 
@@ -148,15 +149,45 @@ impl Coordinator {
         }
     }
 
-    /// Validates an experiment YAML and, unless `dry_run`, stores it and its runs.
+    /// Validates an experiment YAML and, unless `dry_run`, stores it and its runs; with
+    /// `extend`, adds its new runs to that experiment instead.
     pub async fn submit(
         &self,
         file_name: &str,
         yaml: &str,
         dry_run: bool,
+        extend: Option<&str>,
     ) -> Result<pb::SubmitReply, QueryError> {
         let file: String = file_name.chars().take(256).collect();
         let exp = self.parse_off_runtime(&file, yaml).await?;
+        if let Some(key) = extend {
+            let id = self.store.resolve_experiment(key).await?;
+            let ext = self.store.extend(id, &exp, &file, dry_run).await?;
+            if !dry_run && !ext.added.is_empty() {
+                self.work.notify_waiters();
+            }
+            let planned: std::collections::HashMap<&str, &crate::experiment::PlannedRun> =
+                exp.runs.iter().map(|p| (p.name.as_str(), p)).collect();
+            return Ok(pb::SubmitReply {
+                experiment_id: id,
+                name: exp.name.clone(),
+                runs: ext
+                    .added
+                    .iter()
+                    .map(|r| pb::RunSummary {
+                        needs: planned_run(planned[r.name.as_str()]).needs,
+                        ..run_summary(r)
+                    })
+                    .collect(),
+                reused: ext.reused,
+                untouched: ext.untouched,
+                blocked: ext
+                    .blocked
+                    .into_iter()
+                    .map(|(run, up)| format!("{run}: {up}"))
+                    .collect(),
+            });
+        }
         if dry_run {
             return Ok(planned_reply(&exp));
         }
@@ -173,6 +204,7 @@ impl Coordinator {
                     ..run_summary(r)
                 })
                 .collect(),
+            ..Default::default()
         })
     }
 
@@ -258,6 +290,7 @@ impl Coordinator {
                     message: a.message,
                     worker_name: a.worker_name,
                     slurm_job_id: a.slurm_job_id,
+                    inputs: a.inputs.into_iter().collect(),
                 })
                 .collect();
             s.rungs = self.store.rungs(r.id).await?;

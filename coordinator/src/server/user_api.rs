@@ -47,7 +47,13 @@ impl UserApi for Coordinator {
     ) -> Result<Response<pb::SubmitReply>, Status> {
         let r = req.into_inner();
         Ok(Response::new(
-            self.submit(&r.file_name, &r.yaml, r.dry_run).await?,
+            self.submit(
+                &r.file_name,
+                &r.yaml,
+                r.dry_run,
+                Some(r.extend.as_str()).filter(|e| !e.is_empty()),
+            )
+            .await?,
         ))
     }
 

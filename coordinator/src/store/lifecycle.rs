@@ -1,5 +1,5 @@
-//! How runs move through their states: submission, claims under a lease, heartbeats,
-//! finishing, expiry, cancellation and reruns. Every write about a running attempt is fenced.
+//! How runs move through their states: claims under a lease, heartbeats, finishing, expiry,
+//! cancellation and reruns. Every write about a running attempt is fenced.
 
 use super::metrics::truncate_after;
 use super::settle::settle;
@@ -51,73 +51,6 @@ pub struct Claim {
 }
 
 impl Store {
-    /// Stores a validated experiment: its runs (those without needs queued at once), their
-    /// dependencies and a submit event, in one transaction.
-    pub async fn submit(
-        &self,
-        exp: &Experiment,
-        file_name: &str,
-        yaml: &str,
-    ) -> Result<(i64, Vec<RunRow>)> {
-        let mut tx = self.pool.begin().await?;
-        let id = insert_experiment(&mut tx, exp, file_name, yaml).await?;
-        let mut ids: HashMap<&str, i64> = HashMap::new();
-        let mut rows = Vec::new();
-        for r in &exp.runs {
-            let state = if r.inputs.is_empty() {
-                RunState::Queued
-            } else {
-                RunState::Pending
-            };
-            let run_id: i64 = sqlx::query_scalar(
-                "INSERT INTO runs (experiment_id, name, job_kind, config, state, total_steps, method, params, queued_at) \
-                 VALUES ($1,$2,$3,$4,$5,$6,$7,$8, CASE WHEN $5 = $9 THEN clock_timestamp() END) RETURNING id",
-            )
-            .bind(id)
-            .bind(&r.name)
-            .bind(&r.job)
-            .bind(&r.config)
-            .bind(state)
-            .bind(r.total_steps)
-            .bind(&r.method)
-            .bind(sqlx::types::Json(&r.params))
-            .bind(RunState::Queued)
-            .fetch_one(&mut *tx)
-            .await?;
-            for (field, up) in &r.inputs {
-                sqlx::query("INSERT INTO run_deps (run_id, upstream_id, field) VALUES ($1,$2,$3)")
-                    .bind(run_id)
-                    .bind(ids[up.as_str()])
-                    .bind(field)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            ids.insert(r.name.as_str(), run_id);
-            rows.push(RunRow {
-                id: run_id,
-                name: r.name.clone(),
-                job_kind: r.job.clone(),
-                state,
-                attempt: 0,
-                config: r.config.clone(),
-                step: 0,
-                total_steps: r.total_steps,
-                error: None,
-                method: r.method.clone(),
-                params: r.params.clone(),
-            });
-        }
-        sqlx::query(
-            "INSERT INTO events (experiment_id, kind, message) VALUES ($1, 'submitted', $2)",
-        )
-        .bind(id)
-        .bind(format!("{} runs from {file_name}", exp.runs.len()))
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok((id, rows))
-    }
-
     /// Registers a worker (or refreshes one that reconnects with its id).
     pub async fn register_worker(&self, name: &str, caps: serde_json::Value) -> Result<i64> {
         Ok(sqlx::query_scalar(
@@ -176,13 +109,16 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         let from = resume.map_or(0, |r| r.1);
+        let inputs = upstream_checkpoints(&mut tx, run).await?;
         sqlx::query(
-            "INSERT INTO attempts (run_id, attempt, worker_id, resumed_from_step) VALUES ($1,$2,$3,$4)",
+            "INSERT INTO attempts (run_id, attempt, worker_id, resumed_from_step, inputs) \
+             VALUES ($1,$2,$3,$4,$5)",
         )
         .bind(run)
         .bind(attempt)
         .bind(worker)
         .bind(from)
+        .bind(sqlx::types::Json(&inputs))
         .execute(&mut *tx)
         .await?;
         if attempt > 1 {
@@ -190,7 +126,6 @@ impl Store {
             // later points so the curve keeps one point per (metric, step).
             truncate_after(&mut tx, run, from).await?;
         }
-        let inputs = upstream_checkpoints(&mut tx, run).await?;
         event(
             &mut tx,
             run,
@@ -545,34 +480,4 @@ async fn upstream_checkpoints(
         )));
     }
     Ok(inputs)
-}
-
-/// The experiment's own row (its search as JSON); returns its id.
-async fn insert_experiment(
-    tx: &mut Tx<'_>,
-    exp: &Experiment,
-    file_name: &str,
-    yaml: &str,
-) -> Result<i64> {
-    Ok(sqlx::query_scalar(
-        "INSERT INTO experiments (name, file_name, yaml, objective_metric, objective_mode, \
-         max_restarts, keep_best, keep_latest, keep_final_state, search) \
-         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10) RETURNING id",
-    )
-    .bind(&exp.name)
-    .bind(file_name)
-    .bind(yaml)
-    .bind(&exp.objective.metric)
-    .bind(exp.objective.mode.as_str())
-    .bind(exp.max_restarts as i32)
-    .bind(exp.retention.keep.best as i32)
-    .bind(exp.retention.keep.latest as i32)
-    .bind(exp.retention.keep.final_state)
-    .bind(
-        exp.search
-            .as_ref()
-            .map(|s| serde_json::to_value(s).expect("search serializes")),
-    )
-    .fetch_one(&mut **tx)
-    .await?)
 }

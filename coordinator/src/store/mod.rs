@@ -3,7 +3,8 @@
 //! `(worker, run, attempt)`: a stale attempt's write finds no matching lease and is refused.
 //!
 //! One file per family of queries, all methods of [`Store`]:
-//! - `lifecycle`: submission, claims, heartbeats, finishing, expiry, cancellation, reruns;
+//! - `submit`: storing an experiment, or extending one with new runs;
+//! - `lifecycle`: claims, heartbeats, finishing, expiry, cancellation, reruns;
 //! - `metrics`: metric points and logs: ingestion, summaries, one curve, the log tail;
 //! - `curves`: reading metrics back: best checkpoints, values at a step, timed curves, live
 //!   chunks;
@@ -30,6 +31,7 @@ mod metrics;
 mod queries;
 mod search;
 mod settle;
+mod submit;
 mod tokens;
 
 pub use checkpoints::{ArtifactRow, CheckpointRow, RunStorage, Storage};
@@ -37,6 +39,7 @@ pub use curves::{NewChunk, Ranked, TimedCurves, TimedSeries};
 pub use lifecycle::{Beat, Claim, Fence};
 pub use metrics::{Ingested, MetricSummary, Series};
 pub use queries::{AttemptRow, ExperimentRow, RunProgress, RunRow};
+pub use submit::Extension;
 pub use tokens::{token_hash, LiveToken, SeedMode, Seeded, TokenRole};
 
 /// Store errors that callers tell apart.

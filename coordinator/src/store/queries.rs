@@ -71,6 +71,8 @@ pub struct AttemptRow {
     pub resumed_from_step: i64,
     /// Why it ended.
     pub message: String,
+    /// The upstream checkpoints it was handed: `(config field, checkpoint id)`.
+    pub inputs: Vec<(String, i64)>,
 }
 
 /// An experiment as lists show it.
@@ -250,7 +252,7 @@ impl Store {
              COALESCE(w.capabilities->>'slurm_job_id', '') AS slurm_job_id, a.state, \
              extract(epoch FROM a.started_at)::int8 AS s, \
              COALESCE(extract(epoch FROM a.ended_at)::int8, 0) AS e, a.resumed_from_step, \
-             a.message FROM attempts a JOIN workers w ON w.id = a.worker_id \
+             a.message, a.inputs FROM attempts a JOIN workers w ON w.id = a.worker_id \
              WHERE a.run_id = $1 ORDER BY a.attempt",
         )
         .bind(run)
@@ -268,6 +270,9 @@ impl Store {
                 ended: r.get("e"),
                 resumed_from_step: r.get("resumed_from_step"),
                 message: r.get("message"),
+                inputs: r
+                    .get::<sqlx::types::Json<Vec<(String, i64)>>, _>("inputs")
+                    .0,
             })
             .collect())
     }

@@ -54,11 +54,11 @@ pub(super) async fn settle(tx: &mut Tx<'_>, run: i64, state: RunState) -> Result
     // snapshot, which sees the run that ended first. An advisory lock, not the experiment
     // row's: every event insert holds that row's key-share lock, which a row lock would
     // wait on (and deadlock with the other run's settle).
-    sqlx::query("SELECT pg_advisory_xact_lock($2 # experiment_id) FROM runs WHERE id = $1")
+    let experiment: i64 = sqlx::query_scalar("SELECT experiment_id FROM runs WHERE id = $1")
         .bind(run)
-        .bind(SETTLE_LOCK)
-        .execute(&mut **tx)
+        .fetch_one(&mut **tx)
         .await?;
+    lock_experiment(tx, experiment).await?;
     sqlx::query(
         "UPDATE experiments e SET state = CASE \
             WHEN EXISTS (SELECT 1 FROM runs WHERE experiment_id = e.id AND state = $2) THEN $3 \
@@ -76,5 +76,16 @@ pub(super) async fn settle(tx: &mut Tx<'_>, run: i64, state: RunState) -> Result
     .bind(unended_run_states())
     .execute(&mut **tx)
     .await?;
+    Ok(())
+}
+
+/// Takes the experiment's settlement lock until the transaction ends: settlement and
+/// anything that adds runs to the experiment (`extend`) happen one at a time.
+pub(super) async fn lock_experiment(tx: &mut Tx<'_>, experiment: i64) -> Result<()> {
+    sqlx::query("SELECT pg_advisory_xact_lock($1 # $2)")
+        .bind(SETTLE_LOCK)
+        .bind(experiment)
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }

@@ -39,6 +39,9 @@ pub struct SubmitQuery {
     /// File name for error messages.
     #[serde(default)]
     pub file: Option<String>,
+    /// Add the file's new runs to this experiment (id or name).
+    #[serde(default)]
+    pub extend: Option<String>,
 }
 
 /// `POST /api/experiments` with the experiment YAML as the body.
@@ -48,7 +51,10 @@ pub async fn submit(
     body: String,
 ) -> ApiResult<Json<Value>> {
     let file = q.file.unwrap_or_else(|| "experiment.yaml".into());
-    Ok(Json(json!(c.submit(&file, &body, q.dry_run).await?)))
+    Ok(Json(json!(
+        c.submit(&file, &body, q.dry_run, q.extend.as_deref())
+            .await?
+    )))
 }
 
 /// Query of `POST /api/experiments/{exp}/cancel`.

@@ -207,6 +207,15 @@ pub(crate) fn print_experiment(d: &pb::ExperimentDetail, attempts: bool) {
         if !r.rungs.is_empty() {
             println!("      ASHA: {}", rung_line(&r.rungs));
         }
+        if let Some(a) = r.attempts.last().filter(|a| !a.inputs.is_empty()) {
+            let mut inputs: Vec<_> = a.inputs.iter().collect();
+            inputs.sort();
+            let text: Vec<String> = inputs
+                .iter()
+                .map(|(field, id)| format!("{field} = checkpoint {id}"))
+                .collect();
+            println!("      inputs: {}", text.join(", "));
+        }
         // One attempt on a plain worker says nothing the run line does not; a Slurm job id
         // always matters (it is what `scancel` and `sacct` take).
         let slurm = r.attempts.iter().any(|a| !a.slurm_job_id.is_empty());

@@ -11,6 +11,12 @@ pub struct SubmitArgs {
     /// Validate and print the expanded runs; store nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Add the file's new runs and sweep points to this experiment (id or name) instead of
+    /// creating one. Runs it already has must match the file and are reused with their
+    /// checkpoints (a finished generator is not trained again); any conflict is listed and
+    /// nothing changes. With --dry-run: what would be added and reused.
+    #[arg(long, value_name = "EXPERIMENT")]
+    pub extend: Option<String>,
     #[command(flatten)]
     pub conn: Conn,
 }
@@ -35,6 +41,9 @@ pub struct RerunArgs {
     /// Only this run (failed or cancelled).
     #[arg(long)]
     pub run: Option<String>,
+    /// The failed runs (what a rerun without --run takes; the flag says so explicitly).
+    #[arg(long, conflicts_with = "run")]
+    pub failed: bool,
     /// Cancelled runs too.
     #[arg(long)]
     pub cancelled: bool,
@@ -77,9 +86,13 @@ pub async fn submit_command(args: SubmitArgs) -> Result<()> {
     let SubmitArgs {
         file,
         dry_run,
+        extend,
         conn,
     } = args;
-    submit(&conn, &file, dry_run).await.map(|_| ())
+    match extend {
+        Some(exp) => extend_experiment(&conn, &file, &exp, dry_run).await,
+        None => submit(&conn, &file, dry_run).await.map(|_| ()),
+    }
 }
 
 /// `plume cancel`.
@@ -112,6 +125,7 @@ pub async fn rerun_command(args: RerunArgs) -> Result<()> {
     let RerunArgs {
         experiment,
         run,
+        failed: _,
         cancelled,
         conn,
     } = args;
@@ -201,7 +215,8 @@ pub async fn download_command(args: DownloadArgs) -> Result<()> {
     Ok(())
 }
 
-pub(crate) async fn submit(conn: &Conn, file: &Path, dry_run: bool) -> Result<pb::SubmitReply> {
+/// An experiment file's text, refused before reading if it is over the size limit.
+fn read_experiment_file(file: &Path) -> Result<String> {
     let meta = std::fs::metadata(file).with_context(|| format!("{}", file.display()))?;
     let max = plume_coordinator::experiment::MAX_EXPERIMENT_BYTES as u64;
     if meta.len() > max {
@@ -211,8 +226,65 @@ pub(crate) async fn submit(conn: &Conn, file: &Path, dry_run: bool) -> Result<pb
             meta.len()
         );
     }
-    let yaml = std::fs::read_to_string(file)
-        .with_context(|| format!("{}: not UTF-8 text", file.display()))?;
+    std::fs::read_to_string(file).with_context(|| format!("{}: not UTF-8 text", file.display()))
+}
+
+/// `plume submit --extend EXP FILE`.
+async fn extend_experiment(conn: &Conn, file: &Path, exp: &str, dry_run: bool) -> Result<()> {
+    let yaml = read_experiment_file(file)?;
+    let mut c = connect(conn).await?;
+    let r = c
+        .submit_experiment(pb::SubmitRequest {
+            yaml,
+            file_name: file.display().to_string(),
+            dry_run,
+            extend: exp.to_string(),
+        })
+        .await
+        .map_err(grpc)?
+        .into_inner();
+    println!(
+        "experiment {} ({}): {} {} run(s), {} reused, {} not in the file kept{}",
+        r.experiment_id,
+        r.name,
+        if dry_run { "would add" } else { "added" },
+        r.runs.len(),
+        r.reused.len(),
+        r.untouched.len(),
+        if dry_run {
+            " (dry run, nothing stored)"
+        } else {
+            ""
+        }
+    );
+    for run in &r.runs {
+        println!("  + {}", run_line(run, 46));
+    }
+    for name in &r.reused {
+        println!("  = {name} (reused with its checkpoints)");
+    }
+    for b in &r.blocked {
+        println!("  ! {b}: the added run waits until it is rerun (`plume rerun`)");
+    }
+    if r.runs.is_empty() {
+        println!("nothing to add: the experiment already has every run of the file");
+    }
+    Ok(())
+}
+
+/// A stored or planned run on one line: name (padded to `width`), job, state, needs.
+fn run_line(r: &pb::RunSummary, width: usize) -> String {
+    format!(
+        "{:<width$} {:<19} {:<8} needs [{}]",
+        r.name,
+        r.job_kind,
+        RunState::name_of(r.state),
+        r.needs.join(", ")
+    )
+}
+
+pub(crate) async fn submit(conn: &Conn, file: &Path, dry_run: bool) -> Result<pb::SubmitReply> {
+    let yaml = read_experiment_file(file)?;
     let file_name = file.display().to_string();
     let reply = if dry_run {
         // A dry run validates locally as well, so it works without a coordinator.
@@ -224,6 +296,7 @@ pub(crate) async fn submit(conn: &Conn, file: &Path, dry_run: bool) -> Result<pb
             yaml,
             file_name,
             dry_run,
+            extend: String::new(),
         })
         .await
         .map_err(grpc)?
@@ -244,13 +317,7 @@ pub(crate) async fn submit(conn: &Conn, file: &Path, dry_run: bool) -> Result<pb
         );
     }
     for r in &reply.runs {
-        println!(
-            "  {:<48} {:<19} {:<8} needs [{}]",
-            r.name,
-            r.job_kind,
-            RunState::name_of(r.state),
-            r.needs.join(", ")
-        );
+        println!("  {}", run_line(r, 48));
         if dry_run {
             for line in r.config.lines() {
                 println!("      {line}");

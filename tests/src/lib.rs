@@ -125,17 +125,19 @@ pub async fn served(dir: &Path) -> Served {
 /// A worker process on the test coordinator at `port`, one libtorch thread, its log in
 /// `dir/worker.log`.
 pub fn worker(port: u16, name: &str, dir: &Path) -> Kill {
+    worker_with(&format!("http://127.0.0.1:{port}"), name, dir, &[])
+}
+
+/// [`worker`] on the coordinator at `url`, with extra flags (`--simulate-gpus 2x24`,
+/// `--slots 2`).
+pub fn worker_with(url: &str, name: &str, dir: &Path, flags: &[&str]) -> Kill {
     std::fs::create_dir_all(dir).unwrap();
     let log = std::fs::File::create(dir.join("worker.log")).unwrap();
     Kill(
         Command::new(bin("plume-worker"))
-            .args([
-                "--coordinator",
-                &format!("http://127.0.0.1:{port}"),
-                "--device",
-                "cpu",
-            ])
-            .args(["--name", name, "--work-dir"])
+            .args(["--coordinator", url, "--device", "cpu", "--name", name])
+            .args(flags)
+            .arg("--work-dir")
             .arg(dir)
             .env("PLUME_WORKER_TOKEN", WORKER)
             .env("OMP_NUM_THREADS", "1")
@@ -145,6 +147,21 @@ pub fn worker(port: u16, name: &str, dir: &Path) -> Kill {
             .spawn()
             .unwrap(),
     )
+}
+
+/// `plume ARGS` against the test coordinator at `url`: (success, stdout then stderr).
+pub fn plume(url: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new(bin("plume"))
+        .args(args)
+        .args(["--coordinator", url, "--token", USER])
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
 }
 
 /// Polls `f` every 200 ms until it holds; fails the test after `secs`.

@@ -6,7 +6,7 @@
 
 use plume_coordinator::states::{ExperimentState, RunState};
 use plume_coordinator::store::Store;
-use plume_system_tests::{bin, served, wait_for, worker, USER};
+use plume_system_tests::{plume, served, wait_for, worker};
 use std::path::Path;
 
 /// A stage and two runs over a two-point sweep; `bad` fails at step 2 on every attempt.
@@ -25,21 +25,6 @@ objective: {metric: probe/score, mode: max}
 /// The first file with a third sweep point.
 fn extended() -> String {
     FIRST.replace("start: [0.1, 0.2]", "start: [0.1, 0.2, 0.3]")
-}
-
-/// Runs `plume ARGS` against the coordinator; (success, stdout + stderr).
-fn plume(url: &str, args: &[&str]) -> (bool, String) {
-    let out = std::process::Command::new(bin("plume"))
-        .args(args)
-        .args(["--coordinator", url, "--token", USER])
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
 }
 
 /// `(attempt, inputs)` of every attempt of a run, in order.

@@ -25,6 +25,7 @@ pub mod picture;
 pub mod probe;
 pub mod remote;
 pub mod runner;
+pub mod slots;
 pub mod stylegan;
 pub mod styles;
 pub mod text;

@@ -29,9 +29,17 @@ struct Cli {
     /// allocation is handed back when the queue drains).
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=604_800))]
     idle_exit: Option<u64>,
-    /// Device for the coordinator's jobs: cpu, cuda, cuda:N or auto (one worker per device).
+    /// Devices for the coordinator's jobs: cpu, cuda, cuda:N, auto, or a list such as
+    /// cuda:0,cuda:1 (one slot per GPU: that many runs at once, or one run using several).
     #[arg(long, default_value = "auto")]
     device: String,
+    /// Runs at once on a CPU device (each gets one slot); GPUs have one slot each.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=64))]
+    slots: Option<u32>,
+    /// Advertise COUNT GPUs of GB gigabytes each (e.g. 2x24) while running every job on the
+    /// CPU: for testing placement without GPUs.
+    #[arg(long, value_name = "COUNTxGB")]
+    simulate_gpus: Option<String>,
     /// Worker name shown by the coordinator.
     #[arg(long)]
     name: Option<String>,
@@ -242,7 +250,12 @@ fn serve_remote(cli: Cli) -> Result<()> {
              with --coordinator"
         ),
     };
-    let device = plume_worker::parse_device(&cli.device).map_err(anyhow::Error::msg)?;
+    let slots = match &cli.simulate_gpus {
+        Some(spec) => plume_worker::slots::simulated(spec).map_err(anyhow::Error::msg)?,
+        None => {
+            plume_worker::slots::from_flags(&cli.device, cli.slots).map_err(anyhow::Error::msg)?
+        }
+    };
     let name = cli.name.unwrap_or_else(|| {
         format!(
             "{}-{}",
@@ -255,7 +268,7 @@ fn serve_remote(cli: Cli) -> Result<()> {
     plume_worker::remote::serve(plume_worker::remote::RemoteOptions {
         coordinator,
         token,
-        device,
+        slots,
         name,
         work_dir: cli.work_dir,
         idle_exit: cli.idle_exit.map(std::time::Duration::from_secs),

@@ -110,7 +110,24 @@ fn plan_run(
             .map(|o| (o.path.clone(), short(&o.value)))
             .collect(),
         is_run: b.is_run,
+        resources: resources(parsed, b, ctx)?,
     })
+}
+
+/// The entry's `resources:`, else (runs only) `run_defaults.resources`, else none.
+fn resources(parsed: &ExperimentFile, b: &Base, ctx: &Ctx) -> Result<Resources, ExperimentError> {
+    let (r, at) = match (&b.entry.resources, parsed.run_defaults.get("resources")) {
+        (Some(r), _) => (r.value, &r.referenced),
+        (None, Some(v)) if b.is_run => {
+            let r: Resources = serde_json::from_value(v.clone())
+                .map_err(|e| ctx.err(&b.at, format!("{}: run_defaults.resources: {e}", b.name)))?;
+            (r, &b.at)
+        }
+        _ => return Ok(Resources::default()),
+    };
+    r.check()
+        .map_err(|m| ctx.err(at, format!("{}: {m}", b.name)))?;
+    Ok(r)
 }
 
 /// Under `search.asha`, every run's `steps` is the full budget `max_steps`: the rungs stop
@@ -162,7 +179,11 @@ fn assemble(
         Value::Object(parsed.dataset.value.clone()),
     );
     if b.is_run {
-        for (k, val) in &parsed.run_defaults {
+        for (k, val) in parsed
+            .run_defaults
+            .iter()
+            .filter(|(k, _)| *k != "resources")
+        {
             config.insert(k.clone(), val.clone());
         }
     }

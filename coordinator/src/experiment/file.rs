@@ -28,6 +28,9 @@ pub(super) struct ExperimentFile {
     /// Adaptive early stopping of the `runs:` (ASHA).
     #[serde(default)]
     pub(super) search: Option<Spanned<super::search::Search>>,
+    /// Higher goes first (-1000..=1000).
+    #[serde(default)]
+    pub(super) priority: Option<Spanned<i32>>,
 }
 
 fn d_restarts() -> u32 {
@@ -43,6 +46,8 @@ pub(super) struct Entry {
     pub(super) needs: Vec<Spanned<String>>,
     /// `Some` when written (only runs may ablate).
     pub(super) ablate: Option<IndexMap<Spanned<String>, Spanned<Vec<Value>>>>,
+    /// What the run needs of its worker, when written.
+    pub(super) resources: Option<Spanned<Resources>>,
     /// Everything else: the job's config, checked later exactly as the worker parses it.
     pub(super) config: Mapping,
     /// Where each key of `config` is written, so an error in a job field points at it.
@@ -67,6 +72,7 @@ impl<'de> serde::Deserialize<'de> for Entry {
                         "job" => e.job = Some(map.next_value()?),
                         "needs" => e.needs = map.next_value()?,
                         "ablate" => e.ablate = Some(map.next_value()?),
+                        "resources" => e.resources = Some(map.next_value()?),
                         _ => {
                             let value: Value = map.next_value()?;
                             e.config_keys.insert(key.value.clone(), key.referenced);
@@ -171,6 +177,16 @@ pub(super) fn read(ctx: &Ctx, src: &str) -> Result<ExperimentFile, ExperimentErr
     }
     if let Some(search) = &parsed.search {
         super::search::check(search, ctx)?;
+    }
+    if let Some(p) = parsed
+        .priority
+        .as_ref()
+        .filter(|p| !(-1000..=1000).contains(&p.value))
+    {
+        return Err(ctx.err(
+            &p.referenced,
+            format!("priority must be -1000..=1000, not {}", p.value),
+        ));
     }
     if parsed.runs.value.is_empty() && parsed.stages.is_empty() {
         return Err(ctx.err(

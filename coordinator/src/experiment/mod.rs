@@ -2,7 +2,8 @@
 //!
 //! An experiment names a dataset, shared `stages` (generator, judges, styles), `runs` (one
 //! per method, each possibly with `ablate`), an optional `sweep` over the runs, an optional
-//! `search` (ASHA early stopping of the runs), an `objective`, `max_restarts` and a
+//! `search` (ASHA early stopping of the runs), a `priority`, `resources` per entry, an
+//! `objective`, `max_restarts` and a
 //! checkpoint retention policy. Every error names the file, the line and
 //! column, and the form that was expected; nothing is stored for an experiment that fails.
 //!
@@ -121,6 +122,49 @@ fn one() -> u32 {
     1
 }
 
+/// What one run needs of its worker (`resources:` on an entry or in `run_defaults`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    /// GPUs on one worker; 0 (the default) takes any one device slot, a CPU slot included.
+    #[serde(default)]
+    pub gpus: u32,
+    /// Memory each of those GPUs must have, in GB (10^9 bytes).
+    #[serde(default)]
+    pub min_gpu_memory_gb: f64,
+}
+
+impl Resources {
+    /// Most GPUs one run may ask for.
+    pub const MAX_GPUS: u32 = 64;
+
+    /// The range checks; the message names the field.
+    pub fn check(&self) -> Result<(), String> {
+        if self.gpus > Self::MAX_GPUS {
+            return Err(format!(
+                "resources.gpus must be 0..={}, not {}",
+                Self::MAX_GPUS,
+                self.gpus
+            ));
+        }
+        if !(0.0..=4096.0).contains(&self.min_gpu_memory_gb) {
+            return Err(format!(
+                "resources.min_gpu_memory_gb must be 0..=4096, not {}",
+                self.min_gpu_memory_gb
+            ));
+        }
+        if self.min_gpu_memory_gb > 0.0 && self.gpus == 0 {
+            return Err("resources.min_gpu_memory_gb needs gpus: 1 or more".into());
+        }
+        Ok(())
+    }
+
+    /// The memory floor in MB, as stored.
+    pub fn min_gpu_memory_mb(&self) -> i64 {
+        (self.min_gpu_memory_gb * 1000.0).ceil() as i64
+    }
+}
+
 /// A validated, expanded experiment.
 #[derive(Debug, Clone)]
 pub struct Experiment {
@@ -134,6 +178,8 @@ pub struct Experiment {
     pub retention: Retention,
     /// Adaptive early stopping of the `runs:` entries, if asked for.
     pub search: Option<search::Search>,
+    /// Higher goes first; equal priorities share the workers.
+    pub priority: i32,
     /// Runs in dependency order (every run comes after the runs it needs).
     pub runs: Vec<PlannedRun>,
 }
@@ -160,6 +206,8 @@ pub struct PlannedRun {
     pub params: BTreeMap<String, String>,
     /// From the file's `runs:` (not a stage): the runs a `search:` manages.
     pub is_run: bool,
+    /// What it needs of its worker.
+    pub resources: Resources,
 }
 
 /// Parses, validates and expands an experiment.
@@ -175,6 +223,7 @@ pub fn parse(file: &str, src: &str) -> Result<Experiment, ExperimentError> {
         max_restarts: parsed.max_restarts,
         retention: parsed.checkpoints.map(|c| c.value).unwrap_or_default(),
         search: parsed.search.map(|s| s.value),
+        priority: parsed.priority.map_or(0, |p| p.value),
         runs,
     })
 }

@@ -92,6 +92,9 @@ pub(super) fn run_summary(r: &crate::store::RunRow) -> pb::RunSummary {
         error: r.error.clone().unwrap_or_default(),
         method: r.method.clone().unwrap_or_default(),
         params: r.params.clone().into_iter().collect(),
+        gpus: r.gpus,
+        min_gpu_memory_mb: r.min_gpu_memory_mb,
+        devices: r.devices.clone(),
         ..Default::default()
     }
 }
@@ -116,6 +119,8 @@ pub(super) fn experiment_summary(e: &crate::store::ExperimentRow) -> pb::Experim
             .filter(|(s, _)| s.is_final())
             .map(|(_, n)| n)
             .sum(),
+        priority: e.priority,
+        next_queue_position: 0,
     }
 }
 
@@ -211,8 +216,15 @@ impl Coordinator {
     /// Every experiment, newest first.
     pub async fn list(&self) -> Result<pb::ListReply, QueryError> {
         let rows = self.store.experiments(None).await?;
+        let queue = self.store.queue().await?;
         Ok(pb::ListReply {
-            experiments: rows.iter().map(experiment_summary).collect(),
+            experiments: rows
+                .iter()
+                .map(|e| pb::ExperimentSummary {
+                    next_queue_position: queue.first.get(&e.id).copied().unwrap_or(0),
+                    ..experiment_summary(e)
+                })
+                .collect(),
         })
     }
 
@@ -220,14 +232,20 @@ impl Coordinator {
     pub async fn detail(&self, key: &str) -> Result<pb::ExperimentDetail, QueryError> {
         let (id, e) = self.experiment(key).await?;
         let storage = self.store.storage(id).await?;
+        let mut queue = self.store.queue().await?;
         let mut runs = Vec::new();
         for r in self.store.runs(id).await? {
             let mut s = self.full_run_summary(&r).await?;
             s.storage = Some(run_storage(storage.runs.get(&r.id)));
+            s.queue_position = queue.positions.get(&r.id).copied().unwrap_or(0);
+            s.queue_reason = queue.reasons.remove(&r.id).unwrap_or_default();
             runs.push(s);
         }
         Ok(pb::ExperimentDetail {
-            summary: Some(experiment_summary(&e)),
+            summary: Some(pb::ExperimentSummary {
+                next_queue_position: queue.first.get(&id).copied().unwrap_or(0),
+                ..experiment_summary(&e)
+            }),
             runs,
             yaml: e.yaml,
             checkpoint_bytes: (storage.weight_bytes + storage.state_bytes) as u64,

@@ -25,7 +25,27 @@ impl WorkerApi for Coordinator {
                 "slurm_job_id: expected Slurm's numeric job id",
             ));
         }
+        if caps.device_info.len() > 256
+            || caps
+                .device_info
+                .iter()
+                .any(|d| d.name.is_empty() || d.name.len() > 64 || d.kind.len() > 16)
+        {
+            return Err(Status::invalid_argument(
+                "device_info: at most 256 devices, each named in 1 to 64 bytes",
+            ));
+        }
+        let device_info: Vec<crate::store::Device> = caps
+            .device_info
+            .iter()
+            .map(|d| crate::store::Device {
+                name: d.name.clone(),
+                kind: d.kind.clone(),
+                memory_bytes: d.memory_bytes,
+            })
+            .collect();
         let json = serde_json::json!({
+            "device_info": device_info,
             "devices": caps.devices,
             "memory_bytes": caps.memory_bytes,
             "version": caps.version,
@@ -79,6 +99,9 @@ impl WorkerApi for Coordinator {
                             if hb.assignments_seen >= assigned {
                                 idle = hb.idle;
                                 running = reported;
+                            }
+                            if reported.is_none() {
+                                let _ = me.store.touch_worker(worker).await.map_err(|e| tracing::error!("heartbeat: {e}"));
                             }
                             if let Some(f) = reported {
                                 if f.worker != worker { continue; }
@@ -301,6 +324,7 @@ fn assignment(c: Claim) -> pb::CoordinatorMessage {
             .collect(),
         resume_checkpoint: c.resume.map_or(0, |r| r.0),
         resume_step: c.resume.map_or(0, |r| r.1),
+        devices: c.devices,
     };
     pb::CoordinatorMessage {
         kind: Some(pb::coordinator_message::Kind::Assign(assignment)),

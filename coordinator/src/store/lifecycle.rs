@@ -48,6 +48,8 @@ pub struct Claim {
     pub inputs: Vec<(String, i64)>,
     /// Checkpoint to resume from and its step.
     pub resume: Option<(i64, i64)>,
+    /// The worker's devices the attempt holds.
+    pub devices: Vec<String>,
 }
 
 impl Store {
@@ -72,23 +74,15 @@ impl Store {
         Ok(n.is_some())
     }
 
-    /// Claims the oldest queued run this worker can run, as a new attempt holding a lease.
-    /// `FOR UPDATE SKIP LOCKED` lets any number of coordinators share the database.
+    /// Claims the run a free slot of this worker takes (see `placement`), as a new attempt
+    /// holding a lease and the devices it needs. `FOR UPDATE SKIP LOCKED` lets any number of
+    /// coordinators share the database.
     pub async fn claim(&self, worker: i64, job_kinds: &[String]) -> Result<Option<Claim>> {
         let mut tx = self.pool.begin().await?;
-        let row = sqlx::query(
-            "SELECT r.id, r.name, r.job_kind, r.config, r.attempt, e.name AS exp FROM runs r \
-             JOIN experiments e ON e.id = r.experiment_id \
-             WHERE r.state = $2 AND r.job_kind = ANY($1) \
-             ORDER BY r.queued_at, r.id LIMIT 1 FOR UPDATE OF r SKIP LOCKED",
-        )
-        .bind(job_kinds)
-        .bind(RunState::Queued)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(row) = row else {
+        let Some(picked) = super::placement::pick_run(&mut tx, worker, job_kinds).await? else {
             return Ok(None);
         };
+        let row = picked.row;
         let run: i64 = row.get("id");
         let attempt: i32 = row.get::<i32, _>("attempt") + 1;
         let resume: Option<(i64, i64)> = sqlx::query_as(
@@ -98,7 +92,8 @@ impl Store {
         .fetch_optional(&mut *tx)
         .await?;
         sqlx::query(
-            "UPDATE runs SET state = $5, attempt = $2, lease_worker = $3, \
+            "WITH e AS (UPDATE experiments SET last_claim_at = clock_timestamp() WHERE id = $7) \
+             UPDATE runs SET state = $5, attempt = $2, lease_worker = $3, devices = $6, \
              lease_expires = now() + make_interval(secs => $4) WHERE id = $1",
         )
         .bind(run)
@@ -106,6 +101,8 @@ impl Store {
         .bind(worker)
         .bind(self.lease_secs())
         .bind(RunState::Running)
+        .bind(&picked.devices)
+        .bind(picked.experiment)
         .execute(&mut *tx)
         .await?;
         let from = resume.map_or(0, |r| r.1);
@@ -153,6 +150,7 @@ impl Store {
             config: row.get("config"),
             inputs,
             resume,
+            devices: picked.devices,
         }))
     }
 

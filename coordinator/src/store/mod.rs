@@ -10,6 +10,7 @@
 //!   chunks;
 //! - `checkpoints`: checkpoint and artifact blobs, retention, storage, garbage collection;
 //! - `queries`: the read side of experiments and runs;
+//! - `placement`: which queued run a worker's free slot takes, queue positions and reasons;
 //! - `settle`: what follows a run's end (dependants, retention, the experiment's state);
 //! - `search`: ASHA's rung decisions, taken as metrics arrive;
 //! - `tokens`: access tokens, stored hashed.
@@ -28,6 +29,7 @@ mod checkpoints;
 mod curves;
 mod lifecycle;
 mod metrics;
+mod placement;
 mod queries;
 mod search;
 mod settle;
@@ -38,6 +40,7 @@ pub use checkpoints::{ArtifactRow, CheckpointRow, RunStorage, Storage};
 pub use curves::{NewChunk, Ranked, TimedCurves, TimedSeries};
 pub use lifecycle::{Beat, Claim, Fence};
 pub use metrics::{Ingested, MetricSummary, Series};
+pub use placement::{pick, queue_order, unhostable, Device, LiveWorker, QueueView, Share};
 pub use queries::{AttemptRow, ExperimentRow, RunProgress, RunRow};
 pub use submit::Extension;
 pub use tokens::{token_hash, LiveToken, SeedMode, Seeded, TokenRole};

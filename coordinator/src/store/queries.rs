@@ -29,6 +29,12 @@ pub struct RunRow {
     pub method: Option<String>,
     /// Its ablation and sweep values (written at expansion; names are never parsed).
     pub params: BTreeMap<String, String>,
+    /// GPUs it asks for (`resources.gpus`).
+    pub gpus: i32,
+    /// Memory each must have, MB.
+    pub min_gpu_memory_mb: i64,
+    /// Devices its running attempt holds.
+    pub devices: Vec<String>,
 }
 
 /// A run's state and progress.
@@ -96,6 +102,8 @@ pub struct ExperimentRow {
     pub run_states: BTreeMap<RunState, i64>,
     /// Best objective value over its checkpoints.
     pub best: Option<f64>,
+    /// Higher goes first.
+    pub priority: i32,
 }
 
 impl Store {
@@ -131,7 +139,7 @@ impl Store {
     pub async fn experiments(&self, only: Option<i64>) -> Result<Vec<ExperimentRow>> {
         let rows = sqlx::query(
             "SELECT e.id, e.name, e.state, extract(epoch FROM e.created_at)::int8 AS created, \
-             e.objective_metric, e.objective_mode, e.yaml, \
+             e.objective_metric, e.objective_mode, e.yaml, e.priority, \
              (SELECT CASE WHEN e.objective_mode = 'max' THEN max(c.objective) ELSE min(c.objective) END \
               FROM checkpoints c JOIN runs r ON r.id = c.run_id WHERE r.experiment_id = e.id) AS best \
              FROM experiments e WHERE ($1::int8 IS NULL OR e.id = $1) ORDER BY e.id DESC LIMIT 500",
@@ -164,6 +172,7 @@ impl Store {
                         .map(|c| (c.1, c.2))
                         .collect(),
                     best: r.get("best"),
+                    priority: r.get("priority"),
                 }
             })
             .collect())
@@ -184,8 +193,8 @@ impl Store {
 
     pub(super) async fn run_rows(&self, experiment: i64, only: Option<i64>) -> Result<Vec<RunRow>> {
         let rows = sqlx::query(
-            "SELECT id, name, job_kind, state, attempt, config, step, total_steps, error, method, params \
-             FROM runs WHERE experiment_id = $1 AND ($2::int8 IS NULL OR id = $2) ORDER BY id",
+            "SELECT id, name, job_kind, state, attempt, config, step, total_steps, error, method, \
+             params, gpus, min_gpu_memory_mb, devices FROM runs WHERE experiment_id = $1 AND ($2::int8 IS NULL OR id = $2) ORDER BY id",
         )
         .bind(experiment)
         .bind(only)
@@ -207,6 +216,9 @@ impl Store {
                 params: r
                     .get::<sqlx::types::Json<BTreeMap<String, String>>, _>("params")
                     .0,
+                gpus: r.get("gpus"),
+                min_gpu_memory_mb: r.get("min_gpu_memory_mb"),
+                devices: r.get("devices"),
             })
             .collect())
     }

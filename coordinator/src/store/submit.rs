@@ -24,6 +24,8 @@ struct Existing {
     job_kind: String,
     config: String,
     state: RunState,
+    gpus: i32,
+    min_gpu_memory_mb: i64,
     /// `(field, upstream run name)`, sorted.
     inputs: Vec<(String, String)>,
 }
@@ -182,6 +184,17 @@ fn run_conflict(old: &Existing, r: &PlannedRun) -> Option<String> {
             needs_text(&old.inputs),
             needs_text(&inputs)
         ))
+    } else if (old.gpus, old.min_gpu_memory_mb)
+        != (r.resources.gpus as i32, r.resources.min_gpu_memory_mb())
+    {
+        Some(format!(
+            "run {} exists asking for {} GPU(s) of {} MB; the file asks for {} of {} MB",
+            r.name,
+            old.gpus,
+            old.min_gpu_memory_mb,
+            r.resources.gpus,
+            r.resources.min_gpu_memory_mb()
+        ))
     } else if old.config != r.config {
         let keys = differing_keys(&old.config, &r.config);
         Some(format!(
@@ -264,8 +277,10 @@ async fn setting_conflicts(tx: &mut Tx<'_>, id: i64, exp: &Experiment) -> Result
 
 /// The experiment's runs by name, with their needs.
 async fn existing_runs(tx: &mut Tx<'_>, id: i64) -> Result<HashMap<String, Existing>> {
-    let rows: Vec<(i64, String, String, String, RunState)> = sqlx::query_as(
-        "SELECT id, name, job_kind, config, state FROM runs WHERE experiment_id = $1 FOR UPDATE",
+    type Row = (i64, String, String, String, RunState, i32, i64);
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT id, name, job_kind, config, state, gpus, min_gpu_memory_mb FROM runs \
+         WHERE experiment_id = $1 FOR UPDATE",
     )
     .bind(id)
     .fetch_all(&mut **tx)
@@ -283,20 +298,24 @@ async fn existing_runs(tx: &mut Tx<'_>, id: i64) -> Result<HashMap<String, Exist
     }
     Ok(rows
         .into_iter()
-        .map(|(id, name, job_kind, config, state)| {
-            let mut inputs = by_id.remove(&id).unwrap_or_default();
-            inputs.sort();
-            (
-                name,
-                Existing {
-                    id,
-                    job_kind,
-                    config,
-                    state,
-                    inputs,
-                },
-            )
-        })
+        .map(
+            |(id, name, job_kind, config, state, gpus, min_gpu_memory_mb)| {
+                let mut inputs = by_id.remove(&id).unwrap_or_default();
+                inputs.sort();
+                (
+                    name,
+                    Existing {
+                        id,
+                        job_kind,
+                        config,
+                        state,
+                        gpus,
+                        min_gpu_memory_mb,
+                        inputs,
+                    },
+                )
+            },
+        )
         .collect())
 }
 
@@ -354,8 +373,10 @@ async fn insert_run(
     ids: &mut HashMap<String, i64>,
 ) -> Result<RunRow> {
     let run_id: i64 = sqlx::query_scalar(
-        "INSERT INTO runs (experiment_id, name, job_kind, config, state, total_steps, method, params, queued_at) \
-         VALUES ($1,$2,$3,$4,$5,$6,$7,$8, CASE WHEN $5 = $9 THEN clock_timestamp() END) RETURNING id",
+        "INSERT INTO runs (experiment_id, name, job_kind, config, state, total_steps, method, params, \
+         queued_at, gpus, min_gpu_memory_mb) \
+         VALUES ($1,$2,$3,$4,$5,$6,$7,$8, CASE WHEN $5 = $9 THEN clock_timestamp() END, $10, $11) \
+         RETURNING id",
     )
     .bind(experiment)
     .bind(&r.name)
@@ -366,6 +387,8 @@ async fn insert_run(
     .bind(&r.method)
     .bind(sqlx::types::Json(&r.params))
     .bind(RunState::Queued)
+    .bind(r.resources.gpus as i32)
+    .bind(r.resources.min_gpu_memory_mb())
     .fetch_one(&mut **tx)
     .await?;
     for (field, up) in &r.inputs {
@@ -389,6 +412,9 @@ async fn insert_run(
         error: None,
         method: r.method.clone(),
         params: r.params.clone(),
+        gpus: r.resources.gpus as i32,
+        min_gpu_memory_mb: r.resources.min_gpu_memory_mb(),
+        devices: vec![],
     })
 }
 
@@ -412,8 +438,8 @@ async fn insert_experiment(
 ) -> Result<i64> {
     Ok(sqlx::query_scalar(
         "INSERT INTO experiments (name, file_name, yaml, objective_metric, objective_mode, \
-         max_restarts, keep_best, keep_latest, keep_final_state, search) \
-         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10) RETURNING id",
+         max_restarts, keep_best, keep_latest, keep_final_state, search, priority) \
+         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11) RETURNING id",
     )
     .bind(&exp.name)
     .bind(file_name)
@@ -429,6 +455,7 @@ async fn insert_experiment(
             .as_ref()
             .map(|s| serde_json::to_value(s).expect("search serializes")),
     )
+    .bind(exp.priority)
     .fetch_one(&mut **tx)
     .await?)
 }

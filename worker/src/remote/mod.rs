@@ -26,10 +26,13 @@ use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 mod reporter;
+mod slot;
 mod transfer;
 
 pub use reporter::GrpcReporter;
 use reporter::*;
+pub use slot::Slot;
+use slot::*;
 use transfer::*;
 
 /// How to reach the coordinator and what this worker is.
@@ -39,8 +42,8 @@ pub struct RemoteOptions {
     pub coordinator: String,
     /// Worker token.
     pub token: String,
-    /// Device jobs run on.
-    pub device: tch::Device,
+    /// The device slots: one run at a time on each (a multi-GPU run takes several).
+    pub slots: Vec<Slot>,
     /// Worker name (shown in attempts).
     pub name: String,
     /// Where checkpoints of running jobs and downloaded inputs live.
@@ -62,68 +65,6 @@ impl tonic::service::Interceptor for Auth {
 }
 
 type Client = pb::worker_api_client::WorkerApiClient<InterceptedService<Channel, Auth>>;
-
-/// The attempt this worker is running.
-struct Running {
-    fence: pb::Fence,
-    cancel: CancelToken,
-    step: Arc<AtomicI64>,
-    total: Arc<AtomicI64>,
-}
-
-struct Shared {
-    running: Mutex<Option<Running>>,
-    shutting_down: AtomicBool,
-    /// When the last run ended (or the worker started); `--idle-exit` counts from here.
-    idle_since: Mutex<Instant>,
-    /// Sends a heartbeat now: a finished run's worker says it is idle at once, so the
-    /// coordinator hands it the next run without waiting for the heartbeat period.
-    beat_now: tokio::sync::Notify,
-    /// Assignments received in the current session (heartbeats carry it; see the proto).
-    assignments_seen: std::sync::atomic::AtomicU64,
-}
-
-impl Shared {
-    /// Shutting down with no run left to finish.
-    fn idle_and_stopping(&self) -> bool {
-        self.shutting_down.load(Ordering::SeqCst) && self.running.lock().expect("lock").is_none()
-    }
-
-    /// Starts shutting down: the running job checkpoints and its run is released to be resumed
-    /// elsewhere. Returns false when already shutting down.
-    fn stop(&self, why: &str) -> bool {
-        if self.shutting_down.swap(true, Ordering::SeqCst) {
-            return false;
-        }
-        match self.running.lock().expect("lock").as_ref() {
-            Some(r) => {
-                eprintln!(
-                    "{why}: run {} attempt {} writes a checkpoint and is released",
-                    r.fence.run_id, r.fence.attempt
-                );
-                r.cancel.cancel();
-            }
-            None => eprintln!("{why}: stopping"),
-        }
-        true
-    }
-
-    /// With `--idle-exit`: whether this worker has been without a run for that long; if so
-    /// it starts shutting down.
-    fn idle_expired(&self, idle_exit: Option<Duration>) -> bool {
-        let Some(limit) = idle_exit else {
-            return false;
-        };
-        if self.running.lock().expect("lock").is_some() {
-            return false;
-        }
-        let idle = self.idle_since.lock().expect("lock").elapsed();
-        idle >= limit && {
-            self.stop(&format!("idle for {} s (--idle-exit)", idle.as_secs()));
-            true
-        }
-    }
-}
 
 async fn client(opts: &RemoteOptions) -> anyhow::Result<Client> {
     let ca = std::env::var_os("PLUME_CA_CERT").map(PathBuf::from);
@@ -149,26 +90,33 @@ async fn client(opts: &RemoteOptions) -> anyhow::Result<Client> {
 pub fn serve(opts: RemoteOptions) -> anyhow::Result<()> {
     std::fs::create_dir_all(&opts.work_dir)
         .with_context(|| format!("creating {}", opts.work_dir.display()))?;
+    anyhow::ensure!(!opts.slots.is_empty(), "a worker needs at least one slot");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let shared = Arc::new(Shared {
-        running: Mutex::new(None),
-        shutting_down: AtomicBool::new(false),
-        idle_since: Mutex::new(Instant::now()),
-        beat_now: tokio::sync::Notify::new(),
-        assignments_seen: std::sync::atomic::AtomicU64::new(0),
-    });
+    let host = Arc::new(Host::default());
+    let slots: Vec<Arc<Shared>> = (0..opts.slots.len())
+        .map(|_| Arc::new(Shared::new(host.clone())))
+        .collect();
     rt.block_on(async {
-        spawn_signal_handler(shared.clone())?;
-        session_loop(opts, shared).await
+        spawn_signal_handler(slots.clone())?;
+        // One session per slot, all under one registration: the coordinator gives each free
+        // slot a run that fits the devices the other slots' runs leave free.
+        let sessions: Vec<_> = slots
+            .into_iter()
+            .map(|s| tokio::spawn(session_loop(opts.clone(), s)))
+            .collect();
+        for s in sessions {
+            s.await??;
+        }
+        Ok(())
     })
 }
 
 /// SIGINT, SIGTERM and SIGUSR1 stop the worker (see [`serve`]); a second SIGINT or SIGTERM
 /// exits at once.
-fn spawn_signal_handler(shared: Arc<Shared>) -> anyhow::Result<()> {
+fn spawn_signal_handler(slots: Vec<Arc<Shared>>) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut int = signal(SignalKind::interrupt())?;
     let mut term = signal(SignalKind::terminate())?;
@@ -180,7 +128,7 @@ fn spawn_signal_handler(shared: Arc<Shared>) -> anyhow::Result<()> {
                 _ = term.recv() => ("SIGTERM", true),
                 _ = usr1.recv() => ("SIGUSR1", false),
             };
-            if !shared.stop(name) && repeatable_exit {
+            if !stop_all(&slots, name) && repeatable_exit {
                 eprintln!("second {name}: exiting without a final checkpoint");
                 std::process::exit(130);
             }
@@ -190,8 +138,6 @@ fn spawn_signal_handler(shared: Arc<Shared>) -> anyhow::Result<()> {
 }
 
 async fn session_loop(opts: RemoteOptions, shared: Arc<Shared>) -> anyhow::Result<()> {
-    let mut worker_id: Option<i64> = None;
-    let mut heartbeat = Duration::from_millis(1000);
     let mut backoff = Duration::from_millis(200);
     loop {
         if shared.idle_and_stopping() || shared.idle_expired(opts.idle_exit) {
@@ -205,25 +151,33 @@ async fn session_loop(opts: RemoteOptions, shared: Arc<Shared>) -> anyhow::Resul
                 continue;
             }
         };
-        let id = match worker_id {
-            Some(id) => id,
+        // The slots share one registration: the first to need it registers.
+        let heartbeat;
+        let mut registration = shared.host.registration.lock().await;
+        let id = match *registration {
+            Some((id, period)) => {
+                heartbeat = period;
+                id
+            }
             None => match register(&mut c, &opts).await {
                 Ok(r) => {
                     heartbeat = Duration::from_millis(r.heartbeat_ms.clamp(100, 60_000) as u64);
                     eprintln!("registered as worker {}", r.worker_id);
-                    worker_id = Some(r.worker_id);
+                    *registration = Some((r.worker_id, heartbeat));
                     r.worker_id
                 }
                 Err(s) if s.code() == Code::Unauthenticated => {
                     anyhow::bail!("the coordinator refused the worker token: {}", s.message())
                 }
                 Err(s) => {
+                    drop(registration);
                     eprintln!("register failed ({}); retrying", s.message());
                     backoff = wait(backoff).await;
                     continue;
                 }
             },
         };
+        drop(registration);
         let (up_tx, up_rx) = mpsc::channel::<pb::WorkerMessage>(16);
         up_tx
             .send(pb::WorkerMessage {
@@ -236,7 +190,11 @@ async fn session_loop(opts: RemoteOptions, shared: Arc<Shared>) -> anyhow::Resul
         {
             Ok(s) => s.into_inner(),
             Err(s) if s.code() == Code::NotFound => {
-                worker_id = None; // the coordinator's database forgot us: register again
+                // The coordinator's database forgot us: register again (once for all slots).
+                let mut registration = shared.host.registration.lock().await;
+                if registration.map(|r| r.0) == Some(id) {
+                    *registration = None;
+                }
                 continue;
             }
             Err(s) => {
@@ -273,7 +231,8 @@ async fn register(
     let request = pb::RegisterRequest {
         name: opts.name.clone(),
         capabilities: Some(pb::Capabilities {
-            devices: vec![format!("{:?}", opts.device)],
+            devices: opts.slots.iter().map(|s| s.info.name.clone()).collect(),
+            device_info: opts.slots.iter().map(|s| s.info.clone()).collect(),
             memory_bytes: 0,
             version: env!("CARGO_PKG_VERSION").into(),
             job_kinds: kinds,
@@ -299,7 +258,7 @@ fn spawn_heartbeats(
             }
             let hb = {
                 let r = shared.running.lock().expect("lock");
-                let stopping = shared.shutting_down.load(Ordering::SeqCst);
+                let stopping = shared.shutting_down();
                 pb::Heartbeat {
                     running: r.as_ref().map(|r| r.fence),
                     idle: r.is_none() && !stopping,
@@ -447,13 +406,13 @@ fn start_job(opts: &RemoteOptions, shared: &Arc<Shared>, c: Client, a: pb::Assig
     let cancel = CancelToken::default();
     let step = Arc::new(AtomicI64::new(a.resume_step));
     let total = Arc::new(AtomicI64::new(0));
-    *shared.running.lock().expect("lock") = Some(Running {
+    shared.started(Running {
         fence,
         cancel: cancel.clone(),
         step: step.clone(),
         total: total.clone(),
     });
-    if shared.shutting_down.load(Ordering::SeqCst) {
+    if shared.shutting_down() {
         cancel.cancel();
     }
     let dir = opts
@@ -461,7 +420,7 @@ fn start_job(opts: &RemoteOptions, shared: &Arc<Shared>, c: Client, a: pb::Assig
         .join("runs")
         .join(format!("run-{}-attempt-{}", fence.run_id, fence.attempt));
     let cache = opts.work_dir.join("cache");
-    let device = opts.device;
+    let device = job_device(&opts.slots, &a.devices);
     let shared = shared.clone();
     let handle = tokio::runtime::Handle::current();
     let (queue, rx) = mpsc::unbounded_channel::<Op>();
@@ -486,15 +445,13 @@ fn start_job(opts: &RemoteOptions, shared: &Arc<Shared>, c: Client, a: pb::Assig
             dir: &dir,
         };
         let result = attempt.run(c, device, &mut reporter, &cancel);
-        let (o, m, s) = finish_of(result, shared.shutting_down.load(Ordering::SeqCst));
+        let (o, m, s) = finish_of(result, shared.shutting_down());
         eprintln!("run {} attempt {}: {m}", fence.run_id, fence.attempt);
         let _ = queue.send(Op::Finish(o, m, s));
         drop(queue);
         drop(reporter);
         let _ = handle.block_on(sender);
         let _ = std::fs::remove_dir_all(&dir);
-        *shared.idle_since.lock().expect("lock") = Instant::now();
-        *shared.running.lock().expect("lock") = None;
-        shared.beat_now.notify_one();
+        shared.ended();
     });
 }

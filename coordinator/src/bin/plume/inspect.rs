@@ -64,8 +64,8 @@ pub async fn ls_command(args: LsArgs) -> Result<()> {
         .map_err(grpc)?
         .into_inner();
     println!(
-        "{:>4}  {:<24} {:<10} {:<44} {:>10}",
-        "id", "name", "state", "runs", "best"
+        "{:>4}  {:<24} {:<10} {:<44} {:>10} {:>8} {:>5}",
+        "id", "name", "state", "runs", "best", "priority", "next"
     );
     for e in list.experiments {
         let runs: Vec<String> = e
@@ -74,7 +74,7 @@ pub async fn ls_command(args: LsArgs) -> Result<()> {
             .map(|(k, v)| format!("{v} {k}"))
             .collect();
         println!(
-            "{:>4}  {:<24} {:<10} {:<44} {:>10}",
+            "{:>4}  {:<24} {:<10} {:<44} {:>10} {:>8} {:>5}",
             e.id,
             e.name,
             ExperimentState::name_of(e.state),
@@ -83,6 +83,12 @@ pub async fn ls_command(args: LsArgs) -> Result<()> {
                 format!("{:.4}", e.best_objective)
             } else {
                 "-".into()
+            },
+            e.priority,
+            // Where its first queued run stands in the queue of every experiment.
+            match e.next_queue_position {
+                0 => "-".to_string(),
+                p => format!("#{p}"),
             }
         );
     }
@@ -168,11 +174,12 @@ fn rung_line(rungs: &[pb::RungResult]) -> String {
 pub(crate) fn print_experiment(d: &pb::ExperimentDetail, attempts: bool) {
     let s = d.summary.clone().unwrap_or_default();
     println!(
-        "experiment {} ({}): {}  objective {}",
+        "experiment {} ({}): {}  objective {}  priority {}",
         s.id,
         s.name,
         ExperimentState::name_of(s.state),
-        s.objective
+        s.objective,
+        s.priority
     );
     for r in &d.runs {
         let progress = if r.total_steps > 0 {
@@ -192,30 +199,20 @@ pub(crate) fn print_experiment(d: &pb::ExperimentDetail, attempts: bool) {
             .take(4)
             .map(|m| format!("{}={:.4}", m.name, m.last))
             .collect();
+        let state = match r.queue_position {
+            0 => RunState::name_of(r.state).to_string(),
+            p => format!("queued #{p}"),
+        };
         println!(
             "  {:<44} {:<19} {:<10} attempt {:<2} {:>12}  {}",
             r.name,
             r.job_kind,
-            RunState::name_of(r.state),
+            state,
             r.attempt,
             progress,
             key.join(" ")
         );
-        if !r.error.is_empty() {
-            println!("      error: {}", r.error);
-        }
-        if !r.rungs.is_empty() {
-            println!("      ASHA: {}", rung_line(&r.rungs));
-        }
-        if let Some(a) = r.attempts.last().filter(|a| !a.inputs.is_empty()) {
-            let mut inputs: Vec<_> = a.inputs.iter().collect();
-            inputs.sort();
-            let text: Vec<String> = inputs
-                .iter()
-                .map(|(field, id)| format!("{field} = checkpoint {id}"))
-                .collect();
-            println!("      inputs: {}", text.join(", "));
-        }
+        print_run_notes(r);
         // One attempt on a plain worker says nothing the run line does not; a Slurm job id
         // always matters (it is what `scancel` and `sacct` take).
         let slurm = r.attempts.iter().any(|a| !a.slurm_job_id.is_empty());
@@ -236,6 +233,32 @@ pub(crate) fn print_experiment(d: &pb::ExperimentDetail, attempts: bool) {
                 );
             }
         }
+    }
+}
+
+/// What `plume show` says under a run's line: why it waits, the devices it holds, its
+/// error, its ASHA rungs and the upstream checkpoints it was handed.
+fn print_run_notes(r: &pb::RunSummary) {
+    if !r.queue_reason.is_empty() {
+        println!("      waiting: {}", r.queue_reason);
+    }
+    if !r.devices.is_empty() && RunState::try_from(r.state) == Ok(RunState::Running) {
+        println!("      devices: {}", r.devices.join(", "));
+    }
+    if !r.error.is_empty() {
+        println!("      error: {}", r.error);
+    }
+    if !r.rungs.is_empty() {
+        println!("      ASHA: {}", rung_line(&r.rungs));
+    }
+    if let Some(a) = r.attempts.last().filter(|a| !a.inputs.is_empty()) {
+        let mut inputs: Vec<_> = a.inputs.iter().collect();
+        inputs.sort();
+        let text: Vec<String> = inputs
+            .iter()
+            .map(|(field, id)| format!("{field} = checkpoint {id}"))
+            .collect();
+        println!("      inputs: {}", text.join(", "));
     }
 }
 

@@ -1,0 +1,447 @@
+//! Placement and order. A worker advertises device slots (GPUs with their memory, or CPU
+//! slots); each running attempt holds some of them. A free slot takes the first queued run
+//! that fits the worker's free devices, looking at experiments in this order: higher
+//! `priority` first; among equal priorities the one with the fewest running runs, then the
+//! one served least recently (fair share); within an experiment, the oldest queued run.
+//! Queue positions replay that order; a run that no connected worker could ever host says why.
+
+use super::*;
+use std::collections::{BinaryHeap, HashSet};
+
+/// The advisory-lock key space of one worker's claims (`"PLAC"`, xor the worker id): its
+/// slots claim one at a time, so two never take the same device.
+const PLACEMENT_LOCK: i64 = 0x504C_4143_0000_0000;
+
+/// One device slot of a worker, as it registered it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Device {
+    /// Unique within the worker (`cuda:0`, `cpu:1`).
+    pub name: String,
+    /// `cuda` or `cpu`.
+    pub kind: String,
+    /// 0 when unknown.
+    #[serde(default)]
+    pub memory_bytes: u64,
+}
+
+impl Device {
+    fn is_gpu(&self) -> bool {
+        self.kind == "cuda"
+    }
+
+    fn memory_mb(&self) -> i64 {
+        (self.memory_bytes / 1_000_000) as i64
+    }
+}
+
+/// The devices in a worker's registered capabilities; a registration without `device_info`
+/// (an older worker) is one slot.
+pub fn worker_devices(caps: &serde_json::Value) -> Vec<Device> {
+    let listed: Vec<Device> = caps
+        .get("device_info")
+        .and_then(|d| serde_json::from_value(d.clone()).ok())
+        .unwrap_or_default();
+    if !listed.is_empty() {
+        return listed;
+    }
+    let name = caps
+        .get("devices")
+        .and_then(|d| d.get(0))
+        .and_then(|d| d.as_str())
+        .unwrap_or("cpu")
+        .to_lowercase();
+    let kind = if name.starts_with("cuda") {
+        "cuda"
+    } else {
+        "cpu"
+    };
+    vec![Device {
+        name,
+        kind: kind.into(),
+        memory_bytes: 0,
+    }]
+}
+
+/// The devices a run takes from the free ones: any one slot when it asks for no GPU, else
+/// `gpus` free GPUs with at least `min_mb` each. `None` when it does not fit.
+pub fn pick(free: &[Device], gpus: i32, min_mb: i64) -> Option<Vec<String>> {
+    if gpus <= 0 {
+        return free.first().map(|d| vec![d.name.clone()]);
+    }
+    let fit: Vec<String> = free
+        .iter()
+        .filter(|d| d.is_gpu() && d.memory_mb() >= min_mb)
+        .take(gpus as usize)
+        .map(|d| d.name.clone())
+        .collect();
+    (fit.len() == gpus as usize).then_some(fit)
+}
+
+/// A connected worker as queue reasons see it.
+#[derive(Debug, Clone)]
+pub struct LiveWorker {
+    /// Its name.
+    pub name: String,
+    /// Job kinds it runs.
+    pub kinds: Vec<String>,
+    /// All its devices, busy or not.
+    pub devices: Vec<Device>,
+}
+
+/// Why no connected worker can ever host a run of `kind` asking for `gpus` GPUs of `min_mb`
+/// each; `None` when one can (the run only waits its turn).
+pub fn unhostable(kind: &str, gpus: i32, min_mb: i64, workers: &[LiveWorker]) -> Option<String> {
+    if workers.is_empty() {
+        return Some("no worker is connected".into());
+    }
+    let able: Vec<&LiveWorker> = workers
+        .iter()
+        .filter(|w| w.kinds.iter().any(|k| k == kind))
+        .collect();
+    if able.is_empty() {
+        return Some(format!("no connected worker runs {kind} jobs"));
+    }
+    if able
+        .iter()
+        .any(|w| pick(&w.devices, gpus, min_mb).is_some())
+    {
+        return None;
+    }
+    let most = able
+        .iter()
+        .map(|w| {
+            w.devices
+                .iter()
+                .filter(|d| d.is_gpu() && d.memory_mb() >= min_mb)
+                .count()
+        })
+        .max()
+        .unwrap_or(0);
+    Some(format!(
+        "needs {gpus} GPU(s){} on one worker; the connected workers have at most {most}",
+        if min_mb > 0 {
+            format!(" of at least {:.1} GB", min_mb as f64 / 1000.0)
+        } else {
+            String::new()
+        }
+    ))
+}
+
+/// An experiment's place in the fair-share order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Share {
+    /// Its id.
+    pub experiment: i64,
+    /// Its priority.
+    pub priority: i32,
+    /// Its running runs.
+    pub running: i64,
+    /// When it was last served (unix microseconds; `None`: never).
+    pub last_claim: Option<i64>,
+}
+
+impl Share {
+    /// Smaller goes first.
+    fn key(&self) -> (i32, i64, i64, i64) {
+        (
+            -self.priority,
+            self.running,
+            self.last_claim.unwrap_or(i64::MIN),
+            self.experiment,
+        )
+    }
+}
+
+/// The order in which queued runs would be taken if every one fitted: `queued` is each
+/// experiment's queued runs, oldest first. Returns run ids, next first.
+pub fn queue_order(shares: &[Share], queued: &HashMap<i64, Vec<i64>>) -> Vec<i64> {
+    let mut heap: BinaryHeap<std::cmp::Reverse<Share>> = shares
+        .iter()
+        .filter(|s| queued.get(&s.experiment).is_some_and(|q| !q.is_empty()))
+        .map(|s| std::cmp::Reverse(*s))
+        .collect();
+    let mut next: HashMap<i64, usize> = HashMap::new();
+    let mut order = vec![];
+    let mut clock = i64::MAX / 2;
+    while let Some(std::cmp::Reverse(mut s)) = heap.pop() {
+        let runs = &queued[&s.experiment];
+        let i = next.entry(s.experiment).or_default();
+        order.push(runs[*i]);
+        *i += 1;
+        if *i < runs.len() {
+            s.running += 1;
+            clock += 1;
+            s.last_claim = Some(clock);
+            heap.push(std::cmp::Reverse(s));
+        }
+    }
+    order
+}
+
+impl PartialOrd for Share {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Share {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.key().cmp(&other.key())
+    }
+}
+
+/// A run chosen for a worker, locked, with the devices it takes.
+pub(super) struct Picked {
+    pub(super) row: sqlx::postgres::PgRow,
+    pub(super) experiment: i64,
+    pub(super) devices: Vec<String>,
+}
+
+/// Chooses (and locks) the run a free slot of `worker` takes, if any fits.
+pub(super) async fn pick_run(
+    tx: &mut Tx<'_>,
+    worker: i64,
+    kinds: &[String],
+) -> Result<Option<Picked>> {
+    sqlx::query("SELECT pg_advisory_xact_lock($1 # $2)")
+        .bind(PLACEMENT_LOCK)
+        .bind(worker)
+        .execute(&mut **tx)
+        .await?;
+    let caps: Option<serde_json::Value> =
+        sqlx::query_scalar("SELECT capabilities FROM workers WHERE id = $1")
+            .bind(worker)
+            .fetch_optional(&mut **tx)
+            .await?;
+    let devices = worker_devices(&caps.unwrap_or_default());
+    let used: HashSet<String> = sqlx::query_scalar(
+        "SELECT unnest(devices) FROM runs WHERE state = $2 AND lease_worker = $1",
+    )
+    .bind(worker)
+    .bind(RunState::Running)
+    .fetch_all(&mut **tx)
+    .await?
+    .into_iter()
+    .collect();
+    let free: Vec<Device> = devices
+        .into_iter()
+        .filter(|d| !used.contains(&d.name))
+        .collect();
+    if free.is_empty() {
+        return Ok(None);
+    }
+    let gpu_mb: Vec<i64> = free
+        .iter()
+        .filter(|d| d.is_gpu())
+        .map(Device::memory_mb)
+        .collect();
+    let experiments: Vec<i64> = sqlx::query_scalar(
+        "SELECT e.id FROM experiments e WHERE e.state = $1 AND EXISTS \
+         (SELECT 1 FROM runs q WHERE q.experiment_id = e.id AND q.state = $2) \
+         ORDER BY e.priority DESC, \
+         (SELECT count(*) FROM runs x WHERE x.experiment_id = e.id AND x.state = $3), \
+         e.last_claim_at NULLS FIRST, e.id",
+    )
+    .bind(ExperimentState::Running)
+    .bind(RunState::Queued)
+    .bind(RunState::Running)
+    .fetch_all(&mut **tx)
+    .await?;
+    for experiment in experiments {
+        let row = sqlx::query(
+            "SELECT r.id, r.name, r.job_kind, r.config, r.attempt, r.gpus, r.min_gpu_memory_mb, \
+             e.name AS exp FROM runs r JOIN experiments e ON e.id = r.experiment_id \
+             WHERE r.experiment_id = $1 AND r.state = $2 AND r.job_kind = ANY($3) \
+             AND (r.gpus = 0 OR r.gpus <= (SELECT count(*) FROM unnest($4::int8[]) m \
+                                            WHERE m >= r.min_gpu_memory_mb)) \
+             ORDER BY r.queued_at, r.id LIMIT 1 FOR UPDATE OF r SKIP LOCKED",
+        )
+        .bind(experiment)
+        .bind(RunState::Queued)
+        .bind(kinds)
+        .bind(&gpu_mb)
+        .fetch_optional(&mut **tx)
+        .await?;
+        let Some(row) = row else { continue };
+        let devices = pick(&free, row.get("gpus"), row.get("min_gpu_memory_mb"))
+            .expect("the query only returns runs that fit the free devices");
+        return Ok(Some(Picked {
+            row,
+            experiment,
+            devices,
+        }));
+    }
+    Ok(None)
+}
+
+/// Every queued run's position and, where no connected worker can host it, the reason.
+#[derive(Debug, Default)]
+pub struct QueueView {
+    /// Run id -> position (1 = next).
+    pub positions: HashMap<i64, i32>,
+    /// Run id -> why it cannot start on any connected worker.
+    pub reasons: HashMap<i64, String>,
+    /// Experiment id -> the position of its first queued run.
+    pub first: HashMap<i64, i32>,
+}
+
+impl Store {
+    /// The queue as workers will take it (see the module's doc).
+    pub async fn queue(&self) -> Result<QueueView> {
+        type Row = (i64, i32, i64, Option<i64>);
+        let shares: Vec<Share> = sqlx::query_as::<_, Row>(
+            "SELECT e.id, e.priority, \
+             (SELECT count(*) FROM runs x WHERE x.experiment_id = e.id AND x.state = $2), \
+             (extract(epoch FROM e.last_claim_at) * 1e6)::int8 \
+             FROM experiments e WHERE e.state = $1",
+        )
+        .bind(ExperimentState::Running)
+        .bind(RunState::Running)
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .map(|(experiment, priority, running, last_claim)| Share {
+            experiment,
+            priority,
+            running,
+            last_claim,
+        })
+        .collect();
+        let runs: Vec<(i64, i64, String, i32, i64)> = sqlx::query_as(
+            "SELECT id, experiment_id, job_kind, gpus, min_gpu_memory_mb FROM runs \
+             WHERE state = $1 ORDER BY queued_at, id",
+        )
+        .bind(RunState::Queued)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut queued: HashMap<i64, Vec<i64>> = HashMap::new();
+        for (id, exp, ..) in &runs {
+            queued.entry(*exp).or_default().push(*id);
+        }
+        let mut view = QueueView::default();
+        for (i, id) in queue_order(&shares, &queued).into_iter().enumerate() {
+            view.positions.insert(id, i as i32 + 1);
+        }
+        for (exp, ids) in &queued {
+            if let Some(p) = ids.iter().filter_map(|id| view.positions.get(id)).min() {
+                view.first.insert(*exp, *p);
+            }
+        }
+        let workers = self.live_workers().await?;
+        for (id, _, kind, gpus, min_mb) in &runs {
+            if let Some(why) = unhostable(kind, *gpus, *min_mb, &workers) {
+                view.reasons.insert(*id, why);
+            }
+        }
+        Ok(view)
+    }
+
+    /// Workers heard from within a lease.
+    pub async fn live_workers(&self) -> Result<Vec<LiveWorker>> {
+        let rows: Vec<(String, serde_json::Value)> = sqlx::query_as(
+            "SELECT name, capabilities FROM workers \
+             WHERE last_seen > now() - make_interval(secs => $1)",
+        )
+        .bind(self.lease_secs())
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(name, caps)| LiveWorker {
+                name,
+                kinds: caps
+                    .get("job_kinds")
+                    .and_then(|k| serde_json::from_value(k.clone()).ok())
+                    .unwrap_or_default(),
+                devices: worker_devices(&caps),
+            })
+            .collect())
+    }
+
+    /// Records that a worker is alive (its idle heartbeats; running ones renew a lease).
+    pub async fn touch_worker(&self, worker: i64) -> Result<()> {
+        sqlx::query("UPDATE workers SET last_seen = now() WHERE id = $1")
+            .bind(worker)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gpu(name: &str, gb: u64) -> Device {
+        Device {
+            name: name.into(),
+            kind: "cuda".into(),
+            memory_bytes: gb * 1_000_000_000,
+        }
+    }
+
+    #[test]
+    fn pick_takes_enough_gpus_with_enough_memory_or_nothing() {
+        let free = [gpu("cuda:0", 24), gpu("cuda:1", 80), gpu("cuda:2", 80)];
+        assert_eq!(pick(&free, 0, 0), Some(vec!["cuda:0".to_string()]));
+        assert_eq!(
+            pick(&free, 2, 40_000),
+            Some(vec!["cuda:1".into(), "cuda:2".into()])
+        );
+        assert_eq!(pick(&free, 3, 40_000), None);
+        assert_eq!(pick(&free[..1], 2, 0), None);
+        let cpu = Device {
+            name: "cpu:0".into(),
+            kind: "cpu".into(),
+            memory_bytes: 0,
+        };
+        assert_eq!(pick(std::slice::from_ref(&cpu), 1, 0), None);
+        assert_eq!(pick(&[cpu], 0, 0), Some(vec!["cpu:0".to_string()]));
+    }
+
+    #[test]
+    fn unhostable_names_what_is_missing() {
+        let w = |devices| LiveWorker {
+            name: "w".into(),
+            kinds: vec!["probe".into()],
+            devices,
+        };
+        assert_eq!(
+            unhostable("probe", 0, 0, &[]).as_deref(),
+            Some("no worker is connected")
+        );
+        let one = [w(vec![gpu("cuda:0", 24)])];
+        assert_eq!(unhostable("probe", 1, 0, &one), None);
+        assert_eq!(
+            unhostable("train-text", 1, 0, &one).as_deref(),
+            Some("no connected worker runs train-text jobs")
+        );
+        assert_eq!(
+            unhostable("probe", 2, 0, &one).as_deref(),
+            Some("needs 2 GPU(s) on one worker; the connected workers have at most 1")
+        );
+        assert_eq!(
+            unhostable("probe", 1, 40_000, &one).as_deref(),
+            Some("needs 1 GPU(s) of at least 40.0 GB on one worker; the connected workers have at most 0")
+        );
+    }
+
+    #[test]
+    fn queue_order_puts_priority_first_and_alternates_equal_priorities() {
+        let share = |experiment, priority, running| Share {
+            experiment,
+            priority,
+            running,
+            last_claim: None,
+        };
+        let queued: HashMap<i64, Vec<i64>> = [
+            (1, vec![10, 11, 12]),
+            (2, vec![20, 21, 22]),
+            (3, vec![30, 31]),
+        ]
+        .into();
+        // 3 has the higher priority; 1 and 2 alternate, 2 first since 1 already runs a run.
+        let order = queue_order(&[share(1, 0, 1), share(2, 0, 0), share(3, 5, 0)], &queued);
+        assert_eq!(order, [30, 31, 20, 10, 21, 11, 22, 12]);
+    }
+}

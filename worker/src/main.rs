@@ -50,6 +50,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The merged settings (plume.toml files, PLUME_* variables, flags) and where each came
+    /// from; tokens are never printed.
+    Config,
     /// Render or inspect datasets in the CUB-200-2011 layout.
     Dataset {
         #[command(subcommand)]
@@ -174,12 +177,56 @@ enum BenchCommand {
     },
 }
 
+/// The settings a `plume.toml` (`[worker]`) or a `PLUME_*` variable may give (flag ids; see
+/// the `plume-settings` crate).
+const SETTINGS: plume_settings::Spec = plume_settings::Spec {
+    section: "worker",
+    keys: &[
+        "coordinator",
+        "token",
+        "token_file",
+        "device",
+        "slots",
+        "simulate_gpus",
+        "name",
+        "work_dir",
+        "idle_exit",
+    ],
+};
+
+/// The command line with the settings files and variables layered under it; a bad setting
+/// exits naming its source and key.
+fn parse_cli(cwd: &Path) -> (Cli, Vec<plume_settings::Setting>) {
+    use clap::{CommandFactory, FromArgMatches};
+    let parsed = plume_settings::parse(
+        Cli::command(),
+        &SETTINGS,
+        std::env::args_os().collect(),
+        cwd,
+    )
+    .and_then(|(m, s)| Ok((Cli::from_arg_matches(&m)?, s)));
+    match parsed {
+        Ok(x) => x,
+        Err(plume_settings::SettingsError::Args(e)) => e.exit(),
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    }
+}
+
 fn main() -> Result<()> {
-    let mut cli = Cli::parse();
+    let cwd = std::env::current_dir().context("the current directory")?;
+    let (mut cli, settings) = parse_cli(&cwd);
     let Some(command) = cli.command.take() else {
         return serve_remote(cli);
     };
     match command {
+        Command::Config => {
+            println!("plume-worker's settings ([worker] in plume.toml, PLUME_* variables, flags):");
+            print!("{}", plume_settings::report(&settings, &cwd));
+            Ok(())
+        }
         Command::Dataset {
             command:
                 DatasetCommand::Synth {

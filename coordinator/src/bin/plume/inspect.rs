@@ -101,7 +101,34 @@ pub async fn show_command(args: ShowArgs) -> Result<()> {
     let d = experiment_detail(&conn, experiment).await?;
     print_experiment(&d, true);
     print_storage(&d);
+    print_worker_time(&d);
     Ok(())
+}
+
+/// What the experiment cost: the wall time its attempts held a worker slot, per job kind
+/// (a running attempt counts up to now).
+fn print_worker_time(d: &pb::ExperimentDetail) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |t| t.as_secs() as i64);
+    let mut by_kind: BTreeMap<&str, (i64, usize)> = BTreeMap::new();
+    for r in &d.runs {
+        for a in &r.attempts {
+            let end = if a.ended_unix > 0 { a.ended_unix } else { now };
+            let e = by_kind.entry(r.job_kind.as_str()).or_default();
+            e.0 += (end - a.started_unix).max(0);
+            e.1 += 1;
+        }
+    }
+    if by_kind.is_empty() {
+        return;
+    }
+    let total: i64 = by_kind.values().map(|v| v.0).sum();
+    let parts: Vec<String> = by_kind
+        .iter()
+        .map(|(k, (secs, n))| format!("{k} {secs} s ({n} attempts)"))
+        .collect();
+    println!("worker time: {total} s; {}", parts.join(", "));
 }
 
 /// `plume table`.

@@ -44,8 +44,51 @@ struct Conn {
     token: Option<String>,
 }
 
+/// The settings a `plume.toml` (`[plume]`) or a `PLUME_*` variable may give (flag ids; see
+/// the `plume-settings` crate). `--port` is left out: `up` and `postgres` mean different ports.
+const SETTINGS: plume_settings::Spec = plume_settings::Spec {
+    section: "plume",
+    keys: &[
+        "coordinator",
+        "token",
+        "workers",
+        "device",
+        "lease_secs",
+        "http_port",
+        "database_url",
+        "listen",
+        "http",
+        "tls_cert",
+        "tls_key",
+    ],
+};
+
+/// The command line with the settings files and variables layered under it; a bad setting
+/// exits naming its source and key.
+fn parse_cli(cwd: &Path) -> (Cli, Vec<plume_settings::Setting>) {
+    use clap::{CommandFactory, FromArgMatches};
+    let parsed = plume_settings::parse(
+        Cli::command(),
+        &SETTINGS,
+        std::env::args_os().collect(),
+        cwd,
+    )
+    .and_then(|(m, s)| Ok((Cli::from_arg_matches(&m)?, s)));
+    match parsed {
+        Ok(x) => x,
+        Err(plume_settings::SettingsError::Args(e)) => e.exit(),
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Cmd {
+    /// The merged settings (plume.toml files, PLUME_* variables, flags) and where each came
+    /// from; tokens are never printed.
+    Config,
     /// Coordinator + local workers (+ a private Postgres when DATABASE_URL is unset).
     Up(cluster::UpArgs),
     /// The coordinator alone, on an existing database.
@@ -113,8 +156,14 @@ async fn main() -> Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    let cwd = std::env::current_dir().context("the current directory")?;
+    let (cli, settings) = parse_cli(&cwd);
     match cli.command {
+        Cmd::Config => {
+            println!("plume's settings ([plume] in plume.toml, PLUME_* variables, flags):");
+            print!("{}", plume_settings::report(&settings, &cwd));
+            Ok(())
+        }
         Cmd::Up(args) => cluster::up_command(args).await,
         Cmd::Serve(args) => cluster::serve_command(*args).await,
         Cmd::Postgres(args) => cluster::postgres_command(args).await,

@@ -92,8 +92,7 @@ impl Store {
         .fetch_optional(&mut *tx)
         .await?;
         sqlx::query(
-            "WITH e AS (UPDATE experiments SET last_claim_at = clock_timestamp() WHERE id = $7) \
-             UPDATE runs SET state = $5, attempt = $2, lease_worker = $3, devices = $6, \
+            "UPDATE runs SET state = $5, attempt = $2, lease_worker = $3, devices = $6, \
              lease_expires = now() + make_interval(secs => $4) WHERE id = $1",
         )
         .bind(run)
@@ -102,7 +101,6 @@ impl Store {
         .bind(self.lease_secs())
         .bind(RunState::Running)
         .bind(&picked.devices)
-        .bind(picked.experiment)
         .execute(&mut *tx)
         .await?;
         let from = resume.map_or(0, |r| r.1);
@@ -138,6 +136,7 @@ impl Store {
         )
         .await?;
         tx.commit().await?;
+        super::placement::served(&self.pool, picked.experiment).await?;
         Ok(Some(Claim {
             fence: Fence {
                 worker,

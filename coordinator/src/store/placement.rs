@@ -274,6 +274,21 @@ pub(super) async fn pick_run(
     Ok(None)
 }
 
+/// Records that an experiment was just served (fair share's "least recently served"). After
+/// the claim commits, in its own statement: inside the claim it would hold the experiment's
+/// row lock, and every slot claiming from the experiment would wait on it. Skipped when the
+/// time on record is under 20 ms old, so a burst of claims writes the row once.
+pub(super) async fn served(pool: &PgPool, experiment: i64) -> Result<()> {
+    sqlx::query(
+        "UPDATE experiments SET last_claim_at = clock_timestamp() WHERE id = $1 \
+         AND (last_claim_at IS NULL OR last_claim_at < clock_timestamp() - interval '20 milliseconds')",
+    )
+    .bind(experiment)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
 /// Every queued run's position and, where no connected worker can host it, the reason.
 #[derive(Debug, Default)]
 pub struct QueueView {

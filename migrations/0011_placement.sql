@@ -12,3 +12,5 @@ ALTER TABLE experiments ADD COLUMN priority INT NOT NULL DEFAULT 0;
 ALTER TABLE experiments ADD COLUMN last_claim_at TIMESTAMPTZ;
 -- Claims look for the oldest queued run of one experiment at a time.
 CREATE INDEX runs_queued_by_experiment ON runs (experiment_id, queued_at, id) WHERE state = 'queued';
+-- Fair share counts each experiment's running runs at every claim.
+CREATE INDEX runs_running_by_experiment ON runs (experiment_id) WHERE state = 'running';

@@ -203,26 +203,30 @@ pub(super) async fn pick_run(
     worker: i64,
     kinds: &[String],
 ) -> Result<Option<Picked>> {
-    sqlx::query("SELECT pg_advisory_xact_lock($1 # $2)")
-        .bind(PLACEMENT_LOCK)
-        .bind(worker)
-        .execute(&mut **tx)
-        .await?;
     let caps: Option<serde_json::Value> =
         sqlx::query_scalar("SELECT capabilities FROM workers WHERE id = $1")
             .bind(worker)
             .fetch_optional(&mut **tx)
             .await?;
     let devices = worker_devices(&caps.unwrap_or_default());
-    let used: HashSet<String> = sqlx::query_scalar(
-        "SELECT unnest(devices) FROM runs WHERE state = $2 AND lease_worker = $1",
-    )
-    .bind(worker)
-    .bind(RunState::Running)
-    .fetch_all(&mut **tx)
-    .await?
-    .into_iter()
-    .collect();
+    // A one-slot worker asks only when its slot is free: nothing to lock or subtract.
+    let mut used: HashSet<String> = HashSet::new();
+    if devices.len() > 1 {
+        sqlx::query("SELECT pg_advisory_xact_lock($1 # $2)")
+            .bind(PLACEMENT_LOCK)
+            .bind(worker)
+            .execute(&mut **tx)
+            .await?;
+        used = sqlx::query_scalar(
+            "SELECT unnest(devices) FROM runs WHERE state = $2 AND lease_worker = $1",
+        )
+        .bind(worker)
+        .bind(RunState::Running)
+        .fetch_all(&mut **tx)
+        .await?
+        .into_iter()
+        .collect();
+    }
     let free: Vec<Device> = devices
         .into_iter()
         .filter(|d| !used.contains(&d.name))

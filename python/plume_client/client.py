@@ -123,7 +123,7 @@ class Client:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _call(self, method: str, request, stream: bool = False):
+    def _call(self, method: str, request):
         try:
             return getattr(self._stub, method)(
                 request, metadata=self._metadata, timeout=self.timeout

@@ -292,6 +292,22 @@ pub fn parse(
     Ok((matches, report))
 }
 
+/// [`parse`] of this process's command line into `C`, for a binary's `main`: clap's own
+/// errors (and `--help`, `--version`) exit as clap exits them; a bad setting exits with
+/// status 2, naming its source and key.
+pub fn parse_or_exit<C: clap::Parser>(spec: &Spec, cwd: &Path) -> (C, Vec<Setting>) {
+    let parsed = parse(C::command(), spec, std::env::args_os().collect(), cwd)
+        .and_then(|(m, s)| Ok((C::from_arg_matches(&m)?, s)));
+    match parsed {
+        Ok(x) => x,
+        Err(SettingsError::Args(e)) => e.exit(),
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    }
+}
+
 /// Marks the settings given as flags on this command line.
 fn flags_over_report(matches: &ArgMatches, report: &mut [Setting]) {
     let mut m = Some(matches);

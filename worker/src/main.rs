@@ -194,30 +194,9 @@ const SETTINGS: plume_settings::Spec = plume_settings::Spec {
     ],
 };
 
-/// The command line with the settings files and variables layered under it; a bad setting
-/// exits naming its source and key.
-fn parse_cli(cwd: &Path) -> (Cli, Vec<plume_settings::Setting>) {
-    use clap::{CommandFactory, FromArgMatches};
-    let parsed = plume_settings::parse(
-        Cli::command(),
-        &SETTINGS,
-        std::env::args_os().collect(),
-        cwd,
-    )
-    .and_then(|(m, s)| Ok((Cli::from_arg_matches(&m)?, s)));
-    match parsed {
-        Ok(x) => x,
-        Err(plume_settings::SettingsError::Args(e)) => e.exit(),
-        Err(e) => {
-            eprintln!("error: {e}");
-            std::process::exit(2);
-        }
-    }
-}
-
 fn main() -> Result<()> {
     let cwd = std::env::current_dir().context("the current directory")?;
-    let (mut cli, settings) = parse_cli(&cwd);
+    let (mut cli, settings) = plume_settings::parse_or_exit::<Cli>(&SETTINGS, &cwd);
     let Some(command) = cli.command.take() else {
         return serve_remote(cli);
     };

@@ -136,7 +136,10 @@ impl Store {
         )
         .await?;
         tx.commit().await?;
-        super::placement::served(&self.pool, picked.experiment).await?;
+        // Best effort: the run is claimed; a lost fairness timestamp must not lose the claim.
+        if let Err(e) = super::placement::served(&self.pool, picked.experiment).await {
+            tracing::warn!("recording experiment {} as served: {e}", picked.experiment);
+        }
         Ok(Some(Claim {
             fence: Fence {
                 worker,
@@ -157,10 +160,7 @@ impl Store {
     /// lost its lease (another attempt has the run, or the rescuer took it back); a heartbeat
     /// that arrives after its own attempt finished is [`Beat::Finished`], not a lost lease.
     pub async fn heartbeat(&self, f: Fence, step: i64, total: i64) -> Result<Beat> {
-        sqlx::query("UPDATE workers SET last_seen = now() WHERE id = $1")
-            .bind(f.worker)
-            .execute(&self.pool)
-            .await?;
+        self.touch_worker(f.worker).await?;
         let r: Option<(bool, bool)> = sqlx::query_as(
             "UPDATE runs SET lease_expires = now() + make_interval(secs => $4), \
              step = GREATEST(step, $5), total_steps = CASE WHEN $6 > 0 THEN $6 ELSE total_steps END \

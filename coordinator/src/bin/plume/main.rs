@@ -63,27 +63,6 @@ const SETTINGS: plume_settings::Spec = plume_settings::Spec {
     ],
 };
 
-/// The command line with the settings files and variables layered under it; a bad setting
-/// exits naming its source and key.
-fn parse_cli(cwd: &Path) -> (Cli, Vec<plume_settings::Setting>) {
-    use clap::{CommandFactory, FromArgMatches};
-    let parsed = plume_settings::parse(
-        Cli::command(),
-        &SETTINGS,
-        std::env::args_os().collect(),
-        cwd,
-    )
-    .and_then(|(m, s)| Ok((Cli::from_arg_matches(&m)?, s)));
-    match parsed {
-        Ok(x) => x,
-        Err(plume_settings::SettingsError::Args(e)) => e.exit(),
-        Err(e) => {
-            eprintln!("error: {e}");
-            std::process::exit(2);
-        }
-    }
-}
-
 #[derive(Subcommand)]
 enum Cmd {
     /// The merged settings (plume.toml files, PLUME_* variables, flags) and where each came
@@ -157,7 +136,7 @@ async fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cwd = std::env::current_dir().context("the current directory")?;
-    let (cli, settings) = parse_cli(&cwd);
+    let (cli, settings) = plume_settings::parse_or_exit::<Cli>(&SETTINGS, &cwd);
     match cli.command {
         Cmd::Config => {
             println!("plume's settings ([plume] in plume.toml, PLUME_* variables, flags):");

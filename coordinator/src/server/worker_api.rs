@@ -88,7 +88,6 @@ impl WorkerApi for Coordinator {
             let mut running: Option<Fence> = None;
             // Assignments sent in this session (heartbeats echo how many they saw).
             let mut assigned: u64 = 0;
-            let touch_every = me.store.lease / 4;
             let mut last_touch: Option<std::time::Instant> = None;
             let mut tick = tokio::time::interval(me.cfg.intervals.claim_poll);
             loop {
@@ -102,11 +101,8 @@ impl WorkerApi for Coordinator {
                                 idle = hb.idle;
                                 running = reported;
                             }
-                            // Idle slots beat every second; the worker counts as connected for a
-                            // whole lease, so writing that down every few seconds is enough.
-                            if reported.is_none() && last_touch.is_none_or(|t| t.elapsed() >= touch_every) {
-                                last_touch = Some(std::time::Instant::now());
-                                let _ = me.store.touch_worker(worker).await.map_err(|e| tracing::error!("heartbeat: {e}"));
+                            if reported.is_none() {
+                                touch_when_due(&me.store, worker, &mut last_touch).await;
                             }
                             if let Some(f) = reported {
                                 if f.worker != worker { continue; }
@@ -304,6 +300,18 @@ fn cancel_msg(f: Fence, reason: &str) -> pb::CoordinatorMessage {
             }),
             reason: reason.into(),
         })),
+    }
+}
+
+/// Marks an idle worker alive. Idle slots beat every second, but a worker counts as connected
+/// for a whole lease, so writing that down once per quarter lease is enough.
+async fn touch_when_due(store: &Store, worker: i64, last: &mut Option<std::time::Instant>) {
+    if last.is_some_and(|t| t.elapsed() < store.lease / 4) {
+        return;
+    }
+    *last = Some(std::time::Instant::now());
+    if let Err(e) = store.touch_worker(worker).await {
+        tracing::error!("heartbeat: {e}");
     }
 }
 

@@ -5,7 +5,7 @@
 use plume_coordinator::chaos::audit::{curve_damage, stale_writes};
 use plume_coordinator::pg::PrivatePostgres;
 use plume_coordinator::states::Outcome;
-use plume_coordinator::store::{Series, Store};
+use plume_coordinator::store::{Claimant, Series, Store};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -35,7 +35,7 @@ async fn the_audit_counts_duplicates_gaps_and_stale_writes() {
         .await
         .unwrap();
     let claim = store
-        .claim(w, &["train-judge".to_string()])
+        .claim(&Claimant::one_slot(w, &["train-judge".to_string()]))
         .await
         .unwrap()
         .unwrap();

@@ -5,7 +5,7 @@
 
 use plume_coordinator::blobs;
 use plume_coordinator::states::Outcome;
-use plume_coordinator::store::{Fence, Series, Store, StoreError};
+use plume_coordinator::store::{Claimant, Fence, Series, Store, StoreError};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -114,7 +114,11 @@ async fn resume_state_lives_only_where_a_resume_needs_it() {
         .register_worker("w", serde_json::json!({}))
         .await
         .unwrap();
-    let claim = store.claim(w, &kinds).await.unwrap().unwrap();
+    let claim = store
+        .claim(&Claimant::one_slot(w, &kinds))
+        .await
+        .unwrap()
+        .unwrap();
     let f = claim.fence;
 
     // Step 1 scores best; 2 and 3 worse.
@@ -185,7 +189,12 @@ async fn resume_state_lives_only_where_a_resume_needs_it() {
     let keeping = yaml("keeping", "{latest: 1, final_state: true}");
     let exp = plume_coordinator::experiment::parse("keeping.yaml", &keeping).unwrap();
     store.submit(&exp, "keeping.yaml", &keeping).await.unwrap();
-    let f = store.claim(w, &kinds).await.unwrap().unwrap().fence;
+    let f = store
+        .claim(&Claimant::one_slot(w, &kinds))
+        .await
+        .unwrap()
+        .unwrap()
+        .fence;
     let (file4, _) = text_checkpoint(4);
     let (id4, _) = store.store_checkpoint(f, 1, &file4).await.unwrap();
     store

@@ -5,7 +5,7 @@
 
 use plume_coordinator::pg::PrivatePostgres;
 use plume_coordinator::states::{AttemptState, Outcome, RunState};
-use plume_coordinator::store::{Beat, Fence, Series, Store, StoreError};
+use plume_coordinator::store::{Beat, Claimant, Fence, Series, Store, StoreError};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -44,7 +44,11 @@ async fn a_stale_attempt_cannot_write() {
         .register_worker("w2", serde_json::json!({}))
         .await
         .unwrap();
-    let first = store.claim(w1, &kinds).await.unwrap().unwrap();
+    let first = store
+        .claim(&Claimant::one_slot(w1, &kinds))
+        .await
+        .unwrap()
+        .unwrap();
     let mut batch = BTreeMap::new();
     batch.insert(
         "loss".to_string(),
@@ -61,7 +65,11 @@ async fn a_stale_attempt_cannot_write() {
     // The lease runs out; the run is requeued and claimed by another worker.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(store.reap_expired().await.unwrap(), 1);
-    let second = store.claim(w2, &kinds).await.unwrap().unwrap();
+    let second = store
+        .claim(&Claimant::one_slot(w2, &kinds))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(second.fence.attempt, 2);
     // Everything the first attempt tries now is refused.
     let stale = Fence { ..first.fence };
@@ -87,7 +95,11 @@ async fn a_stale_attempt_cannot_write() {
         .finish(second.fence, Outcome::Released, "worker shutting down", 2)
         .await
         .unwrap();
-    let third = store.claim(w1, &kinds).await.unwrap().unwrap();
+    let third = store
+        .claim(&Claimant::one_slot(w1, &kinds))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(third.fence.attempt, 3);
     store
         .finish(third.fence, Outcome::Succeeded, "ok", 5)
@@ -129,7 +141,11 @@ async fn a_failed_run_reruns_with_a_fresh_restart_budget_from_its_checkpoint() {
         .unwrap();
     let judge_state = || async { state(&store, exp_id, "judge").await.0 };
     // Attempt 1 writes a checkpoint, then its worker vanishes: requeued (restart 1 of 1).
-    let first = store.claim(w, &kinds).await.unwrap().unwrap();
+    let first = store
+        .claim(&Claimant::one_slot(w, &kinds))
+        .await
+        .unwrap()
+        .unwrap();
     let ckpt =
         plume_coordinator::blobs::f32_checkpoint("train-judge", &[("w", vec![0u8; 16])], None);
     let (ckpt_id, _) = store.store_checkpoint(first.fence, 3, &ckpt).await.unwrap();
@@ -137,7 +153,11 @@ async fn a_failed_run_reruns_with_a_fresh_restart_budget_from_its_checkpoint() {
     assert_eq!(store.reap_expired().await.unwrap(), 1);
     assert_eq!(judge_state().await, RunState::Queued);
     // Attempt 2 vanishes too: no restarts remain, so the judge fails and takes `gen` with it.
-    let second = store.claim(w, &kinds).await.unwrap().unwrap();
+    let second = store
+        .claim(&Claimant::one_slot(w, &kinds))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(second.resume, Some((ckpt_id, 3)));
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(store.reap_expired().await.unwrap(), 1);
@@ -150,19 +170,31 @@ async fn a_failed_run_reruns_with_a_fresh_restart_budget_from_its_checkpoint() {
     assert_eq!(state(&store, exp_id, "gen").await.0, RunState::Pending);
     // The judge resumes from its checkpoint, and has a fresh budget: one lost attempt is
     // again a restart, not a failure.
-    let third = store.claim(w, &kinds).await.unwrap().unwrap();
+    let third = store
+        .claim(&Claimant::one_slot(w, &kinds))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(third.fence.attempt, 3);
     assert_eq!(third.resume, Some((ckpt_id, 3)));
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(store.reap_expired().await.unwrap(), 1);
     assert_eq!(judge_state().await, RunState::Queued);
-    let fourth = store.claim(w, &kinds).await.unwrap().unwrap();
+    let fourth = store
+        .claim(&Claimant::one_slot(w, &kinds))
+        .await
+        .unwrap()
+        .unwrap();
     store
         .finish(fourth.fence, Outcome::Succeeded, "ok", 5)
         .await
         .unwrap();
     // Its success releases `gen`, which gets the judge's checkpoint as its input.
-    let gen = store.claim(w, &kinds).await.unwrap().unwrap();
+    let gen = store
+        .claim(&Claimant::one_slot(w, &kinds))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(gen.run_name, "gen");
     assert_eq!(gen.inputs, [("judge".to_string(), ckpt_id)]);
     // A run that did not fail is refused by name, with the reason.
@@ -199,7 +231,14 @@ async fn runs_ending_together_settle_their_experiment() {
         let (id, _) = store.submit(&exp, "t.yaml", "").await.unwrap();
         let mut fences = vec![];
         for &w in &workers {
-            fences.push(store.claim(w, &kinds).await.unwrap().unwrap().fence);
+            fences.push(
+                store
+                    .claim(&Claimant::one_slot(w, &kinds))
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .fence,
+            );
         }
         let finishes = fences
             .iter()

@@ -4,7 +4,7 @@
 
 use plume_coordinator::server::{Config, Coordinator, Intervals, Limits};
 use plume_coordinator::states::{AttemptState, RunState};
-use plume_coordinator::store::Store;
+use plume_coordinator::store::{Claimant, Store};
 use std::time::{Duration, Instant};
 
 use plume_coordinator::pg::PrivatePostgres;
@@ -35,7 +35,7 @@ async fn a_silent_workers_run_is_requeued_when_its_lease_expires_and_not_before(
     // The lease starts inside `claim`: after `before_claim`, before `claimed_at`.
     let before_claim = Instant::now();
     let claim = store
-        .claim(worker, &["train-judge".to_string()])
+        .claim(&Claimant::one_slot(worker, &["train-judge".to_string()]))
         .await
         .unwrap()
         .expect("the judge run is claimable");

@@ -4,7 +4,7 @@
 use crate::client::{user_client, Auth};
 use crate::pg::PrivatePostgres;
 use crate::server::{serve, Config, Coordinator, Intervals, Limits};
-use crate::store::Store;
+use crate::store::{Claimant, Store};
 use plume_proto::v1 as pb;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
@@ -82,7 +82,7 @@ async fn leased_run(
     })
     .await?;
     let claim = store
-        .claim(worker, &["train-judge".to_string()])
+        .claim(&Claimant::one_slot(worker, &["train-judge".to_string()]))
         .await?
         .ok_or_else(|| anyhow::anyhow!("nothing to claim"))?;
     Ok(pb::Fence {

@@ -3,7 +3,7 @@
 //! resume state kept only where a resume needs it, against keeping it everywhere.
 
 use crate::states::Outcome;
-use crate::store::{Fence, Series, Store};
+use crate::store::{Claimant, Fence, Series, Store};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Instant;
@@ -206,7 +206,7 @@ async fn sweep_bench(store: &Store, out: &mut String, stamp: u64) -> anyhow::Res
         let t = Instant::now();
         for r in 0..RUNS {
             let claim = store
-                .claim(worker, &kinds)
+                .claim(&Claimant::one_slot(worker, &kinds))
                 .await?
                 .ok_or_else(|| anyhow::anyhow!("no queued run"))?;
             let f: Fence = claim.fence;

@@ -265,24 +265,6 @@ impl Coordinator {
         Ok((id, row))
     }
 
-    async fn worker_kinds(&self, id: i64) -> Result<Vec<String>, Status> {
-        let caps: Option<serde_json::Value> =
-            sqlx::query_scalar("SELECT capabilities FROM workers WHERE id = $1")
-                .bind(id)
-                .fetch_optional(&self.store.pool)
-                .await
-                .map_err(|e| status(e.into()))?;
-        let caps = caps.ok_or_else(|| Status::not_found("unknown worker; register again"))?;
-        Ok(caps["job_kinds"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|v| v.as_str().map(str::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default())
-    }
-
     async fn collect_upload(
         &self,
         mut stream: Streaming<pb::UploadChunk>,

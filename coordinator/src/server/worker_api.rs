@@ -80,7 +80,12 @@ impl WorkerApi for Coordinator {
         if !self.store.worker_exists(worker).await.map_err(status)? {
             return Err(Status::not_found("unknown worker; register again"));
         }
-        let kinds = self.worker_kinds(worker).await?;
+        let claimant = self
+            .store
+            .claimant(worker)
+            .await
+            .map_err(status)?
+            .ok_or_else(|| Status::not_found("unknown worker; register again"))?;
         let (tx, rx) = mpsc::channel::<Result<pb::CoordinatorMessage, Status>>(16);
         let me = self.clone();
         tokio::spawn(async move {
@@ -128,7 +133,7 @@ impl WorkerApi for Coordinator {
                     _ = me.work.notified() => {}
                 }
                 if idle && running.is_none() {
-                    match me.store.claim(worker, &kinds).await {
+                    match me.store.claim(&claimant).await {
                         Ok(Some(c)) => {
                             let fence = c.fence;
                             let msg = assignment(c);

@@ -77,9 +77,10 @@ impl Store {
     /// Claims the run a free slot of this worker takes (see `placement`), as a new attempt
     /// holding a lease and the devices it needs. `FOR UPDATE SKIP LOCKED` lets any number of
     /// coordinators share the database.
-    pub async fn claim(&self, worker: i64, job_kinds: &[String]) -> Result<Option<Claim>> {
+    pub async fn claim(&self, claimant: &Claimant) -> Result<Option<Claim>> {
+        let worker = claimant.worker;
         let mut tx = self.pool.begin().await?;
-        let Some(picked) = super::placement::pick_run(&mut tx, worker, job_kinds).await? else {
+        let Some(picked) = super::placement::pick_run(&mut tx, claimant).await? else {
             return Ok(None);
         };
         let row = picked.row;
@@ -137,7 +138,7 @@ impl Store {
         .await?;
         tx.commit().await?;
         // Best effort: the run is claimed; a lost fairness timestamp must not lose the claim.
-        if let Err(e) = super::placement::served(&self.pool, picked.experiment).await {
+        if let Err(e) = self.served(picked.experiment).await {
             tracing::warn!("recording experiment {} as served: {e}", picked.experiment);
         }
         Ok(Some(Claim {

@@ -40,7 +40,9 @@ pub use checkpoints::{ArtifactRow, CheckpointRow, RunStorage, Storage};
 pub use curves::{NewChunk, Ranked, TimedCurves, TimedSeries};
 pub use lifecycle::{Beat, Claim, Fence};
 pub use metrics::{Ingested, MetricSummary, Series};
-pub use placement::{pick, queue_order, unhostable, Device, LiveWorker, QueueView, Share};
+pub use placement::{
+    pick, queue_order, unhostable, Claimant, Device, LiveWorker, QueueView, Share,
+};
 pub use queries::{AttemptRow, ExperimentRow, RunProgress, RunRow};
 pub use submit::Extension;
 pub use tokens::{token_hash, LiveToken, SeedMode, Seeded, TokenRole};
@@ -78,6 +80,8 @@ pub struct Store {
     pub pool: PgPool,
     /// Lease length.
     pub lease: Duration,
+    /// When this process last recorded each experiment as served (see `placement`).
+    served: std::sync::Arc<std::sync::Mutex<HashMap<i64, std::time::Instant>>>,
 }
 
 impl Store {
@@ -90,7 +94,11 @@ impl Store {
             .await
             .map_err(|e| anyhow::anyhow!("cannot connect to Postgres: {e}"))?;
         sqlx::migrate!("../migrations").run(&pool).await?;
-        Ok(Store { pool, lease })
+        Ok(Store {
+            pool,
+            lease,
+            served: Default::default(),
+        })
     }
 
     fn lease_secs(&self) -> f64 {

@@ -12,6 +12,10 @@ use std::collections::{BinaryHeap, HashSet};
 /// slots claim one at a time, so two never take the same device.
 const PLACEMENT_LOCK: i64 = 0x504C_4143_0000_0000;
 
+/// How stale an experiment's "last served" time may be: fair share alternates experiments
+/// by it, and writing it at every claim would cost a statement per run.
+const SERVED_EVERY: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// One device slot of a worker, as it registered it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Device {
@@ -75,6 +79,46 @@ pub fn pick(free: &[Device], gpus: i32, min_mb: i64) -> Option<Vec<String>> {
         .map(|d| d.name.clone())
         .collect();
     (fit.len() == gpus as usize).then_some(fit)
+}
+
+/// The job kinds in a worker's registered capabilities.
+fn job_kinds(caps: &serde_json::Value) -> Vec<String> {
+    caps.get("job_kinds")
+        .and_then(|k| serde_json::from_value(k.clone()).ok())
+        .unwrap_or_default()
+}
+
+/// A worker as its claims see it: what it runs and its device slots, read once per session
+/// from its registration rather than at every claim.
+#[derive(Debug, Clone)]
+pub struct Claimant {
+    /// Worker id.
+    pub worker: i64,
+    /// Job kinds it runs.
+    pub kinds: Vec<String>,
+    /// All its device slots, busy or not.
+    pub devices: Vec<Device>,
+}
+
+impl Claimant {
+    /// From the capabilities the worker registered.
+    pub fn from_capabilities(worker: i64, caps: &serde_json::Value) -> Claimant {
+        Claimant {
+            worker,
+            kinds: job_kinds(caps),
+            devices: worker_devices(caps),
+        }
+    }
+
+    /// One CPU slot running `kinds` (tests and benchmarks that claim for a registration
+    /// without a worker process).
+    pub fn one_slot(worker: i64, kinds: &[String]) -> Claimant {
+        Claimant {
+            worker,
+            kinds: kinds.to_vec(),
+            devices: worker_devices(&serde_json::Value::Null),
+        }
+    }
 }
 
 /// A connected worker as queue reasons see it.
@@ -198,29 +242,20 @@ pub(super) struct Picked {
 }
 
 /// Chooses (and locks) the run a free slot of `worker` takes, if any fits.
-pub(super) async fn pick_run(
-    tx: &mut Tx<'_>,
-    worker: i64,
-    kinds: &[String],
-) -> Result<Option<Picked>> {
-    let caps: Option<serde_json::Value> =
-        sqlx::query_scalar("SELECT capabilities FROM workers WHERE id = $1")
-            .bind(worker)
-            .fetch_optional(&mut **tx)
-            .await?;
-    let devices = worker_devices(&caps.unwrap_or_default());
+pub(super) async fn pick_run(tx: &mut Tx<'_>, worker: &Claimant) -> Result<Option<Picked>> {
+    let devices = &worker.devices;
     // A one-slot worker asks only when its slot is free: nothing to lock or subtract.
     let mut used: HashSet<String> = HashSet::new();
     if devices.len() > 1 {
         sqlx::query("SELECT pg_advisory_xact_lock($1 # $2)")
             .bind(PLACEMENT_LOCK)
-            .bind(worker)
+            .bind(worker.worker)
             .execute(&mut **tx)
             .await?;
         used = sqlx::query_scalar(
             "SELECT unnest(devices) FROM runs WHERE state = $2 AND lease_worker = $1",
         )
-        .bind(worker)
+        .bind(worker.worker)
         .bind(RunState::Running)
         .fetch_all(&mut **tx)
         .await?
@@ -228,8 +263,9 @@ pub(super) async fn pick_run(
         .collect();
     }
     let free: Vec<Device> = devices
-        .into_iter()
+        .iter()
         .filter(|d| !used.contains(&d.name))
+        .cloned()
         .collect();
     if free.is_empty() {
         return Ok(None);
@@ -239,30 +275,33 @@ pub(super) async fn pick_run(
         .filter(|d| d.is_gpu())
         .map(Device::memory_mb)
         .collect();
+    // The states are literals, as in the partial indexes' predicates: with a bound state a
+    // cached (generic) plan cannot use those indexes, and Postgres would plan every claim
+    // anew (0.3 ms of its CPU per claim in `plume bench --suite scheduling`). "Has a queued
+    // run" is a scalar subquery, not EXISTS, so that it stays one index probe per experiment:
+    // a generic plan made while the queue was small turned EXISTS into a scan of every
+    // queued run.
     let experiments: Vec<i64> = sqlx::query_scalar(
-        "SELECT e.id FROM experiments e WHERE e.state = $1 AND EXISTS \
-         (SELECT 1 FROM runs q WHERE q.experiment_id = e.id AND q.state = $2) \
+        "SELECT e.id FROM experiments e WHERE e.state = $1 AND (SELECT true FROM runs q \
+         WHERE q.experiment_id = e.id AND q.state = 'queued' LIMIT 1) \
          ORDER BY e.priority DESC, \
-         (SELECT count(*) FROM runs x WHERE x.experiment_id = e.id AND x.state = $3), \
+         (SELECT count(*) FROM runs x WHERE x.experiment_id = e.id AND x.state = 'running'), \
          e.last_claim_at NULLS FIRST, e.id",
     )
     .bind(ExperimentState::Running)
-    .bind(RunState::Queued)
-    .bind(RunState::Running)
     .fetch_all(&mut **tx)
     .await?;
     for experiment in experiments {
         let row = sqlx::query(
             "SELECT r.id, r.name, r.job_kind, r.config, r.attempt, r.gpus, r.min_gpu_memory_mb, \
              e.name AS exp FROM runs r JOIN experiments e ON e.id = r.experiment_id \
-             WHERE r.experiment_id = $1 AND r.state = $2 AND r.job_kind = ANY($3) \
-             AND (r.gpus = 0 OR r.gpus <= (SELECT count(*) FROM unnest($4::int8[]) m \
+             WHERE r.experiment_id = $1 AND r.state = 'queued' AND r.job_kind = ANY($2) \
+             AND (r.gpus = 0 OR r.gpus <= (SELECT count(*) FROM unnest($3::int8[]) m \
                                             WHERE m >= r.min_gpu_memory_mb)) \
              ORDER BY r.queued_at, r.id LIMIT 1 FOR UPDATE OF r SKIP LOCKED",
         )
         .bind(experiment)
-        .bind(RunState::Queued)
-        .bind(kinds)
+        .bind(&worker.kinds)
         .bind(&gpu_mb)
         .fetch_optional(&mut **tx)
         .await?;
@@ -276,21 +315,6 @@ pub(super) async fn pick_run(
         }));
     }
     Ok(None)
-}
-
-/// Records that an experiment was just served (fair share's "least recently served"). After
-/// the claim commits, in its own statement: inside the claim it would hold the experiment's
-/// row lock, and every slot claiming from the experiment would wait on it. Skipped when the
-/// time on record is under 20 ms old, so a burst of claims writes the row once.
-pub(super) async fn served(pool: &PgPool, experiment: i64) -> Result<()> {
-    sqlx::query(
-        "UPDATE experiments SET last_claim_at = clock_timestamp() WHERE id = $1 \
-         AND (last_claim_at IS NULL OR last_claim_at < clock_timestamp() - interval '20 milliseconds')",
-    )
-    .bind(experiment)
-    .execute(pool)
-    .await?;
-    Ok(())
 }
 
 /// Every queued run's position and, where no connected worker can host it, the reason.
@@ -368,13 +392,51 @@ impl Store {
             .into_iter()
             .map(|(name, caps)| LiveWorker {
                 name,
-                kinds: caps
-                    .get("job_kinds")
-                    .and_then(|k| serde_json::from_value(k.clone()).ok())
-                    .unwrap_or_default(),
+                kinds: job_kinds(&caps),
                 devices: worker_devices(&caps),
             })
             .collect())
+    }
+
+    /// Records that an experiment was just served (fair share's "least recently served"),
+    /// after the claim commits, in its own statement: inside the claim it would hold the
+    /// experiment's row lock, and every slot claiming from the experiment would wait on it.
+    /// At most once per `SERVED_EVERY` per experiment and coordinator (the statement checks
+    /// the same across coordinators), so a burst of claims writes the row once.
+    pub(super) async fn served(&self, experiment: i64) -> Result<()> {
+        let now = std::time::Instant::now();
+        {
+            let mut served = self.served.lock().expect("the served map is never poisoned");
+            if served
+                .get(&experiment)
+                .is_some_and(|at| now.duration_since(*at) < SERVED_EVERY)
+            {
+                return Ok(());
+            }
+            if served.len() > 1024 {
+                served.retain(|_, at| now.duration_since(*at) < SERVED_EVERY);
+            }
+            served.insert(experiment, now);
+        }
+        sqlx::query(
+            "UPDATE experiments SET last_claim_at = clock_timestamp() WHERE id = $1 \
+             AND (last_claim_at IS NULL OR last_claim_at < clock_timestamp() - $2::interval)",
+        )
+        .bind(experiment)
+        .bind(SERVED_EVERY)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// A registered worker as its claims see it; `None` for an unknown id.
+    pub async fn claimant(&self, worker: i64) -> Result<Option<Claimant>> {
+        let caps: Option<serde_json::Value> =
+            sqlx::query_scalar("SELECT capabilities FROM workers WHERE id = $1")
+                .bind(worker)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(caps.map(|caps| Claimant::from_capabilities(worker, &caps)))
     }
 
     /// Records that a worker is alive (its idle heartbeats; running ones renew a lease).

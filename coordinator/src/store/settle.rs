@@ -59,21 +59,22 @@ pub(super) async fn settle(tx: &mut Tx<'_>, run: i64, state: RunState) -> Result
         .fetch_one(&mut **tx)
         .await?;
     lock_experiment(tx, experiment).await?;
+    // The unended states are literals, as in `runs_unended_by_experiment`'s predicate, so a
+    // cached plan uses that index.
     sqlx::query(
         "UPDATE experiments e SET state = CASE \
             WHEN EXISTS (SELECT 1 FROM runs WHERE experiment_id = e.id AND state = $2) THEN $3 \
             WHEN EXISTS (SELECT 1 FROM runs WHERE experiment_id = e.id AND state = $4) THEN $5 \
             ELSE $6 END \
-         WHERE e.id = (SELECT experiment_id FROM runs WHERE id = $1) \
-         AND NOT EXISTS (SELECT 1 FROM runs WHERE experiment_id = e.id AND state = ANY($7))",
+         WHERE e.id = $1 AND NOT EXISTS (SELECT 1 FROM runs WHERE experiment_id = e.id \
+                                         AND state IN ('pending', 'queued', 'running'))",
     )
-    .bind(run)
+    .bind(experiment)
     .bind(RunState::Failed)
     .bind(ExperimentState::Failed)
     .bind(RunState::Cancelled)
     .bind(ExperimentState::Cancelled)
     .bind(ExperimentState::Succeeded)
-    .bind(unended_run_states())
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -88,4 +89,17 @@ pub(super) async fn lock_experiment(tx: &mut Tx<'_>, experiment: i64) -> Result<
         .execute(&mut **tx)
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    /// The settlement statement and `runs_unended_by_experiment` name the unended states as
+    /// literals (so a cached plan can use the index): they must be exactly these.
+    #[test]
+    fn the_literal_unended_states_are_the_unended_states() {
+        assert_eq!(
+            super::unended_run_states(),
+            ["pending", "queued", "running"]
+        );
+    }
 }

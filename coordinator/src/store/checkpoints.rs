@@ -78,11 +78,10 @@ impl Store {
         let parts = blobs::part_sizes(data)
             .map_err(|e| StoreError::Invalid(format!("not a checkpoint: {e}")))?;
         let mut tx = self.pool.begin().await?;
-        lock_fence(&mut tx, f).await?;
+        let leased = lock_fence(&mut tx, f).await?;
         chunk_lock(&mut tx, false).await?;
         let (hashes, new_bytes) = store_chunks(&mut tx, data, &chunks, true).await?;
-        let (_, objective_name, _) = experiment_of(&mut tx, f.run).await?;
-        let objective = value_at(&mut tx, f.run, &objective_name, step).await?;
+        let objective = value_at(&mut tx, f.run, &leased.objective, step).await?;
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO checkpoints (run_id, attempt, step, size, sha256, chunks, objective, state_size) \
              VALUES ($1,$2,$3,$4,$5,$6,$7,$8) ON CONFLICT (run_id, step) DO UPDATE SET \

@@ -86,15 +86,25 @@ impl Store {
         let row = picked.row;
         let run: i64 = row.get("id");
         let attempt: i32 = row.get::<i32, _>("attempt") + 1;
-        let resume: Option<(i64, i64)> = sqlx::query_as(
-            "SELECT id, step FROM checkpoints WHERE run_id = $1 ORDER BY step DESC LIMIT 1",
-        )
-        .bind(run)
-        .fetch_optional(&mut *tx)
-        .await?;
+        let (resume, inputs) = starting_point(&mut tx, run).await?;
+        let from = resume.map_or(0, |r| r.1);
+        let message = format!(
+            "attempt {attempt} on worker {worker}{}",
+            if from > 0 {
+                format!(", resuming from step {from}")
+            } else {
+                String::new()
+            }
+        );
+        // The run, its new attempt and the event in one statement: every claim passes here.
         sqlx::query(
-            "UPDATE runs SET state = $5, attempt = $2, lease_worker = $3, devices = $6, \
-             lease_expires = now() + make_interval(secs => $4) WHERE id = $1",
+            "WITH run AS (UPDATE runs SET state = $5, attempt = $2, lease_worker = $3, \
+                          devices = $6, lease_expires = now() + make_interval(secs => $4) \
+                          WHERE id = $1), \
+             attempt AS (INSERT INTO attempts (run_id, attempt, worker_id, resumed_from_step, \
+                                               inputs) VALUES ($1, $2, $3, $7, $8)) \
+             INSERT INTO events (experiment_id, run_id, kind, message) \
+             VALUES ($9, $1, 'started', $10)",
         )
         .bind(run)
         .bind(attempt)
@@ -102,19 +112,10 @@ impl Store {
         .bind(self.lease_secs())
         .bind(RunState::Running)
         .bind(&picked.devices)
-        .execute(&mut *tx)
-        .await?;
-        let from = resume.map_or(0, |r| r.1);
-        let inputs = upstream_checkpoints(&mut tx, run).await?;
-        sqlx::query(
-            "INSERT INTO attempts (run_id, attempt, worker_id, resumed_from_step, inputs) \
-             VALUES ($1,$2,$3,$4,$5)",
-        )
-        .bind(run)
-        .bind(attempt)
-        .bind(worker)
         .bind(from)
         .bind(sqlx::types::Json(&inputs))
+        .bind(picked.experiment)
+        .bind(&message)
         .execute(&mut *tx)
         .await?;
         if attempt > 1 {
@@ -122,20 +123,6 @@ impl Store {
             // later points so the curve keeps one point per (metric, step).
             truncate_after(&mut tx, run, from).await?;
         }
-        event(
-            &mut tx,
-            run,
-            "started",
-            &format!(
-                "attempt {attempt} on worker {worker}{}",
-                if from > 0 {
-                    format!(", resuming from step {from}")
-                } else {
-                    String::new()
-                }
-            ),
-        )
-        .await?;
         tx.commit().await?;
         // Best effort: the run is claimed; a lost fairness timestamp must not lose the claim.
         if let Err(e) = self.served(picked.experiment).await {
@@ -207,16 +194,13 @@ impl Store {
     /// runs that needed it; either way retention runs and the experiment's state is updated.
     pub async fn finish(&self, f: Fence, outcome: Outcome, message: &str, step: i64) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        lock_fence(&mut tx, f).await?;
-        let stop_requested: bool =
-            sqlx::query_scalar("SELECT stop_requested FROM runs WHERE id = $1")
-                .bind(f.run)
-                .fetch_one(&mut *tx)
-                .await?;
+        let leased = lock_fence(&mut tx, f).await?;
         // A run the search stopped ends stopped, whether its worker cancelled the job or was
         // going away at that moment.
         let state = match outcome {
-            Outcome::Cancelled | Outcome::Released if stop_requested => Some(RunState::Stopped),
+            Outcome::Cancelled | Outcome::Released if leased.stop_requested => {
+                Some(RunState::Stopped)
+            }
             _ => outcome.final_run_state(),
         };
         let message = match state {
@@ -254,28 +238,27 @@ impl Store {
             RunState::Stopped => AttemptState::Stopped,
             _ => AttemptState::Failed,
         };
+        // The attempt, the run and the event in one statement: every run's end passes here.
         sqlx::query(
-            "UPDATE attempts SET state = $3, ended_at = now(), message = $4 WHERE run_id = $1 AND attempt = $2",
+            "WITH attempt AS (UPDATE attempts SET state = $3, ended_at = now(), message = $4 \
+                              WHERE run_id = $1 AND attempt = $2), \
+             run AS (UPDATE runs SET state = $5, lease_worker = NULL, lease_expires = NULL, \
+                     step = GREATEST(step, $6), error = CASE WHEN $5 = $7 THEN $4 ELSE error END \
+                     WHERE id = $1) \
+             INSERT INTO events (experiment_id, run_id, kind, message) VALUES ($8, $1, $9, $4)",
         )
         .bind(f.run)
         .bind(f.attempt)
         .bind(attempt_state)
         .bind(message)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "UPDATE runs SET state = $2, lease_worker = NULL, lease_expires = NULL, step = GREATEST(step, $3), \
-             error = CASE WHEN $2 = $5 THEN $4 ELSE error END WHERE id = $1",
-        )
-        .bind(f.run)
         .bind(state)
         .bind(step)
-        .bind(message)
         .bind(RunState::Failed)
+        .bind(leased.experiment)
+        .bind(state.as_str())
         .execute(&mut *tx)
         .await?;
-        event(&mut tx, f.run, state.as_str(), message).await?;
-        settle(&mut tx, f.run, state).await?;
+        settle(&mut tx, f.run, leased.experiment, state).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -284,16 +267,16 @@ impl Store {
     /// (a cancelled run becomes cancelled, an exhausted one failed). Returns how many.
     pub async fn reap_expired(&self) -> Result<usize> {
         let mut tx = self.pool.begin().await?;
-        let rows: Vec<(i64, i32, bool, bool, i32)> = sqlx::query_as(
+        let rows: Vec<(i64, i32, bool, bool, i32, i64)> = sqlx::query_as(
             "SELECT r.id, r.attempt - r.restart_base, r.cancel_requested, r.stop_requested, \
-             e.max_restarts FROM runs r \
+             e.max_restarts, e.id FROM runs r \
              JOIN experiments e ON e.id = r.experiment_id \
              WHERE r.state = $1 AND r.lease_expires < now() FOR UPDATE OF r SKIP LOCKED",
         )
         .bind(RunState::Running)
         .fetch_all(&mut *tx)
         .await?;
-        for &(run, attempt, cancel, stop, max_restarts) in &rows {
+        for &(run, attempt, cancel, stop, max_restarts, experiment) in &rows {
             // `attempt` counts from the last rerun; the attempt row is the run's latest.
             sqlx::query(
                 "UPDATE attempts SET state = $2, ended_at = now(), message = 'lease expired (worker died or was cut off)' \
@@ -340,7 +323,7 @@ impl Store {
             .await?;
             event(&mut tx, run, AttemptState::Lost.as_str(), &msg).await?;
             if state.is_final() {
-                settle(&mut tx, run, state).await?;
+                settle(&mut tx, run, experiment, state).await?;
             }
         }
         tx.commit().await?;
@@ -375,7 +358,7 @@ impl Store {
                     .await?;
                 let kind = RunState::Cancelled.as_str();
                 event(&mut tx, *id, kind, "cancelled before it started").await?;
-                settle(&mut tx, *id, RunState::Cancelled).await?;
+                settle(&mut tx, *id, experiment, RunState::Cancelled).await?;
             }
         }
         tx.commit().await?;
@@ -456,26 +439,37 @@ impl Store {
     }
 }
 
-/// The latest checkpoint of each upstream run a run needs, by config field; an upstream run
-/// without one is an error (the run cannot start).
-async fn upstream_checkpoints(
+/// Where a new attempt of `run` starts: its latest checkpoint `(id, step)` if any, and the
+/// latest checkpoint of each upstream run it needs, by config field (one statement). An
+/// upstream run without one is an error (the run cannot start).
+async fn starting_point(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     run: i64,
-) -> Result<Vec<(String, i64)>> {
-    let inputs: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT d.field, (SELECT c.id FROM checkpoints c WHERE c.run_id = d.upstream_id \
-         ORDER BY c.step DESC LIMIT 1) FROM run_deps d WHERE d.run_id = $1",
+) -> Result<(Option<(i64, i64)>, Vec<(String, i64)>)> {
+    type Upstream = Vec<(String, Option<i64>)>;
+    let (resume_id, resume_step, upstream): (
+        Option<i64>,
+        Option<i64>,
+        sqlx::types::Json<Upstream>,
+    ) = sqlx::query_as(
+        "SELECT c.id, c.step, (SELECT COALESCE(jsonb_agg(jsonb_build_array(d.field, \
+                 (SELECT u.id FROM checkpoints u WHERE u.run_id = d.upstream_id \
+                  ORDER BY u.step DESC LIMIT 1)) ORDER BY d.field), '[]') \
+                 FROM run_deps d WHERE d.run_id = $1) \
+             FROM (SELECT 1) one LEFT JOIN LATERAL (SELECT id, step FROM checkpoints \
+                 WHERE run_id = $1 ORDER BY step DESC LIMIT 1) c ON true",
     )
     .bind(run)
-    .fetch_all(&mut **tx)
-    .await?
-    .into_iter()
-    .map(|(f, c): (String, Option<i64>)| (f, c.unwrap_or(0)))
-    .collect();
-    if let Some((field, _)) = inputs.iter().find(|(_, c)| *c == 0) {
-        return Err(StoreError::Invalid(format!(
-            "run {run}: the upstream run for `{field}` left no checkpoint"
-        )));
+    .fetch_one(&mut **tx)
+    .await?;
+    let mut inputs = Vec::with_capacity(upstream.0.len());
+    for (field, checkpoint) in upstream.0 {
+        let Some(checkpoint) = checkpoint else {
+            return Err(StoreError::Invalid(format!(
+                "run {run}: the upstream run for `{field}` left no checkpoint"
+            )));
+        };
+        inputs.push((field, checkpoint));
     }
-    Ok(inputs)
+    Ok((resume_id.zip(resume_step), inputs))
 }

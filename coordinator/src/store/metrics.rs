@@ -79,7 +79,7 @@ impl Store {
         batch: &BTreeMap<String, Series>,
     ) -> Result<Ingested> {
         let mut tx = self.pool.begin().await?;
-        lock_fence(&mut tx, f).await?;
+        let leased = lock_fence(&mut tx, f).await?;
         let fresh = sqlx::query(
             "INSERT INTO metric_batches (run_id, attempt, seq) VALUES ($1,$2,$3) ON CONFLICT DO NOTHING",
         )
@@ -98,17 +98,17 @@ impl Store {
             });
         }
         insert_series(&mut tx, f.run, batch).await?;
-        let (exp, objective, search) = experiment_of(&mut tx, f.run).await?;
-        let stop = match search
+        let stop = match leased
+            .search
             .as_ref()
             .and_then(|s| Some((s, batch.get(&s.asha.metric)?)))
         {
             Some((s, series)) => {
-                super::search::observe(&mut tx, exp, f.run, &s.asha, series).await?
+                super::search::observe(&mut tx, leased.experiment, f.run, &s.asha, series).await?
             }
             None => false,
         };
-        if let Some(s) = batch.get(&objective) {
+        if let Some(s) = batch.get(&leased.objective) {
             sqlx::query(
                 "UPDATE checkpoints c SET objective = p.v FROM UNNEST($2::int8[], $3::float8[]) AS p(s, v) \
                  WHERE c.run_id = $1 AND c.step = p.s",
@@ -126,18 +126,29 @@ impl Store {
         })
     }
 
-    /// Appends log lines of an attempt.
+    /// Appends log lines of an attempt. One statement, fence included: the lease check
+    /// holds the run's row (shared) while the lines go in.
     pub async fn append_logs(&self, f: Fence, lines: &[String]) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
-        lock_fence(&mut tx, f).await?;
-        sqlx::query("INSERT INTO logs (run_id, attempt, line) SELECT $1, $2, UNNEST($3::text[])")
-            .bind(f.run)
-            .bind(f.attempt)
-            .bind(lines)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(())
+        let leased: Option<i64> = sqlx::query_scalar(
+            "WITH lease AS (SELECT id FROM runs WHERE id = $1 AND attempt = $2 \
+                            AND lease_worker = $3 AND state = $5 AND lease_expires > now() \
+                            FOR SHARE), \
+             added AS (INSERT INTO logs (run_id, attempt, line) \
+                       SELECT lease.id, $2, UNNEST($4::text[]) FROM lease) \
+             SELECT id FROM lease",
+        )
+        .bind(f.run)
+        .bind(f.attempt)
+        .bind(f.worker)
+        .bind(lines)
+        .bind(RunState::Running)
+        .fetch_optional(&self.pool)
+        .await?;
+        leased.map(|_| ()).ok_or(StoreError::Stale {
+            run: f.run,
+            attempt: f.attempt,
+            worker: f.worker,
+        })
     }
 
     /// Metric summaries of a run.

@@ -117,11 +117,28 @@ fn unended_run_states() -> Vec<&'static str> {
         .collect()
 }
 
-/// Locks the run row if `f` still holds its lease; `Stale` otherwise.
-async fn lock_fence(tx: &mut Tx<'_>, f: Fence) -> Result<()> {
-    let ok: Option<i64> = sqlx::query_scalar(
-        "SELECT id FROM runs WHERE id = $1 AND attempt = $2 AND lease_worker = $3 \
-         AND state = $4 AND lease_expires > now() FOR SHARE",
+/// What a fenced write learns as it takes the lock: the leased run's experiment and what
+/// writes about the run need to know of it (read in the same statement, to save a round trip
+/// on every metric batch and every finish).
+struct Leased {
+    /// The run's experiment.
+    experiment: i64,
+    /// The search (ASHA) asked the run to stop.
+    stop_requested: bool,
+    /// The experiment's objective metric.
+    objective: String,
+    /// The experiment's search, if any.
+    search: Option<crate::experiment::search::Search>,
+}
+
+/// Locks the run row (shared) if `f` still holds its lease; `Stale` otherwise.
+async fn lock_fence(tx: &mut Tx<'_>, f: Fence) -> Result<Leased> {
+    type Row = (i64, bool, String, Option<serde_json::Value>);
+    let row: Option<Row> = sqlx::query_as(
+        "SELECT r.experiment_id, r.stop_requested, e.objective_metric, e.search \
+         FROM runs r JOIN experiments e ON e.id = r.experiment_id \
+         WHERE r.id = $1 AND r.attempt = $2 AND r.lease_worker = $3 \
+         AND r.state = $4 AND r.lease_expires > now() FOR SHARE OF r",
     )
     .bind(f.run)
     .bind(f.attempt)
@@ -129,28 +146,18 @@ async fn lock_fence(tx: &mut Tx<'_>, f: Fence) -> Result<()> {
     .bind(RunState::Running)
     .fetch_optional(&mut **tx)
     .await?;
-    ok.map(|_| ()).ok_or(StoreError::Stale {
+    let (experiment, stop_requested, objective, search) = row.ok_or(StoreError::Stale {
         run: f.run,
         attempt: f.attempt,
         worker: f.worker,
+    })?;
+    Ok(Leased {
+        experiment,
+        stop_requested,
+        objective,
+        // Written by `submit` from the parsed experiment, so it always reads back.
+        search: search.and_then(|v| serde_json::from_value(v).ok()),
     })
-}
-
-/// A run's experiment: its id, objective metric and search (if any).
-async fn experiment_of(
-    tx: &mut Tx<'_>,
-    run: i64,
-) -> Result<(i64, String, Option<crate::experiment::search::Search>)> {
-    let (id, objective, search): (i64, String, Option<serde_json::Value>) = sqlx::query_as(
-        "SELECT e.id, e.objective_metric, e.search FROM runs r JOIN experiments e \
-         ON e.id = r.experiment_id WHERE r.id = $1",
-    )
-    .bind(run)
-    .fetch_one(&mut **tx)
-    .await?;
-    // Written by `submit` from the parsed experiment, so it always reads back.
-    let search = search.and_then(|v| serde_json::from_value(v).ok());
-    Ok((id, objective, search))
 }
 
 async fn event(tx: &mut Tx<'_>, run: i64, kind: &str, message: &str) -> Result<()> {

@@ -406,7 +406,10 @@ impl Store {
     pub(super) async fn served(&self, experiment: i64) -> Result<()> {
         let now = std::time::Instant::now();
         {
-            let mut served = self.served.lock().expect("the served map is never poisoned");
+            let mut served = self
+                .served
+                .lock()
+                .expect("the served map is never poisoned");
             if served
                 .get(&experiment)
                 .is_some_and(|at| now.duration_since(*at) < SERVED_EVERY)

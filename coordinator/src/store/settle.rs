@@ -9,7 +9,13 @@ const SETTLE_LOCK: i64 = 0x5345_5454_0000_0000;
 
 /// After a run reaches a final state: queue dependants whose needs all succeeded (or fail
 /// them if this one did not), apply checkpoint retention, settle the experiment's state.
-pub(super) async fn settle(tx: &mut Tx<'_>, run: i64, state: RunState) -> Result<()> {
+/// `experiment` is the run's.
+pub(super) async fn settle(
+    tx: &mut Tx<'_>,
+    run: i64,
+    experiment: i64,
+    state: RunState,
+) -> Result<()> {
     if state == RunState::Succeeded {
         sqlx::query(
             "UPDATE runs r SET state = $2, queued_at = clock_timestamp() WHERE r.state = $3 \
@@ -54,10 +60,6 @@ pub(super) async fn settle(tx: &mut Tx<'_>, run: i64, state: RunState) -> Result
     // snapshot, which sees the run that ended first. An advisory lock, not the experiment
     // row's: every event insert holds that row's key-share lock, which a row lock would
     // wait on (and deadlock with the other run's settle).
-    let experiment: i64 = sqlx::query_scalar("SELECT experiment_id FROM runs WHERE id = $1")
-        .bind(run)
-        .fetch_one(&mut **tx)
-        .await?;
     lock_experiment(tx, experiment).await?;
     // The unended states are literals, as in `runs_unended_by_experiment`'s predicate, so a
     // cached plan uses that index.

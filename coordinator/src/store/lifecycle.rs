@@ -79,8 +79,23 @@ impl Store {
     /// coordinators share the database.
     pub async fn claim(&self, claimant: &Claimant) -> Result<Option<Claim>> {
         let worker = claimant.worker;
-        let mut tx = self.pool.begin().await?;
-        let Some(picked) = super::placement::pick_run(&mut tx, claimant).await? else {
+        let mut found = None;
+        for reread in [false, true] {
+            // The order is read before the transaction begins: a claim holding one connection
+            // while it waits for another would starve the pool under many claims at once.
+            let (order, fresh) = self.claim_order(reread).await?;
+            if !order.is_empty() {
+                let mut tx = self.pool.begin().await?;
+                if let Some(p) = super::placement::pick_run(&mut tx, claimant, &order).await? {
+                    found = Some((tx, p));
+                    break;
+                }
+            }
+            if fresh {
+                break;
+            }
+        }
+        let Some((mut tx, picked)) = found else {
             return Ok(None);
         };
         let row = picked.row;

@@ -3,6 +3,18 @@
 
 use super::*;
 
+/// How a metric's stored summary (`s`) takes in a batch's (`EXCLUDED`): the `SET` list of
+/// both summary upserts, as a literal for `concat!`.
+macro_rules! summary_merge {
+    () => {
+        "last_value = CASE WHEN EXCLUDED.last_step >= s.last_step THEN EXCLUDED.last_value \
+         ELSE s.last_value END, \
+         last_step = GREATEST(s.last_step, EXCLUDED.last_step), \
+         min_value = LEAST(s.min_value, EXCLUDED.min_value), \
+         max_value = GREATEST(s.max_value, EXCLUDED.max_value), count = s.count + EXCLUDED.count"
+    };
+}
+
 /// Summary of one metric of a run.
 #[derive(Debug, Clone)]
 pub struct MetricSummary {
@@ -80,24 +92,59 @@ impl Store {
     ) -> Result<Ingested> {
         let mut tx = self.pool.begin().await?;
         let leased = lock_fence(&mut tx, f).await?;
-        let fresh = sqlx::query(
-            "INSERT INTO metric_batches (run_id, attempt, seq) VALUES ($1,$2,$3) ON CONFLICT DO NOTHING",
-        )
+        let chunks = Chunks::pack(batch);
+        let sums = Summaries::of(batch);
+        let (objective_steps, objective_values): (&[i64], &[f64]) = batch
+            .get(&leased.objective)
+            .map_or((&[], &[]), |s| (&s.steps, &s.values));
+        // Idempotency, the packed rows, the summaries and the checkpoints' objective in one
+        // statement, each part only when the batch is new: every metric report passes here.
+        let fresh: i64 = sqlx::query_scalar(concat!(
+            "WITH fresh AS (INSERT INTO metric_batches (run_id, attempt, seq) VALUES ($1, $2, $3) \
+                            ON CONFLICT DO NOTHING RETURNING run_id), \
+             chunks AS (INSERT INTO metric_chunks (run_id, name, first_step, last_step, steps, \
+                                                   vals, overview_steps, overview_vals) \
+                 SELECT fresh.run_id, c.* FROM fresh, UNNEST($4::text[], $5::int8[], \
+                     $6::int8[], $7::bytea[], $8::bytea[], $9::bytea[], $10::bytea[]) c), \
+             summaries AS (INSERT INTO metric_summaries AS s (run_id, name, last_step, \
+                                   last_value, min_value, max_value, count) \
+                 SELECT fresh.run_id, m.* FROM fresh, UNNEST($11::text[], $12::int8[], \
+                     $13::float8[], $14::float8[], $15::float8[], $16::int8[]) m \
+                 ON CONFLICT (run_id, name) DO UPDATE SET ",
+            summary_merge!(),
+            "), \
+             objective AS (UPDATE checkpoints c SET objective = p.v \
+                 FROM fresh, UNNEST($17::int8[], $18::float8[]) AS p(s, v) \
+                 WHERE c.run_id = fresh.run_id AND c.step = p.s) \
+             SELECT count(*) FROM fresh",
+        ))
         .bind(f.run)
         .bind(f.attempt)
         .bind(seq)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
-        if !fresh {
+        .bind(&chunks.names)
+        .bind(&chunks.firsts)
+        .bind(&chunks.lasts)
+        .bind(&chunks.steps)
+        .bind(&chunks.vals)
+        .bind(&chunks.overview_steps)
+        .bind(&chunks.overview_vals)
+        .bind(&sums.names)
+        .bind(&sums.last_steps)
+        .bind(&sums.last_values)
+        .bind(&sums.mins)
+        .bind(&sums.maxs)
+        .bind(&sums.counts)
+        .bind(objective_steps)
+        .bind(objective_values)
+        .fetch_one(&mut *tx)
+        .await?;
+        if fresh == 0 {
             tx.commit().await?;
             return Ok(Ingested {
                 applied: false,
                 stop: false,
             });
         }
-        insert_series(&mut tx, f.run, batch).await?;
         let stop = match leased
             .search
             .as_ref()
@@ -108,17 +155,6 @@ impl Store {
             }
             None => false,
         };
-        if let Some(s) = batch.get(&leased.objective) {
-            sqlx::query(
-                "UPDATE checkpoints c SET objective = p.v FROM UNNEST($2::int8[], $3::float8[]) AS p(s, v) \
-                 WHERE c.run_id = $1 AND c.step = p.s",
-            )
-            .bind(f.run)
-            .bind(&s.steps)
-            .bind(&s.values)
-            .execute(&mut *tx)
-            .await?;
-        }
         tx.commit().await?;
         Ok(Ingested {
             applied: true,
@@ -214,42 +250,90 @@ pub(super) async fn merge_summaries(
     run: i64,
     series: &BTreeMap<String, Series>,
 ) -> Result<()> {
-    let mut names = Vec::new();
-    let (mut lasts, mut last_values, mut mins, mut maxs, mut counts) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for (name, s) in series {
-        let Some((i_last, _)) = s.steps.iter().enumerate().max_by_key(|(i, st)| (**st, *i)) else {
-            continue;
-        };
-        names.push(name.clone());
-        lasts.push(s.steps[i_last]);
-        last_values.push(s.values[i_last]);
-        mins.push(s.values.iter().copied().fold(f64::INFINITY, f64::min));
-        maxs.push(s.values.iter().copied().fold(f64::NEG_INFINITY, f64::max));
-        counts.push(s.steps.len() as i64);
-    }
-    if names.is_empty() {
+    let sums = Summaries::of(series);
+    if sums.names.is_empty() {
         return Ok(());
     }
-    sqlx::query(
-        "INSERT INTO metric_summaries AS s (run_id, name, last_step, last_value, min_value, max_value, count) \
-         SELECT $1, * FROM UNNEST($2::text[], $3::int8[], $4::float8[], $5::float8[], $6::float8[], $7::int8[]) \
-         ON CONFLICT (run_id, name) DO UPDATE SET \
-         last_value = CASE WHEN EXCLUDED.last_step >= s.last_step THEN EXCLUDED.last_value ELSE s.last_value END, \
-         last_step = GREATEST(s.last_step, EXCLUDED.last_step), \
-         min_value = LEAST(s.min_value, EXCLUDED.min_value), \
-         max_value = GREATEST(s.max_value, EXCLUDED.max_value), count = s.count + EXCLUDED.count",
-    )
+    sqlx::query(concat!(
+        "INSERT INTO metric_summaries AS s (run_id, name, last_step, last_value, min_value, \
+         max_value, count) SELECT $1, * FROM UNNEST($2::text[], $3::int8[], $4::float8[], \
+         $5::float8[], $6::float8[], $7::int8[]) ON CONFLICT (run_id, name) DO UPDATE SET ",
+        summary_merge!()
+    ))
     .bind(run)
-    .bind(&names)
-    .bind(&lasts)
-    .bind(&last_values)
-    .bind(&mins)
-    .bind(&maxs)
-    .bind(&counts)
+    .bind(&sums.names)
+    .bind(&sums.last_steps)
+    .bind(&sums.last_values)
+    .bind(&sums.mins)
+    .bind(&sums.maxs)
+    .bind(&sums.counts)
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+/// Each metric's summary of a batch, as columns.
+#[derive(Debug, Default)]
+struct Summaries {
+    names: Vec<String>,
+    last_steps: Vec<i64>,
+    last_values: Vec<f64>,
+    mins: Vec<f64>,
+    maxs: Vec<f64>,
+    counts: Vec<i64>,
+}
+
+impl Summaries {
+    fn of(series: &BTreeMap<String, Series>) -> Summaries {
+        let mut out = Summaries::default();
+        for (name, s) in series {
+            let Some((i_last, _)) = s.steps.iter().enumerate().max_by_key(|(i, st)| (**st, *i))
+            else {
+                continue;
+            };
+            out.names.push(name.clone());
+            out.last_steps.push(s.steps[i_last]);
+            out.last_values.push(s.values[i_last]);
+            out.mins
+                .push(s.values.iter().copied().fold(f64::INFINITY, f64::min));
+            out.maxs
+                .push(s.values.iter().copied().fold(f64::NEG_INFINITY, f64::max));
+            out.counts.push(s.steps.len() as i64);
+        }
+        out
+    }
+}
+
+/// A batch's points packed into one `metric_chunks` row per metric, as columns.
+#[derive(Debug, Default)]
+struct Chunks {
+    names: Vec<String>,
+    firsts: Vec<i64>,
+    lasts: Vec<i64>,
+    steps: Vec<Vec<u8>>,
+    vals: Vec<Vec<u8>>,
+    overview_steps: Vec<Option<Vec<u8>>>,
+    overview_vals: Vec<Option<Vec<u8>>>,
+}
+
+impl Chunks {
+    fn pack(batch: &BTreeMap<String, Series>) -> Chunks {
+        let mut out = Chunks::default();
+        for (name, s) in batch {
+            let (Some(first), Some(last)) = (s.steps.iter().min(), s.steps.iter().max()) else {
+                continue;
+            };
+            out.names.push(name.clone());
+            out.firsts.push(*first);
+            out.lasts.push(*last);
+            out.steps.push(pack_i64(&s.steps));
+            out.vals.push(pack_f64(&s.values));
+            let (os, ov) = packed_overview(s);
+            out.overview_steps.push(os);
+            out.overview_vals.push(ov);
+        }
+        out
+    }
 }
 
 /// A chunk's stored overview (`crate::downsample::overview`), packed; `None` when short.
@@ -262,50 +346,6 @@ pub(super) fn packed_overview(s: &Series) -> (Option<Vec<u8>>, Option<Vec<u8>>) 
         }
         None => (None, None),
     }
-}
-
-/// Packs each metric's points into one row, then merges the summaries. Two statements per
-/// batch.
-pub(super) async fn insert_series(
-    tx: &mut Tx<'_>,
-    run: i64,
-    batch: &BTreeMap<String, Series>,
-) -> Result<()> {
-    let mut names = Vec::new();
-    let (mut firsts, mut lasts, mut steps, mut vals) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let (mut o_steps, mut o_vals) = (Vec::new(), Vec::new());
-    for (name, s) in batch {
-        let (Some(first), Some(last)) = (s.steps.iter().min(), s.steps.iter().max()) else {
-            continue;
-        };
-        names.push(name.clone());
-        firsts.push(*first);
-        lasts.push(*last);
-        steps.push(pack_i64(&s.steps));
-        vals.push(pack_f64(&s.values));
-        let (os, ov) = packed_overview(s);
-        o_steps.push(os);
-        o_vals.push(ov);
-    }
-    if names.is_empty() {
-        return Ok(());
-    }
-    sqlx::query(
-        "INSERT INTO metric_chunks (run_id, name, first_step, last_step, steps, vals, overview_steps, overview_vals) \
-         SELECT $1, * FROM UNNEST($2::text[], $3::int8[], $4::int8[], $5::bytea[], $6::bytea[], $7::bytea[], $8::bytea[])",
-    )
-    .bind(run)
-    .bind(&names)
-    .bind(&firsts)
-    .bind(&lasts)
-    .bind(&steps)
-    .bind(&vals)
-    .bind(&o_steps)
-    .bind(&o_vals)
-    .execute(&mut **tx)
-    .await?;
-    merge_summaries(tx, run, batch).await
 }
 
 /// Removes every point after `step` (and pictures after it), then rebuilds the run's

@@ -80,8 +80,9 @@ pub struct Store {
     pub pool: PgPool,
     /// Lease length.
     pub lease: Duration,
-    /// When this process last recorded each experiment as served (see `placement`).
-    served: std::sync::Arc<std::sync::Mutex<HashMap<i64, std::time::Instant>>>,
+    /// The claim order this coordinator last read, and when it recorded experiments as
+    /// served (see `placement`).
+    placement: std::sync::Arc<std::sync::Mutex<placement::ClaimMemory>>,
 }
 
 impl Store {
@@ -97,7 +98,7 @@ impl Store {
         Ok(Store {
             pool,
             lease,
-            served: Default::default(),
+            placement: Default::default(),
         })
     }
 

@@ -7,14 +7,45 @@
 
 use super::*;
 use std::collections::{BinaryHeap, HashSet};
+use std::time::{Duration, Instant};
 
 /// The advisory-lock key space of one worker's claims (`"PLAC"`, xor the worker id): its
 /// slots claim one at a time, so two never take the same device.
 const PLACEMENT_LOCK: i64 = 0x504C_4143_0000_0000;
 
-/// How stale an experiment's "last served" time may be: fair share alternates experiments
-/// by it, and writing it at every claim would cost a statement per run.
-const SERVED_EVERY: std::time::Duration = std::time::Duration::from_millis(20);
+/// How stale an experiment's "last served" time in Postgres may be: fair share alternates
+/// experiments by it, and writing it at every claim would cost a statement per run.
+const SERVED_EVERY: Duration = Duration::from_millis(20);
+
+/// How long a coordinator claims by the experiment order it last read. Reading it counts
+/// each experiment's running runs: a statement per claim at hundreds of claims a second.
+/// A claim that finds nothing in a recent order reads it again, so new work is never missed;
+/// a newly submitted higher priority waits at most this long.
+const ORDER_FOR: Duration = Duration::from_millis(50);
+
+impl ClaimMemory {
+    /// Moves `experiment` back in the remembered order as fair share would after serving it
+    /// at `micros` (unix microseconds): one more running run, served last.
+    fn serve(&mut self, experiment: i64, micros: i64) {
+        if let Some(s) = self.order.iter_mut().find(|s| s.experiment == experiment) {
+            s.running += 1;
+            s.last_claim = Some(micros);
+        }
+        self.order.sort_by_key(Share::key);
+    }
+}
+
+/// What this coordinator remembers between claims (see [`Store::claim_order`] and
+/// [`Store::served`]).
+#[derive(Debug, Default)]
+pub(super) struct ClaimMemory {
+    /// The experiments with queued runs in claim order, as last read and since served.
+    order: Vec<Share>,
+    /// When `order` was read.
+    read_at: Option<Instant>,
+    /// When each experiment's `last_claim_at` was last written.
+    written: HashMap<i64, Instant>,
+}
 
 /// One device slot of a worker, as it registered it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -241,8 +272,13 @@ pub(super) struct Picked {
     pub(super) devices: Vec<String>,
 }
 
-/// Chooses (and locks) the run a free slot of `worker` takes, if any fits.
-pub(super) async fn pick_run(tx: &mut Tx<'_>, worker: &Claimant) -> Result<Option<Picked>> {
+/// Chooses (and locks) the run a free slot of `worker` takes, if any fits, looking at the
+/// `experiments` in that order.
+pub(super) async fn pick_run(
+    tx: &mut Tx<'_>,
+    worker: &Claimant,
+    experiments: &[i64],
+) -> Result<Option<Picked>> {
     let devices = &worker.devices;
     // A one-slot worker asks only when its slot is free: nothing to lock or subtract.
     let mut used: HashSet<String> = HashSet::new();
@@ -275,23 +311,10 @@ pub(super) async fn pick_run(tx: &mut Tx<'_>, worker: &Claimant) -> Result<Optio
         .filter(|d| d.is_gpu())
         .map(Device::memory_mb)
         .collect();
-    // The states are literals, as in the partial indexes' predicates: with a bound state a
-    // cached (generic) plan cannot use those indexes, and Postgres would plan every claim
-    // anew (0.3 ms of its CPU per claim in `plume bench --suite scheduling`). "Has a queued
-    // run" is a scalar subquery, not EXISTS, so that it stays one index probe per experiment:
-    // a generic plan made while the queue was small turned EXISTS into a scan of every
-    // queued run.
-    let experiments: Vec<i64> = sqlx::query_scalar(
-        "SELECT e.id FROM experiments e WHERE e.state = $1 AND (SELECT true FROM runs q \
-         WHERE q.experiment_id = e.id AND q.state = 'queued' LIMIT 1) \
-         ORDER BY e.priority DESC, \
-         (SELECT count(*) FROM runs x WHERE x.experiment_id = e.id AND x.state = 'running'), \
-         e.last_claim_at NULLS FIRST, e.id",
-    )
-    .bind(ExperimentState::Running)
-    .fetch_all(&mut **tx)
-    .await?;
-    for experiment in experiments {
+    // The state is a literal, as in `runs_queued_by_experiment`'s predicate: with a bound
+    // state a cached (generic) plan cannot use that index, and Postgres would plan every
+    // claim anew.
+    for &experiment in experiments {
         let row = sqlx::query(
             "SELECT r.id, r.name, r.job_kind, r.config, r.attempt, r.gpus, r.min_gpu_memory_mb, \
              e.name AS exp FROM runs r JOIN experiments e ON e.id = r.experiment_id \
@@ -331,25 +354,7 @@ pub struct QueueView {
 impl Store {
     /// The queue as workers will take it (see the module's doc).
     pub async fn queue(&self) -> Result<QueueView> {
-        type Row = (i64, i32, i64, Option<i64>);
-        let shares: Vec<Share> = sqlx::query_as::<_, Row>(
-            "SELECT e.id, e.priority, \
-             (SELECT count(*) FROM runs x WHERE x.experiment_id = e.id AND x.state = $2), \
-             (extract(epoch FROM e.last_claim_at) * 1e6)::int8 \
-             FROM experiments e WHERE e.state = $1",
-        )
-        .bind(ExperimentState::Running)
-        .bind(RunState::Running)
-        .fetch_all(&self.pool)
-        .await?
-        .into_iter()
-        .map(|(experiment, priority, running, last_claim)| Share {
-            experiment,
-            priority,
-            running,
-            last_claim,
-        })
-        .collect();
+        let shares = self.shares().await?;
         let runs: Vec<(i64, i64, String, i32, i64)> = sqlx::query_as(
             "SELECT id, experiment_id, job_kind, gpus, min_gpu_memory_mb FROM runs \
              WHERE state = $1 ORDER BY queued_at, id",
@@ -398,28 +403,51 @@ impl Store {
             .collect())
     }
 
-    /// Records that an experiment was just served (fair share's "least recently served"),
-    /// after the claim commits, in its own statement: inside the claim it would hold the
-    /// experiment's row lock, and every slot claiming from the experiment would wait on it.
-    /// At most once per `SERVED_EVERY` per experiment and coordinator (the statement checks
-    /// the same across coordinators), so a burst of claims writes the row once.
+    /// The experiments with queued runs in claim order, and whether they were just read
+    /// (not this coordinator's recent copy; `reread` forces a read).
+    pub(super) async fn claim_order(&self, reread: bool) -> Result<(Vec<i64>, bool)> {
+        if !reread {
+            let memory = self.placement.lock().expect("never poisoned");
+            if memory.read_at.is_some_and(|at| at.elapsed() < ORDER_FOR) {
+                return Ok((memory.order.iter().map(|s| s.experiment).collect(), false));
+            }
+        }
+        let mut order = self.shares().await?;
+        order.sort_by_key(Share::key);
+        let experiments = order.iter().map(|s| s.experiment).collect();
+        let mut memory = self.placement.lock().expect("never poisoned");
+        memory.order = order;
+        memory.read_at = Some(Instant::now());
+        Ok((experiments, true))
+    }
+
+    /// Records that an experiment was just served: this coordinator's copy of the order moves
+    /// it back as fair share would (one more running run, served now), and Postgres's
+    /// `last_claim_at` (fair share's "least recently served" across coordinators) follows at
+    /// most every `SERVED_EVERY`. After the claim commits, in its own statement: inside the
+    /// claim it would hold the experiment's row lock, and every slot claiming from the
+    /// experiment would wait on it.
     pub(super) async fn served(&self, experiment: i64) -> Result<()> {
-        let now = std::time::Instant::now();
+        let now = Instant::now();
         {
-            let mut served = self
-                .served
-                .lock()
-                .expect("the served map is never poisoned");
-            if served
+            let mut memory = self.placement.lock().expect("never poisoned");
+            let micros = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros() as i64);
+            memory.serve(experiment, micros);
+            if memory
+                .written
                 .get(&experiment)
                 .is_some_and(|at| now.duration_since(*at) < SERVED_EVERY)
             {
                 return Ok(());
             }
-            if served.len() > 1024 {
-                served.retain(|_, at| now.duration_since(*at) < SERVED_EVERY);
+            if memory.written.len() > 1024 {
+                memory
+                    .written
+                    .retain(|_, at| now.duration_since(*at) < SERVED_EVERY);
             }
-            served.insert(experiment, now);
+            memory.written.insert(experiment, now);
         }
         sqlx::query(
             "UPDATE experiments SET last_claim_at = clock_timestamp() WHERE id = $1 \
@@ -430,6 +458,34 @@ impl Store {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// The running experiments that have queued runs, with what fair share orders them by.
+    /// The states are literals, as in the partial indexes' predicates (a cached plan uses
+    /// them). "Has a queued run" is a scalar subquery, not EXISTS, so that it stays one index
+    /// probe per experiment: a generic plan made while the queue was small turned EXISTS into
+    /// a scan of every queued run.
+    async fn shares(&self) -> Result<Vec<Share>> {
+        type Row = (i64, i32, i64, Option<i64>);
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT e.id, e.priority, \
+             (SELECT count(*) FROM runs x WHERE x.experiment_id = e.id AND x.state = 'running'), \
+             (extract(epoch FROM e.last_claim_at) * 1e6)::int8 \
+             FROM experiments e WHERE e.state = $1 AND (SELECT true FROM runs q \
+             WHERE q.experiment_id = e.id AND q.state = 'queued' LIMIT 1)",
+        )
+        .bind(ExperimentState::Running)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(experiment, priority, running, last_claim)| Share {
+                experiment,
+                priority,
+                running,
+                last_claim,
+            })
+            .collect())
     }
 
     /// A registered worker as its claims see it; `None` for an unknown id.
@@ -507,6 +563,45 @@ mod tests {
         assert_eq!(
             unhostable("probe", 1, 40_000, &one).as_deref(),
             Some("needs 1 GPU(s) of at least 40.0 GB on one worker; the connected workers have at most 0")
+        );
+    }
+
+    #[test]
+    fn a_remembered_order_alternates_equal_priorities_like_the_queue_order() {
+        let share = |experiment, priority| Share {
+            experiment,
+            priority,
+            running: 0,
+            last_claim: None,
+        };
+        let shares = [share(1, 0), share(2, 0), share(3, 5)];
+        let mut memory = ClaimMemory {
+            order: shares.to_vec(),
+            ..Default::default()
+        };
+        memory.order.sort_by_key(Share::key);
+        // Each experiment has plenty queued: claims take the head of the order each time.
+        let mut served = vec![];
+        for t in 0..5 {
+            let head = memory.order[0].experiment;
+            served.push(head);
+            memory.serve(head, 1_000 + t);
+        }
+        assert_eq!(served, [3, 3, 3, 3, 3], "a higher priority is served first");
+        memory.order.retain(|s| s.experiment != 3);
+        let mut served = vec![];
+        for t in 0..4 {
+            let head = memory.order[0].experiment;
+            served.push(head);
+            memory.serve(head, 2_000 + t);
+        }
+        assert_eq!(served, [1, 2, 1, 2]);
+        let queued: HashMap<i64, Vec<i64>> = [(1, vec![10, 11]), (2, vec![20, 21])].into();
+        let order = queue_order(&[share(1, 0), share(2, 0)], &queued);
+        assert_eq!(
+            order,
+            [10, 20, 11, 21],
+            "the queue view promises the same alternation"
         );
     }
 

@@ -11,6 +11,7 @@
 //! - `checkpoints`: checkpoint and artifact blobs, retention, storage, garbage collection;
 //! - `queries`: the read side of experiments and runs;
 //! - `placement`: which queued run a worker's free slot takes, queue positions and reasons;
+//! - `fair_share`: the order experiments are served in (priority, then fair share);
 //! - `settle`: what follows a run's end (dependants, retention, the experiment's state);
 //! - `search`: ASHA's rung decisions, taken as metrics arrive;
 //! - `tokens`: access tokens, stored hashed.
@@ -27,6 +28,7 @@ use std::time::Duration;
 
 mod checkpoints;
 mod curves;
+mod fair_share;
 mod lifecycle;
 mod metrics;
 mod placement;
@@ -38,11 +40,10 @@ mod tokens;
 
 pub use checkpoints::{ArtifactRow, CheckpointRow, RunStorage, Storage};
 pub use curves::{NewChunk, Ranked, TimedCurves, TimedSeries};
+pub use fair_share::{queue_order, Share};
 pub use lifecycle::{Beat, Claim, Fence};
 pub use metrics::{Ingested, MetricSummary, Series};
-pub use placement::{
-    pick, queue_order, unhostable, Claimant, Device, LiveWorker, QueueView, Share,
-};
+pub use placement::{pick, unhostable, Claimant, Device, LiveWorker, QueueView};
 pub use queries::{AttemptRow, ExperimentRow, RunProgress, RunRow};
 pub use submit::Extension;
 pub use tokens::{token_hash, LiveToken, SeedMode, Seeded, TokenRole};
@@ -82,7 +83,7 @@ pub struct Store {
     pub lease: Duration,
     /// The claim order this coordinator last read, and when it recorded experiments as
     /// served (see `placement`).
-    placement: std::sync::Arc<std::sync::Mutex<placement::ClaimMemory>>,
+    placement: std::sync::Arc<std::sync::Mutex<fair_share::ClaimMemory>>,
 }
 
 impl Store {

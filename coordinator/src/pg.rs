@@ -56,6 +56,11 @@ impl PrivatePostgres {
     /// Starts (initialising on first use) a server with its data under `dir`, listening on
     /// 127.0.0.1:`port`, and creates the `plume` database.
     pub fn start(dir: &Path, port: u16) -> anyhow::Result<PrivatePostgres> {
+        Self::start_with(dir, port, &[])
+    }
+
+    /// [`PrivatePostgres::start`] with extra server settings (`name=value`, as for `-c`).
+    pub fn start_with(dir: &Path, port: u16, settings: &[&str]) -> anyhow::Result<PrivatePostgres> {
         let bin = bin_dir()?;
         let as_postgres = running_as_root();
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -71,7 +76,7 @@ impl PrivatePostgres {
             url: format!("postgres://postgres@127.0.0.1:{port}/plume"),
         };
         pg.initialise_or_stop_leftover()?;
-        pg.spawn_server(&dir, port)?;
+        pg.spawn_server(&dir, port, settings)?;
         pg.wait_and_create_database(&dir, port)?;
         Ok(pg)
     }
@@ -114,7 +119,7 @@ impl PrivatePostgres {
     }
 
     /// Starts `postgres` on 127.0.0.1:`port`, its socket and log under `dir`.
-    fn spawn_server(&mut self, dir: &Path, port: u16) -> anyhow::Result<()> {
+    fn spawn_server(&mut self, dir: &Path, port: u16, settings: &[&str]) -> anyhow::Result<()> {
         let sock = dir.join("sock");
         std::fs::create_dir_all(&sock)?;
         if self.as_postgres {
@@ -136,6 +141,7 @@ impl PrivatePostgres {
             // Look for tables to vacuum every 5 s, not every minute: the queue of runs
             // churns fast, and each claim walks the dead entries vacuum would remove.
             .args(["-c", "autovacuum_naptime=5"])
+            .args(settings.iter().flat_map(|s| ["-c", s]))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -289,11 +295,12 @@ fn chown_postgres(p: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `DATABASE_URL` when it is set, else a private Postgres in `dir` on a free port (said on
-/// stderr; it stops when the returned guard drops). Initdb and start-up block for seconds, so
-/// they run off the async runtime's threads.
+/// `DATABASE_URL` when it is set, else a private Postgres in `dir` on a free port with the
+/// extra server `settings` (said on stderr; it stops when the returned guard drops). Initdb
+/// and start-up block for seconds, so they run off the async runtime's threads.
 pub async fn database_or_private(
     dir: std::path::PathBuf,
+    settings: &'static [&'static str],
 ) -> anyhow::Result<(String, Option<PrivatePostgres>)> {
     if let Ok(url) = std::env::var("DATABASE_URL") {
         if !url.is_empty() {
@@ -302,7 +309,8 @@ pub async fn database_or_private(
     }
     let port = free_port()?;
     eprintln!("starting a private PostgreSQL in {}", dir.display());
-    let pg = tokio::task::spawn_blocking(move || PrivatePostgres::start(&dir, port)).await??;
+    let pg = tokio::task::spawn_blocking(move || PrivatePostgres::start_with(&dir, port, settings))
+        .await??;
     Ok((pg.url.clone(), Some(pg)))
 }
 

@@ -125,7 +125,7 @@ struct Bench {
 
 async fn setup() -> anyhow::Result<Bench> {
     let tmp = std::env::temp_dir().join(format!("plume-bench-{}", std::process::id()));
-    let (url, pg) = crate::pg::database_or_private(tmp.clone()).await?;
+    let (url, pg) = crate::pg::database_or_private(tmp.clone(), &[]).await?;
     let store = Store::connect(&url, Duration::from_secs(600)).await?;
     let coordinator = Coordinator::start(
         store.clone(),
@@ -192,13 +192,15 @@ pub async fn run(sessions: usize, points_millions: usize, suite: Suite) -> anyho
 }
 
 /// `plume bench --suite scheduling`: `runs` probe runs through `workers` worker processes.
+/// With `statements`, also the statements Postgres spent its time in.
 pub async fn run_scheduling(
     runs: usize,
     workers: u32,
     worker_bin: std::path::PathBuf,
+    statements: bool,
 ) -> anyhow::Result<String> {
     let mut out = String::new();
-    scheduling::suite(&mut out, runs, workers, worker_bin).await?;
+    scheduling::suite(&mut out, runs, workers, worker_bin, statements).await?;
     Ok(out)
 }
 

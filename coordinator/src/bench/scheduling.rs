@@ -124,15 +124,70 @@ async fn wait_ended(store: &Store, ids: &[i64], runs: usize) -> anyhow::Result<(
     Ok(())
 }
 
-/// The scheduling rows of `plume bench`.
+/// What the private server loads for `--statements`.
+const STATEMENT_STATS: &[&str] = &["shared_preload_libraries=pg_stat_statements"];
+
+/// Turns on Postgres's per-statement statistics (`--statements`), with a clear error where
+/// the server lacks them.
+async fn start_statement_stats(store: &Store) -> anyhow::Result<()> {
+    let ready = async {
+        sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            .execute(&store.pool)
+            .await?;
+        sqlx::query("SELECT pg_stat_statements_reset()")
+            .execute(&store.pool)
+            .await
+    };
+    ready.await.map_err(|e| {
+        anyhow::anyhow!(
+            "--statements needs the pg_stat_statements extension loaded by the server \
+             (postgresql-contrib; shared_preload_libraries, which the private server sets, \
+             not a DATABASE_URL one): {e}"
+        )
+    })?;
+    Ok(())
+}
+
+/// The statements Postgres spent the most time in since [`start_statement_stats`], per run.
+async fn statement_table(store: &Store, out: &mut String, runs: usize) -> anyhow::Result<()> {
+    let rows: Vec<(i64, f64, String)> = sqlx::query_as(
+        "SELECT calls, total_exec_time, query FROM pg_stat_statements \
+         WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+         ORDER BY total_exec_time DESC LIMIT 12",
+    )
+    .fetch_all(&store.pool)
+    .await?;
+    let _ = writeln!(
+        out,
+        "  Postgres statements by execution time (pg_stat_statements; waits on locks included):"
+    );
+    let _ = writeln!(out, "    calls/run  ms/call   ms/run  statement");
+    for (calls, total_ms, query) in rows {
+        let text: String = query.split_whitespace().collect::<Vec<_>>().join(" ");
+        let text: String = text.chars().take(96).collect();
+        let _ = writeln!(
+            out,
+            "    {:>9.2} {:>8.3} {:>8.3}  {text}",
+            calls as f64 / runs as f64,
+            total_ms / calls.max(1) as f64,
+            total_ms / runs as f64,
+        );
+    }
+    Ok(())
+}
+
+/// The scheduling rows of `plume bench`; with `statements`, the statements Postgres spent
+/// its time in.
 pub async fn suite(
     out: &mut String,
     runs: usize,
     workers: u32,
     worker_bin: PathBuf,
+    statements: bool,
 ) -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
-    let (db, _pg) = crate::pg::database_or_private(tmp.path().join("pg")).await?;
+    let settings = if statements { STATEMENT_STATS } else { &[] };
+    let (db, _pg) = crate::pg::database_or_private(tmp.path().join("pg"), settings).await?;
     let store = Store::connect(&db, Duration::from_secs(15)).await?;
     let mut cluster = Cluster {
         dir: tmp.path().to_path_buf(),
@@ -153,6 +208,9 @@ pub async fn suite(
     let coord_pid = cluster.coordinator.as_ref().map_or(0, |p| p.0.id());
     let worker_pids: Vec<u32> = cluster.workers.iter().map(|(_, p)| p.0.id()).collect();
     let workers_cpu = || worker_pids.iter().map(|&p| cpu_secs(p, tick)).sum::<f64>();
+    if statements {
+        start_statement_stats(&store).await?;
+    }
     let (c0, p0, w0) = (cpu_secs(coord_pid, tick), postgres_cpu(tick), workers_cpu());
     let started = Instant::now();
     let ids = submit(&mut c, runs).await?;
@@ -197,6 +255,9 @@ pub async fn suite(
         "  worker processes' CPU per run                        {:>8.2} ms",
         per_run(w1 - w0)
     );
+    if statements {
+        statement_table(&store, out, runs).await?;
+    }
     anyhow::ensure!(
         succeeded as usize == runs,
         "only {succeeded} of {runs} runs succeeded"

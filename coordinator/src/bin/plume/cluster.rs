@@ -89,6 +89,10 @@ pub struct BenchArgs {
     /// Worker processes of the scheduling suite.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub workers: u32,
+    /// Scheduling suite: also list the statements Postgres spent its time in
+    /// (pg_stat_statements, loaded into the private server).
+    #[arg(long)]
+    pub statements: bool,
 }
 
 /// `plume up`.
@@ -231,11 +235,19 @@ pub async fn bench_command(args: BenchArgs) -> Result<()> {
         suite,
         runs,
         workers,
+        statements,
     } = args;
+    if statements && !matches!(suite, Suite::Scheduling) {
+        anyhow::bail!("--statements applies to --suite scheduling only");
+    }
     if let Suite::Scheduling = suite {
-        let table =
-            plume_coordinator::bench::run_scheduling(runs as usize, workers, worker_binary()?)
-                .await?;
+        let table = plume_coordinator::bench::run_scheduling(
+            runs as usize,
+            workers,
+            worker_binary()?,
+            statements,
+        )
+        .await?;
         print!("{table}");
         return Ok(());
     }
@@ -416,7 +428,7 @@ async fn up(
     let home = home();
     std::fs::create_dir_all(&home)?;
     let home = home.canonicalize()?;
-    let (url, _pg) = plume_coordinator::pg::database_or_private(home.join("postgres")).await?;
+    let (url, _pg) = plume_coordinator::pg::database_or_private(home.join("postgres"), &[]).await?;
     let store = Store::connect(&url, Duration::from_secs(lease_secs)).await?;
     let endpoint = Endpoint {
         url: String::new(),

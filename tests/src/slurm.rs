@@ -125,8 +125,18 @@ impl SlurmCluster {
 
 impl Drop for SlurmCluster {
     fn drop(&mut self) {
+        // Cancelled jobs must be gone before slurmd is: a job step still running when slurmd
+        // dies is orphaned with its worker (a failed test left both behind). Slurm sends
+        // SIGKILL `KillWait` (10 s) after SIGTERM.
         let _ = self.command("scancel", &["--full", "--user=root"]);
-        std::thread::sleep(Duration::from_millis(500));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline
+            && self
+                .command("squeue", &["--noheader", "--format=%i"])
+                .is_some_and(|out| !out.trim().is_empty())
+        {
+            std::thread::sleep(Duration::from_millis(200));
+        }
         // slurmd before slurmctld before munged.
         while let Some(d) = self.daemons.pop() {
             drop(d);

@@ -124,6 +124,19 @@ async fn wait_ended(store: &Store, ids: &[i64], runs: usize) -> anyhow::Result<(
     Ok(())
 }
 
+/// The experiments' succeeded runs, their attempts, and the seconds from the first attempt's
+/// start to the last one's end.
+async fn outcome(store: &Store, ids: &[i64]) -> anyhow::Result<(i64, i64, f64)> {
+    Ok(sqlx::query_as(
+        "SELECT count(DISTINCT r.id) FILTER (WHERE r.state = 'succeeded'), count(*), \
+         COALESCE(extract(epoch FROM max(a.ended_at) - min(a.started_at)), 0)::float8 \
+         FROM runs r JOIN attempts a ON a.run_id = r.id WHERE r.experiment_id = ANY($1)",
+    )
+    .bind(ids)
+    .fetch_one(&store.pool)
+    .await?)
+}
+
 /// What the private server loads for `--statements`.
 const STATEMENT_STATS: &[&str] = &["shared_preload_libraries=pg_stat_statements"];
 
@@ -218,14 +231,7 @@ pub async fn suite(
     wait_ended(&store, &ids, runs).await?;
     let wall = started.elapsed().as_secs_f64();
     let (c1, p1, w1) = (cpu_secs(coord_pid, tick), postgres_cpu(tick), workers_cpu());
-    let (succeeded, attempts, window): (i64, i64, f64) = sqlx::query_as(
-        "SELECT count(DISTINCT r.id) FILTER (WHERE r.state = 'succeeded'), count(*), \
-         COALESCE(extract(epoch FROM max(a.ended_at) - min(a.started_at)), 0)::float8 \
-         FROM runs r JOIN attempts a ON a.run_id = r.id WHERE r.experiment_id = ANY($1)",
-    )
-    .bind(&ids)
-    .fetch_one(&store.pool)
-    .await?;
+    let (succeeded, attempts, window) = outcome(&store, &ids).await?;
     let per_run = |secs: f64| secs * 1e3 / runs as f64;
     let rate = runs as f64 / window.max(1e-9);
     let coord_ms = per_run(c1 - c0);

@@ -265,6 +265,15 @@ impl Coordinator {
         Ok((id, row))
     }
 
+    /// A registered worker as its claims see it (read once per session).
+    async fn claimant(&self, id: i64) -> Result<crate::store::Claimant, Status> {
+        self.store
+            .claimant(id)
+            .await
+            .map_err(status)?
+            .ok_or_else(|| Status::not_found("unknown worker; register again"))
+    }
+
     async fn collect_upload(
         &self,
         mut stream: Streaming<pb::UploadChunk>,

@@ -80,12 +80,7 @@ impl WorkerApi for Coordinator {
         if !self.store.worker_exists(worker).await.map_err(status)? {
             return Err(Status::not_found("unknown worker; register again"));
         }
-        let claimant = self
-            .store
-            .claimant(worker)
-            .await
-            .map_err(status)?
-            .ok_or_else(|| Status::not_found("unknown worker; register again"))?;
+        let claimant = self.claimant(worker).await?;
         let (tx, rx) = mpsc::channel::<Result<pb::CoordinatorMessage, Status>>(16);
         let me = self.clone();
         tokio::spawn(async move {

@@ -103,14 +103,7 @@ impl Store {
         let attempt: i32 = row.get::<i32, _>("attempt") + 1;
         let (resume, inputs) = starting_point(&mut tx, run).await?;
         let from = resume.map_or(0, |r| r.1);
-        let message = format!(
-            "attempt {attempt} on worker {worker}{}",
-            if from > 0 {
-                format!(", resuming from step {from}")
-            } else {
-                String::new()
-            }
-        );
+        let message = started_message(attempt, worker, from);
         // The run, its new attempt and the event in one statement: every claim passes here.
         sqlx::query(
             "WITH run AS (UPDATE runs SET state = $5, attempt = $2, lease_worker = $3, \
@@ -451,6 +444,14 @@ impl Store {
         }
         tx.commit().await?;
         Ok(chosen.into_iter().map(|(_, name)| name).collect())
+    }
+}
+
+/// The event that says an attempt started.
+fn started_message(attempt: i32, worker: i64, from_step: i64) -> String {
+    match from_step {
+        0 => format!("attempt {attempt} on worker {worker}"),
+        _ => format!("attempt {attempt} on worker {worker}, resuming from step {from_step}"),
     }
 }
 

@@ -99,7 +99,7 @@ impl Store {
             .map_or((&[], &[]), |s| (&s.steps, &s.values));
         // Idempotency, the packed rows, the summaries and the checkpoints' objective in one
         // statement, each part only when the batch is new: every metric report passes here.
-        let fresh: i64 = sqlx::query_scalar(concat!(
+        let query = sqlx::query(concat!(
             "WITH fresh AS (INSERT INTO metric_batches (run_id, attempt, seq) VALUES ($1, $2, $3) \
                             ON CONFLICT DO NOTHING RETURNING run_id), \
              chunks AS (INSERT INTO metric_chunks (run_id, name, first_step, last_step, steps, \
@@ -127,17 +127,14 @@ impl Store {
         .bind(&chunks.steps)
         .bind(&chunks.vals)
         .bind(&chunks.overview_steps)
-        .bind(&chunks.overview_vals)
-        .bind(&sums.names)
-        .bind(&sums.last_steps)
-        .bind(&sums.last_values)
-        .bind(&sums.mins)
-        .bind(&sums.maxs)
-        .bind(&sums.counts)
-        .bind(objective_steps)
-        .bind(objective_values)
-        .fetch_one(&mut *tx)
-        .await?;
+        .bind(&chunks.overview_vals);
+        let fresh: i64 = sums
+            .bind(query)
+            .bind(objective_steps)
+            .bind(objective_values)
+            .fetch_one(&mut *tx)
+            .await?
+            .get(0);
         if fresh == 0 {
             tx.commit().await?;
             return Ok(Ingested {
@@ -254,23 +251,18 @@ pub(super) async fn merge_summaries(
     if sums.names.is_empty() {
         return Ok(());
     }
-    sqlx::query(concat!(
+    let query = sqlx::query(concat!(
         "INSERT INTO metric_summaries AS s (run_id, name, last_step, last_value, min_value, \
          max_value, count) SELECT $1, * FROM UNNEST($2::text[], $3::int8[], $4::float8[], \
          $5::float8[], $6::float8[], $7::int8[]) ON CONFLICT (run_id, name) DO UPDATE SET ",
         summary_merge!()
     ))
-    .bind(run)
-    .bind(&sums.names)
-    .bind(&sums.last_steps)
-    .bind(&sums.last_values)
-    .bind(&sums.mins)
-    .bind(&sums.maxs)
-    .bind(&sums.counts)
-    .execute(&mut **tx)
-    .await?;
+    .bind(run);
+    sums.bind(query).execute(&mut **tx).await?;
     Ok(())
 }
+
+type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
 
 /// Each metric's summary of a batch, as columns.
 #[derive(Debug, Default)]
@@ -284,6 +276,17 @@ struct Summaries {
 }
 
 impl Summaries {
+    /// Binds the columns, in this order, as the next six parameters of `query`.
+    fn bind<'q>(&'q self, query: PgQuery<'q>) -> PgQuery<'q> {
+        query
+            .bind(&self.names)
+            .bind(&self.last_steps)
+            .bind(&self.last_values)
+            .bind(&self.mins)
+            .bind(&self.maxs)
+            .bind(&self.counts)
+    }
+
     fn of(series: &BTreeMap<String, Series>) -> Summaries {
         let mut out = Summaries::default();
         for (name, s) in series {

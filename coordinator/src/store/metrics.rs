@@ -3,18 +3,6 @@
 
 use super::*;
 
-/// How a metric's stored summary (`s`) takes in a batch's (`EXCLUDED`): the `SET` list of
-/// both summary upserts, as a literal for `concat!`.
-macro_rules! summary_merge {
-    () => {
-        "last_value = CASE WHEN EXCLUDED.last_step >= s.last_step THEN EXCLUDED.last_value \
-         ELSE s.last_value END, \
-         last_step = GREATEST(s.last_step, EXCLUDED.last_step), \
-         min_value = LEAST(s.min_value, EXCLUDED.min_value), \
-         max_value = GREATEST(s.max_value, EXCLUDED.max_value), count = s.count + EXCLUDED.count"
-    };
-}
-
 /// Summary of one metric of a run.
 #[derive(Debug, Clone)]
 pub struct MetricSummary {
@@ -93,31 +81,25 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         let leased = lock_fence(&mut tx, f).await?;
         let chunks = Chunks::pack(batch);
-        let sums = Summaries::of(batch);
         let (objective_steps, objective_values): (&[i64], &[f64]) = batch
             .get(&leased.objective)
             .map_or((&[], &[]), |s| (&s.steps, &s.values));
-        // Idempotency, the packed rows, the summaries and the checkpoints' objective in one
-        // statement, each part only when the batch is new: every metric report passes here.
-        let query = sqlx::query(concat!(
+        // Idempotency, the packed rows and the checkpoints' objective in one statement, each
+        // part only when the batch is new: every metric report passes here. The summaries go
+        // last, just before the commit: their rows are the ones concurrent batches of a run
+        // wait on.
+        let fresh: i64 = sqlx::query_scalar(
             "WITH fresh AS (INSERT INTO metric_batches (run_id, attempt, seq) VALUES ($1, $2, $3) \
                             ON CONFLICT DO NOTHING RETURNING run_id), \
              chunks AS (INSERT INTO metric_chunks (run_id, name, first_step, last_step, steps, \
                                                    vals, overview_steps, overview_vals) \
-                 SELECT fresh.run_id, c.* FROM fresh, UNNEST($4::text[], $5::int8[], \
-                     $6::int8[], $7::bytea[], $8::bytea[], $9::bytea[], $10::bytea[]) c), \
-             summaries AS (INSERT INTO metric_summaries AS s (run_id, name, last_step, \
-                                   last_value, min_value, max_value, count) \
-                 SELECT fresh.run_id, m.* FROM fresh, UNNEST($11::text[], $12::int8[], \
-                     $13::float8[], $14::float8[], $15::float8[], $16::int8[]) m \
-                 ON CONFLICT (run_id, name) DO UPDATE SET ",
-            summary_merge!(),
-            "), \
+                 SELECT $1, c.* FROM UNNEST($4::text[], $5::int8[], $6::int8[], $7::bytea[], \
+                     $8::bytea[], $9::bytea[], $10::bytea[]) c WHERE EXISTS (SELECT 1 FROM fresh)), \
              objective AS (UPDATE checkpoints c SET objective = p.v \
-                 FROM fresh, UNNEST($17::int8[], $18::float8[]) AS p(s, v) \
-                 WHERE c.run_id = fresh.run_id AND c.step = p.s) \
+                 FROM UNNEST($11::int8[], $12::float8[]) AS p(s, v) \
+                 WHERE c.run_id = $1 AND c.step = p.s AND EXISTS (SELECT 1 FROM fresh)) \
              SELECT count(*) FROM fresh",
-        ))
+        )
         .bind(f.run)
         .bind(f.attempt)
         .bind(seq)
@@ -127,14 +109,11 @@ impl Store {
         .bind(&chunks.steps)
         .bind(&chunks.vals)
         .bind(&chunks.overview_steps)
-        .bind(&chunks.overview_vals);
-        let fresh: i64 = sums
-            .bind(query)
-            .bind(objective_steps)
-            .bind(objective_values)
-            .fetch_one(&mut *tx)
-            .await?
-            .get(0);
+        .bind(&chunks.overview_vals)
+        .bind(objective_steps)
+        .bind(objective_values)
+        .fetch_one(&mut *tx)
+        .await?;
         if fresh == 0 {
             tx.commit().await?;
             return Ok(Ingested {
@@ -152,6 +131,7 @@ impl Store {
             }
             None => false,
         };
+        merge_summaries(&mut tx, f.run, batch).await?;
         tx.commit().await?;
         Ok(Ingested {
             applied: true,
@@ -251,18 +231,27 @@ pub(super) async fn merge_summaries(
     if sums.names.is_empty() {
         return Ok(());
     }
-    let query = sqlx::query(concat!(
+    sqlx::query(
         "INSERT INTO metric_summaries AS s (run_id, name, last_step, last_value, min_value, \
          max_value, count) SELECT $1, * FROM UNNEST($2::text[], $3::int8[], $4::float8[], \
-         $5::float8[], $6::float8[], $7::int8[]) ON CONFLICT (run_id, name) DO UPDATE SET ",
-        summary_merge!()
-    ))
-    .bind(run);
-    sums.bind(query).execute(&mut **tx).await?;
+         $5::float8[], $6::float8[], $7::int8[]) ON CONFLICT (run_id, name) DO UPDATE SET \
+         last_value = CASE WHEN EXCLUDED.last_step >= s.last_step THEN EXCLUDED.last_value \
+                      ELSE s.last_value END, \
+         last_step = GREATEST(s.last_step, EXCLUDED.last_step), \
+         min_value = LEAST(s.min_value, EXCLUDED.min_value), \
+         max_value = GREATEST(s.max_value, EXCLUDED.max_value), count = s.count + EXCLUDED.count",
+    )
+    .bind(run)
+    .bind(&sums.names)
+    .bind(&sums.last_steps)
+    .bind(&sums.last_values)
+    .bind(&sums.mins)
+    .bind(&sums.maxs)
+    .bind(&sums.counts)
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
-
-type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
 
 /// Each metric's summary of a batch, as columns.
 #[derive(Debug, Default)]
@@ -276,17 +265,6 @@ struct Summaries {
 }
 
 impl Summaries {
-    /// Binds the columns, in this order, as the next six parameters of `query`.
-    fn bind<'q>(&'q self, query: PgQuery<'q>) -> PgQuery<'q> {
-        query
-            .bind(&self.names)
-            .bind(&self.last_steps)
-            .bind(&self.last_values)
-            .bind(&self.mins)
-            .bind(&self.maxs)
-            .bind(&self.counts)
-    }
-
     fn of(series: &BTreeMap<String, Series>) -> Summaries {
         let mut out = Summaries::default();
         for (name, s) in series {

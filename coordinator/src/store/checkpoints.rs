@@ -399,33 +399,37 @@ pub(super) async fn store_chunks(
 /// rest, drops the resume state of a succeeded run (unless its experiment keeps the final
 /// state), and deletes the chunks no checkpoint or artifact references any more.
 pub(super) async fn retain(tx: &mut Tx<'_>, run: i64, succeeded: bool) -> Result<()> {
-    let deleted: Vec<Vec<Vec<u8>>> = sqlx::query_scalar(
-        "WITH policy AS (SELECT e.keep_best, e.keep_latest, e.objective_mode FROM runs r \
-                         JOIN experiments e ON e.id = r.experiment_id WHERE r.id = $1), \
+    // One statement for both (every run's end passes here): the deleted checkpoints' chunks,
+    // then, for a succeeded run, the kept ones that still hold resume state (the snapshot
+    // still lists the deleted ones: they are left out by id).
+    let rows: Vec<(Option<Vec<Vec<u8>>>, Option<i64>)> = sqlx::query_as(
+        "WITH policy AS (SELECT e.keep_best, e.keep_latest, e.objective_mode, e.keep_final_state \
+                         FROM runs r JOIN experiments e ON e.id = r.experiment_id WHERE r.id = $1), \
          ranked AS (SELECT c.id, \
              row_number() OVER (ORDER BY c.step DESC) AS by_step, \
              row_number() OVER (ORDER BY CASE WHEN (SELECT objective_mode FROM policy) = 'max' \
                  THEN -c.objective ELSE c.objective END ASC NULLS LAST) AS by_objective, \
-             c.objective FROM checkpoints c WHERE c.run_id = $1) \
-         DELETE FROM checkpoints WHERE id IN (SELECT id FROM ranked WHERE by_step > (SELECT keep_latest FROM policy) \
-             AND (objective IS NULL OR by_objective > (SELECT keep_best FROM policy))) RETURNING chunks",
+             c.objective FROM checkpoints c WHERE c.run_id = $1), \
+         deleted AS (DELETE FROM checkpoints WHERE id IN (SELECT id FROM ranked \
+             WHERE by_step > (SELECT keep_latest FROM policy) \
+             AND (objective IS NULL OR by_objective > (SELECT keep_best FROM policy))) \
+             RETURNING id, chunks) \
+         SELECT chunks, NULL::int8 FROM deleted \
+         UNION ALL \
+         SELECT NULL, c.id FROM checkpoints c WHERE $2 AND c.run_id = $1 AND c.state_size > 0 \
+             AND NOT (SELECT keep_final_state FROM policy) \
+             AND c.id NOT IN (SELECT id FROM deleted)",
     )
     .bind(run)
+    .bind(succeeded)
     .fetch_all(&mut **tx)
     .await?;
-    let orphans: Vec<Vec<u8>> = deleted.into_iter().flatten().collect();
-    let with_state: Vec<i64> = if succeeded {
-        sqlx::query_scalar(
-            "SELECT c.id FROM checkpoints c JOIN runs r ON r.id = c.run_id \
-             JOIN experiments e ON e.id = r.experiment_id \
-             WHERE c.run_id = $1 AND c.state_size > 0 AND NOT e.keep_final_state",
-        )
-        .bind(run)
-        .fetch_all(&mut **tx)
-        .await?
-    } else {
-        Vec::new()
-    };
+    let mut orphans: Vec<Vec<u8>> = vec![];
+    let mut with_state: Vec<i64> = vec![];
+    for (chunks, id) in rows {
+        orphans.extend(chunks.into_iter().flatten());
+        with_state.extend(id);
+    }
     if orphans.is_empty() && with_state.is_empty() {
         return Ok(());
     }

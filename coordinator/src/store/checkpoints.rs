@@ -402,7 +402,8 @@ pub(super) async fn retain(tx: &mut Tx<'_>, run: i64, succeeded: bool) -> Result
     // One statement for both (every run's end passes here): the deleted checkpoints' chunks,
     // then, for a succeeded run, the kept ones that still hold resume state (the snapshot
     // still lists the deleted ones: they are left out by id).
-    let rows: Vec<(Option<Vec<Vec<u8>>>, Option<i64>)> = sqlx::query_as(
+    type Row = (Option<Vec<Vec<u8>>>, Option<i64>);
+    let rows: Vec<Row> = sqlx::query_as(
         "WITH policy AS (SELECT e.keep_best, e.keep_latest, e.objective_mode, e.keep_final_state \
                          FROM runs r JOIN experiments e ON e.id = r.experiment_id WHERE r.id = $1), \
          ranked AS (SELECT c.id, \

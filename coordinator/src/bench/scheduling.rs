@@ -170,6 +170,19 @@ async fn statement_table(store: &Store, out: &mut String, runs: usize) -> anyhow
     )
     .fetch_all(&store.pool)
     .await?;
+    // Foreign-key checks are Postgres's own statements inside the writes, not round trips.
+    let total: i64 = sqlx::query_scalar(
+        "SELECT COALESCE(sum(calls), 0)::int8 FROM pg_stat_statements \
+         WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+         AND query NOT LIKE '%FOR KEY SHARE OF x%'",
+    )
+    .fetch_one(&store.pool)
+    .await?;
+    let _ = writeln!(
+        out,
+        "  statements per run, BEGIN and COMMIT included (foreign-key checks not) {:>7.1}",
+        total as f64 / runs as f64
+    );
     let _ = writeln!(
         out,
         "  Postgres statements by execution time (pg_stat_statements; waits on locks included):"

@@ -77,9 +77,6 @@ impl WorkerApi for Coordinator {
             Some(pb::worker_message::Kind::Hello(h)) => h.worker_id,
             _ => return Err(Status::invalid_argument("a session starts with Hello")),
         };
-        if !self.store.worker_exists(worker).await.map_err(status)? {
-            return Err(Status::not_found("unknown worker; register again"));
-        }
         let claimant = self.claimant(worker).await?;
         let (tx, rx) = mpsc::channel::<Result<pb::CoordinatorMessage, Status>>(16);
         let me = self.clone();

@@ -35,8 +35,7 @@ impl ClaimMemory {
     /// at `micros` (unix microseconds): one more running run, served last.
     fn serve(&mut self, experiment: i64, micros: i64) {
         if let Some(s) = self.order.iter_mut().find(|s| s.experiment == experiment) {
-            s.running += 1;
-            s.last_claim = Some(micros);
+            s.serve(micros);
         }
         self.order.sort_by_key(Share::key);
     }
@@ -56,6 +55,13 @@ pub struct Share {
 }
 
 impl Share {
+    /// What serving the experiment one run at `at` does to its place: one more running run,
+    /// served last.
+    fn serve(&mut self, at: i64) {
+        self.running += 1;
+        self.last_claim = Some(at);
+    }
+
     /// Smaller goes first.
     fn key(&self) -> (i32, i64, i64, i64) {
         (
@@ -84,9 +90,8 @@ pub fn queue_order(shares: &[Share], queued: &HashMap<i64, Vec<i64>>) -> Vec<i64
         order.push(runs[*i]);
         *i += 1;
         if *i < runs.len() {
-            s.running += 1;
             clock += 1;
-            s.last_claim = Some(clock);
+            s.serve(clock);
             heap.push(std::cmp::Reverse(s));
         }
     }
@@ -110,7 +115,7 @@ impl Store {
     /// (not this coordinator's recent copy; `reread` forces a read).
     pub(super) async fn claim_order(&self, reread: bool) -> Result<(Vec<i64>, bool)> {
         if !reread {
-            let memory = self.placement.lock().expect("never poisoned");
+            let memory = self.claim_memory.lock().expect("never poisoned");
             if memory.read_at.is_some_and(|at| at.elapsed() < ORDER_FOR) {
                 return Ok((memory.order.iter().map(|s| s.experiment).collect(), false));
             }
@@ -118,7 +123,7 @@ impl Store {
         let mut order = self.shares().await?;
         order.sort_by_key(Share::key);
         let experiments = order.iter().map(|s| s.experiment).collect();
-        let mut memory = self.placement.lock().expect("never poisoned");
+        let mut memory = self.claim_memory.lock().expect("never poisoned");
         memory.order = order;
         memory.read_at = Some(Instant::now());
         Ok((experiments, true))
@@ -133,7 +138,7 @@ impl Store {
     pub(super) async fn served(&self, experiment: i64) -> Result<()> {
         let now = Instant::now();
         {
-            let mut memory = self.placement.lock().expect("never poisoned");
+            let mut memory = self.claim_memory.lock().expect("never poisoned");
             let micros = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_micros() as i64);

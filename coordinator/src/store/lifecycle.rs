@@ -64,16 +64,6 @@ impl Store {
         .await?)
     }
 
-    /// Whether a worker id exists (a reconnecting worker keeps its id).
-    pub async fn worker_exists(&self, id: i64) -> Result<bool> {
-        let n: Option<i64> =
-            sqlx::query_scalar("UPDATE workers SET last_seen = now() WHERE id = $1 RETURNING id")
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(n.is_some())
-    }
-
     /// Claims the run a free slot of this worker takes (see `placement`), as a new attempt
     /// holding a lease and the devices it needs. `FOR UPDATE SKIP LOCKED` lets any number of
     /// coordinators share the database.

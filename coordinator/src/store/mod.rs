@@ -43,7 +43,7 @@ pub use curves::{NewChunk, Ranked, TimedCurves, TimedSeries};
 pub use fair_share::{queue_order, Share};
 pub use lifecycle::{Beat, Claim, Fence};
 pub use metrics::{Ingested, MetricSummary, Series};
-pub use placement::{pick, unhostable, Claimant, Device, LiveWorker, QueueView};
+pub use placement::{pick, unhostable, Claimant, Device, QueueView};
 pub use queries::{AttemptRow, ExperimentRow, RunProgress, RunRow};
 pub use submit::Extension;
 pub use tokens::{token_hash, LiveToken, SeedMode, Seeded, TokenRole};
@@ -82,8 +82,8 @@ pub struct Store {
     /// Lease length.
     pub lease: Duration,
     /// The claim order this coordinator last read, and when it recorded experiments as
-    /// served (see `placement`).
-    placement: std::sync::Arc<std::sync::Mutex<fair_share::ClaimMemory>>,
+    /// served (see `fair_share`).
+    claim_memory: std::sync::Arc<std::sync::Mutex<fair_share::ClaimMemory>>,
 }
 
 impl Store {
@@ -99,7 +99,7 @@ impl Store {
         Ok(Store {
             pool,
             lease,
-            placement: Default::default(),
+            claim_memory: Default::default(),
         })
     }
 

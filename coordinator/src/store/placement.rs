@@ -115,24 +115,13 @@ impl Claimant {
     }
 }
 
-/// A connected worker as queue reasons see it.
-#[derive(Debug, Clone)]
-pub struct LiveWorker {
-    /// Its name.
-    pub name: String,
-    /// Job kinds it runs.
-    pub kinds: Vec<String>,
-    /// All its devices, busy or not.
-    pub devices: Vec<Device>,
-}
-
 /// Why no connected worker can ever host a run of `kind` asking for `gpus` GPUs of `min_mb`
 /// each; `None` when one can (the run only waits its turn).
-pub fn unhostable(kind: &str, gpus: i32, min_mb: i64, workers: &[LiveWorker]) -> Option<String> {
+pub fn unhostable(kind: &str, gpus: i32, min_mb: i64, workers: &[Claimant]) -> Option<String> {
     if workers.is_empty() {
         return Some("no worker is connected".into());
     }
-    let able: Vec<&LiveWorker> = workers
+    let able: Vec<&Claimant> = workers
         .iter()
         .filter(|w| w.kinds.iter().any(|k| k == kind))
         .collect();
@@ -285,31 +274,29 @@ impl Store {
     }
 
     /// Workers heard from within a lease.
-    pub async fn live_workers(&self) -> Result<Vec<LiveWorker>> {
-        let rows: Vec<(String, serde_json::Value)> = sqlx::query_as(
-            "SELECT name, capabilities FROM workers \
+    pub async fn live_workers(&self) -> Result<Vec<Claimant>> {
+        let rows: Vec<(i64, serde_json::Value)> = sqlx::query_as(
+            "SELECT id, capabilities FROM workers \
              WHERE last_seen > now() - make_interval(secs => $1)",
         )
         .bind(self.lease_secs())
         .fetch_all(&self.pool)
         .await?;
         Ok(rows
-            .into_iter()
-            .map(|(name, caps)| LiveWorker {
-                name,
-                kinds: job_kinds(&caps),
-                devices: worker_devices(&caps),
-            })
+            .iter()
+            .map(|(id, caps)| Claimant::from_capabilities(*id, caps))
             .collect())
     }
 
-    /// A registered worker as its claims see it; `None` for an unknown id.
+    /// A registered worker as its claims see it, marked alive (a session opens); `None` for
+    /// an unknown id (a reconnecting worker keeps its id while the database knows it).
     pub async fn claimant(&self, worker: i64) -> Result<Option<Claimant>> {
-        let caps: Option<serde_json::Value> =
-            sqlx::query_scalar("SELECT capabilities FROM workers WHERE id = $1")
-                .bind(worker)
-                .fetch_optional(&self.pool)
-                .await?;
+        let caps: Option<serde_json::Value> = sqlx::query_scalar(
+            "UPDATE workers SET last_seen = now() WHERE id = $1 RETURNING capabilities",
+        )
+        .bind(worker)
+        .fetch_optional(&self.pool)
+        .await?;
         Ok(caps.map(|caps| Claimant::from_capabilities(worker, &caps)))
     }
 
@@ -356,8 +343,8 @@ mod tests {
 
     #[test]
     fn unhostable_names_what_is_missing() {
-        let w = |devices| LiveWorker {
-            name: "w".into(),
+        let w = |devices| Claimant {
+            worker: 1,
             kinds: vec!["probe".into()],
             devices,
         };

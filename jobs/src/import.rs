@@ -10,6 +10,9 @@ pub enum GeneratorFormat {
     /// rosinality/stylegan2-pytorch (`model.py` `Generator` state dict, `g_ema` of a
     /// training checkpoint, `.pt` or `.safetensors`).
     Rosinality,
+    /// A Plume `pretrain-generator` checkpoint (the EMA generator and its metadata; a
+    /// shipped generator such as `models/teacher-birds-32.safetensors`).
+    Plume,
 }
 
 /// Configuration of `import-generator`: a published StyleGAN2 instead of a

@@ -13,6 +13,9 @@ pub enum InvertMode {
     /// Draw w = f(z) and label G(w) with the critic's attribute predictions: exact styles of
     /// generated birds, captioned from the synthetic dataset's templates (ml.md section 3).
     Sampled,
+    /// Exact styles of the dataset's images from a teacher-trained generator: w_gt =
+    /// mapping(scene code of image i), read from the dataset's scenes file. No optimisation.
+    Scene,
 }
 
 /// Configuration of `invert`.
@@ -87,6 +90,12 @@ impl InvertConfig {
             return Err(ConfigError::invalid(
                 "critic",
                 "mode: sampled needs `critic` (its attribute predictions label the samples)",
+            ));
+        }
+        if self.mode == InvertMode::Scene && self.w_plus {
+            return Err(ConfigError::invalid(
+                "w_plus",
+                "mode: scene reads one w per image from its scene code; w_plus applies to optimise",
             ));
         }
         if self.mode == InvertMode::Sampled && self.w_plus {

@@ -18,8 +18,8 @@ pub use error::{ConfigError, JobError};
 pub use import::{GeneratorFormat, ImportGeneratorConfig};
 pub use invert::{InvertConfig, InvertMode};
 pub use judge::{JudgeConfig, JudgeNetConfig};
-pub use network::NetworkConfig;
-pub use pretrain::{AugmentConfig, PretrainConfig};
+pub use network::{MappingInput, NetworkConfig, SCENE_BLOCKS};
+pub use pretrain::{AugmentConfig, Objective, PretrainConfig, TeacherConfig};
 pub use probe::ProbeConfig;
 pub use text::{
     ContrastStyles, EditForm, EvaluateConfig, LossWeights, Method, PreservationGroups,
@@ -67,6 +67,42 @@ pub enum DatasetSpec {
         /// The dataset directory.
         path: PathBuf,
     },
+}
+
+/// Most images a synthetic dataset may have: about 14 GB of disk at 32 px and 45 GB at 128 px
+/// (three small files per image), which one worker's disk can hold; the worker also checks
+/// its free space before it renders.
+pub const MAX_SYNTHETIC_IMAGES: u32 = 1_000_000;
+
+/// Resolutions the synthetic renderer draws.
+pub const SYNTHETIC_RESOLUTIONS: [u32; 3] = [32, 64, 128];
+
+impl DatasetSpec {
+    /// Ranges a real machine can honour, checked at submit (the worker checks its disk).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        match self {
+            DatasetSpec::SyntheticBirds {
+                images, resolution, ..
+            } => {
+                check_range("images", *images, 1, MAX_SYNTHETIC_IMAGES)?;
+                if !SYNTHETIC_RESOLUTIONS.contains(resolution) {
+                    return Err(ConfigError::invalid(
+                        "resolution",
+                        format!(
+                            "the renderer draws {SYNTHETIC_RESOLUTIONS:?} px, got {resolution}"
+                        ),
+                    ));
+                }
+                Ok(())
+            }
+            DatasetSpec::Cub { path } => {
+                if path.as_os_str().is_empty() {
+                    return Err(ConfigError::invalid("path", "path must name a directory"));
+                }
+                Ok(())
+            }
+        }
+    }
 }
 
 /// A job: its kind and configuration. In YAML, `kind:` names the variant and the other
@@ -229,8 +265,27 @@ impl JobSpec {
         JobSpec::from_yaml(&text, &path.display().to_string())
     }
 
+    /// The dataset the job reads (`evaluate` reads its checkpoint's).
+    pub fn dataset(&self) -> Option<&DatasetSpec> {
+        match self {
+            JobSpec::PretrainGenerator(c) => Some(&c.dataset),
+            JobSpec::TrainJudge(c) => Some(&c.dataset),
+            JobSpec::Invert(c) => Some(&c.dataset),
+            JobSpec::TrainText(c) => Some(&c.dataset),
+            JobSpec::Evaluate(_) => None,
+            JobSpec::ImportGenerator(c) => Some(&c.dataset),
+            JobSpec::Probe(c) => Some(&c.dataset),
+        }
+    }
+
     /// Checks value ranges that serde cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(dataset) = self.dataset() {
+            dataset.validate().map_err(|e| ConfigError::In {
+                section: "dataset",
+                inner: Box::new(e),
+            })?;
+        }
         match self {
             JobSpec::PretrainGenerator(c) => c.validate(),
             JobSpec::TrainJudge(c) => c.validate(),

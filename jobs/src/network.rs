@@ -21,7 +21,33 @@ pub struct NetworkConfig {
     pub channel_base: i64,
     /// Cap on channels per layer.
     pub channel_max: i64,
+    /// What the mapping network reads: a random z (`latent`), or the renderer's scene code
+    /// (`scene`, teacher-trained generators: w is a block per attribute group plus one for
+    /// the pose, so edits are exact sums).
+    #[serde(skip_serializing_if = "MappingInput::is_latent")]
+    pub input: MappingInput,
 }
+
+/// What a generator's mapping network reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MappingInput {
+    /// z ~ N(0, I) through `mapping_layers` FC layers (StyleGAN2; the only form importable).
+    #[default]
+    Latent,
+    /// A scene code (the synthetic renderer's attributes and pose): one embedding block of w
+    /// per attribute group and one for the pose.
+    Scene,
+}
+
+impl MappingInput {
+    fn is_latent(&self) -> bool {
+        *self == MappingInput::Latent
+    }
+}
+
+/// Blocks of w under the scene mapping: one per attribute group (7) and one for the pose.
+pub const SCENE_BLOCKS: i64 = 8;
 
 impl Default for NetworkConfig {
     fn default() -> Self {
@@ -32,6 +58,7 @@ impl Default for NetworkConfig {
             mapping_layers: 2,
             channel_base: 2048,
             channel_max: 64,
+            input: MappingInput::Latent,
         }
     }
 }
@@ -67,6 +94,15 @@ impl NetworkConfig {
             check_range(name, v, 1, 8192)?;
         }
         check_range("mapping_layers", self.mapping_layers, 1, 8)?;
+        if self.input == MappingInput::Scene && self.w_dim % SCENE_BLOCKS != 0 {
+            return Err(ConfigError::invalid(
+                "w_dim",
+                format!(
+                    "input: scene splits w into {SCENE_BLOCKS} equal blocks (7 attribute groups and the pose); w_dim {} is not a multiple of {SCENE_BLOCKS}",
+                    self.w_dim
+                ),
+            ));
+        }
         Ok(())
     }
 }

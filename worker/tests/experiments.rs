@@ -9,7 +9,6 @@ fn every_job_file_in_experiments_parses() {
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "yaml") {
-            // generator-test.yaml carries a placeholder the test fills in; it still parses.
             JobSpec::from_file(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             seen += 1;
         }

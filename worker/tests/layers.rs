@@ -130,6 +130,7 @@ fn r1_penalty_equals_a_finite_difference_estimate() {
         mapping_layers: 1,
         channel_base: 64,
         channel_max: 8,
+        input: plume_jobs::MappingInput::Latent,
     };
     let d = Discriminator::new(&vs.root(), &cfg);
     vs.double();

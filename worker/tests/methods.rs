@@ -42,6 +42,7 @@ fn fixture() -> Fixture {
         mapping_layers: 2,
         channel_base: 256,
         channel_max: 16,
+        input: plume_jobs::MappingInput::Latent,
     };
     let g = Generator::new(&g_vs.root(), &net);
     g_vs.freeze();

@@ -45,6 +45,7 @@ fn inversion_reproduces_generated_images_whose_w_is_known() {
         mapping_layers: 2,
         channel_base: 512,
         channel_max: 32,
+        input: plume_jobs::MappingInput::Latent,
     };
     let mut g = Generator::new(&vs.root(), &net);
     // As every frozen use does (`load_generator`): the stored noise, so G(w) depends on w alone.

@@ -22,6 +22,7 @@
 pub mod cache;
 mod layout;
 pub mod render;
+pub mod scene;
 pub mod sheet;
 pub mod synth;
 pub mod vocab;

@@ -57,14 +57,20 @@ impl BirdAttributes {
 }
 
 /// Pose and colour jitter: everything about a bird that is not an attribute.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Pose {
-    facing_left: bool,
-    centre: (f32, f32),
-    tilt: f32,
-    scale_jitter: f32,
-    colour_jitter: [[i16; 3]; 5],
-    background_phase: f32,
+    /// Drawn mirrored.
+    pub facing_left: bool,
+    /// Offset of the body's centre (x) and its height (y), in image units.
+    pub centre: (f32, f32),
+    /// Rotation in radians.
+    pub tilt: f32,
+    /// Multiplies the size's drawing scale.
+    pub scale_jitter: f32,
+    /// Per-part RGB offsets: upperparts, breast, wing, crown, bill.
+    pub colour_jitter: [[i16; 3]; 5],
+    /// Phase of the background's ripples and blotches.
+    pub background_phase: f32,
 }
 
 impl Pose {

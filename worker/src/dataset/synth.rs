@@ -2,6 +2,7 @@
 //! layout), deterministically from a seed.
 
 use super::render::{bird_for, render, BirdAttributes};
+use super::scene::{scenes_header, Scene, SCENES_FILE};
 use super::vocab::{
     attribute_names, Group, BACKGROUNDS, BILL_LENGTHS, COLOURS, PARTS, PHRASINGS, SIZES,
 };
@@ -12,8 +13,9 @@ use std::fmt::Write as _;
 use std::fs;
 use std::path::Path;
 
-/// Bumped whenever the renderer's output changes, so cached datasets are not reused.
-pub const RENDERER_VERSION: u32 = 3;
+/// Bumped whenever the renderer's output or the files written change, so cached datasets are
+/// not reused (4: the scenes file).
+pub const RENDERER_VERSION: u32 = 4;
 
 /// Captions per image, as in Reed et al.'s `text_c10`.
 pub const CAPTIONS_PER_IMAGE: usize = 10;
@@ -196,6 +198,7 @@ fn write_bird(
     // About a fifth of the images are held out for testing, drawn per image.
     let is_train = rng.random_range(0..5) != 0;
     tables.add(id, &rel, class, is_train, &attrs.values());
+    let _ = writeln!(tables.scenes, "{id} {}", Scene { attrs, pose }.to_line());
     Ok(())
 }
 
@@ -206,6 +209,8 @@ struct Tables {
     labels: String,
     split: String,
     attributes: String,
+    /// `plume_scenes.txt`: each image's exact scene (see `scene.rs`).
+    scenes: String,
 }
 
 impl Tables {
@@ -228,6 +233,10 @@ impl Tables {
         write(&out.join("images.txt"), self.images)?;
         write(&out.join("image_class_labels.txt"), self.labels)?;
         write(&out.join("train_test_split.txt"), self.split)?;
+        write(
+            &out.join(SCENES_FILE),
+            format!("{}\n{}", scenes_header(), self.scenes),
+        )?;
         let numbered = |names: &mut dyn Iterator<Item = String>, first: usize| -> String {
             names
                 .enumerate()

@@ -8,40 +8,107 @@
 //! `worker/tests/reference_parity.rs` checks the outputs against the reference fixture.
 
 use super::NetworkConfig;
+use crate::dataset::scene::{self, SceneStream};
 use crate::nn::layers::{lrelu, upsample2, EqualLinear, ModConvImpl, ModulatedConv2d};
+use plume_jobs::{MappingInput, SCENE_BLOCKS};
 use tch::nn::{Init, Path};
 use tch::{Kind, Tensor};
 
-/// Mapping network: PixelNorm(z) through `mapping_layers` FC layers with lr multiplier 0.01
-/// (rosinality's `style`; index 0 is the PixelNorm, so the layers are `style.1`, `style.2`, ...).
+/// The mapping network: what turns a generator's input into w.
 pub struct Mapping {
-    layers: Vec<EqualLinear>,
+    form: MappingForm,
+}
+
+enum MappingForm {
+    /// PixelNorm(z) through `mapping_layers` FC layers with lr multiplier 0.01 (rosinality's
+    /// `style`; index 0 is the PixelNorm, so the layers are `style.1`, `style.2`, ...).
+    Latent(Vec<EqualLinear>),
+    /// A scene code to w, block by block: one embedding table per attribute group
+    /// (`scene.group_<g>`, `[values, w_dim / 8]`: the one-hot picks a row) and a small MLP of
+    /// the pose (`scene.pose.*`) for the last block. Changing one attribute changes only its
+    /// block, so an edit of w is an exact sum.
+    Scene {
+        groups: Vec<(i64, i64, Tensor)>,
+        pose: (i64, i64, Vec<EqualLinear>),
+    },
 }
 
 impl Mapping {
     fn new(p: &Path, cfg: &NetworkConfig) -> Self {
-        let layers = (0..cfg.mapping_layers)
-            .map(|i| {
-                EqualLinear::new(
-                    p / format!("{}", i + 1),
-                    if i == 0 { cfg.z_dim } else { cfg.w_dim },
-                    cfg.w_dim,
-                    0.01,
-                    0.0,
-                    true,
-                )
-            })
-            .collect();
-        Mapping { layers }
+        let form = match cfg.input {
+            MappingInput::Latent => MappingForm::Latent(
+                (0..cfg.mapping_layers)
+                    .map(|i| {
+                        EqualLinear::new(
+                            p / "style" / format!("{}", i + 1),
+                            if i == 0 { cfg.z_dim } else { cfg.w_dim },
+                            cfg.w_dim,
+                            0.01,
+                            0.0,
+                            true,
+                        )
+                    })
+                    .collect(),
+            ),
+            MappingInput::Scene => {
+                let block = cfg.w_dim / SCENE_BLOCKS;
+                let (blocks, (pose_at, pose_dim)) = scene::layout();
+                let p = p / "scene";
+                let groups = blocks
+                    .iter()
+                    .enumerate()
+                    .map(|(g, &(at, n))| {
+                        let table = p.var(
+                            &format!("group_{g}"),
+                            &[n as i64, block],
+                            Init::Randn {
+                                mean: 0.0,
+                                stdev: 1.0,
+                            },
+                        );
+                        (at as i64, n as i64, table)
+                    })
+                    .collect();
+                let hidden = 4 * block;
+                let mlp = vec![
+                    EqualLinear::new(&p / "pose" / "0", pose_dim as i64, hidden, 1.0, 0.0, true),
+                    EqualLinear::new(&p / "pose" / "1", hidden, block, 1.0, 0.0, false),
+                ];
+                MappingForm::Scene {
+                    groups,
+                    pose: (pose_at as i64, pose_dim as i64, mlp),
+                }
+            }
+        };
+        Mapping { form }
     }
 
-    /// `z: [B, z_dim] -> w: [B, w_dim]`.
-    pub fn forward(&self, z: &Tensor) -> Tensor {
-        let mut x = z * (z.square().mean_dim(1, true, None) + 1e-8).rsqrt();
-        for l in &self.layers {
-            x = l.forward(&x);
+    /// `z: [B, z_dim]` (latent) or scene codes `[B, code_dim]` (scene) -> `w: [B, w_dim]`.
+    pub fn forward(&self, input: &Tensor) -> Tensor {
+        match &self.form {
+            MappingForm::Latent(layers) => {
+                let mut x = input * (input.square().mean_dim(1, true, None) + 1e-8).rsqrt();
+                for l in layers {
+                    x = l.forward(&x);
+                }
+                x
+            }
+            MappingForm::Scene {
+                groups,
+                pose: (at, n, mlp),
+            } => {
+                let mut blocks: Vec<Tensor> = groups
+                    .iter()
+                    .map(|(at, n, table)| input.narrow(1, *at, *n).matmul(table))
+                    .collect();
+                let mut x = input.narrow(1, *at, *n);
+                for l in mlp {
+                    x = l.forward(&x);
+                }
+                blocks.push(x);
+                Tensor::cat(&blocks, 1)
+            }
         }
-        x
     }
 }
 
@@ -168,7 +235,7 @@ impl Generator {
         let w_avg = p.zeros_no_train("w_avg", &[cfg.w_dim]);
         Generator {
             cfg: cfg.clone(),
-            mapping: Mapping::new(&(p / "style"), cfg),
+            mapping: Mapping::new(p, cfg),
             constant: (p / "input").var(
                 "input",
                 &[1, c4, 4, 4],
@@ -185,6 +252,20 @@ impl Generator {
             w_avg,
             modconv: ModConvImpl::Batched,
             noise: NoiseMode::Random,
+        }
+    }
+
+    /// `n` inputs for the mapping network drawn from its prior with `seed`: z ~ N(0, I), or
+    /// the scene codes of the renderer's random scenes (`SceneStream::Prior`).
+    pub fn prior_inputs(&self, n: i64, seed: u64, device: tch::Device) -> Tensor {
+        match self.cfg.input {
+            MappingInput::Latent => {
+                tch::manual_seed(seed as i64);
+                Tensor::randn([n, self.cfg.z_dim], (Kind::Float, device))
+            }
+            MappingInput::Scene => {
+                scene::codes(&SceneStream::Prior.scenes(seed, 0, n as usize)).to_device(device)
+            }
         }
     }
 
@@ -227,7 +308,7 @@ impl Generator {
         w.unsqueeze(1).expand([-1, self.num_ws(), -1], false)
     }
 
-    /// z -> image, with optional truncation.
+    /// Mapping input (z or scene codes) -> image, with optional truncation.
     pub fn generate(&self, z: &Tensor, psi: f64) -> Tensor {
         let w = self.truncate(&self.mapping.forward(z), psi);
         self.synthesis(&self.broadcast(&w))

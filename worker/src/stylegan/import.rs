@@ -6,7 +6,7 @@
 
 use super::generator::Generator;
 use super::NetworkConfig;
-use crate::nn::checkpoint;
+use crate::nn::checkpoint::{self, Checkpoint};
 use crate::nn::layers::blur_kernel;
 use crate::nn::named_vars;
 use std::collections::{BTreeMap, HashMap};
@@ -206,6 +206,7 @@ pub fn infer_config(
         mapping_layers,
         channel_base,
         channel_max,
+        input: plume_jobs::MappingInput::Latent,
     };
     if let Some((res, c)) = table.iter().find(|(r, c)| cfg.channels(*r) != *c) {
         return Err(unsupported(format!(
@@ -290,6 +291,8 @@ pub struct Imported {
     pub network: NetworkConfig,
     /// Tensors copied.
     pub tensors: usize,
+    /// For a Plume checkpoint: its objective, images seen and training job, as recorded.
+    pub trained: Option<String>,
 }
 
 /// Imports `input` into a Plume generator checkpoint at `out` (kind `pretrain-generator`,
@@ -302,7 +305,9 @@ pub fn import(
     resolution: Option<u32>,
     out: &Path,
 ) -> Result<Imported, ImportError> {
-    let GeneratorFormat::Rosinality = format;
+    if format == GeneratorFormat::Plume {
+        return import_plume(input, resolution, out);
+    }
     let sd = read_state_dict(input)?;
     let network = infer_config(input, &sd)?;
     if let Some(res) = resolution.filter(|&r| r != network.resolution) {
@@ -339,6 +344,67 @@ pub fn import(
     Ok(Imported {
         network,
         tensors: parts.weights.len(),
+        trained: None,
+    })
+}
+
+/// Copies the EMA generator of a Plume `pretrain-generator` checkpoint, with its metadata
+/// (network, objective, provenance), into a fresh weights-only checkpoint at `out`.
+fn import_plume(
+    input: &Path,
+    resolution: Option<u32>,
+    out: &Path,
+) -> Result<Imported, ImportError> {
+    let unsupported = |message: String| ImportError::UnsupportedConfig {
+        path: input.to_owned(),
+        message,
+    };
+    let ckpt = Checkpoint::load(input).map_err(|e| unsupported(e.to_string()))?;
+    ckpt.expect_kind("pretrain-generator")
+        .map_err(|e| unsupported(e.to_string()))?;
+    let network: NetworkConfig = ckpt
+        .meta("generator.network")
+        .map_err(|e| unsupported(e.to_string()))
+        .and_then(|m| serde_json::from_str(m).map_err(|e| unsupported(e.to_string())))?;
+    if let Some(res) = resolution.filter(|&r| r != network.resolution) {
+        return Err(unsupported(format!(
+            "the generator draws {} px images, the dataset is {res} px",
+            network.resolution
+        )));
+    }
+    // Build the generator and restore into it: a checkpoint missing a tensor, or with one of
+    // the wrong shape, is refused here rather than in a later job.
+    let vs = VarStore::new(Device::Cpu);
+    let _g = Generator::new(&vs.root(), &network);
+    ckpt.restore("G_ema.", &named_vars(&vs))
+        .map_err(|e| unsupported(e.to_string()))?;
+    let mut meta: BTreeMap<String, String> = ckpt
+        .meta
+        .iter()
+        .filter(|(k, _)| k.starts_with("generator.") || k.starts_with("provenance."))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    meta.insert(
+        "generator.imported_from".into(),
+        format!("plume:{}", input.display()),
+    );
+    let parts = checkpoint::Parts::weights(checkpoint::prefixed("G_ema.", &named_vars(&vs)));
+    checkpoint::save(out, "pretrain-generator", 0, &meta, &parts)?;
+    let recorded = |key: &str| {
+        ckpt.meta
+            .get(key)
+            .map(String::as_str)
+            .unwrap_or("unrecorded")
+    };
+    Ok(Imported {
+        network,
+        tensors: parts.weights.len(),
+        trained: Some(format!(
+            "objective {}, {} images, step {}",
+            recorded("generator.objective"),
+            recorded("generator.images_seen"),
+            ckpt.step
+        )),
     })
 }
 
@@ -356,12 +422,16 @@ pub fn run(
     let path = reporter.checkpoint_path(0)?;
     let done = import(cfg.from, &cfg.path, resolution, &path)?;
     reporter.log(&format!(
-        "imported {} ({} tensors, {} px, w_dim {})",
+        "imported {} ({} tensors, {} px, w_dim {}, input {:?})",
         cfg.path.display(),
         done.tensors,
         done.network.resolution,
-        done.network.w_dim
+        done.network.w_dim,
+        done.network.input
     ));
+    if let Some(how) = &done.trained {
+        reporter.log(&format!("how it was trained: {how}"));
+    }
     reporter.checkpoint_written(0, &path)?;
     reporter.finish("import-generator finished");
     Ok(crate::job::Outcome::Completed { step: 0 })

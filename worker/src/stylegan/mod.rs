@@ -10,5 +10,6 @@ pub mod loss;
 pub mod metrics;
 pub mod pretrain;
 pub mod scoring;
+pub mod teacher;
 
 pub use plume_jobs::NetworkConfig;

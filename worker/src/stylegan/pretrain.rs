@@ -311,6 +311,9 @@ pub fn run(
     reporter: &mut dyn Reporter,
     cancel: &CancelToken,
 ) -> anyhow::Result<Outcome> {
+    if cfg.objective == plume_jobs::Objective::Teacher {
+        return super::teacher::run(cfg, resume, device, reporter, cancel);
+    }
     let ds = cfg.dataset.open()?;
     let res = cfg.network.resolution;
     let train_idx = ds.partition(Partition::Train);

@@ -7,20 +7,20 @@ use super::generator::Generator;
 use super::metrics;
 use crate::judge::fid::{frechet_distance, Gaussian};
 use crate::nn::layers::resize_square;
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
 
-/// Generates `n` images with `g` from a fixed seed, in batches, clamped to [-1, 1].
+/// Generates `n` images with `g` from its prior under a fixed seed, in batches, clamped to
+/// [-1, 1].
 pub fn generated_images(g: &Generator, n: i64, seed: u64, device: Device) -> Tensor {
     tch::no_grad(|| {
-        tch::manual_seed(seed as i64);
-        let mut images = Vec::new();
-        let mut done = 0;
-        while done < n {
-            let b = 100.min(n - done);
-            let z = Tensor::randn([b, g.cfg.z_dim], (Kind::Float, device));
-            images.push(g.generate(&z, 1.0).clamp(-1.0, 1.0));
-            done += b;
-        }
+        let inputs = g.prior_inputs(n, seed, device);
+        let images: Vec<Tensor> = (0..n)
+            .step_by(100)
+            .map(|s| {
+                g.generate(&inputs.narrow(0, s, 100.min(n - s)), 1.0)
+                    .clamp(-1.0, 1.0)
+            })
+            .collect();
         Tensor::cat(&images, 0)
     })
 }
@@ -104,14 +104,28 @@ impl JudgeForMetrics {
         fid_images: i64,
         groups: &[crate::dataset::AttributeGroup],
     ) -> Vec<(String, f64)> {
-        let fake = metrics::read(&self.net, fake);
+        self.score_reading(&self.read(fake), fid_images, groups)
+    }
+
+    /// The judge's reading of `images` (`[N, 3, R, R]` in [-1, 1]).
+    pub fn read(&self, images: &Tensor) -> metrics::Reading {
+        metrics::read(&self.net, images)
+    }
+
+    /// [`JudgeForMetrics::score_images`] for images the judge has already read.
+    pub fn score_reading(
+        &self,
+        fake: &metrics::Reading,
+        fid_images: i64,
+        groups: &[crate::dataset::AttributeGroup],
+    ) -> Vec<(String, f64)> {
         let fid = frechet_distance(
             &self.fid_reference,
             &Gaussian::fit(&fake.embedding.narrow(0, 0, fid_images)),
         );
         let mut values = vec![("gen/judge_fid".to_string(), fid)];
         if let Some(real) = &self.test_reading {
-            values.extend(generator_metrics(&fake, real, groups));
+            values.extend(generator_metrics(fake, real, groups));
         }
         values
     }
@@ -173,8 +187,7 @@ pub fn real_features(judge: &crate::judge::train::Trained, images: &Tensor) -> T
 /// The sample grid: 4 rows without truncation, 4 rows at psi = 0.7, from fixed z.
 pub fn sample_grid(g: &Generator, device: Device) -> Vec<u8> {
     tch::no_grad(|| {
-        tch::manual_seed(20_240_601);
-        let z = Tensor::randn([32, g.cfg.z_dim], (Kind::Float, device));
+        let z = g.prior_inputs(32, 20_240_601, device);
         let a = g.generate(&z, 1.0);
         let b = g.generate(&z, 0.7);
         let all = Tensor::cat(&[a, b], 0).clamp(-1.0, 1.0);

@@ -48,9 +48,9 @@ pub fn optimise_styles(
     let device = targets.device();
     // Spread of w around w_avg, for the optimisation noise (NVlabs: 10k samples).
     let w_std = tch::no_grad(|| {
-        tch::manual_seed(noise_seed as i64 ^ 0x5EED);
-        let z = Tensor::randn([2000, g.cfg.z_dim], (Kind::Float, device));
-        let w = g.mapping.forward(&z);
+        let w = g
+            .mapping
+            .forward(&g.prior_inputs(2000, noise_seed ^ 0x5EED, device));
         ((w - &g.w_avg).square().sum(Kind::Float) / 2000.0)
             .sqrt()
             .double_value(&[])
@@ -113,8 +113,10 @@ pub fn run(
     reporter: &mut dyn Reporter,
     cancel: &CancelToken,
 ) -> anyhow::Result<Outcome> {
-    if cfg.mode == InvertMode::Sampled {
-        return run_sampled(cfg, device, reporter, cancel);
+    match cfg.mode {
+        InvertMode::Sampled => return run_sampled(cfg, device, reporter, cancel),
+        InvertMode::Scene => return super::scene::run(cfg, device, reporter),
+        InvertMode::Optimise => {}
     }
     let ds: Dataset = cfg.dataset.open()?;
     let (fingerprint, _g_vs, g) = load_frozen_generator(&cfg.generator, device)?;
@@ -301,9 +303,10 @@ fn run_sampled(
         let n = (cfg.batch as usize).min(total - done);
         let seed = crate::job::step_seed(cfg.seed, done as i64);
         let (w, label) = tch::no_grad(|| {
-            tch::manual_seed(seed as i64);
-            let z = Tensor::randn([n as i64, g.cfg.z_dim], (Kind::Float, device));
-            let w = g.mapping.forward(&z).unsqueeze(1);
+            let w = g
+                .mapping
+                .forward(&g.prior_inputs(n as i64, seed, device))
+                .unsqueeze(1);
             let img = render_styles(&g, &w, seed);
             let out = critic.net.forward(&resize_square(&img, critic.resolution));
             (w, critic.net.predict(&out.attr_logits))

@@ -3,6 +3,7 @@
 //! fingerprint of the generator's weights), and loading it for another generator fails.
 
 pub mod invert;
+pub mod scene;
 
 use crate::nn::checkpoint::{Checkpoint, CheckpointError};
 use std::path::Path;

@@ -337,6 +337,8 @@ struct Tally {
     group_success: [(f64, f64); Group::ALL.len()],
     preserved: f64,
     preserved_n: f64,
+    /// Per edited group: (other attributes kept, other attributes read).
+    group_preserved: [(f64, f64); Group::ALL.len()],
     region: f64,
     pointed: f64,
     pointed_n: f64,
@@ -355,8 +357,10 @@ impl Tally {
         for h in 0..read.edited.size()[1] {
             if h != r.group as i64 {
                 self.preserved_n += 1.0;
+                self.group_preserved[r.group].1 += 1.0;
                 if read.edited.int64_value(&[k, h]) == read.source.int64_value(&[k, h]) {
                     self.preserved += 1.0;
+                    self.group_preserved[r.group].0 += 1.0;
                 }
             }
         }
@@ -397,9 +401,19 @@ impl Tally {
         if method == Method::VisualGrounding && self.pointed_n > 0.0 {
             metrics.push(("eval/grounding".to_string(), self.pointed / self.pointed_n));
         }
-        for (group, (hit, n)) in Group::ALL.iter().zip(&self.group_success) {
+        for ((group, (hit, n)), (kept, read)) in Group::ALL
+            .iter()
+            .zip(&self.group_success)
+            .zip(&self.group_preserved)
+        {
             if *n > 0.0 {
                 metrics.push((format!("eval/edit_success/{}", group.cub_name()), hit / n));
+            }
+            if *read > 0.0 {
+                metrics.push((
+                    format!("eval/attr_preservation/{}", group.cub_name()),
+                    kept / read,
+                ));
             }
         }
         metrics

@@ -232,6 +232,16 @@ fn bad_experiments_get_clear_located_errors() {
             (15, 9),
         ),
         (
+            GOOD.replace("images: 200,", "images: 4000000000,"),
+            "dataset: images must be in 1..=1000000, got 4000000000",
+            (2, 10),
+        ),
+        (
+            GOOD.replace("resolution: 32,", "resolution: 48,"),
+            "dataset: the renderer draws [32, 64, 128] px, got 48",
+            (2, 10),
+        ),
+        (
             GOOD.replace(
                 "{job: train-judge, steps: 4}",
                 "{job: train-judge, stpes: 4}",

@@ -130,7 +130,7 @@ fn a_short_teacher_run_learns_the_renders() {
 /// it should be stable across machines; measured in
 /// experiments/results/2026-12-07-teacher-generator.md with the default kernels, with
 /// `ONEDNN_MAX_CPU_ISA=AVX2` and with 1 thread.
-const SHIPPED_READING_MIN: [f64; 4] = [0.95, 0.95, 0.88, 0.93];
+const SHIPPED_READING_MIN: [f64; 4] = [0.95, 0.95, 0.88, 0.90];
 
 #[test]
 fn the_shipped_generator_reads_every_part_colour() {

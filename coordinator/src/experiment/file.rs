@@ -158,6 +158,14 @@ pub(super) fn read(ctx: &Ctx, src: &str) -> Result<ExperimentFile, ExperimentErr
             "dataset needs a `kind` (synthetic-birds or cub)".into(),
         ));
     }
+    // Sizes a machine cannot honour are refused here, at the dataset's own line; a dataset
+    // that does not even parse is reported by the first job that reads it, field by field.
+    let dataset = serde_json::from_value::<plume_jobs::DatasetSpec>(Value::Object(
+        parsed.dataset.value.clone(),
+    ));
+    if let Ok(Err(e)) = dataset.map(|d| d.validate()) {
+        return Err(ctx.err(&parsed.dataset.referenced, format!("dataset: {e}")));
+    }
     if let Some(objective) = &parsed.objective {
         let metric = &objective.value.metric;
         if metric.is_empty() || metric.len() > 128 {

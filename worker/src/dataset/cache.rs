@@ -102,5 +102,7 @@ fn free_bytes(dir: &Path) -> Option<u64> {
     }
     // SAFETY: statvfs returned 0, so it filled the struct.
     let st = unsafe { st.assume_init() };
+    // fsblkcnt_t and c_ulong are u64 here but narrower on other targets.
+    #[allow(clippy::unnecessary_cast)]
     Some(st.f_bavail as u64 * st.f_frsize as u64)
 }

@@ -341,22 +341,27 @@ pub fn run(
     );
     let mut step = 0;
     if let Some(path) = resume {
-        let ckpt = Checkpoint::load(path)?;
-        ckpt.expect_kind("pretrain-generator")?;
-        let saved: NetworkConfig = serde_json::from_str(ckpt.meta("generator.network")?)?;
-        anyhow::ensure!(
-            saved == cfg.network,
-            "{}: checkpoint network {saved:?} differs from the job's {:?}",
-            path.display(),
-            cfg.network
-        );
+        let ckpt = resume_checkpoint(path, cfg)?;
         gan.restore(&ckpt)?;
         step = ckpt.step;
     }
 
     // Only now, with every input checked, does the job write anything.
     reporter.log(&format!("pretrain-generator on {device:?}: {n} training images at {res} px, steps {step}..{} of batch {}", cfg.steps, cfg.batch));
-    let cadence = Cadence {
+    let cadence = cadence(cfg);
+    let mut job = PretrainTraining {
+        cfg,
+        gan,
+        images,
+        judge,
+        groups: ds.groups.clone(),
+    };
+    step_loop(&mut job, step, &cadence, reporter, cancel)
+}
+
+/// When `pretrain-generator` evaluates, draws samples and checkpoints (either objective).
+pub(super) fn cadence(cfg: &PretrainConfig) -> Cadence {
+    Cadence {
         evaluate_at_start: true,
         ..Cadence::per_step(
             "pretrain-generator",
@@ -368,15 +373,22 @@ pub fn run(
                 (Task::Checkpoint, cfg.checkpoint_every),
             ],
         )
-    };
-    let mut job = PretrainTraining {
-        cfg,
-        gan,
-        images,
-        judge,
-        groups: ds.groups.clone(),
-    };
-    step_loop(&mut job, step, &cadence, reporter, cancel)
+    }
+}
+
+/// The checkpoint a `pretrain-generator` job resumes from: its kind and network must be the
+/// job's.
+pub(super) fn resume_checkpoint(path: &Path, cfg: &PretrainConfig) -> anyhow::Result<Checkpoint> {
+    let ckpt = Checkpoint::load(path)?;
+    ckpt.expect_kind("pretrain-generator")?;
+    let saved: NetworkConfig = serde_json::from_str(ckpt.meta("generator.network")?)?;
+    anyhow::ensure!(
+        saved == cfg.network,
+        "{}: checkpoint network {saved:?} differs from the job's {:?}",
+        path.display(),
+        cfg.network
+    );
+    Ok(ckpt)
 }
 
 /// `pretrain-generator` as the step loop drives it.

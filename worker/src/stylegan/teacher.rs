@@ -11,10 +11,9 @@
 
 use super::generator::{Generator, NoiseMode};
 use super::scoring::JudgeForMetrics;
-use super::NetworkConfig;
 use crate::dataset::scene::{self, Scene, SceneStream};
 use crate::dataset::{AttributeGroup, OpenDataset, Partition};
-use crate::job::{step_loop, Cadence, CancelToken, Outcome, Reporter, Task, Timing, TrainingJob};
+use crate::job::{step_loop, CancelToken, Outcome, Reporter, Task, Timing, TrainingJob};
 use crate::nn::adam::Adam;
 use crate::nn::checkpoint::{self, Checkpoint};
 use crate::nn::{named_vars, trainable_vars};
@@ -233,15 +232,7 @@ pub fn run(
     let mut student = Student::new(cfg, device);
     let mut step = 0;
     if let Some(path) = resume {
-        let ckpt = Checkpoint::load(path)?;
-        ckpt.expect_kind("pretrain-generator")?;
-        let saved: NetworkConfig = serde_json::from_str(ckpt.meta("generator.network")?)?;
-        anyhow::ensure!(
-            saved == cfg.network,
-            "{}: checkpoint network {saved:?} differs from the job's {:?}",
-            path.display(),
-            cfg.network
-        );
+        let ckpt = super::pretrain::resume_checkpoint(path, cfg)?;
         student.restore(&ckpt)?;
         step = ckpt.step;
     }
@@ -260,19 +251,7 @@ pub fn run(
         "pretrain-generator (teacher) on {device:?}: fresh scenes at {} px, steps {step}..{} of batch {}, {} held-out scenes",
         cfg.network.resolution, cfg.steps, cfg.batch, cfg.teacher.heldout_scenes
     ));
-    let cadence = Cadence {
-        evaluate_at_start: true,
-        ..Cadence::per_step(
-            "pretrain-generator",
-            cfg.steps,
-            cfg.seed,
-            vec![
-                (Task::Evaluate, cfg.eval_every),
-                (Task::Samples, cfg.sample_every),
-                (Task::Checkpoint, cfg.checkpoint_every),
-            ],
-        )
-    };
+    let cadence = super::pretrain::cadence(cfg);
     let mut job = TeacherTraining {
         cfg,
         device,

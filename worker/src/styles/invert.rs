@@ -19,7 +19,6 @@ use crate::nn::adam::Adam;
 use crate::nn::checkpoint::{self, Checkpoint};
 use crate::nn::layers::resize_square;
 use crate::stylegan::generator::Generator;
-use std::collections::BTreeMap;
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
@@ -219,16 +218,7 @@ impl Inversion<'_> {
             Tensor::cat(&self.errs, 0)
         };
         let index = Tensor::arange(done as i64, (Kind::Float, device));
-        let mut meta = BTreeMap::new();
-        meta.insert("styles.generator".into(), self.fingerprint.to_string());
-        meta.insert(
-            "styles.generator_path".into(),
-            cfg.generator.display().to_string(),
-        );
-        meta.insert("styles.count".into(), done.to_string());
-        meta.insert("styles.num_ws".into(), copies.to_string());
-        meta.insert("styles.w_dim".into(), g.cfg.w_dim.to_string());
-        meta.insert("job.config".into(), serde_json::to_string(cfg)?);
+        let meta = super::styles_meta(cfg, self.fingerprint, done, copies, g.cfg.w_dim)?;
         let parts = checkpoint::Parts::weights(vec![
             ("w".into(), w),
             ("index".into(), index),
@@ -354,18 +344,9 @@ fn save_sampled(
 ) -> anyhow::Result<()> {
     let (total, device) = (labels.size()[0], labels.device());
     let groups = labels.size()[1];
-    let mut meta = BTreeMap::new();
-    meta.insert("styles.generator".into(), fingerprint.to_string());
-    meta.insert(
-        "styles.generator_path".into(),
-        cfg.generator.display().to_string(),
-    );
+    let mut meta = super::styles_meta(cfg, fingerprint, total as usize, 1, w_dim)?;
     meta.insert("styles.mode".into(), "sampled".into());
-    meta.insert("styles.count".into(), total.to_string());
-    meta.insert("styles.num_ws".into(), "1".into());
-    meta.insert("styles.w_dim".into(), w_dim.to_string());
     meta.insert("styles.groups".into(), groups.to_string());
-    meta.insert("job.config".into(), serde_json::to_string(cfg)?);
     checkpoint::write(
         reporter,
         "invert",

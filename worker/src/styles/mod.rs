@@ -34,6 +34,28 @@ pub fn load_frozen_generator(
     Ok((fingerprint, vs, g))
 }
 
+/// The metadata every styles file carries: whose generator, how many styles of what shape,
+/// and the job that made them.
+pub fn styles_meta(
+    cfg: &plume_jobs::InvertConfig,
+    fingerprint: &str,
+    count: usize,
+    num_ws: i64,
+    w_dim: i64,
+) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    let mut meta = std::collections::BTreeMap::new();
+    meta.insert("styles.generator".into(), fingerprint.to_string());
+    meta.insert(
+        "styles.generator_path".into(),
+        cfg.generator.display().to_string(),
+    );
+    meta.insert("styles.count".into(), count.to_string());
+    meta.insert("styles.num_ws".into(), num_ws.to_string());
+    meta.insert("styles.w_dim".into(), w_dim.to_string());
+    meta.insert("job.config".into(), serde_json::to_string(cfg)?);
+    Ok(meta)
+}
+
 /// The styles of a set of images.
 pub struct Styles {
     /// `[N, num_ws, w_dim]` (num_ws = 1 unless inverted into W+).

@@ -10,7 +10,7 @@ use crate::dataset::{Dataset, OpenDataset};
 use crate::job::{Outcome, Reporter};
 use crate::nn::checkpoint;
 use plume_jobs::{InvertConfig, MappingInput};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use tch::{Device, Kind, Tensor};
 
 /// Runs `invert` in scene mode (one styles file; reading codes is cheap, so a cancelled or
@@ -73,17 +73,8 @@ pub fn run(
         "reconstruction L1 of G(w_gt) against the images: mean {mean:.4}, max {:.4}",
         err.max().double_value(&[])
     ));
-    let mut meta = BTreeMap::new();
-    meta.insert("styles.generator".into(), fingerprint.clone());
-    meta.insert(
-        "styles.generator_path".into(),
-        cfg.generator.display().to_string(),
-    );
+    let mut meta = super::styles_meta(cfg, &fingerprint, total, 1, g.cfg.w_dim)?;
     meta.insert("styles.mode".into(), "scene".into());
-    meta.insert("styles.count".into(), total.to_string());
-    meta.insert("styles.num_ws".into(), "1".into());
-    meta.insert("styles.w_dim".into(), g.cfg.w_dim.to_string());
-    meta.insert("job.config".into(), serde_json::to_string(cfg)?);
     let index = Tensor::arange(total as i64, (Kind::Float, device));
     checkpoint::write(
         reporter,

@@ -125,6 +125,38 @@ fn a_short_teacher_run_learns_the_renders() {
     assert!(out.join("artifacts").read_dir().unwrap().count() > 0);
 }
 
+#[test]
+fn a_resumed_teacher_run_ends_where_an_uninterrupted_one_does() {
+    let tmp = tempfile::tempdir().unwrap();
+    let job = "kind: pretrain-generator\ndataset: {kind: synthetic-birds, images: 50, resolution: 32, seed: 7}\nobjective: teacher\nnetwork: {resolution: 32, w_dim: 64, channel_base: 256, channel_max: 16, input: scene}\nteacher: {heldout_scenes: 20}\nsteps: 40\nbatch: 8\neval_every: 40\nsample_every: 40\ncheckpoint_every: 20\n";
+    let whole = common::run_job(tmp.path(), "whole", job);
+    // The second half again, from the first half's checkpoint (G, G_ema, Adam, the step).
+    let yaml = tmp.path().join("whole.yaml");
+    let resumed = tmp.path().join("resumed");
+    let o = common::worker()
+        .arg("run")
+        .arg(&yaml)
+        .arg("--out")
+        .arg(&resumed)
+        .arg("--resume")
+        .arg(whole.join("checkpoints/step-00000020.safetensors"))
+        .args(["--device", "cpu"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let a = Checkpoint::load(&whole.join("checkpoints/step-00000040.safetensors")).unwrap();
+    let b = Checkpoint::load(&resumed.join("checkpoints/step-00000040.safetensors")).unwrap();
+    let (ta, tb) = (a.tensors_with_prefix("G"), b.tensors_with_prefix("G"));
+    assert_eq!(ta.len(), tb.len());
+    assert!(
+        ta.len() > 40,
+        "G, G_ema and Adam's moments are all checkpointed"
+    );
+    for ((name, x), (_, y)) in ta.iter().zip(&tb) {
+        assert!(x.equal(y), "{name} differs after the resume");
+    }
+}
+
 /// Per colour group, the least share of 200 held-out scenes on which the shipped generator's
 /// part colour must read as the scene's (the probe's judge-free reading). Inference only, so
 /// it should be stable across machines; measured in

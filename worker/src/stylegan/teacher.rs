@@ -401,21 +401,25 @@ impl TeacherTraining<'_> {
     /// scenes: the teacher and the student side by side.
     fn samples(&self) -> Vec<u8> {
         tch::no_grad(|| {
-            let codes = self.heldout.codes.narrow(0, 0, 24);
-            let renders = self.heldout.renders.narrow(0, 0, 24);
+            // Up to three groups of 8 scenes (fewer when there are fewer held-out scenes).
+            let cols = 8.min(self.heldout.codes.size()[0]);
+            let groups = (self.heldout.codes.size()[0] / cols).min(3);
+            let n = cols * groups;
+            let codes = self.heldout.codes.narrow(0, 0, n);
+            let renders = self.heldout.renders.narrow(0, 0, n);
             let ema = self.student.g_ema.generate(&codes, 1.0).clamp(-1.0, 1.0);
             let raw = self.student.g.generate(&codes, 1.0).clamp(-1.0, 1.0);
             let mut rows = Vec::new();
             let mut labels = Vec::new();
-            for r in 0..3 {
+            for r in 0..groups {
                 for (name, t) in [("render", &renders), ("G_ema", &ema), ("G", &raw)] {
-                    rows.push(t.narrow(0, r * 8, 8));
+                    rows.push(t.narrow(0, r * cols, cols));
                     labels.push(name.to_string());
                 }
             }
             let all = Tensor::cat(&rows, 0);
             let scale = (128 / self.cfg.network.resolution).max(1);
-            crate::picture::image_grid(&all, 8, scale, &labels).to_png()
+            crate::picture::image_grid(&all, cols as u32, scale, &labels).to_png()
         })
     }
 }

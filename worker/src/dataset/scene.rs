@@ -145,7 +145,7 @@ impl Scene {
         fields.join(" ")
     }
 
-    /// Parses [`Scene::to_line`]'s form; `where_` names the place for errors.
+    /// Parses [`Scene::to_line`]'s form; errors name the 1-based field.
     pub fn parse(text: &str) -> Result<Scene, String> {
         let f: Vec<&str> = text.split_whitespace().collect();
         if f.len() != 7 + 1 + 4 + 15 + 1 {
@@ -240,13 +240,11 @@ pub fn read_scenes(dir: &std::path::Path) -> Result<Vec<(u32, Scene)>, DatasetEr
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if i == 0 {
-            if line != format!("# scene codes v{SCENE_CODE_VERSION}") {
+            if line != scenes_header() {
                 return Err(DatasetError::Parse {
                     path,
                     line: 1,
-                    message: format!(
-                        "expected the header '# scene codes v{SCENE_CODE_VERSION}', got {line:?}"
-                    ),
+                    message: format!("expected the header {:?}, got {line:?}", scenes_header()),
                 });
             }
             continue;

@@ -53,6 +53,24 @@ pub struct Gan {
     pub pl_mean: Tensor,
 }
 
+/// A frozen copy of the generator in `g_vs` (its EMA, starting equal to it), and the copy's
+/// variables that shadow G's trainable ones, in the same order (what the EMA update moves).
+pub(super) fn ema_copy(
+    g_vs: &VarStore,
+    net: &NetworkConfig,
+) -> (VarStore, Generator, Vec<(String, Tensor)>) {
+    let mut ema_vs = VarStore::new(g_vs.device());
+    let g_ema = Generator::new(&ema_vs.root(), net);
+    ema_vs.copy(g_vs).expect("same structure");
+    ema_vs.freeze();
+    let g_params = trainable_vars(g_vs);
+    let ema_params = named_vars(&ema_vs)
+        .into_iter()
+        .filter(|(n, _)| g_params.iter().any(|(m, _)| m == n))
+        .collect();
+    (ema_vs, g_ema, ema_params)
+}
+
 /// Lazy regularisation rescales Adam so that regularised and plain steps balance
 /// (StyleGAN2 appendix B): lr * c and beta^c with c = interval / (interval + 1).
 fn lazy_adam(params: Vec<(String, Tensor)>, lr: f64, interval: i64) -> Adam {
@@ -76,16 +94,9 @@ impl Gan {
         let g = Generator::new(&g_vs.root(), net);
         let d_vs = VarStore::new(device);
         let d = Discriminator::new(&d_vs.root(), net);
-        let mut ema_vs = VarStore::new(device);
-        let g_ema = Generator::new(&ema_vs.root(), net);
-        ema_vs.copy(&g_vs).expect("same structure");
-        ema_vs.freeze();
+        let (ema_vs, g_ema, ema_params) = ema_copy(&g_vs, net);
         let g_params = trainable_vars(&g_vs);
         let d_params = trainable_vars(&d_vs);
-        let ema_params: Vec<(String, Tensor)> = named_vars(&ema_vs)
-            .into_iter()
-            .filter(|(n, _)| g_params.iter().any(|(m, _)| m == n))
-            .collect();
         let g_opt = if pl_on {
             lazy_adam(shallow(&g_params), cfg_lr, pl_interval)
         } else {
@@ -257,8 +268,25 @@ impl Gan {
     }
 }
 
-/// The judge that scores samples, fitted to the test images; logs what the data itself
-/// scores (the ceiling any generator can reach).
+/// The judge that scores a generator's samples, fitted to the dataset's test images (either
+/// objective).
+pub(super) fn judge_for_metrics(
+    path: &Path,
+    cfg: &PretrainConfig,
+    ds: &crate::dataset::Dataset,
+    device: Device,
+) -> anyhow::Result<JudgeForMetrics> {
+    let net = crate::judge::train::load(path, "judge", device)?;
+    let test = ds.partition(Partition::Test);
+    let test_images = ds
+        .load_images(&test, cfg.network.resolution)?
+        .to_device(device);
+    // One pass of the judge over the test images serves FID and the other metrics.
+    Ok(JudgeForMetrics::new(net, &test_images, cfg.metric_images))
+}
+
+/// [`judge_for_metrics`], and a log line of what the training images themselves score (the
+/// ceiling any generator can reach).
 fn metrics_judge(
     path: &Path,
     cfg: &PretrainConfig,
@@ -266,14 +294,7 @@ fn metrics_judge(
     images: &Tensor,
     reporter: &mut dyn Reporter,
 ) -> anyhow::Result<JudgeForMetrics> {
-    let device = images.device();
-    let net = crate::judge::train::load(path, "judge", device)?;
-    let test = ds.partition(Partition::Test);
-    let test_images = ds
-        .load_images(&test, cfg.network.resolution)?
-        .to_device(device);
-    // One pass of the judge over the test images serves FID and the other metrics.
-    let judge = JudgeForMetrics::new(net, &test_images, cfg.metric_images);
+    let judge = judge_for_metrics(path, cfg, ds, images.device())?;
     if let Some(line) = judge.data_ceiling(images, &ds.groups) {
         reporter.log(&line);
     }

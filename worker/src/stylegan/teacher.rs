@@ -12,7 +12,7 @@
 use super::generator::{Generator, NoiseMode};
 use super::scoring::JudgeForMetrics;
 use crate::dataset::scene::{self, Scene, SceneStream};
-use crate::dataset::{AttributeGroup, OpenDataset, Partition};
+use crate::dataset::{AttributeGroup, OpenDataset};
 use crate::job::{step_loop, CancelToken, Outcome, Reporter, Task, Timing, TrainingJob};
 use crate::nn::adam::Adam;
 use crate::nn::checkpoint::{self, Checkpoint};
@@ -147,18 +147,11 @@ impl Student {
         tch::manual_seed(cfg.seed as i64);
         let g_vs = VarStore::new(device);
         let mut g = Generator::new(&g_vs.root(), &cfg.network);
-        let mut ema_vs = VarStore::new(device);
-        let mut g_ema = Generator::new(&ema_vs.root(), &cfg.network);
-        ema_vs.copy(&g_vs).expect("same structure");
-        ema_vs.freeze();
+        let (ema_vs, mut g_ema, ema_params) = super::pretrain::ema_copy(&g_vs, &cfg.network);
         // The target has no per-pixel randomness to explain: G is a function of the scene.
         g.noise = NoiseMode::Fixed;
         g_ema.noise = NoiseMode::Fixed;
         let g_params = trainable_vars(&g_vs);
-        let ema_params: Vec<(String, Tensor)> = named_vars(&ema_vs)
-            .into_iter()
-            .filter(|(n, _)| g_params.iter().any(|(m, _)| m == n))
-            .collect();
         let opt = Adam::new(
             crate::nn::shallow(&g_params),
             cfg.lr,
@@ -218,17 +211,11 @@ pub fn run(
         "the teacher needs the synthetic birds' 7 attribute groups; the dataset has {}",
         ds.groups.len()
     );
-    let judge = match &cfg.judge {
-        Some(path) => {
-            let net = crate::judge::train::load(path, "judge", device)?;
-            let test = ds.partition(Partition::Test);
-            let test_images = ds
-                .load_images(&test, cfg.network.resolution)?
-                .to_device(device);
-            Some(JudgeForMetrics::new(net, &test_images, cfg.metric_images))
-        }
-        None => None,
-    };
+    let judge = cfg
+        .judge
+        .as_ref()
+        .map(|path| super::pretrain::judge_for_metrics(path, cfg, &ds, device))
+        .transpose()?;
     let mut student = Student::new(cfg, device);
     let mut step = 0;
     if let Some(path) = resume {
@@ -237,9 +224,12 @@ pub fn run(
         step = ckpt.step;
     }
     let heldout = HeldOut::new(cfg, device);
-    if let Some(judge) = &judge {
+    // The renders do not change: the judge reads them once.
+    let real_rates = judge.as_ref().map(|judge| {
         let real = judge.read(&heldout.renders);
-        let rates = read_rates(&real.values, &heldout.labels, &ds.groups);
+        read_rates(&real.values, &heldout.labels, &ds.groups)
+    });
+    if let Some(rates) = &real_rates {
         let shown: Vec<String> = rates.iter().map(|(g, r)| format!("{g} {r:.3}")).collect();
         reporter.log(&format!(
             "the judge reads the renders of {} held-out scenes at: {}",
@@ -258,7 +248,7 @@ pub fn run(
         batches: prefetch(cfg, step),
         student,
         heldout,
-        judge,
+        judge: judge.zip(real_rates),
         groups: ds.groups.clone(),
     };
     step_loop(&mut job, step, &cadence, reporter, cancel)
@@ -288,7 +278,8 @@ struct TeacherTraining<'a> {
     batches: mpsc::Receiver<RenderedBatch>,
     student: Student,
     heldout: HeldOut,
-    judge: Option<JudgeForMetrics>,
+    /// The judge, with its reading of the held-out renders per group.
+    judge: Option<(JudgeForMetrics, Vec<(String, f64)>)>,
     groups: Vec<AttributeGroup>,
 }
 
@@ -363,13 +354,11 @@ impl TeacherTraining<'_> {
             "gen/mask_read_min".into(),
             masked.into_iter().fold(f64::INFINITY, f64::min),
         ));
-        if let Some(judge) = &self.judge {
+        if let Some((judge, real_rates)) = &self.judge {
             let fake_reading = judge.read(&fake);
-            let real_reading = judge.read(&h.renders);
             let fake_rates = read_rates(&fake_reading.values, &h.labels, &self.groups);
-            let real_rates = read_rates(&real_reading.values, &h.labels, &self.groups);
             let mut rel_min = f64::INFINITY;
-            for ((name, f), (_, r)) in fake_rates.iter().zip(&real_rates) {
+            for ((name, f), (_, r)) in fake_rates.iter().zip(real_rates) {
                 values.push((format!("gen/read/{name}"), *f));
                 values.push((format!("gen/read_real/{name}"), *r));
                 if name.ends_with("_color") {

@@ -112,6 +112,16 @@ pub struct LossWeights {
     pub unedited_region: f64,
     /// `edit: residual`: |delta|^2 of the source edit.
     pub delta: f64,
+    /// Editing a bird with another caption gives the style M0 would: the source moved along
+    /// the class-mean directions of the values the caption changes, |edit(w_i, c_r) -
+    /// (w_i + sum of mean(new) - mean(old))|^2 summed over W's dimensions (M1, M3, M4). It needs the training images'
+    /// attribute labels, not a block-structured W; on a block-structured W it is exact.
+    pub edit_style: f64,
+    /// M4: each colour word and its part word attend, in BERT's last layer, to the visual
+    /// tokens where that part of the image is (cross-entropy against the part's share of each
+    /// grid cell, from the training image's part mask): the seed's alignment of the words
+    /// with image sub-regions.
+    pub grounding: f64,
 }
 
 impl Default for LossWeights {
@@ -127,6 +137,8 @@ impl Default for LossWeights {
             identity: 1.0,
             unedited_region: 1.0,
             delta: 0.1,
+            edit_style: 1.0,
+            grounding: 1.0,
         }
     }
 }
@@ -273,6 +285,8 @@ impl TextConfig {
             ("identity", self.losses.identity),
             ("unedited_region", self.losses.unedited_region),
             ("delta", self.losses.delta),
+            ("edit_style", self.losses.edit_style),
+            ("grounding", self.losses.grounding),
         ] {
             check_range(&format!("losses.{name}"), w, 0.0, 1e6)?;
         }

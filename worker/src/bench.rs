@@ -236,6 +236,7 @@ fn method_steps(
     let w = Tensor::randn([b, net.w_dim], (Kind::Float, device));
     let labels = Tensor::zeros([b, 7], (Kind::Int64, device));
     let masks = Tensor::randint(10, [b, 32, 32], (Kind::Int64, device));
+    let class_means = crate::text::methods::class_means(&w, &labels);
     let ex = Example {
         images: &images,
         w: &w,
@@ -246,6 +247,7 @@ fn method_steps(
             .collect(),
         labels: &labels,
         masks: Some(&masks),
+        class_means: Some(&class_means),
     };
     let mut out = format!(
         "\n{:<16} {:>12}   (batch {b}, 32 px generator, w_dim {}, all BERT layers trained)\n",

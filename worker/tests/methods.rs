@@ -6,11 +6,12 @@ use plume_worker::stylegan::generator::Generator;
 use plume_worker::stylegan::NetworkConfig;
 use plume_worker::text::bert::{default_model_dir, TextEncoder};
 use plume_worker::text::losses::{
-    edit_targets, loss_terms, mentions, total_loss, unedited_region, Example, Recipe,
+    edit_style_targets, edit_targets, grounding_loss, loss_terms, mentions, total_loss,
+    unedited_region, Example, Recipe,
 };
 use plume_worker::text::methods::{
-    grounding_map, predict, predict_grounded, EditForm, EditSpec, LossWeights, Method, Nets,
-    ReconstructionTarget, StyleHeads, GRID,
+    class_means, colour_word_groups, grounding_map, predict, predict_grounded, EditForm, EditSpec,
+    LossWeights, Method, Nets, ReconstructionTarget, StyleHeads, GRID,
 };
 
 fn recipe(method: Method, weights: LossWeights, target: ReconstructionTarget) -> Recipe {
@@ -30,6 +31,7 @@ struct Fixture {
     w: Tensor,
     labels: Tensor,
     masks: Tensor,
+    class_means: Tensor,
 }
 
 fn fixture() -> Fixture {
@@ -62,7 +64,9 @@ fn fixture() -> Fixture {
         3i64, 1, 4, 1, 0, 2, 1, 5, 9, 2, 6, 1, 1, 3, 14, 0, 7, 7, 2, 0, 0, 8, 2, 13, 0, 1, 2, 3,
     ])
     .view([4, 7]);
+    let w = Tensor::randn([4, 32], (Kind::Float, Device::Cpu));
     Fixture {
+        class_means: class_means(&w, &labels),
         g_vs,
         g,
         critic: Trained {
@@ -71,7 +75,7 @@ fn fixture() -> Fixture {
             resolution: 32,
         },
         images: Tensor::rand([4, 3, 32, 32], (Kind::Float, Device::Cpu)) * 2.0 - 1.0,
-        w: Tensor::randn([4, 32], (Kind::Float, Device::Cpu)),
+        w,
         labels,
         masks: Tensor::randint(10, [4, 32, 32], (Kind::Int64, Device::Cpu)),
     }
@@ -96,17 +100,27 @@ fn encoder() -> TextEncoder {
 #[test]
 fn each_method_gives_finite_losses_and_trains_bert_and_heads_but_never_the_generator() {
     let f = fixture();
-    let shared: &[&str] = &["preservation", "unedited_region"];
+    // The edit terms: the M0 style first, then the residual's delta, M4's grounding, and
+    // the terms on the rendered edit.
+    let pixels: &[&str] = &["preservation", "unedited_region"];
     let expected: [(Method, EditForm, Vec<&str>); 7] = [
         (
             Method::Weighted,
             EditForm::Blend,
-            [&["image", "style", "sparsity", "identity"][..], shared].concat(),
+            [
+                &["image", "style", "sparsity", "identity", "edit_style"][..],
+                pixels,
+            ]
+            .concat(),
         ),
         (
             Method::Weighted,
             EditForm::Residual,
-            [&["image", "style", "identity"][..], shared, &["delta"]].concat(),
+            [
+                &["image", "style", "identity", "edit_style", "delta"][..],
+                pixels,
+            ]
+            .concat(),
         ),
         (
             Method::Reconstruction,
@@ -117,8 +131,8 @@ fn each_method_gives_finite_losses_and_trains_bert_and_heads_but_never_the_gener
             Method::Contrastive,
             EditForm::Blend,
             [
-                &["contrastive", "identity"][..],
-                shared,
+                &["contrastive", "identity", "edit_style"][..],
+                pixels,
                 &["reconstruction"],
             ]
             .concat(),
@@ -127,9 +141,9 @@ fn each_method_gives_finite_losses_and_trains_bert_and_heads_but_never_the_gener
             Method::Contrastive,
             EditForm::Residual,
             [
-                &["contrastive", "identity"][..],
-                shared,
-                &["delta", "reconstruction"],
+                &["contrastive", "identity", "edit_style", "delta"][..],
+                pixels,
+                &["reconstruction"],
             ]
             .concat(),
         ),
@@ -137,8 +151,8 @@ fn each_method_gives_finite_losses_and_trains_bert_and_heads_but_never_the_gener
             Method::VisualGrounding,
             EditForm::Blend,
             [
-                &["contrastive", "identity"][..],
-                shared,
+                &["contrastive", "identity", "edit_style", "grounding"][..],
+                pixels,
                 &["reconstruction"],
             ]
             .concat(),
@@ -147,9 +161,15 @@ fn each_method_gives_finite_losses_and_trains_bert_and_heads_but_never_the_gener
             Method::VisualGrounding,
             EditForm::Residual,
             [
-                &["contrastive", "identity"][..],
-                shared,
-                &["delta", "reconstruction"],
+                &[
+                    "contrastive",
+                    "identity",
+                    "edit_style",
+                    "delta",
+                    "grounding",
+                ][..],
+                pixels,
+                &["reconstruction"],
             ]
             .concat(),
         ),
@@ -170,6 +190,7 @@ fn each_method_gives_finite_losses_and_trains_bert_and_heads_but_never_the_gener
             captions: CAPTIONS.to_vec(),
             labels: &f.labels,
             masks: Some(&f.masks),
+            class_means: Some(&f.class_means),
         };
         let nets = Nets {
             enc: &enc,
@@ -407,6 +428,7 @@ fn a_zero_weight_removes_its_term_and_m4_needs_a_critic() {
         captions: CAPTIONS.to_vec(),
         labels: &f.labels,
         masks: Some(&f.masks),
+        class_means: Some(&f.class_means),
     };
     let nets = Nets {
         enc: &enc,
@@ -431,7 +453,13 @@ fn a_zero_weight_removes_its_term_and_m4_needs_a_critic() {
     .unwrap();
     assert_eq!(
         terms.iter().map(|t| t.0).collect::<Vec<_>>(),
-        vec!["image", "sparsity", "identity", "unedited_region"]
+        vec![
+            "image",
+            "sparsity",
+            "identity",
+            "edit_style",
+            "unedited_region"
+        ]
     );
     // Without preservation and feature terms, M3 needs no critic at all.
     let no_critic = LossWeights {
@@ -454,6 +482,7 @@ fn a_zero_weight_removes_its_term_and_m4_needs_a_critic() {
         vec![
             "contrastive",
             "identity",
+            "edit_style",
             "unedited_region",
             "reconstruction"
         ]
@@ -478,6 +507,7 @@ fn a_zero_weight_removes_its_term_and_m4_needs_a_critic() {
         feature: 0.0,
         identity: 0.0,
         unedited_region: 0.0,
+        edit_style: 0.0,
         ..LossWeights::default()
     };
     let r_in = loss_terms(
@@ -514,4 +544,107 @@ fn a_zero_weight_removes_its_term_and_m4_needs_a_critic() {
     .unwrap()
     .to_string();
     assert!(err.contains("visual-grounding"), "{err}");
+}
+
+/// The M0 target steps from the source's value to the named one in each group the caption
+/// changes, and leaves a style alone when the caption names what the source already is.
+#[test]
+fn edit_style_targets_step_along_the_class_means_of_the_changed_values() {
+    use plume_worker::dataset::vocab::Group;
+    use plume_worker::text::methods::value_row;
+    let values: i64 = Group::ALL.iter().map(|g| g.values().len() as i64).sum();
+    let means = Tensor::randn([values, 8], (Kind::Float, Device::Cpu));
+    let w = Tensor::randn([3, 8], (Kind::Float, Device::Cpu));
+    // Sources: wing 1 (brown), breast 3 (purple); the third has no wing label.
+    let labels = Tensor::from_slice(&[
+        3i64, 1, 0, 0, 0, 0, 0, 3, 1, 0, 0, 0, 0, 0, 3, -1, 0, 0, 0, 0, 0,
+    ])
+    .view([3, 7]);
+    let captions = [
+        "a bird with red wings",                       // wing brown -> red
+        "a bird with brown wings and a purple breast", // what the source is: no step
+        "a bird with red wings",                       // unlabelled wing: from the group's mean
+    ];
+    let target = edit_style_targets(&w, &labels, &captions, &means).unwrap();
+    let (red, brown) = (
+        value_row(Group::WingColour, 14),
+        value_row(Group::WingColour, 1),
+    );
+    let want0 = w.get(0) + means.get(red) - means.get(brown);
+    assert!(target.get(0).allclose(&want0, 1e-5, 1e-6, false));
+    assert!(target.get(1).allclose(&w.get(1), 1e-6, 1e-6, false));
+    let wing_mean = means
+        .narrow(0, value_row(Group::WingColour, 0), 15)
+        .mean_dim(0, false, None);
+    let want2 = w.get(2) + means.get(red) - wing_mean;
+    assert!(target.get(2).allclose(&want2, 1e-5, 1e-6, false));
+}
+
+/// The colour word and the part word of each "colour part" phrase name that part's group,
+/// also when the tokenizer splits a word into pieces.
+#[test]
+fn colour_words_and_their_part_words_are_found_in_the_tokens() {
+    use plume_worker::dataset::vocab::Group;
+    let enc = encoder();
+    let caption = "a small bird with iridescent wings, a red crown and a grey back";
+    let batch = enc.tokenize(&[caption]).unwrap();
+    let tokens = &batch.tokens[0];
+    let groups = colour_word_groups(tokens);
+    let named: Vec<(String, Group)> = tokens
+        .iter()
+        .zip(&groups)
+        .filter_map(|(t, g)| g.map(|g| (t.clone(), g)))
+        .collect();
+    let words_of = |group: Group| -> String {
+        named
+            .iter()
+            .filter(|(_, g)| *g == group)
+            .map(|(t, _)| t.trim_start_matches("##"))
+            .collect()
+    };
+    assert_eq!(words_of(Group::WingColour), "iridescentwings", "{tokens:?}");
+    assert_eq!(words_of(Group::CrownColour), "redcrown");
+    assert_eq!(words_of(Group::UpperpartsColour), "greyback");
+    assert!(tokens
+        .iter()
+        .zip(&groups)
+        .any(|(t, g)| t == "small" && g.is_none()));
+}
+
+/// M4's grounding term is lower when a colour word attends to the cells its part covers
+/// than when it attends everywhere or elsewhere.
+#[test]
+fn grounding_loss_rewards_attention_on_the_named_part() {
+    let enc = encoder();
+    let batch = enc.tokenize(&["a bird with a red breast"]).unwrap();
+    let tokens = batch.tokens.clone();
+    let t = tokens[0].len() as i64;
+    let k = GRID * GRID;
+    // The breast (part 2) fills the top-left 4 x 4 pixels: grid cell 0 at 32 px.
+    let masks = Tensor::zeros([1, 32, 32], (Kind::Int64, Device::Cpu));
+    let _ = masks.narrow(1, 0, 4).narrow(2, 0, 4).fill_(2);
+    let attend = |cell: Option<i64>| {
+        let a = match cell {
+            Some(c) => Tensor::zeros([1, t, k], (Kind::Float, Device::Cpu)).index_fill(
+                2,
+                &Tensor::from_slice(&[c]),
+                1.0,
+            ),
+            None => Tensor::ones([1, t, k], (Kind::Float, Device::Cpu)) / k as f64,
+        };
+        grounding_loss(&a, &tokens, &masks)
+            .unwrap()
+            .expect("the caption names a colour part")
+            .double_value(&[])
+    };
+    let (on, uniform, off) = (attend(Some(0)), attend(None), attend(Some(k - 1)));
+    assert!(on < 1e-3, "attention on the part: {on}");
+    assert!(on < uniform && uniform < off, "{on} {uniform} {off}");
+    // No colour phrase: no term.
+    let plain = enc.tokenize(&["a small bird"]).unwrap();
+    let a = Tensor::ones(
+        [1, plain.tokens[0].len() as i64, k],
+        (Kind::Float, Device::Cpu),
+    );
+    assert!(grounding_loss(&a, &plain.tokens, &masks).unwrap().is_none());
 }

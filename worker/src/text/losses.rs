@@ -22,6 +22,9 @@ pub struct Example<'a> {
     pub labels: &'a Tensor,
     /// `[B, R, R]` part labels of `PARTS` (needed by `unedited_region`).
     pub masks: Option<&'a Tensor>,
+    /// The class mean of the training styles for every attribute value (`class_means`),
+    /// the directions the `edit_style` term's targets step along.
+    pub class_means: Option<&'a Tensor>,
 }
 
 fn render(g: &Generator, w: &Tensor) -> Tensor {
@@ -100,6 +103,53 @@ pub fn mentions(captions: &[&str], device: tch::Device) -> (Tensor, Tensor) {
 /// from [`mentions`].
 pub fn edit_targets(named: &Tensor, values: &Tensor, source: &Tensor) -> Tensor {
     values.where_self(named, source)
+}
+
+/// The styles M0 would give sources `w` (`[B, w_dim]`, labels `[B, groups]`, -1 unlabelled)
+/// edited with `captions`: for every group a caption names with a value other than the
+/// source's, a step from the source value's class mean (the group's mean when unlabelled) to
+/// the named value's. `means` comes from [`class_means`].
+pub fn edit_style_targets(
+    w: &Tensor,
+    labels: &Tensor,
+    captions: &[&str],
+    means: &Tensor,
+) -> anyhow::Result<Tensor> {
+    let (b, values) = (captions.len(), means.size()[0] as usize);
+    let groups = Group::ALL.len();
+    let labels = Vec::<i64>::try_from(labels.flatten(0, -1).to_device(tch::Device::Cpu))?;
+    anyhow::ensure!(
+        labels.len() == b * groups,
+        "edit_style: {} labels for {b} captions of {groups} groups",
+        labels.len()
+    );
+    // Signed counts of class means per example: +1 for the named value, -1 for the source's.
+    let mut steps = vec![0f32; b * values];
+    for (i, caption) in captions.iter().enumerate() {
+        for (group, value) in mentioned_values(caption) {
+            let g = Group::ALL
+                .iter()
+                .position(|h| *h == group)
+                .expect("a known group");
+            let old = labels[i * groups + g];
+            if old == value as i64 {
+                continue;
+            }
+            steps[i * values + value_row(group, value) as usize] += 1.0;
+            if old >= 0 {
+                steps[i * values + value_row(group, old as usize) as usize] -= 1.0;
+            } else {
+                let n = group.values().len();
+                for v in 0..n {
+                    steps[i * values + value_row(group, v) as usize] -= 1.0 / n as f32;
+                }
+            }
+        }
+    }
+    let steps = Tensor::from_slice(&steps)
+        .view([b as i64, values as i64])
+        .to_device(w.device());
+    Ok(w + steps.matmul(means))
 }
 
 /// Per pixel `[B, R, R]` (1 = keep): outside the parts of the groups that `changed`
@@ -241,29 +291,63 @@ fn contrastive_terms(recipe: &Recipe, nets: &Nets, ex: &Example) -> anyhow::Resu
 
 /// The terms on image i edited with its partner's caption: preservation (the critic reads
 /// the asked values), unedited region (pixels outside the changed parts stay), the residual
-/// form's delta penalty, and reconstruction (M3, M4).
+/// form's delta penalty, reconstruction (M3, M4), and the style M0 would give (`edit_style`).
+/// The edit is rendered only when a term looks at pixels.
 fn edit_terms(recipe: &Recipe, nets: &Nets, ex: &Example) -> anyhow::Result<Vec<Term>> {
     let (w, heads, g) = (&recipe.weights, nets.heads, nets.g);
     let rec_on = w.reconstruction > 0.0
         && matches!(recipe.method, Method::Contrastive | Method::VisualGrounding);
-    let needs_edit = w.preservation > 0.0
-        || w.unedited_region > 0.0
-        || rec_on
+    let needs_pixels = w.preservation > 0.0 || w.unedited_region > 0.0 || rec_on;
+    let grounding_on = w.grounding > 0.0 && recipe.method == Method::VisualGrounding;
+    let needs_edit = needs_pixels
+        || grounding_on
+        || w.edit_style > 0.0
         || (w.delta > 0.0 && heads.form == EditForm::Residual);
     if !needs_edit {
         return Ok(Vec::new());
     }
     let b = ex.captions.len();
     let partner: Vec<&str> = (0..b).map(|i| ex.captions[(i + b - 1) % b]).collect();
-    let pred_r = if recipe.method == Method::VisualGrounding {
-        predict_grounded(nets, &partner, ex.images)?.pred
+    // M4 reads each partner caption with image i; its attention is what `grounding` trains.
+    let (pred_r, attention) = if recipe.method == Method::VisualGrounding {
+        let read = predict_grounded(nets, &partner, ex.images)?;
+        (read.pred, Some((read.word_to_image, read.tokens)))
     } else {
-        predict(nets.enc, heads, g, &partner)?
+        (predict(nets.enc, heads, g, &partner)?, None)
     };
     let (w_hat, delta) = heads.edit(&pred_r, ex.w, g);
+    let mut terms = Vec::new();
+    if w.edit_style > 0.0 {
+        let means = ex.class_means.ok_or_else(|| {
+            anyhow::anyhow!("the edit_style loss needs the class means of the training styles")
+        })?;
+        let target = edit_style_targets(ex.w, ex.labels, &partner, means)?;
+        terms.push((
+            "edit_style",
+            w.edit_style,
+            // Summed over W's dimensions: the few that a caption changes carry the signal.
+            (&w_hat - target)
+                .square()
+                .sum_dim_intlist([1i64].as_slice(), false, Kind::Float)
+                .mean(Kind::Float),
+        ));
+    }
+    if let (Some(delta), true) = (&delta, w.delta > 0.0) {
+        terms.push(("delta", w.delta, delta.square().mean(None)));
+    }
+    if let (Some((attention, tokens)), true) = (&attention, grounding_on) {
+        let masks = ex.masks.ok_or_else(|| {
+            anyhow::anyhow!("the grounding loss needs part masks of the training images")
+        })?;
+        if let Some(loss) = grounding_loss(attention, tokens, masks)? {
+            terms.push(("grounding", w.grounding, loss));
+        }
+    }
+    if !needs_pixels {
+        return Ok(terms);
+    }
     let edited = render(g, &w_hat);
     let (named, values) = mentions(&partner, ex.labels.device());
-    let mut terms = Vec::new();
     if w.preservation > 0.0 {
         let wanted = match recipe.preservation_groups {
             PreservationGroups::All => roll(ex.labels),
@@ -288,14 +372,82 @@ fn edit_terms(recipe: &Recipe, nets: &Nets, ex: &Example) -> anyhow::Result<Vec<
             / (keep.sum(Kind::Float) * 3.0).clamp_min(1.0);
         terms.push(("unedited_region", w.unedited_region, l1));
     }
-    if let (Some(delta), true) = (&delta, w.delta > 0.0) {
-        terms.push(("delta", w.delta, delta.square().mean(None)));
-    }
     if rec_on {
         let rec = reconstruction(recipe, nets, ex, &edited)?;
         terms.push(("reconstruction", w.reconstruction, rec));
     }
     Ok(terms)
+}
+
+/// M4's grounding term: the cross-entropy of each colour word's and part word's attention
+/// over the visual tokens (`attention` `[B, T, K]`, renormalised over the K tokens) against
+/// the share of that part in each grid cell of the image the caption was read with (`masks`
+/// `[B, R, R]`). `None` when no caption has a colour phrase whose part is in view.
+pub fn grounding_loss(
+    attention: &Tensor,
+    tokens: &[Vec<String>],
+    masks: &Tensor,
+) -> anyhow::Result<Option<Tensor>> {
+    let [b, t, k] = attention.size()[..] else {
+        anyhow::bail!("unexpected attention shape {:?}", attention.size())
+    };
+    let grid = (k as f64).sqrt().round() as i64;
+    anyhow::ensure!(grid * grid == k, "{k} visual tokens are not a square grid");
+    let device = attention.device();
+    // Per image and colour group, the part's share of each grid cell `[B, groups, K]`.
+    let groups = &Group::ALL[..4];
+    let shares: Vec<Tensor> = groups
+        .iter()
+        .map(|group| {
+            let mut inside = masks.zeros_like().to_kind(Kind::Bool);
+            for &p in group.parts() {
+                inside = inside.logical_or(&masks.eq(p));
+            }
+            let share = inside
+                .to_kind(Kind::Float)
+                .unsqueeze(1)
+                .adaptive_avg_pool2d([grid, grid])
+                .view([b, k]);
+            &share
+                / share
+                    .sum_dim_intlist([1i64].as_slice(), true, Kind::Float)
+                    .clamp_min(1e-8)
+        })
+        .collect();
+    let shares = Tensor::stack(&shares, 1).to_device(device);
+    let (mut rows, mut cols, mut parts) = (Vec::new(), Vec::new(), Vec::new());
+    for (i, toks) in tokens.iter().enumerate() {
+        for (j, group) in colour_word_groups(toks).into_iter().enumerate() {
+            let Some(gi) = group.and_then(|g| groups.iter().position(|h| *h == g)) else {
+                continue;
+            };
+            if (j as i64) < t {
+                rows.push(i as i64);
+                cols.push(j as i64);
+                parts.push(gi as i64);
+            }
+        }
+    }
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    let index = |v: &[i64]| Tensor::from_slice(v).to_device(device);
+    let (rows, cols, parts) = (index(&rows), index(&cols), index(&parts));
+    let attn = attention.index(&[Some(&rows), Some(&cols)]);
+    let attn = &attn
+        / attn
+            .sum_dim_intlist([1i64].as_slice(), true, Kind::Float)
+            .clamp_min(1e-12);
+    let target = shares.index(&[Some(&rows), Some(&parts)]);
+    // A part hidden in this view has no cells to point at.
+    let seen = target
+        .sum_dim_intlist([1i64].as_slice(), false, Kind::Float)
+        .gt(0.5)
+        .to_kind(Kind::Float);
+    let ce = -(target * (attn + 1e-8).log()).sum_dim_intlist([1i64].as_slice(), false, Kind::Float);
+    Ok(Some(
+        (ce * &seen).sum(Kind::Float) / seen.sum(Kind::Float).clamp_min(1.0),
+    ))
 }
 
 /// The critic's attribute loss of the edited images against the wanted values.

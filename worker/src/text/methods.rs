@@ -14,14 +14,16 @@ use crate::stylegan::generator::Generator;
 use tch::nn::{self, Module, VarStore};
 use tch::{Kind, Tensor};
 
-use crate::dataset::vocab::{mentioned_values, Group};
+use crate::dataset::vocab::{group_of_part_word, mentioned_values, Group, COLOURS};
 pub use plume_jobs::{
     ContrastStyles, EditForm, LossWeights, Method, PreservationGroups, ReconstructionTarget,
     TextConfig,
 };
 
-/// Side length of M4's grid of visual tokens (GRID x GRID tokens).
-pub const GRID: i64 = 4;
+/// Side length of M4's grid of visual tokens (GRID x GRID tokens): the critic's own grid at
+/// 32 px. A 4 x 4 grid's cells (8 px) are larger than a crown or a breast, so a map over them
+/// cannot point at one.
+pub const GRID: i64 = 8;
 
 /// M4's visual tokens: the critic's feature grid pooled to `GRID` x `GRID`, projected to
 /// BERT's width, plus their own position and segment embeddings (VisualBERT).
@@ -86,15 +88,40 @@ pub struct Directions {
     pub alpha: Tensor,
 }
 
+/// Row of `(group, value)` in a table with one row per value of every group, in
+/// `Group::ALL` order (M0's class means).
+pub fn value_row(group: Group, value: usize) -> i64 {
+    let before: usize = Group::ALL
+        .iter()
+        .take_while(|g| **g != group)
+        .map(|g| g.values().len())
+        .sum();
+    (before + value) as i64
+}
+
+/// The mean style of every attribute value over labelled styles `w` `[N, w_dim]` with labels
+/// `[N, groups]` (-1 unlabelled), one row per value (`value_row`); a value no style has gets
+/// the overall mean, so it defines no direction.
+pub fn class_means(w: &Tensor, labels: &Tensor) -> Tensor {
+    let overall = w.mean_dim(0, false, None);
+    let mut means = Vec::new();
+    for (g, group) in Group::ALL.iter().enumerate() {
+        let column = labels.select(1, g as i64);
+        for v in 0..group.values().len() {
+            let rows = column.eq(v as i64).nonzero().squeeze_dim(1);
+            means.push(if rows.size()[0] == 0 {
+                overall.shallow_clone()
+            } else {
+                w.index_select(0, &rows).mean_dim(0, false, None)
+            });
+        }
+    }
+    Tensor::stack(&means, 0)
+}
+
 impl Directions {
-    /// Row of `(group, value)` in `means`.
     fn row(group: Group, value: usize) -> i64 {
-        let before: usize = Group::ALL
-            .iter()
-            .take_while(|g| **g != group)
-            .map(|g| g.values().len())
-            .sum();
-        (before + value) as i64
+        value_row(group, value)
     }
 
     /// The mean style of `value` of `group`.
@@ -386,6 +413,36 @@ pub fn predict_grounded(
         word_to_image,
         tokens: batch.tokens,
     })
+}
+
+/// Per token of a caption (`tokens` as the tokenizer gives them, word pieces marked `##`):
+/// the colour group a "colour part" phrase gives it, for the colour word's and the part
+/// word's tokens (`a red breast`: `red` and `breast` -> breast colour), else `None`.
+pub fn colour_word_groups(tokens: &[String]) -> Vec<Option<Group>> {
+    // Whole words and the tokens each spans.
+    let mut words: Vec<(String, Vec<usize>)> = Vec::new();
+    for (j, tok) in tokens.iter().enumerate() {
+        match (tok.strip_prefix("##"), words.last_mut()) {
+            (Some(rest), Some(word)) => {
+                word.0.push_str(rest);
+                word.1.push(j);
+            }
+            _ => words.push((tok.to_lowercase(), vec![j])),
+        }
+    }
+    let mut out = vec![None; tokens.len()];
+    for pair in words.windows(2) {
+        let (colour, part) = (&pair[0], &pair[1]);
+        if !COLOURS.iter().any(|(name, _)| *name == colour.0) {
+            continue;
+        }
+        if let Some(group) = group_of_part_word(&part.0) {
+            for &j in colour.1.iter().chain(&part.1) {
+                out[j] = Some(group);
+            }
+        }
+    }
+    out
 }
 
 /// Where an edit points: for each example, the attention of the target caption's words that

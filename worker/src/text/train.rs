@@ -7,7 +7,7 @@ use super::benchmark::{
 use super::bert::UNSTORED_BERT_KEY;
 use super::context::{sampled_split, TextContext};
 use super::losses::{loss_terms, total_loss, Example, Recipe};
-use super::methods::{Method, Nets};
+use super::methods::{class_means, Method, Nets};
 use crate::dataset::Partition;
 use crate::job::{step_loop, Cadence, CancelToken, Outcome, Reporter, Task, TrainingJob};
 use crate::nn::adam::Adam;
@@ -31,16 +31,25 @@ pub fn run(
     cancel: &CancelToken,
 ) -> anyhow::Result<Outcome> {
     let ctx = TextContext::load(cfg, None, cfg.eval_edits, device)?;
-    // Part masks: only the unedited-region loss reads them.
-    let needs_masks = cfg.losses.unedited_region > 0.0
+    // Part masks: only the unedited-region and M4's grounding losses read them.
+    let needs_masks = (cfg.losses.unedited_region > 0.0
         && matches!(
             cfg.method,
             Method::Weighted | Method::Contrastive | Method::VisualGrounding
-        );
-    let set = match &ctx.sampled {
+        ))
+        || (cfg.losses.grounding > 0.0 && cfg.method == Method::VisualGrounding);
+    let mut set = match &ctx.sampled {
         None => TrainingSet::from_dataset(&ctx, needs_masks, device)?,
         Some(values) => TrainingSet::from_sampled(&ctx, values, needs_masks, device)?,
     };
+    if cfg.losses.edit_style > 0.0
+        && matches!(
+            cfg.method,
+            Method::Weighted | Method::Contrastive | Method::VisualGrounding
+        )
+    {
+        set.class_means = Some(class_means(&set.w, &set.labels));
+    }
     let mut bert_opt = Adam::new(trainable_vars(&ctx.enc.vs), cfg.lr_bert, 0.9, 0.999, 1e-8);
     let mut head_opt = Adam::new(
         trainable_vars(&ctx.heads.vs),
@@ -113,6 +122,8 @@ struct TrainingSet {
     captions: Vec<Vec<String>>,
     masks: Option<Tensor>,
     sources: Vec<Source>,
+    /// The class mean of the styles per attribute value (the `edit_style` term's directions).
+    class_means: Option<Tensor>,
 }
 
 impl TrainingSet {
@@ -144,6 +155,7 @@ impl TrainingSet {
             captions: train.iter().map(|&i| ds.captions[i].clone()).collect(),
             masks,
             sources: dataset_sources(ds, &ctx.style_rows, Partition::Train),
+            class_means: None,
         })
     }
 
@@ -199,6 +211,7 @@ impl TrainingSet {
                 .collect(),
             masks,
             sources,
+            class_means: None,
         })
     }
 }
@@ -295,6 +308,7 @@ impl TrainingJob for TextTraining<'_> {
             captions,
             labels: &l,
             masks: m.as_ref(),
+            class_means: set.class_means.as_ref(),
         };
         let terms = loss_terms(&self.recipe, &self.nets, &ex)?;
         let total = total_loss(&terms).ok_or_else(|| {
@@ -380,21 +394,7 @@ fn fit_linear_directions(
     sources: &[Source],
     reporter: &mut dyn Reporter,
 ) -> anyhow::Result<()> {
-    use crate::dataset::vocab::Group;
-    let overall = w.mean_dim(0, false, None);
-    let mut means = Vec::new();
-    for (g, group) in Group::ALL.iter().enumerate() {
-        let column = labels.select(1, g as i64);
-        for v in 0..group.values().len() {
-            let rows = column.eq(v as i64).nonzero().squeeze_dim(1);
-            means.push(if rows.size()[0] == 0 {
-                overall.shallow_clone()
-            } else {
-                w.index_select(0, &rows).mean_dim(0, false, None)
-            });
-        }
-    }
-    let means = Tensor::stack(&means, 0);
+    let means = class_means(w, labels);
     let reqs = requests(&ctx.ds, sources, cfg.eval_edits, cfg.seed ^ 0xA1FA)?;
     let mut best = (f64::NEG_INFINITY, cfg.alphas[0]);
     for &alpha in &cfg.alphas {

@@ -14,6 +14,17 @@ use plume_worker::text::methods::{
     LossWeights, Method, Nets, ReconstructionTarget, StyleHeads, GRID,
 };
 
+/// Every term on, the pixel terms too, so that gradients through the generator are checked.
+fn all_terms() -> LossWeights {
+    LossWeights {
+        image: 1.0,
+        preservation: 1.0,
+        reconstruction: 1.0,
+        unedited_region: 1.0,
+        ..LossWeights::default()
+    }
+}
+
 fn recipe(method: Method, weights: LossWeights, target: ReconstructionTarget) -> Recipe {
     Recipe {
         target,
@@ -199,7 +210,7 @@ fn each_method_gives_finite_losses_and_trains_bert_and_heads_but_never_the_gener
             critic: Some(&f.critic),
         };
         let terms = loss_terms(
-            &recipe(method, LossWeights::default(), ReconstructionTarget::Both),
+            &recipe(method, all_terms(), ReconstructionTarget::Both),
             &nets,
             &ex,
         )
@@ -439,7 +450,7 @@ fn a_zero_weight_removes_its_term_and_m4_needs_a_critic() {
     let no_style = LossWeights {
         style: 0.0,
         preservation: 0.0,
-        ..LossWeights::default()
+        ..all_terms()
     };
     let terms = loss_terms(
         &recipe(
@@ -465,7 +476,7 @@ fn a_zero_weight_removes_its_term_and_m4_needs_a_critic() {
     let no_critic = LossWeights {
         preservation: 0.0,
         feature: 0.0,
-        ..LossWeights::default()
+        ..all_terms()
     };
     let terms = loss_terms(
         &recipe(
@@ -490,7 +501,7 @@ fn a_zero_weight_removes_its_term_and_m4_needs_a_critic() {
     let err = loss_terms(
         &recipe(
             Method::Contrastive,
-            LossWeights::default(),
+            all_terms(),
             ReconstructionTarget::Input,
         ),
         &nets,
@@ -508,7 +519,7 @@ fn a_zero_weight_removes_its_term_and_m4_needs_a_critic() {
         identity: 0.0,
         unedited_region: 0.0,
         edit_style: 0.0,
-        ..LossWeights::default()
+        ..all_terms()
     };
     let r_in = loss_terms(
         &recipe(

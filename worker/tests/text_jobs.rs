@@ -34,15 +34,15 @@ fn every_method_trains_and_is_benchmarked() {
             "reconstruction_target: both\nfreeze_layers: 3\n",
         ),
         (
-            "m3-no-preservation",
+            "m3-pixels-no-edit-style",
             "contrastive",
-            "losses: {preservation: 0}\n",
+            "losses: {preservation: 1, reconstruction: 1, unedited_region: 1, edit_style: 0}\n",
         ),
         ("m4", "visual-grounding", ""),
         (
             "m3-seed-recipe",
             "contrastive",
-            "edit: blend\nv_bias: 0\npreservation_groups: all\ncontrast: raw\nlosses: {identity: 0, unedited_region: 0}\n",
+            "edit: blend\nv_bias: 0\npreservation_groups: all\ncontrast: raw\nlosses: {identity: 0, edit_style: 0, preservation: 1, reconstruction: 1}\n",
         ),
         ("m1-residual", "weighted", "edit: residual\n"),
         ("m0", "linear-directions", "alphas: [0.5, 2]\n"),
@@ -95,22 +95,33 @@ fn every_method_trains_and_is_benchmarked() {
             .map(String::as_str)
             .collect();
         assert!(losses.contains(&"loss/total"), "{name}");
-        if name == "m3-no-preservation" {
+        if name == "m3-pixels-no-edit-style" {
+            for term in ["loss/preservation", "loss/reconstruction", "loss/unedited_region"] {
+                assert!(losses.contains(&term), "{name} lacks {term}");
+            }
             assert!(
-                !losses.contains(&"loss/preservation"),
+                !losses.contains(&"loss/edit_style"),
                 "a zero weight must remove the term"
             );
         }
         if name == "m1" {
-            for term in ["loss/sparsity", "loss/identity", "loss/preservation", "loss/unedited_region"] {
+            for term in ["loss/sparsity", "loss/identity", "loss/edit_style"] {
                 assert!(losses.contains(&term), "m1 lacks {term}");
             }
+            // The pixel terms are off in the fixed recipes.
+            for term in ["loss/image", "loss/preservation", "loss/unedited_region"] {
+                assert!(!losses.contains(&term), "m1 has {term}");
+            }
+        }
+        if name == "m4" {
+            assert!(losses.contains(&"loss/grounding"), "m4 lacks its grounding term");
         }
         if name == "m1-residual" {
             assert!(losses.contains(&"loss/delta") && !losses.contains(&"loss/sparsity"));
         }
         if name == "m3-seed-recipe" {
-            assert!(!losses.contains(&"loss/identity") && !losses.contains(&"loss/unedited_region"));
+            assert!(!losses.contains(&"loss/identity") && !losses.contains(&"loss/edit_style"));
+            assert!(losses.contains(&"loss/preservation") && losses.contains(&"loss/reconstruction"));
         }
         let grounding = eval.get("eval/grounding").and_then(|v| v.as_f64());
         if name == "m4" {

@@ -201,8 +201,7 @@ fn roll(t: &Tensor) -> Tensor {
 }
 
 /// What each caption asks for: its own prediction (M1, M3) or, for M4, the caption read
-/// with `images` (another bird's image), so that predicting w_i means applying caption i to
-/// another bird, as an edit does.
+/// with `images`.
 fn own_prediction(
     recipe: &Recipe,
     nets: &Nets,
@@ -258,7 +257,8 @@ fn weighted_terms(recipe: &Recipe, nets: &Nets, ex: &Example) -> anyhow::Result<
 /// and the identity edit.
 fn contrastive_terms(recipe: &Recipe, nets: &Nets, ex: &Example) -> anyhow::Result<Vec<Term>> {
     let (w, heads, g) = (&recipe.weights, nets.heads, nets.g);
-    let pred = own_prediction(recipe, nets, ex, &roll(ex.images))?;
+    // M4 reads caption i with bird i's own image, one pass for both terms.
+    let pred = own_prediction(recipe, nets, ex, ex.images)?;
     let mut terms = Vec::new();
     if w.contrastive > 0.0 {
         let centre = |t: &Tensor| match recipe.contrast {
@@ -277,12 +277,6 @@ fn contrastive_terms(recipe: &Recipe, nets: &Nets, ex: &Example) -> anyhow::Resu
         terms.push(("contrastive", w.contrastive, nce));
     }
     if w.identity > 0.0 {
-        // Caption i read with bird i's own image (M4) edits bird i into itself.
-        let pred = if recipe.method == Method::VisualGrounding {
-            own_prediction(recipe, nets, ex, ex.images)?
-        } else {
-            pred
-        };
         let (w_id, _) = heads.edit(&pred, ex.w, g);
         terms.push(("identity", w.identity, (w_id - ex.w).square().mean(None)));
     }

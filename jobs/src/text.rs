@@ -114,7 +114,8 @@ pub struct LossWeights {
     pub delta: f64,
     /// Editing a bird with another caption gives the style M0 would: the source moved along
     /// the class-mean directions of the values the caption changes, |edit(w_i, c_r) -
-    /// (w_i + sum of mean(new) - mean(old))|^2 summed over W's dimensions (M1, M3, M4). It needs the training images'
+    /// (w_i + sum of mean(new) - mean(old))|^2 summed over W's dimensions, for each method's
+    /// own edit (M2's is w_i + s(c_r) - s(c_i)). It needs the training images'
     /// attribute labels, not a block-structured W; on a block-structured W it is exact.
     pub edit_style: f64,
     /// M4: each colour word and its part word attend, in BERT's last layer, to the visual

@@ -136,7 +136,7 @@ fn each_method_gives_finite_losses_and_trains_bert_and_heads_but_never_the_gener
         (
             Method::Reconstruction,
             EditForm::Blend,
-            vec!["image", "style"],
+            vec!["image", "style", "edit_style"],
         ),
         (
             Method::Contrastive,

@@ -227,7 +227,33 @@ fn reconstruction_terms(recipe: &Recipe, nets: &Nets, ex: &Example) -> anyhow::R
     if w.style > 0.0 {
         terms.push(("style", w.style, (&s - ex.w).square().mean(None)));
     }
+    if w.edit_style > 0.0 {
+        // M2's own edit of bird i with its partner's caption, by the text direction.
+        let b = ex.captions.len();
+        let partner: Vec<&str> = (0..b).map(|i| ex.captions[(i + b - 1) % b]).collect();
+        let s_r = predict(nets.enc, nets.heads, nets.g, &partner)?.p;
+        let w_hat = ex.w + s_r - &s;
+        terms.push((
+            "edit_style",
+            w.edit_style,
+            edit_style_loss(&w_hat, ex, &partner)?,
+        ));
+    }
     Ok(terms)
+}
+
+/// The `edit_style` term of edits `w_hat` of the batch's birds with `captions`: the squared
+/// distance, summed over W's dimensions (the few that a caption changes carry the signal), to
+/// the style M0 would give.
+fn edit_style_loss(w_hat: &Tensor, ex: &Example, captions: &[&str]) -> anyhow::Result<Tensor> {
+    let means = ex.class_means.ok_or_else(|| {
+        anyhow::anyhow!("the edit_style loss needs the class means of the training styles")
+    })?;
+    let target = edit_style_targets(ex.w, ex.labels, captions, means)?;
+    Ok((w_hat - target)
+        .square()
+        .sum_dim_intlist([1i64].as_slice(), false, Kind::Float)
+        .mean(Kind::Float))
 }
 
 /// M1, the seed's pair: an unrelated bird's style edited with caption i gives bird i.
@@ -312,19 +338,8 @@ fn edit_terms(recipe: &Recipe, nets: &Nets, ex: &Example) -> anyhow::Result<Vec<
     let (w_hat, delta) = heads.edit(&pred_r, ex.w, g);
     let mut terms = Vec::new();
     if w.edit_style > 0.0 {
-        let means = ex.class_means.ok_or_else(|| {
-            anyhow::anyhow!("the edit_style loss needs the class means of the training styles")
-        })?;
-        let target = edit_style_targets(ex.w, ex.labels, &partner, means)?;
-        terms.push((
-            "edit_style",
-            w.edit_style,
-            // Summed over W's dimensions: the few that a caption changes carry the signal.
-            (&w_hat - target)
-                .square()
-                .sum_dim_intlist([1i64].as_slice(), false, Kind::Float)
-                .mean(Kind::Float),
-        ));
+        let loss = edit_style_loss(&w_hat, ex, &partner)?;
+        terms.push(("edit_style", w.edit_style, loss));
     }
     if let (Some(delta), true) = (&delta, w.delta > 0.0) {
         terms.push(("delta", w.delta, delta.square().mean(None)));

@@ -42,12 +42,7 @@ pub fn run(
         None => TrainingSet::from_dataset(&ctx, needs_masks, device)?,
         Some(values) => TrainingSet::from_sampled(&ctx, values, needs_masks, device)?,
     };
-    if cfg.losses.edit_style > 0.0
-        && matches!(
-            cfg.method,
-            Method::Weighted | Method::Contrastive | Method::VisualGrounding
-        )
-    {
+    if cfg.losses.edit_style > 0.0 && cfg.method != Method::LinearDirections {
         set.class_means = Some(class_means(&set.w, &set.labels));
     }
     let mut bert_opt = Adam::new(trainable_vars(&ctx.enc.vs), cfg.lr_bert, 0.9, 0.999, 1e-8);

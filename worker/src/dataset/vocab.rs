@@ -76,6 +76,14 @@ impl Group {
         Group::Background,
     ];
 
+    /// Position in `Group::ALL` (the column of label tensors).
+    pub fn index(self) -> usize {
+        Group::ALL
+            .iter()
+            .position(|g| *g == self)
+            .expect("every group is in Group::ALL")
+    }
+
     /// The CUB name of the group (the part before `::`).
     pub fn cub_name(self) -> &'static str {
         match self {

@@ -83,10 +83,7 @@ pub fn mentions(captions: &[&str], device: tch::Device) -> (Tensor, Tensor) {
     let mut values = vec![0i64; captions.len() * groups];
     for (i, c) in captions.iter().enumerate() {
         for (group, value) in mentioned_values(c) {
-            let g = Group::ALL
-                .iter()
-                .position(|h| *h == group)
-                .expect("a known group");
+            let g = group.index();
             named[i * groups + g] = true;
             values[i * groups + g] = value as i64;
         }
@@ -127,10 +124,7 @@ pub fn edit_style_targets(
     let mut steps = vec![0f32; b * values];
     for (i, caption) in captions.iter().enumerate() {
         for (group, value) in mentioned_values(caption) {
-            let g = Group::ALL
-                .iter()
-                .position(|h| *h == group)
-                .expect("a known group");
+            let g = group.index();
             let old = labels[i * groups + g];
             if old == value as i64 {
                 continue;
@@ -200,6 +194,12 @@ fn roll(t: &Tensor) -> Tensor {
     t.roll([1], [0])
 }
 
+/// The partners' captions, in the order of [`roll`].
+fn partners<'a>(captions: &[&'a str]) -> Vec<&'a str> {
+    let b = captions.len();
+    (0..b).map(|i| captions[(i + b - 1) % b]).collect()
+}
+
 /// What each caption asks for: its own prediction (M1, M3) or, for M4, the caption read
 /// with `images`.
 fn own_prediction(
@@ -229,8 +229,7 @@ fn reconstruction_terms(recipe: &Recipe, nets: &Nets, ex: &Example) -> anyhow::R
     }
     if w.edit_style > 0.0 {
         // M2's own edit of bird i with its partner's caption, by the text direction.
-        let b = ex.captions.len();
-        let partner: Vec<&str> = (0..b).map(|i| ex.captions[(i + b - 1) % b]).collect();
+        let partner = partners(&ex.captions);
         let s_r = predict(nets.enc, nets.heads, nets.g, &partner)?.p;
         let w_hat = ex.w + s_r - &s;
         terms.push((
@@ -326,8 +325,7 @@ fn edit_terms(recipe: &Recipe, nets: &Nets, ex: &Example) -> anyhow::Result<Vec<
     if !needs_edit {
         return Ok(Vec::new());
     }
-    let b = ex.captions.len();
-    let partner: Vec<&str> = (0..b).map(|i| ex.captions[(i + b - 1) % b]).collect();
+    let partner = partners(&ex.captions);
     // M4 reads each partner caption with image i; its attention is what `grounding` trains.
     let (pred_r, attention) = if recipe.method == Method::VisualGrounding {
         let read = predict_grounded(nets, &partner, ex.images)?;
@@ -427,7 +425,7 @@ pub fn grounding_loss(
     let (mut rows, mut cols, mut parts) = (Vec::new(), Vec::new(), Vec::new());
     for (i, toks) in tokens.iter().enumerate() {
         for (j, group) in colour_word_groups(toks).into_iter().enumerate() {
-            let Some(gi) = group.and_then(|g| groups.iter().position(|h| *h == g)) else {
+            let Some(gi) = group.map(Group::index).filter(|&i| i < groups.len()) else {
                 continue;
             };
             if (j as i64) < t {
